@@ -1,0 +1,55 @@
+"""Gradients on eagerpy tensors with only the work ALMA needs.
+
+eagerpy's generic ``value_and_grad`` calls ``loss.backward()`` for PyTorch, which also computes
+and accumulates gradients into every model parameter's ``.grad``: extra work each step and a
+side effect on the caller's model. For PyTorch we ask autograd for the input gradient only.
+Other frameworks (JAX, TensorFlow) go through eagerpy's own implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import eagerpy as ep
+
+LossWithAux = Callable[[ep.Tensor], tuple[ep.Tensor, Any]]
+
+
+def _detach_tree(value: Any) -> Any:
+    if isinstance(value, ep.PyTorchTensor):
+        return ep.astensor(value.raw.detach())
+    if isinstance(value, tuple):
+        return tuple(_detach_tree(v) for v in value)
+    return value
+
+
+def value_aux_and_grad(loss_fn: LossWithAux, x: ep.Tensor) -> tuple[ep.Tensor, Any, ep.Tensor]:
+    """Return ``(loss, aux, ∇ₓ loss)`` for a scalar ``loss`` given by ``loss_fn(x) = (loss, aux)``.
+
+    ``aux`` comes back detached from the graph. Exactly one backward propagation is made.
+    """
+    if isinstance(x, ep.PyTorchTensor):
+        import torch
+
+        leaf = x.raw.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss, aux = loss_fn(ep.astensor(leaf))
+            (grad,) = torch.autograd.grad(loss.raw, leaf)
+        return ep.astensor(loss.raw.detach()), _detach_tree(aux), ep.astensor(grad)
+    return ep.value_aux_and_grad(loss_fn, x)
+
+
+def stop_gradient(x: ep.Tensor) -> ep.Tensor:
+    """The value of ``x`` as a constant for differentiation, in any eagerpy framework."""
+    if isinstance(x, ep.PyTorchTensor):
+        return ep.astensor(x.raw.detach())
+    if isinstance(x, ep.JAXTensor):
+        import jax
+
+        return ep.astensor(jax.lax.stop_gradient(x.raw))
+    if isinstance(x, ep.TensorFlowTensor):
+        import tensorflow as tf
+
+        return ep.astensor(tf.stop_gradient(x.raw))
+    return x

@@ -1,0 +1,49 @@
+"""The misclassification constraint: DLR⁺ (eq. 4) and tDLR⁺ (eq. 18) of the ALMA paper.
+
+Both are negative exactly when the attack goal is met (misclassification, or classification as
+the target), so the attack solves min D(x̃, x) s.t. d(x̃) < 0. The numerator is the logit
+margin; the denominator makes the value invariant to the logits' scale.
+
+Small class counts: DLR⁺ needs the third-largest logit and tDLR⁺ the fourth. With K = 2 both
+fall back to the plain logit difference of eq. 3; with K = 3, tDLR⁺ uses DLR⁺'s denominator.
+"""
+
+from __future__ import annotations
+
+import eagerpy as ep
+
+#: Margin (in logits) a sample must clear to count as satisfying the constraint, so that an
+#: exact argmax tie never counts as success.
+LOGIT_TOLERANCE = 1e-6
+_DENOMINATOR_FLOOR = 1e-12
+
+
+def _margin(logits: ep.Tensor, labels: ep.Tensor, targeted: bool) -> ep.Tensor:
+    """z_y − max_{i≠y} z_i (untargeted) or max_{i≠t} z_i − z_t (targeted), plus the tolerance."""
+    label_logit = logits[range(logits.shape[0]), labels]
+    others = ep.where(ep.onehot_like(logits, labels) > 0, -ep.inf, logits).max(axis=1)
+    margin = others - label_logit if targeted else label_logit - others
+    return margin + LOGIT_TOLERANCE
+
+
+def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep.Tensor:
+    """DLR⁺(z, y) (eq. 4), or tDLR⁺(z, t) (eq. 18) when ``targeted``; shape (N,).
+
+    ``labels`` holds the true classes y, or the targets t when ``targeted``.
+    """
+    num_classes = logits.shape[1]
+    margin = _margin(logits, labels, targeted)
+    if num_classes == 2:
+        return margin  # eq. 3: DLR's denominator z_π1 − z_π3 does not exist
+    top, _ = logits.topk(min(num_classes, 4), sorted=True)
+    if targeted and num_classes >= 4:
+        scale = top[:, 0] - (top[:, 2] + top[:, 3]) / 2
+    else:
+        scale = top[:, 0] - top[:, 2]
+    return margin / scale.maximum(_DENOMINATOR_FLOOR)
+
+
+def is_satisfied(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep.Tensor:
+    """The default success predicate: argmax ≠ y (untargeted) or argmax = t (targeted),
+    decided with the same tolerance as the constraint so ties never count as success."""
+    return _margin(logits, labels, targeted) < 0

@@ -1,0 +1,217 @@
+"""The ALMA loop: Algorithm 2 of Rony et al. (ICCV 2021) with the modifications of §3.2.
+
+Everything is batched: μ, ρ, η and the best iterate are per sample. The solver works on the
+normalised iterate x̃ ∈ [0, 1] (distances and ε live there) and calls the model on
+lower + x̃·(upper − lower), so the same hyperparameters hold for any host bounds.
+Each step costs exactly one forward and one backward model propagation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import eagerpy as ep
+import numpy as np
+
+from ..distances import DistanceFunction
+from .autodiff import stop_gradient, value_aux_and_grad
+from .constraints import dlr_plus, is_satisfied
+from .penalties import Penalty
+from .schedules import decayed_step_size, initial_step_size, random_unit_directions
+from .validation import Bounds, check_logits
+
+ModelFn = Callable[[ep.Tensor], ep.Tensor]
+#: success(model_inputs, logits) -> bool (N,); model_inputs are in the host's bounds.
+SuccessFn = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
+
+_RMS_EPSILON = 1e-8
+_VANISHING_GRADIENT = 1e-12
+
+
+@dataclass(frozen=True)
+class ALMAConfig:
+    """Hyperparameters of Algorithm 2 (defaults: the paper's §4 "Hyperparameters").
+
+    alpha: α, EMA coefficient of the multiplier (eq. 9).
+    init_lr_distance: ε, target increase of D by the first step (§3.2.3); None uses ``lr_init``.
+    lr_init: constant η⁽⁰⁾ when ``init_lr_distance`` is None.
+    lr_reduction: r, final step size η⁽⁰⁾·r after exponential decay (Fig. 3).
+    mu_init, rho_init: μ⁽⁰⁾, ρ⁽⁰⁾.  mu_min, mu_max: safeguarding interval of μ.
+    gamma: γ, growth factor of ρ.  tau: τ, required constraint improvement.
+    check_steps: M, steps between two ρ checks.
+    rmsprop_decay, momentum: RMSProp β and momentum of the step (§3.2.4; the squared-gradient
+    average starts at 1).
+    levels: quantise the iterate to this many grey levels after each step (None: off).
+    """
+
+    penalty: Penalty
+    alpha: float = 0.9
+    init_lr_distance: float | None = 0.1
+    lr_init: float = 0.1
+    lr_reduction: float = 0.01
+    mu_init: float = 1.0
+    rho_init: float = 1.0
+    mu_min: float = 1e-6
+    mu_max: float = 1e12
+    gamma: float = 1.2
+    tau: float = 0.95
+    check_steps: int = 10
+    rmsprop_decay: float = 0.99
+    momentum: float = 0.9
+    levels: int | None = None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the callback sees after each step t (per-sample tensors, as in the paper's Fig. 2)."""
+
+    step: int
+    distance: ep.Tensor
+    constraint: ep.Tensor
+    mu: ep.Tensor
+    rho: ep.Tensor
+    step_size: ep.Tensor
+    success: ep.Tensor
+
+
+@dataclass(frozen=True)
+class ALMAResult:
+    """Best adversarial per sample (the original input where none was found).
+
+    ``distances`` are D in the [0, 1]-normalised space (+inf where unsuccessful);
+    ``first_success_step`` is −1 where no adversarial was found; ``steps_run`` < N when the
+    early stop triggered.
+    """
+
+    adversarials: ep.Tensor
+    distances: ep.Tensor
+    success: ep.Tensor
+    first_success_step: ep.Tensor
+    steps_run: int
+
+
+def _expand(per_sample: ep.Tensor, like: ep.Tensor) -> ep.Tensor:
+    return per_sample.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _quantize(x: ep.Tensor, levels: int) -> ep.Tensor:
+    return ((x * (levels - 1) + 0.5) // 1) / (levels - 1)
+
+
+def alma_solve(
+    model: ModelFn,
+    inputs: ep.Tensor,
+    labels: ep.Tensor,
+    *,
+    distance: DistanceFunction,
+    config: ALMAConfig,
+    steps: int,
+    bounds: Bounds = (0.0, 1.0),
+    targeted: bool = False,
+    is_adversarial: SuccessFn | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    early_stop: float | None = None,
+    seed: int = 0,
+) -> ALMAResult:
+    """Run ALMA on a validated batch. ``inputs`` lie in ``bounds``; ``labels`` are the true
+    classes, or the targets when ``targeted``. ``early_stop`` (in D's normalised units) ends the
+    run once every sample has an adversarial with D < early_stop."""
+    c = config
+    lower, upper = bounds
+    scale = upper - lower
+    batch = len(inputs)
+    x = (inputs - lower) / scale  # the original input in [0, 1]
+    dtype = x.dtype
+
+    def per_sample(value: float) -> ep.Tensor:
+        return ep.full(x, (batch,), value).astype(dtype)
+
+    def to_model_space(u: ep.Tensor) -> ep.Tensor:
+        # Clipped so that float rounding can never leave the host's bounds.
+        return (u * scale + lower).clip(lower, upper) if (lower, upper) != (0.0, 1.0) else u
+
+    # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
+    x_adv = x
+    mu, rho = per_sample(c.mu_init), per_sample(c.rho_init)
+    square_avg, velocity = ep.ones_like(x), ep.zeros_like(x)
+    best_adv, best_distance = inputs, per_sample(np.inf)
+    ever_adversarial = best_distance < 0  # all False
+    first_success = ep.full(labels, (batch,), -1)
+    constraint_at_last_check = per_sample(np.inf)
+    step_size0 = per_sample(c.lr_init)
+
+    def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
+        model_inputs = to_model_space(u)
+        logits = model(model_inputs)  # 3. z ← f(x̃)
+        check_logits(logits, labels)
+        d = dlr_plus(logits, labels, targeted)  # 4. d ← DLR⁺(z, y), or tDLR⁺
+        # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
+        d_value = stop_gradient(d)
+        mu_hat = c.penalty.derivative(d_value, rho, mu)
+        new_mu = (c.alpha * mu + (1 - c.alpha) * mu_hat).clip(c.mu_min, c.mu_max)
+        dist = distance(u, x)
+        loss = dist + c.penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
+        return loss.sum(), (model_inputs, logits, d, dist, new_mu)
+
+    rng = np.random.default_rng(seed)
+    steps_run = steps
+    for t in range(steps):
+        # 8. g ← ∇L (one forward, one backward).
+        _, aux, grad = value_aux_and_grad(loss_fn, x_adv)
+        model_inputs, logits, d, dist, mu = aux
+
+        # 17. Keep the adversarial iterate with the smallest D.
+        if is_adversarial is None:
+            success = is_satisfied(logits, labels, targeted)
+        else:
+            success = is_adversarial(model_inputs, logits)
+        improved = ep.logical_and(success, dist < best_distance)
+        # The tensor the model judged is the one returned: no re-mapping that could round.
+        best_adv = ep.where(_expand(improved, x), model_inputs, best_adv)
+        best_distance = ep.where(improved, dist, best_distance)
+        first_success = ep.where(ep.logical_and(success, first_success < 0), t, first_success)
+        ever_adversarial = ep.logical_or(ever_adversarial, success)
+
+        if t == 0:
+            # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).
+            norms = grad.flatten(start=1).square().sum(axis=1).sqrt()
+            vanishing = _expand(norms <= _VANISHING_GRADIENT, x)
+            if vanishing.any():
+                grad = ep.where(vanishing, random_unit_directions(grad, rng), grad)
+            if c.init_lr_distance is not None:
+                step_size0 = initial_step_size(distance, x, grad, c.init_lr_distance)
+            constraint_at_last_check = d
+
+        # Constant η while exploring, exponential decay after the first success (Fig. 3).
+        step_size = decayed_step_size(step_size0, t, first_success, steps, c.lr_reduction)
+
+        # 9. RMSProp + momentum step, projection on the box, optional quantisation.
+        square_avg = c.rmsprop_decay * square_avg + (1 - c.rmsprop_decay) * grad.square()
+        velocity = c.momentum * velocity + grad / (square_avg.sqrt() + _RMS_EPSILON)
+        x_adv = (x_adv - _expand(step_size, x) * velocity).clip(0, 1)
+        if c.levels is not None:
+            x_adv = _quantize(x_adv, c.levels)
+
+        # 10–14. Every M steps: ρ ← γρ where no adversarial was ever found and d did not drop
+        # below τ times its value at the previous check.
+        if (t + 1) % c.check_steps == 0:
+            stalled = ep.logical_and(
+                ever_adversarial.logical_not(), d > c.tau * constraint_at_last_check
+            )
+            rho = ep.where(stalled, c.gamma * rho, rho)
+            constraint_at_last_check = d
+
+        if callback is not None:
+            callback(StepInfo(t, dist, d, mu, rho, step_size, success))
+        if early_stop is not None and (best_distance < early_stop).all():
+            steps_run = t + 1
+            break
+
+    return ALMAResult(
+        adversarials=best_adv,
+        distances=best_distance,
+        success=ever_adversarial,
+        first_success_step=first_success,
+        steps_run=steps_run,
+    )
