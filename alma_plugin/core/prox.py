@@ -95,7 +95,8 @@ def linf_box_prox_beta(
         beta_l, beta_u = low + third, high - third
         p_l, p_u = _clip(z_box, beta_l), _clip(z_box, beta_u)
         # f_l − f_u of steps 10–12, written coordinate-wise as
-        #   ½ Σ s_i (p_l,i − δ_i)² − ½ Σ s_i (p_u,i − δ_i)² = ½ Σ s_i (p_l,i − p_u,i)(p_l,i + p_u,i − 2δ_i)
+        #   ½ Σ s_i (p_l,i − δ_i)² − ½ Σ s_i (p_u,i − δ_i)²
+        #     = ½ Σ s_i (p_l,i − p_u,i)(p_l,i + p_u,i − 2δ_i)
         # so that coordinates where both projections agree contribute an exact 0 and the
         # comparison keeps its precision when the two objective values are close.
         terms = (p_l - p_u) * (p_l + p_u - 2 * z)
