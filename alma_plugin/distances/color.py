@@ -160,8 +160,14 @@ def _lab_f(t: ep.Tensor) -> ep.Tensor:
     return ep.where(high, ep.where(high, t, 1).pow(1 / 3), t / (3 * _DELTA**2) + 4 / 29)
 
 
-def xyz_to_lab(xyz: ep.Tensor, white: tuple[float, float, float] = WHITE_D65) -> ep.Tensor:
-    """CIE XYZ (N, 3, H, W) → CIELAB (L*, a*, b*) (eq. 14); white XYZ = ``white`` ↦ L* = 100."""
+def xyz_to_lab(xyz: ep.Tensor, white: tuple[float, float, float] | None = None) -> ep.Tensor:
+    """CIE XYZ (N, 3, H, W) → CIELAB (L*, a*, b*) (eq. 14).
+
+    ``white`` is (Xₙ, Yₙ, Zₙ) on the scale of ``xyz``; default :data:`WHITE_D65`, so that
+    RGB white maps to L* = 100.
+    """
+    if white is None:
+        white = WHITE_D65
     fx = _lab_f(xyz[:, 0] / white[0])
     fy = _lab_f(xyz[:, 1] / white[1])
     fz = _lab_f(xyz[:, 2] / white[2])
