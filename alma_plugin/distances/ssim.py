@@ -33,6 +33,7 @@ raise ``ValueError`` (pass fewer ``weights`` to use fewer scales, e.g. three wei
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import eagerpy as ep
@@ -56,6 +57,11 @@ def gaussian_window(sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
 
 def valid_filter_matrix(size: int, sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
     """Banded (size − 2·radius) × size matrix A with (A v)ᵢ = Σₖ wₖ v[i + radius + k]."""
+    return _valid_filter_matrix(size, sigma, radius).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _valid_filter_matrix(size: int, sigma: float, radius: int) -> np.ndarray:
     out = size - 2 * radius
     if out < 1:
         raise ValueError(f"size must be at least {2 * radius + 1}, got {size}")
@@ -98,8 +104,8 @@ def _gaussian_filter(x: ep.Tensor, rows: ep.Tensor, cols_t: ep.Tensor) -> ep.Ten
 def _ssim_terms(x_adv: ep.Tensor, x: ep.Tensor, data_range: float) -> tuple[ep.Tensor, ep.Tensor]:
     """Luminance l and contrast-structure cs maps, shape (N, C, H − 10, W − 10)."""
     height, width = x.shape[2], x.shape[3]
-    rows = ep.from_numpy(x, valid_filter_matrix(height)).astype(x.dtype)
-    cols_t = ep.from_numpy(x, valid_filter_matrix(width).T.copy()).astype(x.dtype)
+    rows = ep.from_numpy(x, _valid_filter_matrix(height, SIGMA, RADIUS)).astype(x.dtype)
+    cols_t = ep.from_numpy(x, _valid_filter_matrix(width, SIGMA, RADIUS).T.copy()).astype(x.dtype)
 
     def filt(t: ep.Tensor) -> ep.Tensor:
         return _gaussian_filter(t, rows, cols_t)
