@@ -1,0 +1,303 @@
+"""Foolbox adapter: the attacks behave like Foolbox's own minimisation attacks (DDN, FMN)."""
+
+from __future__ import annotations
+
+import foolbox as fb
+import pytest
+import torch
+from foolbox.attacks.base import MinimizationAttack
+
+from alma_plugin import alma
+from alma_plugin.foolbox import L1ALMA, L2ALMA, NormalisedDistance
+from tests.utils import CountingModel, assert_unchanged, snapshot
+
+STEPS = 100
+
+
+@pytest.fixture(scope="module")
+def fmodel(mnist_cnn: torch.nn.Module) -> fb.PyTorchModel:
+    return fb.PyTorchModel(mnist_cnn, bounds=(0, 1), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def few(mnist_samples: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 of the 32 samples: enough for behaviour tests, cheap on a loaded machine."""
+    return mnist_samples[0][:8], mnist_samples[1][:8]
+
+
+def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+# --- API and construction -------------------------------------------------------------------
+
+
+def test_public_api() -> None:
+    for cls, distance in ((L2ALMA, fb.distances.l2), (L1ALMA, fb.distances.l1)):
+        attack = cls(steps=10)
+        assert isinstance(attack, MinimizationAttack)
+        assert attack.distance is distance
+        assert "Rony" in (cls.__doc__ or "")
+        assert "steps=10" in repr(attack)
+
+
+def test_paper_defaults() -> None:
+    assert L2ALMA().steps == 1000
+    assert L2ALMA().config.alpha == pytest.approx(0.9)  # Appendix E
+    assert L2ALMA(steps=100).config.alpha == pytest.approx(0.5)
+    assert L2ALMA().config.init_lr_distance == pytest.approx(0.1)  # Table 3
+    assert L1ALMA().config.init_lr_distance == pytest.approx(0.5)
+    config = L2ALMA(alpha=0.7, gamma=1.5, tau=0.9, check_steps=5, levels=256).config
+    assert (config.alpha, config.gamma, config.tau, config.check_steps, config.levels) == (
+        0.7,
+        1.5,
+        0.9,
+        5,
+        256,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"steps": 0}, ValueError, "steps"),
+        ({"steps": 2.5}, TypeError, "steps"),
+        ({"alpha": 1.5}, ValueError, "alpha"),
+        ({"penalty": "P9"}, ValueError, "P9"),
+        ({"init_lr_distance": -1.0}, ValueError, "init_lr_distance"),
+        ({"gamma": 0.5}, ValueError, "gamma"),
+        ({"levels": 1}, ValueError, "levels"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_bad_hyperparameters(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        L2ALMA(**kwargs)
+
+
+# --- Behaviour ------------------------------------------------------------------------------
+
+
+def test_epsilons_list_success_bounds(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
+    x, y = few
+    epsilons = [None, 0.5, 1.0, 2.0]
+    raw, clipped, success = L2ALMA(steps=STEPS)(fmodel, x, y, epsilons=epsilons)
+    assert len(raw) == len(clipped) == len(epsilons) and success.shape == (len(epsilons), len(x))
+    assert success[0].all()  # epsilons=None: minimisation, every sample fooled
+    for eps, xp, xpc, ok in zip(epsilons, raw, clipped, success, strict=True):
+        assert xp.shape == x.shape and xpc.shape == x.shape
+        assert xpc.min() >= 0 and xpc.max() <= 1
+        if eps is not None:
+            assert (fb.distances.l2(x, xpc) <= eps + 1e-5).all()
+        # Success reported = adversarial when re-evaluated.
+        assert torch.equal(ok, _predict(mnist_cnn, xpc) != y)
+    assert (success[1].int() <= success[2].int()).all()  # larger ε, at least as many
+
+
+def test_single_epsilon_and_labels_vs_criterion(fmodel: fb.PyTorchModel, few: tuple) -> None:
+    x, y = few
+    attack = L2ALMA(steps=30)
+    raw, clipped, success = attack(fmodel, x, y, epsilons=1.5)
+    assert raw.shape == x.shape and success.shape == (len(x),)
+    raw2, _, _ = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=1.5)
+    assert torch.equal(raw, raw2)
+
+
+def test_same_result_as_functional_alma(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
+    """The adapter adds no algorithm: it reproduces the framework-free entry point."""
+    x, y = few
+    via_foolbox = L2ALMA(steps=10).run(fmodel, x, y)
+    direct = alma(mnist_cnn, x, y, distance="l2", steps=10).adversarials
+    torch.testing.assert_close(via_foolbox, direct)
+
+
+def test_targeted(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
+    x, y = few[0][:4], few[1][:4]
+    targets = (y + 1) % 10
+    criterion = fb.criteria.TargetedMisclassification(targets)
+    adv, _, success = L2ALMA(steps=STEPS)(fmodel, x, criterion, epsilons=None)
+    assert success.all()
+    assert torch.equal(_predict(mnist_cnn, adv), targets)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 255.0), (-1.0, 1.0)])
+def test_other_bounds_via_preprocessing(
+    mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel, few: tuple, bounds: tuple
+) -> None:
+    """A model on (0, 255) or (−1, 1) (Foolbox preprocessing maps back to [0, 1]) gets the same
+    attack, only rescaled: ε and distances live in the normalised space."""
+    x, y = few
+    lower, upper = bounds
+    scale = upper - lower
+    model = fb.PyTorchModel(
+        mnist_cnn, bounds=bounds, device="cpu", preprocessing=dict(mean=lower, std=scale)
+    )
+    x_host = x * scale + lower
+    attack = L2ALMA(steps=30)
+    adv_host, _, success = attack(model, x_host, y, epsilons=None)
+    assert success.all()
+    assert adv_host.min() >= lower and adv_host.max() <= upper
+    adv_unit, _, _ = attack(fmodel, x, y, epsilons=None)
+    torch.testing.assert_close((adv_host - lower) / scale, adv_unit, atol=1e-4, rtol=0)
+    # Early stop in raw units (ε of (0, 1) times the range) stops at the same step.
+    eps, calls = 5.0, []
+    for b, inputs, stop in ((bounds, x_host, eps * scale), ((0.0, 1.0), x, eps)):
+        counting = CountingModel(mnist_cnn).eval()
+        pre = dict(mean=b[0], std=b[1] - b[0])
+        adv = attack.run(
+            fb.PyTorchModel(counting, bounds=b, preprocessing=pre), inputs, y, early_stop=stop
+        )
+        assert (fb.distances.l2(inputs, adv) < stop).all()
+        calls.append(counting.forwards)
+    assert calls[0] == calls[1] < 30
+
+
+def test_early_stop_and_one_propagation_per_step(mnist_cnn: torch.nn.Module, few: tuple) -> None:
+    x, y = few
+    counting = CountingModel(mnist_cnn).eval()
+    model = fb.PyTorchModel(counting, bounds=(0, 1))
+    L2ALMA(steps=20).run(model, x, y)
+    assert (counting.forwards, counting.backwards) == (20, 20)  # paper's complexity metric
+    counting.forwards = counting.backwards = 0
+    adv, _, success = L2ALMA(steps=30)(model, x, y, epsilons=[8.0, 5.0])
+    # Foolbox passes early_stop = min(epsilons) and re-checks each ε with one forward.
+    assert counting.forwards - 2 < 30 and counting.backwards < 30
+    assert success.all() and (fb.distances.l2(x, adv[1]) < 5.0).all()
+
+
+def test_repeat(fmodel: fb.PyTorchModel, few: tuple) -> None:
+    x, y = few
+    attack = L2ALMA(steps=20)
+    single, _, _ = attack(fmodel, x, y, epsilons=None)
+    repeated = attack.repeat(2)
+    assert isinstance(repeated, fb.attacks.base.Repeated)
+    raws, clipped, success = repeated(fmodel, x, y, epsilons=[None, 1.0])
+    assert success.shape == (2, len(x)) and len(raws) == 2 and len(clipped) == 2
+    assert (fb.distances.l2(x, raws[0]) <= fb.distances.l2(x, single) + 1e-6).all()
+
+
+def test_model_and_tensors_untouched(mnist_cnn: torch.nn.Module, few: tuple) -> None:
+    x, y = few
+    x.requires_grad_(False)
+    frozen = mnist_cnn[0].weight
+    frozen.requires_grad_(False)  # a caller's mix of flags must survive
+    try:
+        before, x_before, y_before = snapshot(mnist_cnn), x.clone(), y.clone()
+        model = fb.PyTorchModel(mnist_cnn, bounds=(0, 1))
+        L1ALMA(steps=10)(model, x, y, epsilons=[None, 5.0])
+        assert_unchanged(mnist_cnn, before)
+        assert torch.equal(x, x_before) and torch.equal(y, y_before)
+        assert not x.requires_grad
+    finally:
+        frozen.requires_grad_(True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_preserved(mnist_cnn: torch.nn.Module, few: tuple) -> None:
+    import copy
+
+    x, y = (t.cuda() for t in few)
+    model = fb.PyTorchModel(copy.deepcopy(mnist_cnn), bounds=(0, 1), device="cuda")
+    adv, clipped, success = L2ALMA(steps=30)(model, x, y, epsilons=[None, 1.0])
+    assert adv[0].device == x.device and clipped[1].device == x.device
+    assert success.device == x.device and success[0].all()
+
+
+def test_normalised_distance_really_clips() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(5, 1, 4, 4) * 255
+    xp = (x + 60 * torch.randn_like(x)).clamp(0, 255)
+    distance = NormalisedDistance("l2", bounds=(0, 255))
+    torch.testing.assert_close(distance(x, xp), fb.distances.l2(x, xp) / 255)
+    clipped = distance.clip_perturbation(x, xp, 0.5)
+    assert (distance(x, clipped) <= 0.5).all()
+    assert (distance(x, clipped) > 0.5 * 0.999).all()  # shrunk no more than needed
+    torch.testing.assert_close(clipped, fb.distances.l2.clip_perturbation(x, xp, 0.5 * 255))
+    assert torch.equal(distance.clip_perturbation(x, xp, 100.0), xp)
+
+
+# --- Bad input ------------------------------------------------------------------------------
+
+
+class _OtherCriterion(fb.criteria.Criterion):
+    def __repr__(self) -> str:
+        return "OtherCriterion()"
+
+    def __call__(self, perturbed, outputs):  # type: ignore[no-untyped-def]
+        return outputs.argmax(axis=-1) == 0
+
+
+def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
+    x, y = few
+    attack = L2ALMA(steps=5)
+    with pytest.raises(TypeError, match="criterion"):
+        attack(fmodel, x, _OtherCriterion(), epsilons=None)
+    both = fb.criteria.Misclassification(y) & fb.criteria.Misclassification(y)
+    with pytest.raises(TypeError, match="criterion"):
+        attack.run(fmodel, x, both)
+    with pytest.raises(ValueError, match=r"labels must have shape \(8,\)"):
+        attack(fmodel, x, y[:5], epsilons=None)
+    with pytest.raises(ValueError, match=r"target_classes must have shape \(8,\)"):
+        attack.run(fmodel, x, fb.criteria.TargetedMisclassification(y[:3]))
+    with pytest.raises(ValueError, match="bounds"):
+        attack(fmodel, x * 2, y, epsilons=None)
+    with pytest.raises(ValueError, match="bounds"):
+        attack.run(fmodel, x - 0.5, y)
+    with pytest.raises(TypeError, match="foolbox.models.Model"):
+        attack.run(mnist_cnn, x, y)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        attack.run(fmodel, x, y, foo=1)
+    with pytest.raises(ValueError, match="early_stop"):
+        attack.run(fmodel, x, y, early_stop=-1.0)
+
+
+def test_empty_batch(fmodel: fb.PyTorchModel, few: tuple) -> None:
+    x, y = few
+    assert L2ALMA(steps=5).run(fmodel, x[:0], y[:0]).shape == (0, 1, 28, 28)
+
+
+# --- Against Foolbox's own attacks: 32 samples, 100 steps -----------------------------------
+
+
+def _median(distances: torch.Tensor, success: torch.Tensor) -> float:
+    return distances.where(success, torch.full_like(distances, float("inf"))).median().item()
+
+
+@pytest.fixture(scope="module")
+def comparison(fmodel: fb.PyTorchModel, mnist_samples: tuple) -> dict[str, tuple[float, float]]:
+    """(success rate, median distance) of each attack on the same 32 samples."""
+    x, y = mnist_samples
+    attacks = {
+        "L2ALMA": (L2ALMA(steps=STEPS), fb.distances.l2),
+        "DDN": (fb.attacks.DDNAttack(steps=STEPS), fb.distances.l2),
+        "L2FMN": (fb.attacks.L2FMNAttack(steps=STEPS), fb.distances.l2),
+        "L1ALMA": (L1ALMA(steps=STEPS), fb.distances.l1),
+        "L1FMN": (fb.attacks.L1FMNAttack(steps=STEPS), fb.distances.l1),
+        "EAD": (fb.attacks.EADAttack(binary_search_steps=5, steps=20), fb.distances.l1),
+    }
+    results = {}
+    for name, (attack, distance) in attacks.items():
+        adv, _, success = attack(fmodel, x, y, epsilons=None)
+        results[name] = (success.float().mean().item(), _median(distance(x, adv), success))
+    print("\n" + "\n".join(f"{k}: ASR {v[0]:.3f}, median {v[1]:.4f}" for k, v in results.items()))
+    return results
+
+
+def test_l2_alma_vs_fmn(comparison: dict) -> None:
+    assert comparison["L2ALMA"][0] == 1.0
+    assert comparison["L2ALMA"][1] <= 1.05 * comparison["L2FMN"][1]
+
+
+@pytest.mark.xfail(
+    reason="At 100 steps the paper itself reports ALMA ℓ2 behind DDN on MNIST (Table 1: median "
+    "2.38 vs 1.86); here ALMA is ~15% above DDN with the paper's defaults.",
+    strict=False,
+)
+def test_l2_alma_vs_ddn(comparison: dict) -> None:
+    assert comparison["L2ALMA"][1] <= 1.05 * comparison["DDN"][1]
+
+
+def test_l1_alma_vs_fmn_and_ead(comparison: dict) -> None:
+    assert comparison["L1ALMA"][0] >= comparison["L1FMN"][0]
+    assert comparison["L1ALMA"][1] <= comparison["EAD"][1]
