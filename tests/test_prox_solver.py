@@ -1,0 +1,233 @@
+"""The ALMA prox loop (Algorithm IV-2) on classification, and its building blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import eagerpy as ep
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from alma_plugin.core.constraints import dlr_plus, is_satisfied
+from alma_plugin.core.penalties import p2, p2_derivative
+from alma_plugin.core.prox_solver import (
+    ProxParams,
+    alma_prox_dense_solve,
+    alma_prox_solve,
+    dense_dlr_plus,
+    p2_prox,
+    p2_prox_derivative,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: these tiny models run faster than with two contended threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """12×12 grey images with a faint bar: horizontal, vertical, diagonal or anti-diagonal."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    images = 0.4 + 0.2 * torch.rand(n, 1, 12, 12, generator=g)
+    idx = torch.arange(12)
+    for i in range(n):
+        pos = int(torch.randint(2, 10, (1,), generator=g))
+        rows, cols = [(pos, idx), (idx, pos), (idx, idx), (idx, 11 - idx)][int(labels[i])]
+        images[i, 0, rows, cols] += 0.2
+    return images.clamp(0, 1), labels
+
+
+@pytest.fixture(scope="module")
+def bars_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    images, labels = make_bars(256, seed=0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(288, 4)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def bars_samples(bars_cnn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = make_bars(48, seed=5)
+    with torch.no_grad():
+        correct = bars_cnn(images).argmax(1) == labels
+    assert correct.float().mean() > 0.9
+    return images[correct][:32].clone(), labels[correct][:32].clone()
+
+
+def as_fn(model: nn.Module):
+    return lambda x: ep.astensor(model(x.raw))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 4, 10])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_dense_dlr_plus_matches_dlr_plus(num_classes, targeted):
+    torch.manual_seed(num_classes)
+    logits = torch.randn(64, num_classes)
+    labels = torch.randint(0, num_classes, (64,))
+    expected = dlr_plus(ep.astensor(logits), ep.astensor(labels), targeted).raw
+    d, sat = dense_dlr_plus(ep.astensor(logits[:, None]), ep.astensor(labels[:, None]), targeted)
+    assert torch.allclose(d.raw[:, 0], expected, atol=1e-6)
+    assert torch.equal(
+        sat.raw[:, 0], is_satisfied(ep.astensor(logits), ep.astensor(labels), targeted).raw
+    )
+
+
+def test_modified_p2_eq_5_9():
+    y = torch.linspace(-3, 3, 101, dtype=torch.float64, requires_grad=True)
+    for rho_value in (0.01, 0.5, 1.0, 4.0):
+        rho, mu = torch.full_like(y, rho_value), torch.full_like(y, 0.7)
+        value = p2_prox(ep.astensor(y), ep.astensor(rho), ep.astensor(mu)).raw
+        r = max(1.0, rho_value)
+        yd = y.detach()
+        expected = torch.where(
+            yd >= 0, 0.7 * yd + 0.7 * rho_value * yd**2 + rho_value**2 * yd**3 / 6,
+            0.7 * yd / (1 - r * yd),
+        )  # fmt: skip
+        assert torch.allclose(value, expected)
+        (grad,) = torch.autograd.grad(value.sum(), y)
+        derivative = p2_prox_derivative(ep.astensor(yd), ep.astensor(rho), ep.astensor(mu)).raw
+        assert torch.allclose(grad, derivative)
+        # P′(0) = μ, and for ρ ≥ 1 it is the original P2
+        assert abs(derivative[50].item() - 0.7) < 1e-12
+        if rho_value >= 1:
+            assert torch.allclose(value, p2(ep.astensor(yd), ep.astensor(rho), ep.astensor(mu)).raw)
+            assert torch.allclose(
+                derivative, p2_derivative(ep.astensor(yd), ep.astensor(rho), ep.astensor(mu)).raw
+            )
+
+
+def test_classification_success_and_norms(bars_cnn, bars_samples):
+    images, labels = bars_samples
+    before = images.clone(), labels.clone()
+    params_before = [p.detach().clone() for p in bars_cnn.parameters()]
+    result = alma_prox_solve(as_fn(bars_cnn), ep.astensor(images), ep.astensor(labels), steps=300)
+    adv = result.adversarials.raw
+    assert torch.equal(images, before[0]) and torch.equal(labels, before[1])
+    assert all(torch.equal(a, b) for a, b in zip(params_before, bars_cnn.parameters(), strict=True))
+    assert all(p.grad is None for p in bars_cnn.parameters())
+    assert adv.shape == images.shape and adv.dtype == images.dtype
+    assert adv.min() >= 0 and adv.max() <= 1
+    with torch.no_grad():
+        assert (bars_cnn(adv).argmax(1) != labels).all()
+    assert result.success.raw.all() and (result.apsr.raw == 1).all()
+    norms = result.norms.raw
+    assert torch.allclose(norms, (adv - images).flatten(1).abs().max(1).values)
+    median = norms.median().item()
+    print(f"classification: success 100%, median linf {median:.4f}, max {norms.max():.4f}")
+    assert 0 < median < 0.06
+
+
+def test_classification_targeted(bars_cnn, bars_samples):
+    images, labels = bars_samples[0][:8], bars_samples[1][:8]
+    targets = (labels + 1) % 4
+    result = alma_prox_solve(
+        as_fn(bars_cnn), ep.astensor(images), ep.astensor(targets), targeted=True, steps=300
+    )
+    assert result.success.raw.all()
+    with torch.no_grad():
+        assert (bars_cnn(result.adversarials.raw).argmax(1) == targets).all()
+
+
+def test_classification_criterion(bars_cnn, bars_samples):
+    images, labels = ep.astensor(bars_samples[0][:4]), ep.astensor(bars_samples[1][:4])
+    never = alma_prox_solve(
+        as_fn(bars_cnn), images, labels, steps=20, is_adversarial=lambda x, z: z[:, 0] > 1e9
+    )
+    assert not never.success.raw.any() and torch.equal(never.adversarials.raw, images.raw)
+    assert (never.norms.raw == 0).all() and (never.apsr.raw == 0).all()
+    always = alma_prox_solve(
+        as_fn(bars_cnn), images, labels, steps=5, is_adversarial=lambda x, z: z[:, 0] > -1e9
+    )
+    assert always.success.raw.all() and (always.norms.raw == 0).all()
+
+
+class Counting(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.forwards, self.backwards = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        out = self.model(x)
+        if out.requires_grad:
+            out.register_hook(self._count_backward)
+        return out
+
+    def _count_backward(self, grad: torch.Tensor) -> None:
+        self.backwards += 1
+
+
+@pytest.mark.parametrize("steps", [1, 7, 25])
+def test_one_forward_one_backward_per_step(bars_cnn, bars_samples, steps):
+    counting = Counting(bars_cnn)
+    images, labels = bars_samples[0][:4], bars_samples[1][:4]
+    alma_prox_solve(as_fn(counting), ep.astensor(images), ep.astensor(labels), steps=steps)
+    assert counting.forwards == steps and counting.backwards == steps
+    dense = Counting(nn.Conv2d(1, 3, 3, padding=1))
+    seg_labels = torch.randint(0, 3, (4, 12, 12), generator=torch.Generator().manual_seed(0))
+    alma_prox_dense_solve(as_fn(dense), ep.astensor(images), ep.astensor(seg_labels), steps=steps)
+    assert dense.forwards == steps and dense.backwards == steps
+
+
+def test_deterministic_and_bounds_invariant(bars_cnn, bars_samples):
+    images, labels = bars_samples[0][:6], bars_samples[1][:6]
+
+    def run():
+        return alma_prox_solve(as_fn(bars_cnn), ep.astensor(images), ep.astensor(labels), steps=60)
+
+    a, b = run(), run()
+    assert torch.equal(a.adversarials.raw, b.adversarials.raw) and torch.equal(
+        a.norms.raw, b.norms.raw
+    )
+    # the same attack on a model taking inputs in [0, 255]: hyperparameters live in [0, 1]
+    scaled = lambda x: ep.astensor(bars_cnn(x.raw / 255))  # noqa: E731
+    c = alma_prox_solve(
+        scaled, ep.astensor(images * 255), ep.astensor(labels), steps=60, bounds=(0, 255)
+    )
+    assert c.adversarials.raw.min() >= 0 and c.adversarials.raw.max() <= 255
+    assert torch.equal(c.success.raw, a.success.raw)
+    assert np.allclose(c.norms.raw.numpy(), a.norms.raw.numpy(), atol=2e-3)
+
+
+def test_classification_bad_inputs(bars_cnn):
+    fn, x, y = as_fn(bars_cnn), torch.rand(2, 1, 12, 12), torch.tensor([0, 1])
+    cases = [
+        (dict(inputs=x * 2), ValueError, "within bounds"),
+        (dict(inputs=x.masked_fill(x > 0.5, float("nan"))), ValueError, "NaN"),
+        (dict(inputs=x.long()), TypeError, "floating"),
+        (dict(labels=y.float()), TypeError, "integer"),
+        (dict(labels=y[:1]), ValueError, "labels must have shape"),
+        (dict(labels=y[:, None]), ValueError, r"labels must have shape \(N,\)"),
+        (dict(labels=torch.tensor([0, 4])), ValueError, "number of classes 4"),
+        (dict(labels=torch.tensor([0, -1])), ValueError, ">= 0"),
+        (dict(steps=0), ValueError, "steps must be >= 1, got 0"),
+        (dict(steps=2.5), TypeError, "steps must be an integer"),
+        (dict(bounds=(1, 0)), ValueError, "bounds"),
+        (dict(gamma=0.5), ValueError, "gamma"),
+        (dict(unknown_option=1), TypeError, "unknown_option"),
+    ]
+    for change, error, message in cases:
+        kwargs = dict(inputs=x, labels=y, steps=2)
+        kwargs.update(change)
+        inputs, labels = ep.astensor(kwargs.pop("inputs")), ep.astensor(kwargs.pop("labels"))
+        with pytest.raises(error, match=message):
+            alma_prox_solve(fn, inputs, labels, **kwargs)
+    with pytest.raises(ValueError, match=r"logits of shape \(N=2, K\)"):
+        alma_prox_solve(lambda z: z, ep.astensor(x), ep.astensor(y), steps=1)
+    assert ProxParams().alpha == 0.8 and ProxParams().rho_init == 0.01  # §5.5.5.3
