@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -130,6 +131,10 @@ def test_eagerpy_inputs_and_bounds(seg_net, scenes):
     )  # fmt: skip
     assert isinstance(result.adversarials, ep.Tensor)
     assert result.adversarials.raw.min() >= 0 and result.adversarials.raw.max() <= 255
+    # uint8 label maps and float64 images are accepted; results keep the images' dtype
+    model64 = copy.deepcopy(seg_net).double()
+    result = alma_prox(model64, images.double(), labels.to(torch.uint8), steps=3)
+    assert result.adversarials.dtype == torch.float64 and result.apsr.shape == (2,)
 
 
 def test_bad_inputs(seg_net, scenes):
@@ -153,6 +158,7 @@ def test_bad_inputs(seg_net, scenes):
         (dict(adv_threshold=1.5), ValueError, "adv_threshold"),
         (dict(init_lr=-1.0), ValueError, "init_lr"),
         (dict(model=3), TypeError, "model must be callable"),
+        (dict(model=lambda z: seg_net(z)[..., :-1]), ValueError, "model must return logits"),
     ]
     for change, error, message in cases:
         kwargs = dict(model=seg_net, images=x, labels=y, steps=2)

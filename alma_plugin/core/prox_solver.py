@@ -163,10 +163,6 @@ def dense_dlr_plus(
     return margin / scale.maximum(_DENOMINATOR_FLOOR), satisfied
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
 def check_arguments(
     inputs: Any, labels: Any, masks: Any, bounds: Any, steps: Any, adv_threshold: Any
 ) -> tuple[float, float]:
@@ -181,7 +177,7 @@ def check_arguments(
         raise TypeError(f"bounds must be a pair (lower, upper), got {bounds!r}") from None
     if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
         raise ValueError(f"bounds must be finite with lower < upper, got {bounds!r}")
-    if not _is_int(steps):
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer):
         raise TypeError(f"steps must be an integer, got {steps!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
@@ -296,6 +292,7 @@ def _solve(
         raise ValueError(f"masks must select at least one pixel per sample; empty: "
                          f"{np.flatnonzero(counts == 0).tolist()}")  # fmt: skip
     y = ep.where(m_bool, y, 0)  # labels of unmasked pixels (e.g. 255) are ignored
+    y = y.astype(ep.arange(y, 1).dtype)  # the framework's index dtype, for the gather
     if int(y.min().item()) < 0:
         raise ValueError(f"labels must be >= 0 on masked pixels, got {int(y.min().item())}")
     label_max = int(y.max().item())
