@@ -87,7 +87,7 @@ def alma(
         seed: seeds the random directions used where a gradient vanishes.
         **hyperparameters: ``mu_init`` (μ⁽⁰⁾), ``rho_init`` (ρ⁽⁰⁾), ``mu_min``, ``mu_max``,
             ``gamma`` (γ), ``tau`` (τ), ``check_steps`` (M), ``lr_init``, ``lr_reduction``,
-            ``rmsprop_decay``, ``momentum``, ``levels``.
+            ``rmsprop_decay`` and ``momentum`` (both default to α), ``levels``.
 
     Example:
         >>> import torch

@@ -4,8 +4,10 @@ Both are negative exactly when the attack goal is met (misclassification, or cla
 the target), so the attack solves min D(x̃, x) s.t. d(x̃) < 0. The numerator is the logit
 margin; the denominator makes the value invariant to the logits' scale.
 
-Small class counts: DLR⁺ needs the third-largest logit and tDLR⁺ the fourth. With K = 2 both
-fall back to the plain logit difference of eq. 3; with K = 3, tDLR⁺ uses DLR⁺'s denominator.
+Small class counts: DLR⁺ needs the third-largest logit and tDLR⁺ the fourth. Where that logit
+does not exist (K = 2 for DLR⁺, K ≤ 3 for tDLR⁺) both fall back to the plain logit difference
+of eq. 3. (With K = 3 a tDLR⁺ built on DLR⁺'s denominator would be identically 1, with zero
+gradient, whenever the target has the lowest logit.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ _DENOMINATOR_FLOOR = 1e-12
 
 def _margin(logits: ep.Tensor, labels: ep.Tensor, targeted: bool) -> ep.Tensor:
     """z_y − max_{i≠y} z_i (untargeted) or max_{i≠t} z_i − z_t (targeted), plus the tolerance."""
-    label_logit = logits[range(logits.shape[0]), labels]
+    label_logit = logits.take_along_axis(labels.expand_dims(1), axis=1).squeeze(1)
     others = ep.where(ep.onehot_like(logits, labels) > 0, -ep.inf, logits).max(axis=1)
     margin = others - label_logit if targeted else label_logit - others
     return margin + LOGIT_TOLERANCE
@@ -33,12 +35,13 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
     """
     num_classes = logits.shape[1]
     margin = _margin(logits, labels, targeted)
-    if num_classes == 2:
-        return margin  # eq. 3: DLR's denominator z_π1 − z_π3 does not exist
-    top, _ = logits.topk(min(num_classes, 4), sorted=True)
-    if targeted and num_classes >= 4:
+    if num_classes < (4 if targeted else 3):
+        return margin  # eq. 3: the denominator's π3 (π4) does not exist
+    if targeted:
+        top, _ = logits.topk(4, sorted=True)
         scale = top[:, 0] - (top[:, 2] + top[:, 3]) / 2
     else:
+        top, _ = logits.topk(3, sorted=True)
         scale = top[:, 0] - top[:, 2]
     return margin / scale.maximum(_DENOMINATOR_FLOOR)
 

@@ -2,6 +2,7 @@
 
 α follows the step budget (Appendix E): 0.5 for 100 steps or fewer, 0.9 for 1000 or more,
 linear in log₁₀(steps) between. ε (``init_lr_distance``) follows the distance (Table 3).
+RMSProp's decay and the momentum default to α, as in the authors' reference code.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def make_config(
     gamma: float = 1.2,
     tau: float = 0.95,
     check_steps: int = 10,
-    rmsprop_decay: float = 0.99,
-    momentum: float = 0.9,
+    rmsprop_decay: float | None = None,
+    momentum: float | None = None,
     levels: int | None = None,
 ) -> ALMAConfig:
     """Validate every hyperparameter (clear errors naming the argument) and fill the defaults.
@@ -68,6 +69,10 @@ def make_config(
     check_in_range("gamma", gamma, 1.0, math.inf, open_high=True)
     check_in_range("tau", tau, 0.0, 1.0)
     check_positive_int("check_steps", check_steps)
+    # The paper gives no values for RMSProp's decay and the momentum (§3.2.4); the authors'
+    # reference implementation ties both to α, so they follow the budget like α does.
+    rmsprop_decay = alpha if rmsprop_decay is None else rmsprop_decay
+    momentum = alpha if momentum is None else momentum
     check_in_range("rmsprop_decay", rmsprop_decay, 0.0, 1.0, open_high=True)
     check_in_range("momentum", momentum, 0.0, 1.0, open_high=True)
     if levels is not None:

@@ -76,8 +76,8 @@ def p1(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
 
 def p1_derivative(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
     yp = _nonneg(y)
-    y_mid = _nonpos(y).maximum(-mu / rho)
-    return ep.where(y >= 0, mu + rho * yp + 3 * rho**2 * yp**2, mu + rho * y_mid)
+    # μ + ρy on [−μ/ρ, 0], 0 below: written as a max so rounding never makes it negative.
+    return ep.where(y >= 0, mu + rho * yp + 3 * rho**2 * yp**2, (mu + rho * _nonpos(y)).maximum(0))
 
 
 # PHR (eq. 19), the Powell–Hestenes–Rockafellar augmented Lagrangian term.

@@ -41,7 +41,7 @@ class ALMAConfig:
     gamma: γ, growth factor of ρ.  tau: τ, required constraint improvement.
     check_steps: M, steps between two ρ checks.
     rmsprop_decay, momentum: RMSProp β and momentum of the step (§3.2.4; the squared-gradient
-    average starts at 1).
+    average starts at 1). ``make_config`` defaults both to α.
     levels: quantise the iterate to this many grey levels after each step (None: off).
     """
 
@@ -57,7 +57,7 @@ class ALMAConfig:
     gamma: float = 1.2
     tau: float = 0.95
     check_steps: int = 10
-    rmsprop_decay: float = 0.99
+    rmsprop_decay: float = 0.9
     momentum: float = 0.9
     levels: int | None = None
 
@@ -180,7 +180,12 @@ def alma_solve(
             if vanishing.any():
                 grad = ep.where(vanishing, random_unit_directions(grad, rng), grad)
             if c.init_lr_distance is not None:
-                step_size0 = initial_step_size(distance, x, grad, c.init_lr_distance)
+                # §3.2.3 searches along g = ∇DLR⁺. At t = 0, D ≡ 0 and ∇L = P′(d)·∇d, so the
+                # constraint's gradient is ∇L / P′ per sample: no extra backward propagation.
+                slope = c.penalty.derivative(d, rho, mu)
+                usable = _expand(ep.logical_and(slope > 0, vanishing.logical_not().flatten()), x)
+                direction = ep.where(usable, grad / _expand(slope.maximum(1e-30), x), grad)
+                step_size0 = initial_step_size(distance, x, direction, c.init_lr_distance)
             constraint_at_last_check = d
 
         # Constant η while exploring, exponential decay after the first success (Fig. 3).

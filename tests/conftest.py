@@ -1,0 +1,36 @@
+"""Session fixtures: a small MNIST CNN trained once, in seconds, on the embedded MNIST images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alma_plugin.bench.data import load_mnist_heldout
+from tests.utils import tiny_mnist_cnn, train_classifier
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def mnist_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1000 MNIST images embedded in the package (values in [0, 1], labels int64)."""
+    return load_mnist_heldout()
+
+
+@pytest.fixture(scope="session")
+def mnist_cnn(mnist_data: tuple[torch.Tensor, torch.Tensor]) -> torch.nn.Module:
+    """A small CNN trained on the first 800 embedded images (eval mode)."""
+    torch.manual_seed(0)
+    images, labels = mnist_data
+    return train_classifier(tiny_mnist_cnn(), images[:800], labels[:800], epochs=8)
+
+
+@pytest.fixture(scope="session")
+def mnist_samples(
+    mnist_cnn: torch.nn.Module, mnist_data: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """32 held-out images (indices 800+) that ``mnist_cnn`` classifies correctly."""
+    images, labels = mnist_data[0][800:], mnist_data[1][800:]
+    with torch.no_grad():
+        correct = mnist_cnn(images).argmax(1) == labels
+    return images[correct][:32].clone(), labels[correct][:32].clone()
