@@ -1,0 +1,1 @@
+"""Benchmark runner and embedded default models/data (`python -m alma_plugin.bench`)."""
