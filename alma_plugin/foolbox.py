@@ -31,7 +31,15 @@ from .core.solver import alma_solve
 from .core.validation import Bounds, check_bounds, check_inputs, check_labels, check_positive_int
 from .distances import get_distance
 
-__all__ = ["ALMAAttack", "L1ALMA", "L2ALMA", "NormalisedDistance"]
+__all__ = [
+    "ALMAAttack",
+    "CIEDE2000ALMA",
+    "L1ALMA",
+    "L2ALMA",
+    "LPIPSALMA",
+    "NormalisedDistance",
+    "SSIMALMA",
+]
 
 _CLIP_BISECTION_STEPS = 30
 
@@ -121,41 +129,20 @@ class ALMAAttack(MinimizationAttack):
         alpha: float | None = None,
         init_lr_distance: float | None | str = "default",
         penalty: str = "P2",
-        mu_init: float = 1.0,
-        rho_init: float = 1.0,
-        mu_min: float = 1e-6,
-        mu_max: float = 1e12,
-        gamma: float = 1.2,
-        tau: float = 0.95,
-        check_steps: int = 10,
-        lr_init: float = 0.1,
-        lr_reduction: float = 0.01,
-        rmsprop_decay: float = 0.99,
-        momentum: float = 0.9,
-        levels: int | None = None,
         seed: int = 0,
+        **hyperparameters: Any,
     ) -> None:
         spec = get_distance(self.distance_name)
         self.steps = check_positive_int("steps", steps)
         self.seed = check_positive_int("seed", seed, minimum=0)
+        # The remaining defaults live once, in make_config; unknown names raise a TypeError.
         self.config = make_config(
             steps=steps,
             default_init_lr_distance=spec.init_lr_distance,
             alpha=alpha,
             init_lr_distance=init_lr_distance,
             penalty=penalty,
-            mu_init=mu_init,
-            rho_init=rho_init,
-            mu_min=mu_min,
-            mu_max=mu_max,
-            gamma=gamma,
-            tau=tau,
-            check_steps=check_steps,
-            lr_init=lr_init,
-            lr_reduction=lr_reduction,
-            rmsprop_decay=rmsprop_decay,
-            momentum=momentum,
-            levels=levels,
+            **hyperparameters,
         )
         self._bounds: Bounds = (0.0, 1.0)
 
@@ -264,6 +251,8 @@ class L2ALMA(ALMAAttack):
         init_lr_distance : ε, the distance added by the first step (§3.2.3); "default" takes
             Table 3's value for the distance (ℓ1: 0.5, ℓ2: 0.1); None uses ``lr_init``.
         penalty : Penalty-Lagrangian function: "P2" (eq. 10, default), "P1", "P3" or "PHR".
+        seed : Seed of the random directions used where a gradient vanishes.
+        **hyperparameters : Forwarded to the core's ``make_config`` (paper defaults otherwise):
         mu_init : Initial multiplier μ⁽⁰⁾.
         rho_init : Initial penalty parameter ρ⁽⁰⁾.
         mu_min : Lower safeguard of μ.
@@ -276,7 +265,6 @@ class L2ALMA(ALMAAttack):
         rmsprop_decay : RMSProp decay of the squared-gradient average (§3.2.4).
         momentum : Momentum of the step (§3.2.4).
         levels : If given, quantise the inputs to this many levels after each step.
-        seed : Seed of the random directions used where a gradient vanishes.
 
     References:
         .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
@@ -307,3 +295,46 @@ class L1ALMA(ALMAAttack):
     @property
     def distance(self) -> Distance:
         return l1
+
+
+class CIEDE2000ALMA(ALMAAttack):
+    """ALMA minimising the mean per-pixel CIEDE2000 colour difference (§4). [#Rony21]_
+
+    As :class:`L2ALMA`; RGB inputs (N, 3, H, W). :attr:`distance` is a
+    :class:`NormalisedDistance` whose ``clip_perturbation`` shrinks δ until D ≤ ε.
+
+    References:
+        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
+            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
+            https://arxiv.org/abs/2011.11857
+    """
+
+    distance_name = "ciede2000"
+
+
+class SSIMALMA(ALMAAttack):
+    """ALMA minimising 1 − SSIM (Appendix G; ε = 3e-5, Table 3). [#Rony21]_
+
+    As :class:`L2ALMA`, with a :class:`NormalisedDistance`.
+
+    References:
+        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
+            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
+            https://arxiv.org/abs/2011.11857
+    """
+
+    distance_name = "ssim"
+
+
+class LPIPSALMA(ALMAAttack):
+    """ALMA minimising the LPIPS-AlexNet distance (§4; ε = 1e-3, Table 3). [#Rony21]_
+
+    As :class:`L2ALMA`, with a :class:`NormalisedDistance`; PyTorch models, RGB inputs.
+
+    References:
+        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
+            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
+            https://arxiv.org/abs/2011.11857
+    """
+
+    distance_name = "lpips"
