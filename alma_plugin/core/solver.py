@@ -144,7 +144,8 @@ def alma_solve(
     def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
         model_inputs = to_model_space(u)
         logits = model(model_inputs)  # 3. z ← f(x̃)
-        check_logits(logits, labels)
+        if t == 0:  # the class count K is only known once the model has answered
+            check_logits(logits, labels, "targets" if targeted else "labels")
         d = dlr_plus(logits, labels, targeted)  # 4. d ← DLR⁺(z, y), or tDLR⁺
         # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
         d_value = stop_gradient(d)
@@ -156,6 +157,7 @@ def alma_solve(
 
     rng = np.random.default_rng(seed)
     steps_run = steps
+    t = 0
     for t in range(steps):
         # 8. g ← ∇L (one forward, one backward).
         _, aux, grad = value_aux_and_grad(loss_fn, x_adv)

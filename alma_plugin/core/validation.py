@@ -52,7 +52,9 @@ def check_in_range(
 def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> None:
     """Inputs must be a floating batch (N, ...) of finite values inside the bounds."""
     if inputs.ndim < 2:
-        raise ValueError(f"inputs must be a batch of shape (N, ...), got shape {inputs.shape}")
+        raise ValueError(
+            f"inputs must be a batch of shape (N, ...), got shape {tuple(inputs.shape)}"
+        )
     if "float" not in str(inputs.dtype):
         raise TypeError(f"inputs must be a floating-point tensor, got dtype {inputs.dtype}")
     if len(inputs) == 0:
@@ -74,8 +76,8 @@ def _has_non_finite(x: ep.Tensor) -> bool:
 
 def check_labels(labels: ep.Tensor, batch_size: int, name: str = "labels") -> None:
     """Labels must be integer class indices of shape (N,)."""
-    if labels.shape != (batch_size,):
-        raise ValueError(f"{name} must have shape ({batch_size},), got shape {labels.shape}")
+    if tuple(labels.shape) != (batch_size,):
+        raise ValueError(f"{name} must have shape ({batch_size},), got shape {tuple(labels.shape)}")
     if "int" not in str(labels.dtype):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
 
@@ -86,7 +88,7 @@ def check_logits(logits: ep.Tensor, labels: ep.Tensor, name: str = "labels") -> 
     if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < 2:
         raise ValueError(
             f"model outputs must have shape (N={n}, K>=2) (one logit per class), got shape "
-            f"{logits.shape}"
+            f"{tuple(logits.shape)}"
         )
     if n:
         low, high = labels.min().item(), labels.max().item()

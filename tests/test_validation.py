@@ -1,0 +1,91 @@
+"""Bad input gets a clear error naming the argument and the value; an empty batch is fine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from alma_plugin import alma
+
+
+@pytest.fixture
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+
+
+X = torch.rand(3, 1, 4, 4)
+Y = torch.tensor([0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    "inputs, labels, kwargs, error, match",
+    [
+        (X + 1.5, Y, {}, ValueError, r"inputs must lie within bounds \(0.0, 1.0\), got values"),
+        (X * 300, Y, {"bounds": (0, 255)}, ValueError, "within bounds"),
+        (torch.where(X > 0.5, torch.nan, X), Y, {}, ValueError, "NaN or Inf"),
+        (torch.where(X > 0.5, torch.inf, X), Y, {}, ValueError, "NaN or Inf"),
+        (X.long(), Y, {}, TypeError, "inputs must be a floating-point tensor"),
+        (X[0, 0, 0], Y, {}, ValueError, r"inputs must have shape|must lie|shape \(N, \.\.\.\)"),
+        (X, Y[:2], {}, ValueError, r"labels must have shape \(3,\), got shape \(2,\)"),
+        (X, Y[:, None], {}, ValueError, r"labels must have shape \(3,\)"),
+        (X, Y.float(), {}, TypeError, "labels must be an integer tensor, got dtype"),
+        (X, torch.tensor([0, 1, 5]), {}, ValueError, r"labels must lie in \[0, 5\).*\[0, 5\]"),
+        (X, torch.tensor([0, -1, 2]), {}, ValueError, r"labels must lie in \[0, 5\)"),
+        (X, Y, {"targeted": True, "steps": 1}, None, None),
+        (X, torch.tensor([0, 1, 9]), {"targeted": True}, ValueError, r"targets must lie in"),
+        (X, Y, {"steps": 0}, ValueError, "steps must be >= 1, got 0"),
+        (X, Y, {"steps": 2.5}, TypeError, "steps must be an integer, got 2.5"),
+        (X, Y, {"distance": "l3"}, ValueError, r"distance must be one of .*got 'l3'"),
+        (X, Y, {"penalty": "P9"}, ValueError, r"penalty must be one of .*got 'P9'"),
+        (X, Y, {"alpha": 1.5}, ValueError, r"alpha must lie in \[0.0, 1.0\), got 1.5"),
+        (X, Y, {"gamma": 0.5}, ValueError, "gamma must lie in"),
+        (X, Y, {"bounds": (1, 0)}, ValueError, "bounds must be finite with lower < upper"),
+        (X, Y, {"bounds": 1.0}, TypeError, "bounds must be a pair"),
+        (X, Y, {"init_lr_distance": -1.0}, ValueError, "init_lr_distance must lie in"),
+        (X, Y, {"levels": 1}, ValueError, "levels must be >= 2"),
+        (X, Y, {"early_stop": 0.0}, ValueError, "early_stop must be a positive number"),
+        (X, Y, {"mu_init": 2.0, "mu_max": 1.0}, ValueError, "mu_init must lie in"),
+        (X.numpy(), Y, {}, TypeError, "inputs must be a PyTorch, JAX or TensorFlow tensor"),
+    ],
+)
+def test_bad_arguments(
+    model: nn.Module, inputs, labels, kwargs: dict, error: type | None, match: str | None
+) -> None:
+    if error is None:
+        alma(model, inputs, labels, **kwargs)
+        return
+    with pytest.raises(error, match=match):
+        alma(model, inputs, labels, **kwargs)
+
+
+def test_unknown_hyperparameter(model: nn.Module) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rhoo'"):
+        alma(model, X, Y, rhoo=2.0)
+
+
+@pytest.mark.parametrize(
+    "head, match",
+    [
+        (lambda out: out[:, :1], r"model outputs must have shape \(N=3, K>=2\).*\(3, 1\)"),
+        (lambda out: out.reshape(-1), r"model outputs must have shape.*\(15,\)"),
+        (lambda out: out[:2], r"model outputs must have shape.*\(2, 5\)"),
+        (lambda out: (out,), "model must return a tensor of logits, got tuple"),
+    ],
+)
+def test_bad_model_outputs(model: nn.Module, head, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        alma(lambda x: head(model(x)), X, Y, steps=2)
+
+
+def test_not_callable_model() -> None:
+    with pytest.raises(TypeError, match="model must be callable, got int"):
+        alma(3, X, Y)  # type: ignore[arg-type]
+
+
+def test_empty_batch_returns_empty_results(model: nn.Module) -> None:
+    result = alma(model, X[:0], Y[:0], steps=5)
+    assert result.adversarials.shape == (0, 1, 4, 4)
+    assert result.distances.shape == result.success.shape == (0,)
+    assert result.steps_run == 0
