@@ -105,3 +105,16 @@ def test_idx_readers(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_idx_labels(tmp_path / "lab.gz"), labels)
     with pytest.raises(ValueError, match="dimensions"):
         read_idx_labels(tmp_path / "img.gz")
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="MNIST idx files not available")
+def test_heldout_matches_source(heldout: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images = read_idx_images(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx_labels(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    x, y = heldout
+    np.testing.assert_array_equal((x[:, 0] * 255).round().to(torch.uint8).numpy(), images[9000:])
+    np.testing.assert_array_equal(y.numpy(), labels[9000:])

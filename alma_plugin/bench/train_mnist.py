@@ -281,7 +281,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="skip training; evaluate the stored weights"
     )
+    parser.add_argument(
+        "--no-report", action="store_true", help="skip the held-out evaluation after training"
+    )
     args = parser.parse_args(argv)
+    if args.report_only and args.no_report:
+        parser.error("--report-only and --no-report are mutually exclusive")
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -341,9 +346,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         t2 = time.perf_counter()
         print(f"training time: regular {t1 - t0:.0f}s, adversarial {t2 - t1:.0f}s")
 
-    t3 = time.perf_counter()
-    report(args.out, x_held, y_held, config.seed + 1, args.eval_pgd_steps)
-    print(f"evaluation time: {time.perf_counter() - t3:.0f}s")
+    if not args.no_report:
+        t3 = time.perf_counter()
+        report(args.out, x_held, y_held, config.seed + 1, args.eval_pgd_steps)
+        print(f"evaluation time: {time.perf_counter() - t3:.0f}s")
     for path in sorted(args.out.glob("*.npz")):
         print(f"{path.name}: {path.stat().st_size / 1024:.0f} KiB")
 
