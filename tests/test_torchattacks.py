@@ -138,6 +138,21 @@ def test_model_mode_follows_torchattacks_and_is_restored(
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("distance", ["l1", "ssim"])
+def test_registry_distances(
+    cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor], distance: str
+) -> None:
+    x, y = few[0][:3], few[1][:3]
+    attack = ALMA(cnn, distance=distance, steps=20)
+    assert attack.distance == distance  # ε from Table 3 (ℓ1 0.5, SSIM 3e-5)
+    assert attack.init_lr_distance == {"l1": 0.5, "ssim": 3e-5}[distance]
+    adv = attack(x, y)
+    changed = (adv != x).flatten(1).any(1)
+    assert changed.any() and (predict(cnn, adv)[changed] != y[changed]).all()
+    with pytest.raises(ValueError, match="needs RGB images"):
+        ALMA(cnn, distance="ciede2000", steps=5)(x, y)
+
+
 def test_bad_input(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = few
     attack = ALMA(cnn, steps=5)
@@ -156,7 +171,7 @@ def test_bad_input(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> No
     with pytest.raises(ValueError, match="alpha"):
         ALMA(cnn, alpha=1.5)
     with pytest.raises(TypeError, match="steps must be an integer"):
-        ALMA(cnn, steps=10.5)
+        ALMA(cnn, steps=10.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unexpected keyword"):
         ALMA(cnn, gama=1.2)
     with pytest.raises(ValueError, match="Targeted mode is not supported"):
@@ -177,18 +192,31 @@ def test_repr(cnn: nn.Module) -> None:
 
 def test_multiattack(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = few[0][:4], few[1][:4]
-    attacks = [
-        torchattacks.CW(cnn, c=1, steps=5),
-        torchattacks.FAB(cnn, norm="L2", steps=3, eps=10.0),
-        torchattacks.DeepFool(cnn, steps=2),
-        ALMA(cnn, steps=30),
-    ]
-    multi = torchattacks.MultiAttack(attacks)
-    adv = multi(x, y)
-    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
-    assert (predict(cnn, adv) != y).all()  # ALMA, last, finishes what the others left
+    calls: list[int] = []
+
+    class RecordingALMA(ALMA):
+        def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+            calls.append(len(images))
+            return super().forward(images, labels)
+
+    alma = RecordingALMA(cnn, steps=30)
+    for attacks in (
+        [alma, torchattacks.CW(cnn, c=1, steps=5), torchattacks.FAB(cnn, norm="L2", steps=3)],
+        [  # weak settings leave work for ALMA, last
+            torchattacks.CW(cnn, c=0.01, steps=1),
+            torchattacks.FAB(cnn, norm="L2", steps=1, eps=0.1),
+            torchattacks.DeepFool(cnn, steps=1),
+            alma,
+        ],
+    ):
+        calls.clear()
+        multi = torchattacks.MultiAttack(attacks)
+        adv = multi(x, y)
+        assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
+        assert (predict(cnn, adv) != y).all()
+        assert calls  # ALMA ran, on the samples the attacks before it left
     multi.set_normalization_used(MEAN, STD)  # propagates to ALMA
-    assert attacks[-1].normalization_used is not None
+    assert alma.normalization_used is not None
 
 
 def test_save_with_dataloader(
@@ -196,10 +224,11 @@ def test_save_with_dataloader(
 ) -> None:
     x, y = few
     loader = DataLoader(TensorDataset(x, y), batch_size=4)
-    for name, attack in [
+    attacks: list[tuple[str, ALMA | MinimalEnsemble]] = [
         ("alma", ALMA(cnn, steps=30)),
         ("ensemble", MinimalEnsemble([ALMA(cnn, steps=30), ALMA(cnn, distance="l1", steps=30)])),
-    ]:
+    ]
+    for name, attack in attacks:
         path = tmp_path / f"{name}.pt"  # type: ignore[operator]
         rob_acc, mean_l2, _ = attack.save(
             loader, save_path=path, verbose=False, return_verbose=True
@@ -296,3 +325,14 @@ def test_minimal_ensemble_beats_members(
     ]
     per_sample = torch.minimum(*members)
     assert (l2(ensemble, x) <= per_sample + 1e-5).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inputs_moved_to_the_model_device(few: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = few  # on the CPU
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).cuda().eval()
+    attack = ALMA(model, steps=10)
+    assert attack.device.type == "cuda"
+    adv = attack(x, y)
+    assert adv.device.type == "cuda" and adv.shape == x.shape  # as torchattacks returns
+    assert x.device.type == "cpu"
