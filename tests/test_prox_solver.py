@@ -16,7 +16,6 @@ from alma_plugin.core.prox_solver import (
     ProxParams,
     alma_prox_dense_solve,
     alma_prox_solve,
-    dense_dlr_plus,
     p2_prox,
     p2_prox_derivative,
 )
@@ -76,16 +75,20 @@ def as_fn(model: nn.Module):
 
 @pytest.mark.parametrize("num_classes", [2, 3, 4, 10])
 @pytest.mark.parametrize("targeted", [False, True])
-def test_dense_dlr_plus_matches_dlr_plus(num_classes, targeted):
+def test_dlr_plus_per_pixel_matches_per_row(num_classes, targeted):
+    # Segmentation evaluates one constraint per pixel: logits (N, H, W, K), labels (N, H, W).
     torch.manual_seed(num_classes)
     logits = torch.randn(64, num_classes)
     labels = torch.randint(0, num_classes, (64,))
     expected = dlr_plus(ep.astensor(logits), ep.astensor(labels), targeted).raw
-    d, sat = dense_dlr_plus(ep.astensor(logits[:, None]), ep.astensor(labels[:, None]), targeted)
-    assert torch.allclose(d.raw[:, 0], expected, atol=1e-6)
-    assert torch.equal(
-        sat.raw[:, 0], is_satisfied(ep.astensor(logits), ep.astensor(labels), targeted).raw
-    )
+    dense = dlr_plus(
+        ep.astensor(logits.reshape(2, 4, 8, num_classes)),
+        ep.astensor(labels.reshape(2, 4, 8)),
+        targeted,
+    ).raw
+    assert torch.allclose(dense.reshape(-1), expected, atol=1e-6)
+    satisfied = is_satisfied(ep.astensor(logits), ep.astensor(labels), targeted).raw
+    assert torch.equal(dense.reshape(-1) < 0, satisfied)
 
 
 def test_modified_p2_eq_5_9():

@@ -21,28 +21,32 @@ _DENOMINATOR_FLOOR = 1e-12
 
 
 def _margin(logits: ep.Tensor, labels: ep.Tensor, targeted: bool) -> ep.Tensor:
-    """z_y − max_{i≠y} z_i (untargeted) or max_{i≠t} z_i − z_t (targeted), plus the tolerance."""
-    label_logit = logits.take_along_axis(labels.expand_dims(1), axis=1).squeeze(1)
-    others = ep.where(ep.onehot_like(logits, labels) > 0, -ep.inf, logits).max(axis=1)
+    """z_y − max_{i≠y} z_i (untargeted) or max_{i≠t} z_i − z_t (targeted), plus the tolerance.
+
+    Logits have shape (..., K) and labels (...): one constraint per sample, or per pixel."""
+    label_logit = logits.take_along_axis(labels.expand_dims(-1), axis=-1).squeeze(-1)
+    is_label = ep.arange(labels, logits.shape[-1]) == labels.expand_dims(-1)
+    others = ep.where(is_label, -ep.inf, logits).max(axis=-1)
     margin = others - label_logit if targeted else label_logit - others
     return margin + LOGIT_TOLERANCE
 
 
 def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep.Tensor:
-    """DLR⁺(z, y) (eq. 4), or tDLR⁺(z, t) (eq. 18) when ``targeted``; shape (N,).
+    """DLR⁺(z, y) (eq. 4), or tDLR⁺(z, t) (eq. 18) when ``targeted``, for logits (..., K) and
+    labels (...): one value per constraint. Negative exactly when the goal is met.
 
     ``labels`` holds the true classes y, or the targets t when ``targeted``.
     """
-    num_classes = logits.shape[1]
+    num_classes = logits.shape[-1]
     margin = _margin(logits, labels, targeted)
     if num_classes < (4 if targeted else 3):
         return margin  # eq. 3: the denominator's π3 (π4) does not exist
     if targeted:
         top, _ = logits.topk(4, sorted=True)
-        scale = top[:, 0] - (top[:, 2] + top[:, 3]) / 2
+        scale = top[..., 0] - (top[..., 2] + top[..., 3]) / 2
     else:
         top, _ = logits.topk(3, sorted=True)
-        scale = top[:, 0] - top[:, 2]
+        scale = top[..., 0] - top[..., 2]
     return margin / scale.maximum(_DENOMINATOR_FLOOR)
 
 

@@ -34,7 +34,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import stop_gradient, value_aux_and_grad
-from .constraints import LOGIT_TOLERANCE
+from .constraints import dlr_plus
 from .prox import linf_box_prox
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "ProxResult",
     "alma_prox_dense_solve",
     "alma_prox_solve",
-    "dense_dlr_plus",
     "p2_prox",
     "p2_prox_derivative",
 ]
@@ -50,7 +49,6 @@ __all__ = [
 T = TypeVar("T")
 ModelFn = Callable[[ep.Tensor], ep.Tensor]
 Criterion = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
-_DENOMINATOR_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -136,31 +134,6 @@ def p2_prox_derivative(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor
     positive = mu + 2 * mu * rho * yp + rho**2 * yp**2 / 2
     negative = mu / (1 - rho.maximum(1) * yn) ** 2
     return ep.where(y >= 0, positive, negative)
-
-
-def dense_dlr_plus(
-    logits: ep.Tensor, labels: ep.Tensor, targeted: bool
-) -> tuple[ep.Tensor, ep.Tensor]:
-    """DLR⁺ (eq. 5.3) or tDLR⁺ per constraint, for logits (N, M, K) and labels (N, M).
-
-    Same definition (and logit tolerance) as :func:`alma_plugin.core.constraints.dlr_plus`,
-    vectorised over the M constraints with a gather instead of per-row indexing. Returns
-    ``(d, satisfied)``, both (N, M); ``satisfied`` is the success predicate d < 0.
-    """
-    num_classes = logits.shape[-1]
-    label_logit = logits.take_along_axis(labels.expand_dims(-1), axis=-1).squeeze(-1)
-    is_label = ep.arange(labels, num_classes) == labels.expand_dims(-1)
-    others = ep.where(is_label, -ep.inf, logits).max(axis=-1)
-    margin = (others - label_logit if targeted else label_logit - others) + LOGIT_TOLERANCE
-    satisfied = margin < 0
-    if num_classes == 2:
-        return margin, satisfied
-    top, _ = logits.topk(min(num_classes, 4), sorted=True)
-    if targeted and num_classes >= 4:
-        scale = top[..., 0] - (top[..., 2] + top[..., 3]) / 2
-    else:
-        scale = top[..., 0] - top[..., 2]
-    return margin / scale.maximum(_DENOMINATOR_FLOOR), satisfied
 
 
 def check_arguments(
@@ -332,7 +305,8 @@ def _solve(
             x_adv = (x + delta_ * span).clip(lower, upper)  # step 3
             logits = model_fn(x_adv)
             z = _constraint_logits(logits, n, label_shape, dense, label_max)
-            d, satisfied = dense_dlr_plus(z, y, targeted)  # step 4
+            d = dlr_plus(z, y, targeted)  # step 4
+            satisfied = d < 0  # the denominator is positive: same sign as the margin
             d_c = stop_gradient(d)
             sat_count = (m * satisfied.astype(m.dtype)).sum(axis=1, keepdims=True)
             # eq. 5.8 / steps 5–9: grow w while the success rate is below ν
