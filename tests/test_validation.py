@@ -39,7 +39,7 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"steps": 2.5}, TypeError, "steps must be an integer, got 2.5"),
         (X, Y, {"distance": "l3"}, ValueError, r"distance must be one of .*got 'l3'"),
         (X, Y, {"penalty": "P9"}, ValueError, r"penalty must be one of .*got 'P9'"),
-        (X, Y, {"alpha": 1.5}, ValueError, r"alpha must lie in \[0.0, 1.0\), got 1.5"),
+        (X, Y, {"alpha": 1.5}, ValueError, r"alpha must lie in \[0, 1\), got 1.5"),
         (X, Y, {"gamma": 0.5}, ValueError, "gamma must lie in"),
         (X, Y, {"bounds": (1, 0)}, ValueError, "bounds must be finite with lower < upper"),
         (X, Y, {"bounds": 1.0}, TypeError, "bounds must be a pair"),

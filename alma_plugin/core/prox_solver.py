@@ -36,6 +36,7 @@ import numpy as np
 from .autodiff import stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
 from .prox import linf_box_prox
+from .validation import check_bounds, check_in_range, check_inputs, check_positive_int
 
 __all__ = [
     "ProxParams",
@@ -144,29 +145,12 @@ def check_arguments(
     for name, value in (("inputs", inputs), ("labels", labels)):
         if not isinstance(value, ep.Tensor):
             raise TypeError(f"{name} must be an eagerpy tensor, got {type(value).__name__}")
-    try:
-        lower, upper = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        raise TypeError(f"bounds must be a pair (lower, upper), got {bounds!r}") from None
-    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-        raise ValueError(f"bounds must be finite with lower < upper, got {bounds!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer):
-        raise TypeError(f"steps must be an integer, got {steps!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps!r}")
-    if isinstance(adv_threshold, bool) or not isinstance(adv_threshold, int | float):
-        raise TypeError(f"adv_threshold must be a number, got {adv_threshold!r}")
-    if not 0 < adv_threshold <= 1:
-        raise ValueError(f"adv_threshold must lie in (0, 1], got {adv_threshold!r}")
-    if "float" not in str(inputs.dtype):
-        raise TypeError(f"inputs must be floating point, got dtype {inputs.dtype}")
-    if inputs.ndim < 2 or inputs.shape[0] == 0:
+    lower, upper = check_bounds(bounds)
+    check_positive_int("steps", steps)
+    check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
+    check_inputs(inputs, (lower, upper))
+    if inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {inputs.shape}")
-    if bool(ep.isnan(inputs).any().item()) or bool(ep.isinf(inputs).any().item()):
-        raise ValueError("inputs contain NaN or infinite values")
-    low, high = float(inputs.min().item()), float(inputs.max().item())
-    if low < lower or high > upper:
-        raise ValueError(f"inputs must lie within bounds {bounds!r}, got values in [{low}, {high}]")
     if "int" not in str(labels.dtype):
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.ndim < 1 or labels.shape[0] != inputs.shape[0]:

@@ -45,7 +45,7 @@ def check_in_range(
     too_high = value >= high if open_high else value > high
     if too_low or too_high or math.isnan(value):
         left, right = "(" if open_low else "[", ")" if open_high else "]"
-        raise ValueError(f"{name} must lie in {left}{low}, {high}{right}, got {value!r}")
+        raise ValueError(f"{name} must lie in {left}{low:g}, {high:g}{right}, got {value!r}")
     return float(value)
 
 
