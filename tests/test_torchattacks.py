@@ -166,8 +166,8 @@ def test_bad_input(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> No
         attack(x * 255, y)
     with pytest.raises(ValueError, match="distance must be one of"):
         ALMA(cnn, distance="l3")
-    with pytest.raises(ValueError, match="ALMA prox"):
-        ALMA(cnn, distance="linf")
+    with pytest.raises(ValueError, match="does not apply to distance='linf'"):
+        ALMA(cnn, distance="linf", penalty="P1")  # ℓ∞ goes to ALMA prox (modified P2)
     with pytest.raises(ValueError, match="alpha"):
         ALMA(cnn, alpha=1.5)
     with pytest.raises(TypeError, match="steps must be an integer"):

@@ -1,18 +1,10 @@
-"""Foolbox 3 drop-ins for ALMA: :class:`L1ALMA`, :class:`L2ALMA` and friends.
+"""ALMA (Rony et al., ICCV 2021) as Foolbox 3 minimisation attacks: :class:`L1ALMA`,
+:class:`L2ALMA`, :class:`CIEDE2000ALMA`, :class:`SSIMALMA`, :class:`MSSSIMALMA`, :class:`LPIPSALMA`.
 
-Each attack is a :class:`foolbox.attacks.base.MinimizationAttack`, so ``epsilons`` (None, a
-float or a list), ``early_stop`` and ``.repeat(n)`` go through Foolbox's own base class. The
-adapter only translates: the Foolbox model is the core's ``model_fn`` (its preprocessing stays
-inside it), ``model.bounds`` become the core's bounds, the criterion object itself judges
+The adapter only translates: the Foolbox model is the core's ``model_fn`` (its preprocessing
+stays inside it), ``model.bounds`` become the core's bounds, the criterion object itself judges
 success, and Foolbox's raw-unit ``early_stop`` is converted to the core's [0, 1]-normalised
 units. The algorithm (Algorithm 2 of the paper) lives in :mod:`alma_plugin.core`.
-
-Example:
-    >>> import foolbox as fb
-    >>> from alma_plugin.foolbox import L2ALMA
-    >>> fmodel = fb.PyTorchModel(net.eval(), bounds=(0, 1))  # doctest: +SKIP
-    >>> raw, clipped, success = L2ALMA(steps=100)(fmodel, images, labels, epsilons=[0.5, 1.0])
-    ... # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,98 +13,26 @@ from typing import Any, ClassVar
 
 import eagerpy as ep
 from foolbox.attacks.base import MinimizationAttack, T, get_criterion, raise_if_kwargs
-from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
-from foolbox.devutils import atleast_kd
+from foolbox.criteria import Misclassification, TargetedMisclassification
 from foolbox.distances import Distance, LpDistance, l1, l2
 from foolbox.models import Model
 
-from .core.defaults import make_config
-from .core.solver import alma_solve
-from .core.validation import Bounds, check_bounds, check_inputs, check_labels, check_positive_int
-from .distances import get_distance
+from ..core.defaults import make_config
+from ..core.solver import alma_solve
+from ..core.validation import Bounds, check_positive_int
+from ..distances import DistanceFunction, get_distance
+from ..distances.ssim import MS_SSIM_WEIGHTS, ms_ssim_min_size
+from ._common import check_early_stop, check_model_and_inputs, goal, success_fn
+from .distances import NormalisedDistance
 
-__all__ = [
-    "ALMAAttack",
-    "CIEDE2000ALMA",
-    "L1ALMA",
-    "L2ALMA",
-    "LPIPSALMA",
-    "NormalisedDistance",
-    "SSIMALMA",
-]
+__all__ = ["ALMAAttack", "CIEDE2000ALMA", "L1ALMA", "L2ALMA", "LPIPSALMA", "MSSSIMALMA", "SSIMALMA"]
 
-_CLIP_BISECTION_STEPS = 30
-
-
-def _as_eagerpy(tensor: Any) -> ep.Tensor:
-    """An eagerpy tensor detached from any autograd graph of the caller."""
-    x = tensor if isinstance(tensor, ep.Tensor) else ep.astensor(tensor)
-    return ep.astensor(x.raw.detach()) if isinstance(x, ep.PyTorchTensor) else x
-
-
-class NormalisedDistance(Distance):
-    """A Foolbox :class:`~foolbox.distances.Distance` for a registry distance of
-    :mod:`alma_plugin.distances` (CIEDE2000, SSIM, LPIPS, ...), measured after mapping inputs
-    from ``bounds`` to [0, 1] — the space in which the ALMA paper states its ε (Table 3).
-
-    :meth:`clip_perturbation` really clips: where D(x + δ, x) > ε, the perturbation δ is shrunk
-    to s·δ with the largest s ∈ [0, 1] found by bisection such that D(x + s·δ, x) ≤ ε (D need
-    not be convex in s; the returned point always satisfies the bound).
-
-    Args:
-        name: a name of ``alma_plugin.distances.DISTANCES``.
-        bounds: the (lower, upper) range of the inputs it measures.
-    """
-
-    def __init__(self, name: str, bounds: Bounds = (0.0, 1.0)) -> None:
-        self.spec = get_distance(name)
-        self.bounds = check_bounds(bounds)
-
-    def __repr__(self) -> str:
-        return f"NormalisedDistance({self.spec.name!r}, bounds={self.bounds})"
-
-    def _measure(self, references: ep.Tensor, perturbed: ep.Tensor) -> ep.Tensor:
-        lower, upper = self.bounds
-        scale = upper - lower
-        return self.spec.function((perturbed - lower) / scale, (references - lower) / scale)
-
-    def __call__(self, references: T, perturbed: T) -> T:
-        """D(perturbed, references) per sample, shape (N,)."""
-        (x, y), restore_type = ep.astensors_(references, perturbed)
-        return restore_type(self._measure(x, y))
-
-    def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
-        """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon``."""
-        (x, y), restore_type = ep.astensors_(references, perturbed)
-        delta = y - x
-        inside = self._measure(x, y) <= epsilon
-        if inside.all().item():
-            return restore_type(y)
-        low = ep.zeros(x, len(x)).astype(x.dtype)  # D(x, x) = 0 ≤ ε: always feasible
-        high = ep.ones(x, len(x)).astype(x.dtype)
-        for _ in range(_CLIP_BISECTION_STEPS):
-            mid = (low + high) / 2
-            feasible = self._measure(x, x + atleast_kd(mid, x.ndim) * delta) <= epsilon
-            low = ep.where(feasible, mid, low)
-            high = ep.where(feasible, high, mid)
-        scale = ep.where(inside, 1.0, low)
-        return restore_type(x + atleast_kd(scale, x.ndim) * delta)
-
-
-def _goal(criterion: Criterion, batch: int) -> tuple[bool, ep.Tensor]:
-    """(targeted, classes) of a supported criterion, with clear errors otherwise."""
-    if isinstance(criterion, Misclassification):
-        targeted, classes, name = False, criterion.labels, "labels"
-    elif isinstance(criterion, TargetedMisclassification):
-        targeted, classes, name = True, criterion.target_classes, "target_classes"
-    else:
-        raise TypeError(
-            "criterion must be a labels tensor, foolbox.criteria.Misclassification or "
-            f"foolbox.criteria.TargetedMisclassification, got {criterion!r}"
-        )
-    classes = _as_eagerpy(classes)
-    check_labels(classes, batch, name=name)
-    return targeted, classes
+_REFERENCE = """
+    References:
+        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
+            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
+            https://arxiv.org/abs/2011.11857
+"""
 
 
 class ALMAAttack(MinimizationAttack):
@@ -144,19 +64,30 @@ class ALMAAttack(MinimizationAttack):
             penalty=penalty,
             **hyperparameters,
         )
+        self.distance_function: DistanceFunction = spec.function
         self._bounds: Bounds = (0.0, 1.0)
 
     @property
     def distance(self) -> Distance:
         """The Foolbox distance of the attack. For non-ℓp distances it measures inputs of the
         bounds of the model last attacked (initially (0, 1))."""
-        return NormalisedDistance(self.distance_name, self._bounds)
+        return NormalisedDistance(self.distance_name, self._bounds, self.distance_function)
 
     def _normalised_early_stop(self, early_stop: float, bounds: Bounds) -> float:
         """Foolbox's ``early_stop`` (units of :attr:`distance`) in the core's [0, 1] units."""
         if isinstance(self.distance, LpDistance):
             return early_stop / (bounds[1] - bounds[0])  # ‖δ‖ₚ scales linearly with the range
         return early_stop  # NormalisedDistance already measures in [0, 1]
+
+    def check_input_shape(self, inputs: ep.Tensor) -> None:
+        """Raise a ValueError for inputs the distance cannot measure (before any model call)."""
+        if get_distance(self.distance_name).needs_color and (
+            inputs.ndim != 4 or inputs.shape[1] != 3
+        ):
+            raise ValueError(
+                f"{type(self).__name__} needs RGB inputs of shape (N, 3, H, W) (channels first), "
+                f"got inputs of shape {tuple(inputs.shape)}"
+            )
 
     def __call__(  # type: ignore[misc]
         self,
@@ -167,19 +98,11 @@ class ALMAAttack(MinimizationAttack):
         epsilons: Any,
         **kwargs: Any,
     ) -> Any:
-        """Foolbox's ``MinimizationAttack.__call__``, after checks that turn Foolbox's bare
-        ``AssertionError`` on out-of-bounds inputs into a ValueError naming the bounds."""
-        self._check_model_and_inputs(model, inputs)
+        """Foolbox's ``MinimizationAttack.__call__``, after the checks of :meth:`run` (clear
+        errors instead of Foolbox's bare ``AssertionError`` on out-of-bounds inputs)."""
+        _, x = check_model_and_inputs(model, inputs)
+        self.check_input_shape(x)
         return super().__call__(model, inputs, criterion, epsilons=epsilons, **kwargs)
-
-    @staticmethod
-    def _check_model_and_inputs(model: Any, inputs: Any) -> tuple[Bounds, ep.Tensor]:
-        if not isinstance(model, Model):
-            raise TypeError(f"model must be a foolbox.models.Model, got {type(model).__name__}")
-        bounds = check_bounds(model.bounds)
-        x = _as_eagerpy(inputs)
-        check_inputs(x, bounds)
-        return bounds, x
 
     def run(
         self,
@@ -201,34 +124,27 @@ class ALMAAttack(MinimizationAttack):
                 of :attr:`distance`.
         """
         raise_if_kwargs(kwargs)
-        bounds, x = self._check_model_and_inputs(model, inputs)
+        bounds, x = check_model_and_inputs(model, inputs)
+        self.check_input_shape(x)
         _, restore_type = ep.astensor_(inputs)
         criterion_ = get_criterion(criterion)
-        targeted, classes = _goal(criterion_, len(x))
-        stop = None
-        if early_stop is not None:
-            if isinstance(early_stop, bool) or not isinstance(early_stop, int | float):
-                raise TypeError(f"early_stop must be a number or None, got {early_stop!r}")
-            if not early_stop > 0:
-                raise ValueError(f"early_stop must be positive, got {early_stop!r}")
-            stop = self._normalised_early_stop(float(early_stop), bounds)
+        targeted, classes = goal(criterion_, len(x))
+        stop = check_early_stop(early_stop)
+        if stop is not None:
+            stop = self._normalised_early_stop(stop, bounds)
         self._bounds = bounds
         if len(x) == 0:
             return restore_type(x)
-
-        def is_adversarial(model_inputs: ep.Tensor, logits: ep.Tensor) -> ep.Tensor:
-            return ep.astensor(criterion_(model_inputs, logits))
-
         result = alma_solve(
             model,
             x,
             classes,
-            distance=get_distance(self.distance_name).function,
+            distance=self.distance_function,
             config=self.config,
             steps=self.steps,
             bounds=bounds,
             targeted=targeted,
-            is_adversarial=is_adversarial,
+            is_adversarial=success_fn(criterion_),
             early_stop=stop,
             seed=self.seed,
         )
@@ -236,7 +152,8 @@ class ALMAAttack(MinimizationAttack):
 
 
 class L2ALMA(ALMAAttack):
-    """The ℓ2 Augmented Lagrangian Method for Adversarial attacks (ALMA). [#Rony21]_
+    __doc__ = (
+        """The ℓ2 Augmented Lagrangian Method for Adversarial attacks (ALMA). [#Rony21]_
 
     Minimises ‖δ‖₂ subject to misclassification (eq. 5) with the penalty-Lagrangian method of
     Algorithm 2: multiplier EMA (eq. 9), ρ growth on stalled constraints, RMSProp steps whose
@@ -265,12 +182,9 @@ class L2ALMA(ALMAAttack):
         rmsprop_decay : RMSProp decay of the squared-gradient average (§3.2.4).
         momentum : Momentum of the step (§3.2.4).
         levels : If given, quantise the inputs to this many levels after each step.
-
-    References:
-        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
-            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
-            https://arxiv.org/abs/2011.11857
-    """
+"""
+        + _REFERENCE
+    )
 
     distance_name = "l2"
 
@@ -280,15 +194,13 @@ class L2ALMA(ALMAAttack):
 
 
 class L1ALMA(ALMAAttack):
-    """The ℓ1 Augmented Lagrangian Method for Adversarial attacks (ALMA). [#Rony21]_
+    __doc__ = (
+        """The ℓ1 Augmented Lagrangian Method for Adversarial attacks (ALMA). [#Rony21]_
 
     As :class:`L2ALMA`, minimising ‖δ‖₁ (Table 3: ε = 0.5). Same arguments.
-
-    References:
-        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
-            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
-            https://arxiv.org/abs/2011.11857
-    """
+"""
+        + _REFERENCE
+    )
 
     distance_name = "l1"
 
@@ -298,43 +210,83 @@ class L1ALMA(ALMAAttack):
 
 
 class CIEDE2000ALMA(ALMAAttack):
-    """ALMA minimising the mean per-pixel CIEDE2000 colour difference (§4). [#Rony21]_
+    __doc__ = (
+        """ALMA minimising the mean per-pixel CIEDE2000 colour difference (§4). [#Rony21]_
 
-    As :class:`L2ALMA`; RGB inputs (N, 3, H, W). :attr:`distance` is a
+    As :class:`L2ALMA`; RGB inputs (N, 3, H, W), mapped from ``model.bounds`` to [0, 1] (other
+    channel counts raise a ValueError). The default ε is 0.4, the paper's ε = 0.05 re-derived for
+    the standard CIELAB scale of :mod:`alma_plugin.distances.color`. :attr:`distance` is a
     :class:`NormalisedDistance` whose ``clip_perturbation`` shrinks δ until D ≤ ε.
-
-    References:
-        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
-            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
-            https://arxiv.org/abs/2011.11857
-    """
+"""
+        + _REFERENCE
+    )
 
     distance_name = "ciede2000"
 
 
 class SSIMALMA(ALMAAttack):
-    """ALMA minimising 1 − SSIM (Appendix G; ε = 3e-5, Table 3). [#Rony21]_
+    __doc__ = (
+        """ALMA minimising 1 − SSIM (Appendix G; ε = 3e-5, Table 3). [#Rony21]_
 
-    As :class:`L2ALMA`, with a :class:`NormalisedDistance`.
-
-    References:
-        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
-            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
-            https://arxiv.org/abs/2011.11857
-    """
+    As :class:`L2ALMA`, with a :class:`NormalisedDistance`; any channel count, images of at
+    least 11×11 pixels (one Gaussian window).
+"""
+        + _REFERENCE
+    )
 
     distance_name = "ssim"
 
 
+class MSSSIMALMA(ALMAAttack):
+    __doc__ = (
+        """ALMA minimising 1 − MS-SSIM (five scales, Wang, Simoncelli & Bovik 2003). [#Rony21]_
+
+    As :class:`SSIMALMA` (same ε = 3e-5), for images of at least 176×176 pixels: each of the
+    five scales needs one 11×11 window. Smaller inputs (e.g. 32×32 CIFAR-10) raise a ValueError
+    before any model call; use :class:`SSIMALMA` for them. (Fewer scales would be a different
+    distance, with other weights and no published ε, so none is chosen silently.)
+"""
+        + _REFERENCE
+    )
+
+    distance_name = "msssim"
+
+    def check_input_shape(self, inputs: ep.Tensor) -> None:
+        super().check_input_shape(inputs)
+        needed = ms_ssim_min_size(len(MS_SSIM_WEIGHTS))
+        if inputs.ndim != 4 or min(inputs.shape[2:]) < needed:
+            raise ValueError(
+                f"MSSSIMALMA needs images (N, C, H, W) with H, W >= {needed} (five MS-SSIM "
+                f"scales of an 11x11 window), got inputs of shape {tuple(inputs.shape)}; "
+                "use SSIMALMA for smaller images"
+            )
+
+
 class LPIPSALMA(ALMAAttack):
-    """ALMA minimising the LPIPS-AlexNet distance (§4; ε = 1e-3, Table 3). [#Rony21]_
+    __doc__ = (
+        """ALMA minimising the LPIPS-AlexNet distance (§4; ε = 1e-3, Table 3). [#Rony21]_
 
-    As :class:`L2ALMA`, with a :class:`NormalisedDistance`; PyTorch models, RGB inputs.
+    As :class:`L2ALMA`, with a :class:`NormalisedDistance`; PyTorch models, RGB inputs of at
+    least 31×31 pixels.
 
-    References:
-        .. [#Rony21] Jérôme Rony, Eric Granger, Marco Pedersoli, Ismail Ben Ayed,
-            "Augmented Lagrangian Adversarial Attacks", ICCV 2021,
-            https://arxiv.org/abs/2011.11857
-    """
+    Args:
+        lpips : the LPIPS network to use, e.g.
+            ``alma_plugin.distances.lpips.LPIPS(backbone_weights=..., linear_weights=...)``
+            (any callable (x_adv, x) → (N,) on eagerpy tensors in [0, 1]). None: the default
+            weights, looked for locally on first use (nothing is downloaded).
+        **kwargs : as :class:`L2ALMA`.
+"""
+        + _REFERENCE
+    )
 
     distance_name = "lpips"
+
+    def __init__(self, *, lpips: DistanceFunction | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if lpips is not None:
+            if not callable(lpips):
+                raise TypeError(
+                    "lpips must be an alma_plugin.distances.lpips.LPIPS instance (or a callable "
+                    f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
+                )
+            self.distance_function = lpips

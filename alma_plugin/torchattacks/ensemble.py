@@ -1,0 +1,159 @@
+"""``MinimalEnsemble``: the per-sample best of several minimal attacks, as a torchattacks
+``Attack`` (the "best of" evaluation of Rony et al., ICCV 2021, §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import eagerpy as ep
+import torch
+from torchattacks.attack import Attack
+
+from ..distances import DistanceSpec
+from ._common import prepare, resolve_distance, restored_state, target_labels
+
+__all__ = ["MinimalEnsemble"]
+
+
+@contextmanager
+def _members_following(attacks: Sequence[Attack], targets: torch.Tensor | None) -> Iterator[None]:
+    """Put every member in the ensemble's mode for one call: untargeted, or targeted towards
+    the ``targets`` the ensemble drew once (so random targets agree across members)."""
+    saved = [(a.attack_mode, a.targeted, a._target_map_function) for a in attacks]
+
+    def fixed_targets(inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        assert targets is not None
+        if len(inputs) != len(targets):
+            raise RuntimeError(
+                f"a member of MinimalEnsemble asked targets for {len(inputs)} samples, but the "
+                f"ensemble drew them for {len(targets)}"
+            )
+        return targets.to(inputs.device)
+
+    try:
+        for member in attacks:
+            if targets is None:
+                _set_mode(member, "default", False, member._target_map_function)
+            else:
+                _set_mode(member, "targeted(custom)", True, fixed_targets)
+        yield
+    finally:
+        for member, (mode, targeted, function) in zip(attacks, saved, strict=True):
+            _set_mode(member, mode, targeted, function)
+
+
+def _set_mode(member: Attack, mode: str, targeted: bool, function: Any) -> None:
+    # object.__setattr__: these plain values need no registration by Attack.__setattr__,
+    # which would otherwise keep a reference to every per-call closure (and its targets).
+    object.__setattr__(member, "attack_mode", mode)
+    object.__setattr__(member, "targeted", targeted)
+    object.__setattr__(member, "_target_map_function", function)
+
+
+def _normalization_of(attack: Attack) -> tuple[list[float], list[float]] | None:
+    used = attack.normalization_used
+    if used is None:
+        return None
+    return used["mean"].flatten().tolist(), used["std"].flatten().tolist()
+
+
+class MinimalEnsemble(Attack):
+    r"""Per-sample best of several minimal attacks (any torchattacks ``Attack``).
+
+    Every member attacks the whole batch; the model is re-evaluated on each member's output
+    (clipped to [0, 1]) and, per sample, the successful output with the smallest ``distance``
+    to the clean image (in [0, 1] image space) is kept. Success is argmax ≠ label, or
+    argmax = target in the targeted modes, where the targets are drawn once by the ensemble
+    and shared by all members. This is the "best of" evaluation of the ALMA paper's
+    comparisons (Rony et al., ICCV 2021, §4), unlike ``MultiAttack``, which keeps the first
+    success. Samples no member fools are returned unchanged.
+
+    Arguments:
+        attacks (list): the member attacks, all on the same model.
+        distance (str): D used to compare outputs: a registry name or "linf". (Default: "l2")
+
+    Examples::
+        >>> ensemble = MinimalEnsemble([ALMA(model, steps=100), torchattacks.DeepFool(model)])
+        >>> adv_images = ensemble(images, labels)
+    """
+
+    def __init__(self, attacks: Sequence[Attack], distance: str = "l2") -> None:
+        if isinstance(attacks, Attack) or not isinstance(attacks, Sequence) or not attacks:
+            raise TypeError(
+                f"attacks must be a non-empty list of torchattacks attacks, got {attacks!r}"
+            )
+        for index, member in enumerate(attacks):
+            if not isinstance(member, Attack):
+                raise TypeError(
+                    f"attacks[{index}] must be a torchattacks.attack.Attack, got "
+                    f"{type(member).__name__}"
+                )
+        if len({id(member.model) for member in attacks}) != 1:
+            raise ValueError("attacks must all reference the same model")
+        norms = {repr(_normalization_of(member)) for member in attacks}
+        if len(norms) != 1:
+            raise ValueError("attacks must all use the same set_normalization_used(mean, std)")
+        spec = resolve_distance(distance)
+        super().__init__("MinimalEnsemble", attacks[0].model)
+        self.attacks = list(attacks)
+        self.distance = spec.name
+        self.device = attacks[0].device
+        targetable = all("targeted" in member.supported_mode for member in attacks)
+        self.supported_mode = ["default", "targeted"] if targetable else ["default"]
+        normalization = _normalization_of(attacks[0])
+        if normalization is not None:
+            self.set_normalization_used(*normalization)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        r"""
+        Overridden.
+        """
+        spec = resolve_distance(self.distance)
+        images, labels = prepare(self, images, labels, spec)
+        targets = target_labels(self, images, labels) if self.targeted else None
+        best = images.clone()
+        best_distance = torch.full((len(images),), float("inf"), device=images.device)
+        with _members_following(self.attacks, targets):
+            for member in self.attacks:
+                outputs = member(images, labels)
+                outputs = self._checked_output(member, outputs, images)
+                success, distance = self._judge(outputs, images, labels, targets, spec)
+                better = success & (distance < best_distance)
+                best[better] = outputs[better]
+                best_distance = torch.where(better, distance, best_distance)
+        return best
+
+    @staticmethod
+    def _checked_output(member: Attack, outputs: Any, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, tuple):  # e.g. attacks that also return labels
+            outputs = outputs[0]
+        if not isinstance(outputs, torch.Tensor) or outputs.shape != images.shape:
+            shape = getattr(outputs, "shape", None)
+            raise ValueError(
+                f"{member.attack} returned {type(outputs).__name__} of shape {shape}, "
+                f"expected a tensor of shape {tuple(images.shape)}"
+            )
+        return outputs.detach().to(images.device, images.dtype).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def _judge(
+        self,
+        outputs: torch.Tensor,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        spec: DistanceSpec,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Success (re-evaluated on the model) and D(output, image) for each sample."""
+        predictions = self.get_logits(outputs).argmax(1)
+        success = predictions == targets if targets is not None else predictions != labels
+        distance = spec.function(ep.astensor(outputs), ep.astensor(images)).raw
+        distance = distance.to(images.device, torch.float32)
+        return success & torch.isfinite(distance), distance
+
+    def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """``Attack.__call__`` restoring module modes and normalisation state on errors."""
+        with restored_state(self):
+            return super().__call__(inputs, labels, *args, **kwargs)
