@@ -1,0 +1,205 @@
+"""Tests of the comparison runner ``python -m alma_plugin.bench`` (tiny budgets and samples)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alma_plugin.bench.__main__ import main
+from alma_plugin.bench.attacks import ATTACKS, AttackSpec, CountingModel
+from alma_plugin.bench.distributed import Context, shard
+from alma_plugin.bench.report import Record, format_table, merge, summarize
+from alma_plugin.bench.runner import BenchConfig, plan, run_shard
+from tests.utils import assert_unchanged, snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = ("attack", "budget", "success (%)", "median distance", "forwards / sample",
+           "backwards / sample", "wall time (s)")  # fmt: skip
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def _row(results: dict, attack: str) -> dict:
+    (row,) = [r for r in results["summary"] if r["attack"] == attack]
+    return row
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One small CLI run shared by the tests below: 4 samples, budget 10."""
+    folder = tmp_path_factory.mktemp("bench")
+    argv = ["--models", "mnist_regular", "--attacks", "alma-l2", "ddn-l2", "alma_prox-linf",
+            "apgd-linf", "--budgets", "10", "--samples", "4", "--output", str(folder),
+            "--quiet"]  # fmt: skip
+    stdout = sys.stdout
+    from io import StringIO
+
+    sys.stdout = buffer = StringIO()
+    try:
+        assert main(argv) == 0
+    finally:
+        sys.stdout = stdout
+    return folder, buffer.getvalue()
+
+
+def test_cli_prints_the_table_with_the_papers_columns(cli_run: tuple[Path, str]) -> None:
+    _, out = cli_run
+    header = out.splitlines()[0]
+    for column in COLUMNS:
+        assert column in header
+    assert "failures counted as +inf" in out and "count as distance 0" in out
+    assert "Total wall time" in out
+    assert sum(line.startswith("| mnist_regular |") for line in out.splitlines()) == 4
+
+
+def test_forwards_and_backwards_are_counted(cli_run: tuple[Path, str]) -> None:
+    results = _results(cli_run[0])
+    for attack in ("ALMA", "DDN", "ALMA prox"):  # one forward and one backward per step
+        row = _row(results, attack)
+        assert (row["forwards"], row["backwards"]) == (10.0, 10.0), attack
+    apgd = _row(results, "APGD")  # clean checks and the binary search's forwards show up
+    assert apgd["forwards"] > apgd["backwards"] > 0
+
+
+def test_files_are_written(cli_run: tuple[Path, str]) -> None:
+    folder, _ = cli_run
+    with (folder / "distances.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 4
+    assert {r["sample"] for r in rows} == {"0", "1", "2", "3"}
+    results = _results(folder)
+    assert {s["attack"] for s in results["samples"]} == {"alma-l2", "ddn-l2", "alma_prox-linf",
+                                                        "apgd-linf"}  # fmt: skip
+    assert (folder / "table.md").read_text().startswith("| model | attack |")
+    for norm in ("l2", "linf"):
+        png = folder / f"robust_accuracy_mnist_regular_{norm}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_alma_succeeds_and_distances_are_consistent(cli_run: tuple[Path, str]) -> None:
+    results = _results(cli_run[0])
+    alma = _row(results, "ALMA")
+    assert alma["success"] == 100.0 and 0 < alma["median"] < 10  # ℓ2 on MNIST images in [0, 1]
+    (per_sample,) = [s for s in results["samples"] if s["attack"] == "alma-l2"]
+    assert alma["median"] == pytest.approx(float(np.median(per_sample["distances"])))
+
+
+def test_counting_model_counts_and_leaves_the_model_alone(mnist_cnn: torch.nn.Module) -> None:
+    before = snapshot(mnist_cnn)
+    counter = CountingModel(mnist_cnn)
+    assert counter.training is False
+    x = torch.rand(3, 1, 28, 28, requires_grad=True)
+    out = counter(x)
+    torch.autograd.grad(out[:, 0].sum(), x, retain_graph=True)
+    torch.autograd.grad(out[:, 1].sum(), x)
+    with torch.no_grad():
+        counter(x[:2])
+    assert (counter.forwards, counter.backwards) == (5, 6)
+    assert_unchanged(mnist_cnn, before)
+
+
+def _identity(model, x, y, budget, seed):  # type: ignore[no-untyped-def]
+    return x.clone()
+
+
+def test_conventions_failures_inf_and_misclassified_zero(tmp_path: Path) -> None:
+    from alma_plugin.bench.data import load_mnist_heldout
+    from alma_plugin.bench.models import load_smallcnn
+
+    images, labels = load_mnist_heldout()
+    with torch.no_grad():
+        predicted = load_smallcnn("mnist_regular")(images[:3]).argmax(1)
+    wrong = (predicted[2] + 1) % 10  # sample 2 is misclassified by construction
+    data = tmp_path / "data.npz"
+    np.savez(data, images=(images[:3].numpy() * 255).round().astype(np.uint8),
+             labels=np.array([predicted[0], predicted[1], wrong]))  # fmt: skip
+    config = BenchConfig(models=("mnist_regular",), data=str(data), samples=3)
+    spec = AttackSpec("none-l2", "identity", "l2", "test", _identity)
+    (record,) = run_shard(config, Context(), [(spec, 7)])
+    assert record.distances == [math.inf, math.inf, 0.0]
+    (row,) = summarize([record])
+    assert row.success == pytest.approx(100 / 3) and row.median == math.inf
+    assert (row.forwards, row.backwards) == (0.0, 0.0)
+
+
+def test_merge_and_summary_of_shards() -> None:
+    def record(indices: list[int], distances: list[float], forwards: int, seconds: float):  # type: ignore[no-untyped-def]
+        return Record("m", "a-l2", "A", "l2", 10, "10 steps", indices, distances, forwards,
+                      forwards, seconds)  # fmt: skip
+
+    merged = merge(
+        [[record([2, 3], [3.0, math.inf], 20, 1.0)], [record([0, 1], [1.0, 0.0], 20, 2.0)]]
+    )
+    (m,) = merged
+    assert m.indices == [0, 1, 2, 3] and m.distances == [1.0, 0.0, 3.0, math.inf]
+    (row,) = summarize(merged)
+    assert (row.success, row.median, row.forwards, row.seconds) == (75.0, 2.0, 10.0, 2.0)
+    assert "| m | A | l2 | 10 | 75.0 | 2 | 10.0 | 10.0 | 2.0 | 10 steps |" in format_table([row])
+    assert [shard(5, Context(r, 2)).tolist() for r in (0, 1)] == [[0, 1, 2], [3, 4]]
+
+
+def test_default_plan() -> None:
+    pairs, notes = plan(BenchConfig())
+    budgets = {(spec.key, budget) for spec, budget in pairs}
+    assert {("alma-l1", 100), ("alma-l1", 1000), ("alma-l2", 100), ("alma-l2", 1000)} <= budgets
+    assert ("alma_prox-linf", 100) in budgets and ("ddn-l2", 100) in budgets
+    assert ("cw-l2", 100) in budgets and ("apgd-linf", 100) in budgets
+    if ATTACKS["adv_lib_alma-l2"].unavailable():
+        assert any("adv_lib" in note for note in notes)
+    only_linf = plan(BenchConfig(distances=("linf",), budgets=(5,)))[0]
+    assert {spec.norm for spec, _ in only_linf} == {"linf"}
+    assert all(budget == 5 for _, budget in only_linf)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--samples", "0"], "samples must be a positive integer, got 0"),
+        (["--samples", "5000"], "--samples: at most 1000"),
+        (["--budgets", "-3"], "budget must be a positive integer, got -3"),
+        (["--budgets", "ten"], "budget must be an integer, got 'ten'"),
+        (["--attacks", "alma-l3"], "invalid choice: 'alma-l3'"),
+        (["--distance", "l3"], "invalid choice: 'l3'"),
+        (["--models", "resnet"], "--models: model must be one of"),
+        (["--data", "missing.npz"], "--data: data must be 'mnist_heldout' or an .npz file"),
+        (["--device", "gpu0"], "--device: expected a torch device"),
+        (["--seed", "-1"], "seed must be >= 0, got -1"),
+        (["--attacks", "ddn-l2", "--distance", "l1"], "no attack left to run"),
+    ],
+)
+def test_argument_errors_are_clear(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_two_gloo_processes_gather_all_samples(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "alma_plugin.bench", "--models", "mnist_regular",
+               "--attacks", "alma-l2", "--budgets", "5", "--samples", "5", "--output",
+               str(tmp_path), "--quiet", "--no-plots"]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Total wall time") == 1  # only rank 0 reports
+    results = _results(tmp_path)
+    assert results["settings"]["processes"] == "2"
+    (per_sample,) = results["samples"]
+    assert per_sample["indices"] == [0, 1, 2, 3, 4]
+    row = _row(results, "ALMA")
+    assert (row["samples"], row["forwards"], row["backwards"]) == (5, 5.0, 5.0)
