@@ -211,7 +211,7 @@ class L1ALMA(ALMAAttack):
 
 class CIEDE2000ALMA(ALMAAttack):
     __doc__ = (
-        """ALMA minimising the mean per-pixel CIEDE2000 colour difference (§4). [#Rony21]_
+        """ALMA minimising the CIEDE2000 distance: the ℓ2 norm of per-pixel ΔE₀₀ (§2.3). [#Rony21]_
 
     As :class:`L2ALMA`; RGB inputs (N, 3, H, W), mapped from ``model.bounds`` to [0, 1] (other
     channel counts raise a ValueError). The default ε is 0.4, the paper's ε = 0.05 re-derived for
