@@ -333,12 +333,6 @@ def test_l2_alma_vs_fmn(comparison: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="Depends on the core's step defaults: with RMSProp β = 0.99 / momentum 0.9 ALMA-100 was "
-    "~15% above DDN-100 here (the paper's Table 1 also has ALMA ℓ2 100 behind DDN 100 on MNIST); "
-    "with β = momentum = 0.5 it is within 1%.",
-    strict=False,
-)
 def test_l2_alma_vs_ddn(comparison: dict) -> None:
     assert comparison["L2ALMA"][1] <= 1.05 * comparison["DDN"][1]
 

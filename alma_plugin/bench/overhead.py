@@ -3,7 +3,8 @@
 ``python -m alma_plugin.bench.overhead [--batch 128] [--repeats 5]`` times, on the embedded
 SmallCNN, (a) one bare forward + backward (gradient w.r.t. the input) and (b) one ALMA step,
 measured as the difference between runs of ``2·S`` and ``S`` steps so that the one-off initial
-step-size search is excluded. It prints the fastest of several runs of each and their ratio (ideal: 1.0).
+step-size search is excluded. It prints the fastest of several runs of each and their ratio
+(ideal: 1.0).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def measure(
         return lambda: alma(model, inputs, labels, distance=distance, steps=n)
 
     bare_step = _best_seconds(bare, repeats) / steps
-    alma_step = (_best_seconds(run(2 * steps), repeats) - _best_seconds(run(steps), repeats))
+    alma_step = _best_seconds(run(2 * steps), repeats) - _best_seconds(run(steps), repeats)
     alma_step /= steps
     return {"bare_step_s": bare_step, "alma_step_s": alma_step, "ratio": alma_step / bare_step}
 

@@ -4,7 +4,6 @@ minimisation attack, :class:`LinfALMAProx`. The algorithm lives in
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import eagerpy as ep
@@ -17,18 +16,7 @@ from ..core.prox_solver import ProxParams, alma_prox_solve, make_params
 from ..core.validation import check_positive_int
 from ._common import check_early_stop, check_model_and_inputs, goal, success_fn
 
-__all__ = ["LinfALMAProx", "prox_params"]
-
-
-def prox_params(params: ProxParams | None, overrides: dict[str, Any]) -> ProxParams:
-    """Validated :class:`ProxParams`; unknown names raise a TypeError listing the valid ones."""
-    if params is not None and not isinstance(params, ProxParams):
-        raise TypeError(f"params must be a ProxParams or None, got {type(params).__name__}")
-    names = [f.name for f in fields(ProxParams)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown} for ALMA prox; valid: {names}")
-    return make_params(params, overrides)
+__all__ = ["LinfALMAProx"]
 
 
 class LinfALMAProx(MinimizationAttack):
@@ -44,15 +32,16 @@ class LinfALMAProx(MinimizationAttack):
 
     Args:
         steps : Number of iterations N. The thesis' defaults are tuned for 500 (§5.5.5.3).
-        params : A :class:`alma_plugin.core.prox_solver.ProxParams`; None: the thesis' defaults.
-        **overrides : Fields of ``ProxParams`` to change, e.g. ``init_lr`` (λ⁽⁰⁾, default 1e-3),
-            ``final_lr`` (λ⁽ᴺ⁾, 1e-4), ``alpha`` (0.8), ``rho_init`` (0.01), ``gamma`` (2),
+        params : A :class:`alma_plugin.core.prox_solver.ProxParams`; None:
+            :data:`~alma_plugin.core.prox_solver.CLASSIFICATION_PARAMS`.
+        **overrides : Fields of ``ProxParams`` to change, e.g. ``init_lr`` (λ⁽⁰⁾, default 1e-2),
+            ``final_lr`` (λ⁽ᴺ⁾, 1e-3), ``alpha`` (0.8), ``rho_init`` (0.01), ``gamma`` (2),
             ``scale_rate`` (γ_w, 0.02), ``mu_init``, ``tau``, ``check_steps``.
 
-    The thesis' step sizes λ⁽⁰⁾ = 10⁻³ → λ⁽ᴺ⁾ = 10⁻⁴ were chosen for segmentation, where the
-    minimal norms are ≈ 0.3/255; for classification models whose minimal ℓ∞ norms are ~0.1
-    (e.g. MNIST), pass ``init_lr=1e-2, final_lr=1e-3`` — about a tenth of the expected norm,
-    as ALMA's rule for ε (ICCV 2021, §4).
+    The thesis' step sizes λ⁽⁰⁾ = 10⁻³ → λ⁽ᴺ⁾ = 10⁻⁴ (§5.5.5.3) were chosen for segmentation,
+    where minimal norms are ≈ 0.3/255. For classification the defaults are 10⁻² → 10⁻³, about a
+    tenth of typical minimal ℓ∞ norms, as ALMA's rule for ε (ICCV 2021, §4); pass smaller
+    values for models whose minimal ℓ∞ norms are far below 0.1 (e.g. ImageNet).
 
     ``early_stop`` (passed by Foolbox when every epsilon is a number) is accepted but not used:
     the ALMA prox solver always runs its ``steps`` iterations. Results are unaffected; only
@@ -68,7 +57,7 @@ class LinfALMAProx(MinimizationAttack):
 
     def __init__(self, *, steps: int = 500, params: ProxParams | None = None, **overrides: Any):
         self.steps = check_positive_int("steps", steps)
-        self.params = prox_params(params, overrides)
+        self.params = make_params(params, overrides, classification=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps}, params={self.params})"

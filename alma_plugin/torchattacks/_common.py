@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import Any
 
 import eagerpy as ep
@@ -33,13 +32,8 @@ def resolve_distance(distance: Any) -> DistanceSpec:
 
 
 def prox_params(overrides: dict[str, Any]) -> ProxParams:
-    """Validated ALMA prox hyperparameters; unknown names raise a TypeError listing the valid
-    ones."""
-    names = [f.name for f in fields(ProxParams)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown} for ALMA prox; valid: {names}")
-    return make_params(None, overrides)
+    """Validated ALMA prox hyperparameters for classification (unknown names: TypeError)."""
+    return make_params(None, overrides, classification=True)
 
 
 def check_tensor(name: str, value: Any) -> torch.Tensor:
