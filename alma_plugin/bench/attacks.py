@@ -8,9 +8,9 @@ attack really costs is not assumed from the budget: :class:`CountingModel` count
 and backward propagations (per sample) that reach the model.
 
 The adapters are the product's own (``alma_plugin.foolbox.L1ALMA`` / ``L2ALMA``); ALMA prox
-(ℓ∞, Rony et al. CVPR 2023) goes through :func:`alma_plugin.core.prox_solver.alma_prox_solve`
-until a Foolbox ``LinfALMAProx`` exists. Peers come from Foolbox 3 and torchattacks with their
-default hyperparameters. The reference ALMA of ``adv-lib`` is used when it can be imported.
+(ℓ∞, Rony et al. CVPR 2023) is ``alma_plugin.foolbox.LinfALMAProx``. Peers come from Foolbox 3
+and torchattacks with their default hyperparameters. The reference ALMA of ``adv-lib`` is used
+when it can be imported.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import eagerpy as ep
 import torch
 from torch import nn
 
@@ -107,23 +106,17 @@ def _alma(name: str) -> RunFn:
     return run
 
 
-#: ALMA prox step sizes (λ⁽⁰⁾, λ⁽ᴺ⁾) for classification on [0, 1] images.
-PROX_LR = (0.1, 0.01)
-
-
 def _alma_prox(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int
 ) -> torch.Tensor:
-    from ..core.prox_solver import alma_prox_solve
+    import foolbox as fb
 
-    def model_fn(batch: ep.Tensor) -> ep.Tensor:
-        return ep.astensor(model(batch.raw))
+    from ..foolbox import LinfALMAProx
 
-    # The thesis's λ⁽⁰⁾ = 1e-3 → 1e-4 targets segmentation norms near 1/255; MNIST models
-    # need ℓ∞ ≈ 0.1–0.4, reached in 100 steps from λ⁽⁰⁾ = 0.1 decayed to 0.01.
-    result = alma_prox_solve(model_fn, ep.astensor(x), ep.astensor(y), steps=budget,
-                             init_lr=PROX_LR[0], final_lr=PROX_LR[1])  # fmt: skip
-    return result.adversarials.raw
+    # The product's defaults for classification (λ⁽⁰⁾ = 1e-2 → λ⁽ᴺ⁾ = 1e-3); ``run`` as above.
+    return LinfALMAProx(steps=budget).run(
+        fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y
+    )
 
 
 def _adv_lib_alma(norm: str) -> RunFn:
