@@ -26,7 +26,7 @@ from .report import Record
 __all__ = ["DEFAULT_SAMPLES", "BenchConfig", "load_data", "load_model", "plan", "run_shard"]
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
-DEFAULT_SAMPLES = 10
+DEFAULT_SAMPLES = 100
 #: The embedded data set (MNIST test images 9000–9999, held out from the models' training).
 EMBEDDED_DATA = "mnist_heldout"
 

@@ -102,9 +102,10 @@ class ProxParams:
 
 #: Defaults for classification (one constraint per sample). §5.5.5.3's λ⁽⁰⁾ = 10⁻³ → λ⁽ᴺ⁾ = 10⁻⁴
 #: were tuned for segmentation, where minimal ℓ∞ norms are ≈ 0.3/255; with them ALMA prox
-#: fools only 4/32 MNIST samples in 100 steps. Classification takes λ⁽⁰⁾ = 10⁻² → 10⁻³, about a
-#: tenth of typical minimal ℓ∞ norms — the ALMA paper's rule for ε (§4, "Hyperparameters").
-CLASSIFICATION_PARAMS = ProxParams(init_lr=1e-2, final_lr=1e-3)
+#: fools only 4/32 MNIST samples in 100 steps. Classification norms are ~100× larger, so the
+#: steps are too (same 10× decay): 10⁻¹ → 10⁻². Measured on the embedded SmallCNNs (100
+#: samples, 500 steps): median ℓ∞ 0.118 vs FMN's 0.126 (regular), 0.300 vs 0.313 (adversarial).
+CLASSIFICATION_PARAMS = ProxParams(init_lr=1e-1, final_lr=1e-2)
 
 
 def make_params(

@@ -34,14 +34,14 @@ class LinfALMAProx(MinimizationAttack):
         steps : Number of iterations N. The thesis' defaults are tuned for 500 (§5.5.5.3).
         params : A :class:`alma_plugin.core.prox_solver.ProxParams`; None:
             :data:`~alma_plugin.core.prox_solver.CLASSIFICATION_PARAMS`.
-        **overrides : Fields of ``ProxParams`` to change, e.g. ``init_lr`` (λ⁽⁰⁾, default 1e-2),
-            ``final_lr`` (λ⁽ᴺ⁾, 1e-3), ``alpha`` (0.8), ``rho_init`` (0.01), ``gamma`` (2),
+        **overrides : Fields of ``ProxParams`` to change, e.g. ``init_lr`` (λ⁽⁰⁾, default 0.1),
+            ``final_lr`` (λ⁽ᴺ⁾, 0.01), ``alpha`` (0.8), ``rho_init`` (0.01), ``gamma`` (2),
             ``scale_rate`` (γ_w, 0.02), ``mu_init``, ``tau``, ``check_steps``.
 
     The thesis' step sizes λ⁽⁰⁾ = 10⁻³ → λ⁽ᴺ⁾ = 10⁻⁴ (§5.5.5.3) were chosen for segmentation,
-    where minimal norms are ≈ 0.3/255. For classification the defaults are 10⁻² → 10⁻³, about a
-    tenth of typical minimal ℓ∞ norms, as ALMA's rule for ε (ICCV 2021, §4); pass smaller
-    values for models whose minimal ℓ∞ norms are far below 0.1 (e.g. ImageNet).
+    where minimal norms are ≈ 0.3/255. Classification norms are ~100× larger and the defaults
+    are 10⁻¹ → 10⁻² (see ``CLASSIFICATION_PARAMS``); pass smaller values for models whose
+    minimal ℓ∞ norms are far below 0.1 (e.g. ImageNet, where they are ≈ 1/255).
 
     ``early_stop`` (passed by Foolbox when every epsilon is a number) is accepted but not used:
     the ALMA prox solver always runs its ``steps`` iterations. Results are unaffected; only
