@@ -31,7 +31,7 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def measure(
-    batch: int = 128, steps: int = 20, repeats: int = 5, distance: str = "l2", seed: int = 0
+    batch: int = 128, steps: int = 50, repeats: int = 5, distance: str = "l2", seed: int = 0
 ) -> dict[str, float]:
     """Per-step seconds of a bare forward+backward and of ALMA, and their ratio."""
     torch.manual_seed(seed)
@@ -56,7 +56,7 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--distance", default="l2")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
