@@ -19,6 +19,7 @@ from alma_plugin.core.prox_solver import (
     p2_prox,
     p2_prox_derivative,
 )
+from tests.utils import fit_full_batch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,14 +51,7 @@ def bars_cnn() -> nn.Module:
     model = nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(288, 4)
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+    return fit_full_batch(model, images, labels, steps=150, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from alma_plugin.segmentation import ProxResult, alma_prox
+from tests.utils import fit_full_batch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,14 +59,7 @@ def seg_net() -> nn.Module:
     model = nn.Sequential(
         Standardise(), nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, 4, 1)
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-    for _ in range(100):
-        loss = nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+    return fit_full_batch(model, images, labels, steps=100, lr=2e-2)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,20 @@ def train_classifier(
     return model.eval()
 
 
+def fit_full_batch(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int, lr: float
+) -> nn.Module:
+    """Full-batch Adam on cross-entropy (per pixel for dense logits); eval mode, no grads."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
 class CountingModel(nn.Module):
     """Wraps a model and counts forward propagations and backward propagations (by a hook on
     the output: it fires once per backward pass through the wrapped model)."""

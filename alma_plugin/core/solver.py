@@ -16,7 +16,7 @@ import numpy as np
 
 from ..distances import DistanceFunction
 from .autodiff import stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied
+from .constraints import dlr_plus
 from .penalties import Penalty
 from .schedules import decayed_step_size, initial_step_size, random_unit_directions
 from .validation import Bounds, check_logits
@@ -165,7 +165,8 @@ def alma_solve(
 
         # 17. Keep the adversarial iterate with the smallest D.
         if is_adversarial is None:
-            success = is_satisfied(logits, labels, targeted)
+            # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test.
+            success = d < 0
         else:
             success = is_adversarial(model_inputs, logits)
         improved = ep.logical_and(success, dist < best_distance)
