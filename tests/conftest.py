@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -34,3 +36,12 @@ def mnist_samples(
     with torch.no_grad():
         correct = mnist_cnn(images).argmax(1) == labels
     return images[correct][:32].clone(), labels[correct][:32].clone()
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module of tiny models, restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

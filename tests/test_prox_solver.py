@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import eagerpy as ep
 import numpy as np
 import pytest
@@ -21,14 +19,8 @@ from alma_plugin.core.prox_solver import (
 )
 from tests.utils import fit_full_batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread: these tiny models run faster than with two contended threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One intra-op thread: these tiny models run faster than with two contended threads.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

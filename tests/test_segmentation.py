@@ -6,7 +6,6 @@ import copy
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import eagerpy as ep
 import pytest
@@ -16,13 +15,8 @@ from torch import nn
 from alma_plugin.segmentation import ProxResult, alma_prox
 from tests.utils import fit_full_batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One intra-op thread: these tiny models run faster than with two contended threads.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_shapes(n: int, seed: int, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
