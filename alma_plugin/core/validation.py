@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 
 Bounds = tuple[float, float]
 
@@ -23,11 +26,32 @@ def check_bounds(bounds: Any) -> Bounds:
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+    """``value`` as a Python int >= ``minimum``; any integral type (NumPy's included) is
+    accepted, floats and bools are refused (``steps=100.0`` is a TypeError, not a late crash)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_number(name: str, value: Any) -> float:
+    """``value`` as a Python float; any real type (NumPy's included), not bool."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_early_stop(value: Any) -> float | None:
+    """``early_stop``: None, or a number >= 0 in the units of the attack's distance. 0 is
+    allowed and never triggers (no distance is below 0): Foolbox passes ``min(epsilons)``,
+    and its users' epsilon lists start at 0.0."""
+    if value is None:
+        return None
+    stop = check_number("early_stop", value)
+    if math.isnan(stop) or stop < 0:
+        raise ValueError(f"early_stop must be None or a number >= 0, got {value!r}")
+    return stop
 
 
 def check_in_range(
@@ -39,14 +63,13 @@ def check_in_range(
     open_low: bool = False,
     open_high: bool = False,
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = check_number(name, value)
     too_low = value <= low if open_low else value < low
     too_high = value >= high if open_high else value > high
     if too_low or too_high or math.isnan(value):
         left, right = "(" if open_low else "[", ")" if open_high else "]"
         raise ValueError(f"{name} must lie in {left}{low:g}, {high:g}{right}, got {value!r}")
-    return float(value)
+    return value
 
 
 def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> None:
@@ -75,11 +98,111 @@ def _has_non_finite(x: ep.Tensor) -> bool:
 
 
 def check_labels(labels: ep.Tensor, batch_size: int, name: str = "labels") -> None:
-    """Labels must be integer class indices of shape (N,)."""
+    """Labels must be integer class indices of shape (N,) (any integer dtype, not bool)."""
     if tuple(labels.shape) != (batch_size,):
         raise ValueError(f"{name} must have shape ({batch_size},), got shape {tuple(labels.shape)}")
-    if "int" not in str(labels.dtype):
+    if not is_integer_dtype(labels):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+
+
+def is_integer_dtype(tensor: ep.Tensor) -> bool:
+    """Any signed or unsigned integer dtype of any framework (bool is not an integer here)."""
+    text = str(tensor.dtype)
+    return "int" in text and "bool" not in text
+
+
+def as_tensor(name: str, value: Any) -> ep.Tensor:
+    """An eagerpy tensor of the caller's data that no attack computation can reach back into:
+    detached from the caller's autograd graph (no graph kept through the steps, no gradient
+    into the caller's tensor) and, for PyTorch inference-mode tensors, a normal copy that
+    autograd accepts. NumPy arrays and other objects are refused: the attacks need autodiff."""
+    tensor = value if isinstance(value, ep.Tensor) else None
+    if tensor is None:
+        try:
+            tensor = ep.astensor(value)
+        except ValueError:
+            raise TypeError(
+                f"{name} must be a PyTorch, JAX or TensorFlow tensor, got {type(value).__name__}"
+            ) from None
+    if isinstance(tensor, ep.NumPyTensor):
+        raise TypeError(
+            f"{name} must be a PyTorch, JAX or TensorFlow tensor (NumPy has no autodiff), "
+            f"got {type(value).__name__}"
+        )
+    if isinstance(tensor, ep.PyTorchTensor):
+        raw = tensor.raw.detach()
+        if raw.is_inference():
+            raw = raw.clone()  # outside inference mode, the clone is a normal tensor
+        return ep.astensor(raw)
+    return tensor
+
+
+def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) -> ep.Tensor:
+    """Integer class indices of ``shape`` as a tensor of ``like``'s framework and device, in
+    that framework's index dtype (int64 for PyTorch), whatever the caller's integer dtype
+    (uint8, int16, ...) or container (a tensor, a NumPy array, a list)."""
+    if isinstance(value, ep.Tensor):
+        labels = value
+    elif isinstance(value, np.ndarray | list | tuple) or np.isscalar(value):
+        array = np.asarray(value)
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+        labels = ep.from_numpy(like, array.astype(np.int64))
+    else:
+        try:
+            labels = ep.astensor(value)
+        except ValueError:
+            raise TypeError(
+                f"{name} must be an integer tensor, array or list, got {type(value).__name__}"
+            ) from None
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(labels.shape)}")
+    if not is_integer_dtype(labels):
+        raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if type(labels) is not type(like):
+        labels = ep.from_numpy(like, labels.numpy().astype(np.int64))
+    if isinstance(labels, ep.PyTorchTensor):
+        import torch
+
+        raw = labels.raw.detach().to(device=like.raw.device, dtype=torch.int64)
+        return ep.astensor(raw.clone() if raw.is_inference() else raw)
+    return labels.astype(ep.arange(like, 1).dtype)
+
+
+def working_dtype(inputs: ep.Tensor) -> Any:
+    """The dtype the solvers compute in: the inputs' own, but at least float32. μ_max = 1e12,
+    ρ growth and the squared-gradient averages do not fit in float16 or bfloat16; the model is
+    still called on inputs of its own dtype."""
+    if "float16" in str(inputs.dtype):  # float16 and bfloat16
+        return inputs.float32().dtype
+    return inputs.dtype
+
+
+def warn_if_training(model: Any, name: str = "model") -> None:
+    """Warn when a ``torch.nn.Module`` (or any object with ``.modules()``) has a module in
+    training mode: dropout then makes each forward random and batch normalisation uses batch
+    statistics and updates its running averages, so the attack optimises (and judges success
+    on) a model different from the one evaluated in eval mode."""
+    modules = getattr(model, "modules", None)
+    if not callable(modules):
+        return
+    try:
+        training = any(getattr(m, "training", False) for m in modules())
+    except TypeError:
+        return
+    if training:
+        warnings.warn(
+            f"{name} has modules in training mode: dropout and batch normalisation make the "
+            "attack's model differ from its eval-mode behaviour (batch norm running statistics "
+            "are updated by every step, successes may not hold in eval mode). Call "
+            f"{name}.eval() before attacking; the mode is left as you set it.",
+            TrainingModeWarning,
+            stacklevel=3,
+        )
+
+
+class TrainingModeWarning(UserWarning):
+    """The attacked model has modules in training mode (see :func:`warn_if_training`)."""
 
 
 def check_logits(logits: ep.Tensor, labels: ep.Tensor, name: str = "labels") -> None:
