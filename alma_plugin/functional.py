@@ -10,7 +10,15 @@ import eagerpy as ep
 
 from .core.defaults import make_config
 from .core.solver import StepInfo, alma_solve
-from .core.validation import check_bounds, check_inputs, check_labels, check_positive_int
+from .core.validation import (
+    as_labels,
+    as_tensor,
+    check_bounds,
+    check_early_stop,
+    check_inputs,
+    check_positive_int,
+    warn_if_training,
+)
 from .distances import get_distance
 
 
@@ -30,20 +38,6 @@ class AttackResult:
     success: Any
     first_success_step: Any
     steps_run: int
-
-
-def _as_eagerpy(name: str, value: Any) -> ep.Tensor:
-    tensor = value if isinstance(value, ep.Tensor) else ep.astensor(value)
-    if isinstance(tensor, ep.NumPyTensor):
-        raise TypeError(
-            f"{name} must be a PyTorch, JAX or TensorFlow tensor (NumPy has no autodiff), "
-            f"got {type(value).__name__}"
-        )
-    return tensor
-
-
-def _detached(tensor: ep.Tensor) -> ep.Tensor:
-    return ep.astensor(tensor.raw.detach()) if isinstance(tensor, ep.PyTorchTensor) else tensor
 
 
 def alma(
@@ -70,9 +64,15 @@ def alma(
 
     Args:
         model: f, a callable (e.g. ``torch.nn.Module``) mapping a batch in ``bounds`` to logits
-            of shape (N, K). Its train/eval mode is left as the caller set it.
-        inputs: x, shape (N, ...), values within ``bounds``.
-        labels: y, shape (N,), true classes — or target classes t when ``targeted``.
+            of shape (N, K). Its train/eval mode is left as the caller set it; a module in
+            training mode gets a :class:`~alma_plugin.core.validation.TrainingModeWarning`
+            (dropout and batch norm then change the model, and batch norm's running statistics
+            are updated by every step).
+        inputs: x, shape (N, ...), values within ``bounds``, any float dtype (float16 and
+            bfloat16 models are called in their dtype; the solver's state is float32). Never
+            modified; a ``requires_grad`` or inference-mode tensor is fine.
+        labels: y, shape (N,), true classes — or target classes t when ``targeted``: any
+            integer dtype, or a NumPy array / list of ints.
         distance: D, one of ``alma_plugin.distances.DISTANCES`` ("l1", "l2", ...).
         steps: N, the number of iterations (one forward + one backward each).
         targeted: use tDLR⁺ (eq. 18) towards ``labels`` instead of DLR⁺ (eq. 4).
@@ -81,9 +81,11 @@ def alma(
         init_lr_distance: ε of §3.2.3; "default" takes Table 3's value for ``distance``.
         penalty: P, one of "P2" (default, eq. 10), "P1", "P3", "PHR" (Appendix D).
         is_adversarial: optional success predicate (model_inputs, logits) → bool (N,); default
-            argmax ≠ y (or = t when targeted).
+            argmax ≠ y (or = t when targeted). A sample whose logits or distance are not
+            finite never counts as a success, whatever the predicate says.
         callback: called with a :class:`~alma_plugin.core.StepInfo` after every step.
-        early_stop: stop once every sample has an adversarial with D below this value.
+        early_stop: stop once every sample has an adversarial with D below this value (0:
+            never, as Foolbox's ``epsilons`` starting at 0.0 imply).
         seed: seeds the random directions used where a gradient vanishes.
         **hyperparameters: ``mu_init`` (μ⁽⁰⁾), ``rho_init`` (ρ⁽⁰⁾), ``mu_min``, ``mu_max``,
             ``gamma`` (γ), ``tau`` (τ), ``check_steps`` (M), ``lr_init``, ``lr_reduction``,
@@ -112,17 +114,23 @@ def alma(
     )
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
-    x = _detached(_as_eagerpy("inputs", inputs))
-    y = _as_eagerpy("labels", labels)
+    x = as_tensor("inputs", inputs)
     check_inputs(x, bounds)
-    check_labels(y, len(x), name="targets" if targeted else "labels")
-    if early_stop is not None and not early_stop > 0:
-        raise ValueError(f"early_stop must be a positive number or None, got {early_stop!r}")
+    y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
+    early_stop = check_early_stop(early_stop)
+    if is_adversarial is not None and not callable(is_adversarial):
+        raise TypeError(f"is_adversarial must be callable or None, got {is_adversarial!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}")
+    warn_if_training(model)
 
     def model_fn(batch: ep.Tensor) -> ep.Tensor:
         out = model(batch.raw)
         if not isinstance(out, type(batch.raw)):
-            raise TypeError(f"model must return a tensor of logits, got {type(out).__name__}")
+            raise TypeError(
+                f"model must return a {type(batch.raw).__name__} of logits (like its inputs), "
+                f"got {type(out).__name__}"
+            )
         return ep.astensor(out)
 
     if len(x) == 0:

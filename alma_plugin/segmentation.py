@@ -20,19 +20,21 @@ from typing import Any
 import eagerpy as ep
 
 from .core.prox_solver import ProxParams, ProxResult, alma_prox_dense_solve
+from .core.validation import as_tensor, warn_if_training
 
 __all__ = ["ProxParams", "ProxResult", "alma_prox"]
 
 
 def _as_eagerpy(name: str, value: Any) -> ep.Tensor:
-    """torch tensors are wrapped; eagerpy tensors (any framework) pass through."""
+    """torch tensors are wrapped; eagerpy tensors (any framework) pass through; both detached
+    from the caller's autograd graph (see :func:`~alma_plugin.core.validation.as_tensor`)."""
     if isinstance(value, ep.Tensor):
-        return value
+        return as_tensor(name, value)
     if type(value).__module__.startswith("torch"):
         import torch
 
         if isinstance(value, torch.Tensor):
-            return ep.astensor(value)
+            return as_tensor(name, value)
     raise TypeError(
         f"{name} must be a torch.Tensor or an eagerpy tensor, got {type(value).__name__}"
     )
@@ -48,6 +50,7 @@ def alma_prox(
     adv_threshold: float = 0.99,
     steps: int = 500,
     bounds: tuple[float, float] = (0.0, 1.0),
+    early_stop: float | None = None,
     params: ProxParams | None = None,
     **hyperparameters: Any,
 ) -> ProxResult[Any]:
@@ -55,7 +58,8 @@ def alma_prox(
 
     Args:
         model: maps images (N, C, H, W) to per-pixel logits (N, K, H, W), e.g. a
-            ``torch.nn.Module`` (left untouched: put it in eval mode yourself), or any callable
+            ``torch.nn.Module`` (left untouched: put it in eval mode yourself; a module in
+            training mode gets a ``TrainingModeWarning``), or any callable
             on the raw tensors of the framework of eagerpy-wrapped inputs.
         images: (N, C, H, W) floating tensor within ``bounds`` (torch, or an eagerpy tensor of
             any framework); it is not modified.
@@ -68,6 +72,8 @@ def alma_prox(
         steps: the number of iterations N (one forward and one backward each).
         bounds: the (lower, upper) pixel range of the model's input. Step sizes and the returned
             ``norms`` are expressed in the [0, 1]-normalised space whatever the bounds.
+        early_stop: stop once every image has an iterate with APSR ≥ ν and normalised ‖δ‖∞
+            below this (None or 0: run every step).
         params, hyperparameters: a :class:`ProxParams` and/or keyword overrides of its fields
             (``init_lr``, ``final_lr``, ``alpha``, ``rho_init``, ``scale_rate``, …).
 
@@ -79,6 +85,7 @@ def alma_prox(
     """
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
+    warn_if_training(model)
     native = not isinstance(images, ep.Tensor)
     x = _as_eagerpy("images", images)
     y = _as_eagerpy("labels", labels)
@@ -94,7 +101,7 @@ def alma_prox(
 
     result = alma_prox_dense_solve(
         model_fn, x, y, masks=m, bounds=bounds, targeted=targeted, adv_threshold=adv_threshold,
-        steps=steps, params=params, **hyperparameters,
+        steps=steps, early_stop=early_stop, params=params, **hyperparameters,
     )  # fmt: skip
     if not native:
         return result

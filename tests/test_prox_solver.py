@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import eagerpy as ep
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -174,24 +173,63 @@ def test_one_forward_one_backward_per_step(bars_cnn, bars_samples, steps):
     assert dense.forwards == steps and dense.backwards == steps
 
 
-def test_deterministic_and_bounds_invariant(bars_cnn, bars_samples):
+def test_deterministic_under_a_fixed_setting(bars_cnn, bars_samples):
+    """Same process, same inputs: bit-identical results (the solver draws nothing at random)."""
     images, labels = bars_samples[0][:6], bars_samples[1][:6]
 
     def run():
         return alma_prox_solve(as_fn(bars_cnn), ep.astensor(images), ep.astensor(labels), steps=60)
 
     a, b = run(), run()
-    assert torch.equal(a.adversarials.raw, b.adversarials.raw) and torch.equal(
-        a.norms.raw, b.norms.raw
+    assert torch.equal(a.adversarials.raw, b.adversarials.raw)
+    assert torch.equal(a.norms.raw, b.norms.raw)
+
+
+def test_bounds_invariant_exactly_on_an_affine_float64_model():
+    """Hyperparameters live in [0, 1]: a model taking [0, 255] inputs gets the same attack.
+    Asserted where it is exact (float64, an affine model: no kink a rounding can cross)."""
+    torch.manual_seed(0)
+    affine = nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).double().eval()
+    images = torch.rand(8, 1, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        labels = affine(images).argmax(1)
+    a = alma_prox_solve(as_fn(affine), ep.astensor(images), ep.astensor(labels), steps=40)
+    scaled = lambda x: ep.astensor(affine(x.raw / 255))  # noqa: E731
+    c = alma_prox_solve(
+        scaled, ep.astensor(images * 255), ep.astensor(labels), steps=40, bounds=(0, 255)
     )
-    # the same attack on a model taking inputs in [0, 255]: hyperparameters live in [0, 1]
+    assert c.adversarials.raw.min() >= 0 and c.adversarials.raw.max() <= 255
+    assert a.success.raw.all() and torch.equal(c.success.raw, a.success.raw)
+    assert torch.allclose(c.norms.raw, a.norms.raw, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(c.adversarials.raw / 255, a.adversarials.raw, atol=1e-9)
+
+
+def test_bounds_invariant_in_aggregate(bars_cnn, bars_samples):
+    """On a ReLU CNN in float32 the [0, 1] and [0, 255] runs may end in different local optima
+    for single samples (rounding differs), so only the aggregate is compared, with margins."""
+    images, labels = bars_samples
+    a = alma_prox_solve(as_fn(bars_cnn), ep.astensor(images), ep.astensor(labels), steps=60)
     scaled = lambda x: ep.astensor(bars_cnn(x.raw / 255))  # noqa: E731
     c = alma_prox_solve(
         scaled, ep.astensor(images * 255), ep.astensor(labels), steps=60, bounds=(0, 255)
     )
-    assert c.adversarials.raw.min() >= 0 and c.adversarials.raw.max() <= 255
-    assert torch.equal(c.success.raw, a.success.raw)
-    assert np.allclose(c.norms.raw.numpy(), a.norms.raw.numpy(), atol=2e-3)
+    assert abs(int(a.success.raw.sum()) - int(c.success.raw.sum())) <= 2
+    both = a.success.raw & c.success.raw
+    ratio = c.norms.raw[both].median() / a.norms.raw[both].median()
+    assert 0.9 < float(ratio) < 1.1
+
+
+def test_early_stop_ends_the_run_and_zero_never_does(bars_cnn, bars_samples):
+    images, labels = ep.astensor(bars_samples[0][:4]), ep.astensor(bars_samples[1][:4])
+    counting = Counting(bars_cnn)
+    full = alma_prox_solve(as_fn(counting), images, labels, steps=50, early_stop=0.0)
+    assert counting.forwards == 50
+    assert full.success.raw.all()
+    counting.forwards = 0
+    stop = float(full.norms.raw.max()) * 1.5
+    early = alma_prox_solve(as_fn(counting), images, labels, steps=50, early_stop=stop)
+    assert counting.forwards < 50
+    assert early.success.raw.all() and (early.norms.raw < stop).all()
 
 
 def test_classification_bad_inputs(bars_cnn):

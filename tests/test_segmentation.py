@@ -187,3 +187,21 @@ def test_512x512_memory_and_step_time():
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"512x512: {numbers['step_s'] * 1e3:.0f} ms/step, peak +{numbers['peak_mib']:.0f} MiB")
     assert numbers["step_s"] < 5.0 and numbers["peak_mib"] < 1024
+
+
+def test_requires_grad_images_keep_no_graph(seg_net, scenes):
+    """Before: the result carried a graph through every step (≈10 MB per step)."""
+    images, labels = scenes[0][:2].clone().requires_grad_(True), scenes[1][:2]
+    result = alma_prox(seg_net, images, labels, steps=5)
+    for tensor in (result.adversarials, result.norms, result.apsr):
+        assert tensor.grad_fn is None and not tensor.requires_grad
+    assert images.grad is None
+
+
+def test_train_mode_warns(scenes):
+    from alma_plugin.core.validation import TrainingModeWarning
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Dropout2d(0.1)).train()
+    with pytest.warns(TrainingModeWarning):
+        alma_prox(net, scenes[0][:1], scenes[1][:1].clamp(max=3), steps=2)
+    assert net.training

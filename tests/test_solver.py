@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from alma_plugin import StepInfo, alma
+from alma_plugin.core.validation import TrainingModeWarning
 from tests.utils import CountingModel
 
 
@@ -102,3 +104,86 @@ def test_live_tensors_do_not_grow_with_steps() -> None:
 
     alma(model, x, y, steps=201, callback=count_tensors)
     assert counts[200] <= counts[20]
+
+
+class NaNBeyond(nn.Module):
+    """Logits turn NaN beyond an ℓ2 radius of the clean inputs (an overflowing model)."""
+
+    def __init__(self, model: nn.Module, clean: torch.Tensor, radius: float) -> None:
+        super().__init__()
+        self.model, self.clean, self.radius = model, clean, radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        far = (x - self.clean).flatten(1).norm(dim=1) > self.radius
+        return torch.where(far[:, None], torch.full_like(logits, torch.nan), logits)
+
+
+@pytest.mark.parametrize("criterion", ["default", "argmax"])
+def test_nan_logits_are_never_a_success(criterion: str) -> None:
+    """Before: with an argmax predicate (Foolbox's criteria), NaN logits counted as success
+    and the all-NaN-logit iterate was returned at distance 0 or as the "best" adversarial."""
+    model = _linear_model()
+    x, _ = _batch(8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for radius in (0.0, 0.3, 1e9):  # NaN everywhere but x, beyond a radius, never
+        nan_model = NaNBeyond(model, x, radius)
+        predicate = None if criterion == "default" else lambda _, z: z.argmax(1) != y
+        result = alma(nan_model, x, y, steps=60, is_adversarial=predicate)
+        assert torch.isfinite(result.adversarials).all()
+        with torch.no_grad():
+            logits = nan_model(result.adversarials)
+        claimed = result.success
+        assert torch.isfinite(logits[claimed]).all()
+        assert (logits[claimed].argmax(1) != y[claimed]).all()
+        assert torch.isfinite(result.distances[claimed]).all()
+        if radius == 0.0:
+            assert not claimed.any()
+        if radius == 1e9:
+            assert claimed.all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_every_float_dtype(dtype: torch.dtype) -> None:
+    """Before: float16 crashed (μ_max = 1e12 does not fit). The model sees its own dtype, the
+    result has it, and every reported success holds on the returned tensor."""
+    model = _linear_model().to(dtype)
+    x, _ = _batch(8)
+    x = x.to(dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    seen: list[torch.dtype] = []
+    result = alma(lambda z: seen.append(z.dtype) or model(z), x, y, steps=40)
+    assert set(seen) == {dtype} and result.adversarials.dtype == dtype
+    assert result.success.float().mean() >= 0.75
+    with torch.no_grad():
+        assert (model(result.adversarials).argmax(1) != y)[result.success].all()
+    measured = (result.adversarials.double() - x.double()).flatten(1).norm(dim=1)
+    assert torch.allclose(result.distances[result.success].double(), measured[result.success],
+                          rtol=1e-3, atol=1e-4)  # fmt: skip
+
+
+def test_train_mode_warns_and_the_mode_is_left_alone() -> None:
+    """Before: a model in train mode (dropout, batch norm) was attacked silently."""
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(16), nn.Linear(16, 5)).train()
+    x, y = _batch(8)
+    with pytest.warns(
+        TrainingModeWarning, match=r"model has layers in training mode \(BatchNorm1d\)"
+    ):
+        alma(model, x, y, steps=2)
+    assert all(m.training for m in model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alma(model.eval(), x, y, steps=2)
+
+
+def test_requires_grad_and_inference_mode_inputs() -> None:
+    model = _linear_model()
+    x, y = _batch(4)
+    leaf = x.clone().requires_grad_(True)
+    result = alma(model, leaf, y, steps=5)
+    assert result.adversarials.grad_fn is None and leaf.grad is None
+    with torch.inference_mode():
+        frozen = x.clone()
+    assert torch.equal(alma(model, frozen, y, steps=5).adversarials, result.adversarials)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from alma_plugin import alma
 @pytest.fixture
 def model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
 
 
 X = torch.rand(3, 1, 4, 4)
@@ -45,7 +46,17 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"bounds": 1.0}, TypeError, "bounds must be a pair"),
         (X, Y, {"init_lr_distance": -1.0}, ValueError, "init_lr_distance must lie in"),
         (X, Y, {"levels": 1}, ValueError, "levels must be >= 2"),
-        (X, Y, {"early_stop": 0.0}, ValueError, "early_stop must be a positive number"),
+        (X, Y, {"early_stop": -1.0}, ValueError, "early_stop must be None or a number >= 0"),
+        (X, Y, {"early_stop": 0.0, "steps": 2}, None, None),  # Foolbox's epsilons start at 0
+        (X, Y, {"steps": 100.0}, TypeError, r"steps must be an integer, got 100.0"),
+        (X, Y, {"steps": np.int64(2)}, None, None),
+        (X, Y, {"steps": 2, "check_steps": np.int32(5), "gamma": np.float32(1.5)}, None, None),
+        (X, Y, {"steps": True}, TypeError, "steps must be an integer"),
+        (X, Y, {"seed": 1.0}, TypeError, "seed must be an integer"),
+        (X, Y.to(torch.bool), {}, TypeError, "labels must be an integer tensor, got dtype"),
+        (X, Y.numpy().astype(np.float32), {}, TypeError, "labels must hold integer"),
+        (X, Y, {"is_adversarial": 3}, TypeError, "is_adversarial must be callable"),
+        (X, Y, {"callback": "print"}, TypeError, "callback must be callable"),
         (X, Y, {"mu_init": 2.0, "mu_max": 1.0}, ValueError, "mu_init must lie in"),
         (X.numpy(), Y, {}, TypeError, "inputs must be a PyTorch, JAX or TensorFlow tensor"),
     ],
@@ -71,7 +82,7 @@ def test_unknown_hyperparameter(model: nn.Module) -> None:
         (lambda out: out[:, :1], r"model outputs must have shape \(N=3, K>=2\).*\(3, 1\)"),
         (lambda out: out.reshape(-1), r"model outputs must have shape.*\(15,\)"),
         (lambda out: out[:2], r"model outputs must have shape.*\(2, 5\)"),
-        (lambda out: (out,), "model must return a tensor of logits, got tuple"),
+        (lambda out: (out,), "model must return a Tensor of logits .like its inputs., got tuple"),
     ],
 )
 def test_bad_model_outputs(model: nn.Module, head, match: str) -> None:
@@ -89,3 +100,43 @@ def test_empty_batch_returns_empty_results(model: nn.Module) -> None:
     assert result.adversarials.shape == (0, 1, 4, 4)
     assert result.distances.shape == result.success.shape == (0,)
     assert result.steps_run == 0
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [Y.to(dtype) for dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)]
+    + [Y.numpy(), Y.numpy().astype(np.uint8), Y.tolist(), tuple(Y.tolist())],
+    ids=lambda v: getattr(v, "dtype", type(v).__name__).__str__(),
+)
+def test_any_integer_label_dtype_or_container(model: nn.Module, labels) -> None:
+    """uint8/int16/... labels crashed inside the gather; NumPy arrays and lists were refused."""
+    reference = alma(model, X, Y, steps=10)
+    result = alma(model, X, labels, steps=10)
+    assert torch.equal(result.adversarials, reference.adversarials)
+    assert torch.equal(result.success, reference.success)
+
+
+@pytest.mark.parametrize(
+    "head, match",
+    [
+        (lambda out: out.argmax(1, keepdim=True), "shape"),  # K = 1
+        (lambda out: out.detach(), "differentiable"),
+        (lambda out: out.detach().numpy(), "model must return a Tensor of logits"),
+        (lambda out: out.tolist(), "model must return a Tensor of logits"),
+        (lambda out: torch.nn.functional.one_hot(out.argmax(1), 5).float(), "differentiable"),
+    ],
+    ids=["K=1", "detached", "numpy", "list", "one-hot argmax"],
+)
+def test_models_that_cannot_be_attacked_get_a_clear_error(model: nn.Module, head, match) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        alma(lambda x: head(model(x)), X, Y, steps=3)
+
+
+@pytest.mark.parametrize("answer", [lambda l: l.argmax(1), lambda l: l[:, 0] > 0, lambda l: l > 0])
+def test_success_predicate_of_wrong_dtype_or_shape(model: nn.Module, answer) -> None:
+    def predicate(inputs, logits):
+        out = answer(logits)
+        return out[:2] if out.dtype == torch.bool and out.ndim == 1 else out
+
+    with pytest.raises(ValueError, match=r"is_adversarial must return a boolean tensor of shape"):
+        alma(model, X, Y, steps=3, is_adversarial=predicate)

@@ -40,6 +40,19 @@ def value_aux_and_grad(loss_fn: LossWithAux, x: ep.Tensor) -> tuple[ep.Tensor, A
     return ep.value_aux_and_grad(loss_fn, x)
 
 
+def check_differentiable(outputs: ep.Tensor) -> None:
+    """Raise a clear error when a PyTorch model's outputs do not depend differentiably on its
+    input (``torch.no_grad()`` inside the model, ``.detach()``, argmax one-hot outputs): the
+    attack would otherwise follow the distance's gradient alone and silently find nothing.
+    (Other frameworks give a zero gradient; the solver then takes a random direction.)"""
+    if isinstance(outputs, ep.PyTorchTensor) and not outputs.raw.requires_grad:
+        raise ValueError(
+            "model outputs must be differentiable with respect to the inputs, got a tensor "
+            "that does not require grad (is the model run under torch.no_grad(), detached, or "
+            "piecewise constant?)"
+        )
+
+
 def stop_gradient(x: ep.Tensor) -> ep.Tensor:
     """The value of ``x`` as a constant for differentiation, in any eagerpy framework."""
     if isinstance(x, ep.PyTorchTensor):

@@ -36,7 +36,16 @@ import numpy as np
 from .autodiff import stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
 from .prox import linf_box_prox
-from .validation import check_bounds, check_in_range, check_inputs, check_positive_int
+from .validation import (
+    as_tensor,
+    check_bounds,
+    check_early_stop,
+    check_in_range,
+    check_inputs,
+    check_positive_int,
+    check_success,
+    working_dtype,
+)
 
 __all__ = [
     "CLASSIFICATION_PARAMS",
@@ -166,13 +175,14 @@ def check_arguments(
     for name, value in (("inputs", inputs), ("labels", labels)):
         if not isinstance(value, ep.Tensor):
             raise TypeError(f"{name} must be an eagerpy tensor, got {type(value).__name__}")
+    inputs = as_tensor("inputs", inputs)
     lower, upper = check_bounds(bounds)
     check_positive_int("steps", steps)
     check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
     check_inputs(inputs, (lower, upper))
     if inputs.shape[0] == 0:
         raise ValueError(f"inputs must be a non-empty batch (N, ...), got shape {inputs.shape}")
-    if "int" not in str(labels.dtype):
+    if "int" not in str(labels.dtype) or "bool" in str(labels.dtype):
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.ndim < 1 or labels.shape[0] != inputs.shape[0]:
         raise ValueError(
@@ -195,6 +205,7 @@ def alma_prox_solve(
     targeted: bool = False,
     steps: int = 500,
     is_adversarial: Criterion | None = None,
+    early_stop: float | None = None,
     params: ProxParams | None = None,
     **overrides: Any,
 ) -> ProxResult[ep.Tensor]:
@@ -205,6 +216,8 @@ def alma_prox_solve(
         inputs: (N, ...) inputs within ``bounds``. labels: (N,) true classes, or targets.
         is_adversarial: optional success criterion ``(x̃, logits) → (N,) bool`` (e.g. a
             Foolbox criterion) used for best tracking; default argmax ≠ y (= t if targeted).
+        early_stop: stop once every sample has an adversarial with ‖δ‖∞ (normalised) below
+            this; None or 0: run every step.
         params / overrides: :class:`ProxParams` and keyword overrides of its fields.
     """
     check_arguments(inputs, labels, None, bounds, steps, 1.0)
@@ -212,7 +225,7 @@ def alma_prox_solve(
         raise ValueError(f"labels must have shape (N,), got {labels.shape}")
     return _solve(model_fn, inputs, labels, None, bounds, targeted, steps, 1.0,
                   make_params(params, overrides, classification=True),
-                  is_adversarial)  # fmt: skip
+                  is_adversarial, check_early_stop(early_stop))  # fmt: skip
 
 
 def alma_prox_dense_solve(
@@ -225,6 +238,7 @@ def alma_prox_dense_solve(
     targeted: bool = False,
     adv_threshold: float = 0.99,
     steps: int = 500,
+    early_stop: float | None = None,
     params: ProxParams | None = None,
     **overrides: Any,
 ) -> ProxResult[ep.Tensor]:
@@ -232,13 +246,14 @@ def alma_prox_dense_solve(
 
     ``labels`` (N, H, W) are the true classes (or targets); ``masks`` (N, H, W), bool or 0/1,
     selects the labelled pixels m (labels elsewhere are ignored, e.g. 255); success is
-    APSR ≥ ``adv_threshold`` (ν, eq. 5.19).
+    APSR ≥ ``adv_threshold`` (ν, eq. 5.19); ``early_stop`` ends the run once every sample has
+    such an iterate with normalised ‖δ‖∞ below it.
     """
     check_arguments(inputs, labels, masks, bounds, steps, adv_threshold)
     if labels.ndim < 2:
         raise ValueError(f"labels must have shape (N, H, W), got {labels.shape}")
     return _solve(model_fn, inputs, labels, masks, bounds, targeted, steps, adv_threshold,
-                  make_params(params, overrides), None)  # fmt: skip
+                  make_params(params, overrides), None, check_early_stop(early_stop))  # fmt: skip
 
 
 def _solve(
@@ -252,9 +267,16 @@ def _solve(
     nu: float,
     p: ProxParams,
     is_adversarial: Criterion | None,
+    early_stop: float | None,
 ) -> ProxResult[ep.Tensor]:
     lower, upper = float(bounds[0]), float(bounds[1])
     span = upper - lower
+    x = as_tensor("inputs", x)  # detached: no graph into the caller's tensor
+    model_dtype = x.dtype
+    # float16/bfloat16: the state (ρ up to 1e15, Adam averages) is float32, the model is called
+    # in its own dtype and the rounded input it saw is what is tracked and returned.
+    x = x.astype(working_dtype(x))
+    rounds = x.dtype != model_dtype
     n = x.shape[0]
     dense = masks is not None or labels.ndim > 1
     label_shape = labels.shape
@@ -309,8 +331,12 @@ def _solve(
         ) -> tuple[ep.Tensor, Any]:
             mu_, rho_, w_, d_ref_, recent_ = state
             x_adv = (x + delta_ * span).clip(lower, upper)  # step 3
+            if rounds:
+                x_adv = x_adv.astype(model_dtype)
             logits = model_fn(x_adv)
             z = _constraint_logits(logits, n, label_shape, dense, label_max)
+            if rounds:
+                z = z.astype(x.dtype)
             d = dlr_plus(z, y, targeted)  # step 4
             satisfied = d < 0  # the denominator is positive: same sign as the margin
             d_c = stop_gradient(d)
@@ -341,13 +367,18 @@ def _solve(
             # step 21: L = m̃ᵀ P(w d, ρ, μ)
             loss = (mt * p2_prox(w_new * d, rho_new, mu_new)).sum()
             if is_adversarial is not None:
-                success = is_adversarial(x_adv, logits).reshape((n, 1))
-                sat_count = success.astype(m.dtype)
-            return loss, (sat_count, mu_new, rho_new, w_new, d_ref_new, recent_new)
+                success = check_success(is_adversarial(x_adv, logits), n)
+                # NaN or infinite logits are never an adversarial, whatever the criterion says
+                finite = ep.logical_not(ep.logical_or(logits.isnan(), logits.isinf()))
+                success = ep.logical_and(success, finite.reshape((n, -1)).all(axis=1))
+                sat_count = success.astype(m.dtype).reshape((n, 1))
+            return loss, (sat_count, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv)
 
         _, aux, grad = value_aux_and_grad(loss_fn, delta)  # one forward, one backward
-        sat_count, mu, rho, w, d_ref_out, recent_sat = aux
+        sat_count, mu, rho, w, d_ref_out, recent_sat, x_seen = aux
         d_ref = d_ref_out
+        if rounds:  # the perturbation the model saw, after rounding to its dtype
+            delta = (x_seen.astype(x.dtype) - x) / span
 
         # best tracking (step 27) on x̃⁽ᵗ⁾ = x + δ⁽ᵗ⁻¹⁾: APSR ≥ ν and a smaller ‖δ‖∞
         sat_count = sat_count.reshape((n,))
@@ -367,11 +398,15 @@ def _solve(
         v = p.alpha * v + (1 - p.alpha) * grad.square()
         s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps
         delta = linf_box_prox(delta - lr * grad / s, lr, box_low, box_high, s, p.prox_precision)
+        if early_stop is not None and (best_norm < early_stop).all().item():
+            break
 
     success = best_norm < math.inf
     x_best = (x + best_delta * span).clip(lower, upper)
     adversarials = ep.where(_expand(success, x), x_best, x)
     norms = ((adversarials - x) / span).flatten(start=1).abs().max(axis=1)
+    if rounds:
+        adversarials = adversarials.astype(model_dtype)
     return ProxResult(adversarials, best_apsr, norms, success)
 
 

@@ -15,11 +15,11 @@ import eagerpy as ep
 import numpy as np
 
 from ..distances import DistanceFunction
-from .autodiff import stop_gradient, value_aux_and_grad
+from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
 from .penalties import Penalty
 from .schedules import decayed_step_size, initial_step_size, random_unit_directions
-from .validation import Bounds, check_logits
+from .validation import Bounds, as_tensor, check_logits, check_success, working_dtype
 
 ModelFn = Callable[[ep.Tensor], ep.Tensor]
 #: success(model_inputs, logits) -> bool (N,); model_inputs are in the host's bounds.
@@ -99,6 +99,13 @@ def _quantize(x: ep.Tensor, levels: int) -> ep.Tensor:
     return ((x * (levels - 1) + 0.5) // 1) / (levels - 1)
 
 
+def finite_rows(values: ep.Tensor) -> ep.Tensor:
+    """Per sample (first axis): True where every value is finite. A sample whose logits or
+    distance are NaN or infinite is never an adversarial, whatever a criterion says of it."""
+    bad = ep.logical_or(values.isnan(), values.isinf())
+    return bad.reshape((len(values), -1)).any(axis=1).logical_not()
+
+
 def alma_solve(
     model: ModelFn,
     inputs: ep.Tensor,
@@ -120,16 +127,21 @@ def alma_solve(
     c = config
     lower, upper = bounds
     scale = upper - lower
+    inputs = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
     batch = len(inputs)
-    x = (inputs - lower) / scale  # the original input in [0, 1]
-    dtype = x.dtype
+    # The state (μ up to 1e12, RMSProp averages) needs at least float32; the model is called on
+    # its own dtype (float16/bfloat16 models included) and that rounded input is what is judged.
+    dtype = working_dtype(inputs)
+    rounds = dtype != inputs.dtype
+    x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
 
     def per_sample(value: float) -> ep.Tensor:
         return ep.full(x, (batch,), value).astype(dtype)
 
     def to_model_space(u: ep.Tensor) -> ep.Tensor:
         # Clipped so that float rounding can never leave the host's bounds.
-        return (u * scale + lower).clip(lower, upper) if (lower, upper) != (0.0, 1.0) else u
+        mapped = (u * scale + lower).clip(lower, upper) if (lower, upper) != (0.0, 1.0) else u
+        return mapped.astype(inputs.dtype) if rounds else mapped
 
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
     x_adv = x
@@ -143,9 +155,14 @@ def alma_solve(
 
     def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
         model_inputs = to_model_space(u)
+        if rounds:  # D measures what the model sees, rounded to the model's dtype
+            u = (model_inputs.astype(dtype) - lower) / scale
         logits = model(model_inputs)  # 3. z ← f(x̃)
         if t == 0:  # the class count K is only known once the model has answered
             check_logits(logits, labels, "targets" if targeted else "labels")
+            check_differentiable(logits)
+        if logits.dtype != dtype and "float16" in str(logits.dtype):
+            logits = logits.astype(dtype)
         d = dlr_plus(logits, labels, targeted)  # 4. d ← DLR⁺(z, y), or tDLR⁺
         # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
         d_value = stop_gradient(d)
@@ -165,16 +182,23 @@ def alma_solve(
 
         # 17. Keep the adversarial iterate with the smallest D.
         if is_adversarial is None:
-            # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test.
+            # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test
+            # (and False for NaN logits).
             success = d < 0
         else:
-            success = is_adversarial(model_inputs, logits)
+            success = check_success(is_adversarial(model_inputs, logits), batch)
+            success = ep.logical_and(success, finite_rows(logits))
+        success = ep.logical_and(success, finite_rows(dist))
         improved = ep.logical_and(success, dist < best_distance)
         # The tensor the model judged is the one returned: no re-mapping that could round.
         best_adv = ep.where(_expand(improved, x), model_inputs, best_adv)
         best_distance = ep.where(improved, dist, best_distance)
         first_success = ep.where(ep.logical_and(success, first_success < 0), t, first_success)
         ever_adversarial = ep.logical_or(ever_adversarial, success)
+
+        # A NaN region of the model (e.g. logits overflowing beyond some radius) gives NaN
+        # gradients: no step from them, so the iterate stays finite.
+        grad = ep.where(grad.isnan(), 0, grad)
 
         if t == 0:
             # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).

@@ -178,24 +178,32 @@ def working_dtype(inputs: ep.Tensor) -> Any:
     return inputs.dtype
 
 
+#: Modules of torch.nn whose forward depends on the train/eval mode.
+_MODE_DEPENDENT = ("torch.nn.modules.dropout", "torch.nn.modules.batchnorm",
+                   "torch.nn.modules.instancenorm")  # fmt: skip
+
+
 def warn_if_training(model: Any, name: str = "model") -> None:
-    """Warn when a ``torch.nn.Module`` (or any object with ``.modules()``) has a module in
-    training mode: dropout then makes each forward random and batch normalisation uses batch
-    statistics and updates its running averages, so the attack optimises (and judges success
-    on) a model different from the one evaluated in eval mode."""
+    """Warn when a ``torch.nn.Module`` holds a dropout or normalisation layer in training mode:
+    dropout then makes each forward random, and batch normalisation uses batch statistics and
+    updates its running averages at every step, so the attack optimises (and judges success on)
+    a model different from the one evaluated in eval mode. (Layers whose forward ignores the
+    mode, such as a wrapper's own flag, do not warn.)"""
     modules = getattr(model, "modules", None)
     if not callable(modules):
         return
     try:
-        training = any(getattr(m, "training", False) for m in modules())
+        training = [m for m in modules() if getattr(m, "training", False)]
     except TypeError:
         return
-    if training:
+    dependent = [m for m in training if type(m).__module__ in _MODE_DEPENDENT]
+    if dependent:
+        layers = sorted({type(m).__name__ for m in dependent})
         warnings.warn(
-            f"{name} has modules in training mode: dropout and batch normalisation make the "
-            "attack's model differ from its eval-mode behaviour (batch norm running statistics "
-            "are updated by every step, successes may not hold in eval mode). Call "
-            f"{name}.eval() before attacking; the mode is left as you set it.",
+            f"{name} has layers in training mode ({', '.join(layers)}): dropout and batch "
+            "normalisation make the attacked model differ from its eval-mode behaviour (batch "
+            "norm running statistics are updated by every step; successes may not hold in eval "
+            f"mode). Call {name}.eval() before attacking; the mode is left as you set it.",
             TrainingModeWarning,
             stacklevel=3,
         )
@@ -203,6 +211,25 @@ def warn_if_training(model: Any, name: str = "model") -> None:
 
 class TrainingModeWarning(UserWarning):
     """The attacked model has modules in training mode (see :func:`warn_if_training`)."""
+
+
+def check_success(success: Any, batch_size: int, name: str = "is_adversarial") -> ep.Tensor:
+    """A success predicate's answer must be a boolean tensor of shape (N,)."""
+    tensor = success if isinstance(success, ep.Tensor) else None
+    if tensor is None:
+        try:
+            tensor = ep.astensor(success)
+        except ValueError:
+            raise TypeError(
+                f"{name} must return a boolean tensor of shape ({batch_size},), got "
+                f"{type(success).__name__}"
+            ) from None
+    if tuple(tensor.shape) != (batch_size,) or "bool" not in str(tensor.dtype):
+        raise ValueError(
+            f"{name} must return a boolean tensor of shape ({batch_size},), got dtype "
+            f"{tensor.dtype} and shape {tuple(tensor.shape)}"
+        )
+    return tensor
 
 
 def check_logits(logits: ep.Tensor, labels: ep.Tensor, name: str = "labels") -> None:
