@@ -41,18 +41,34 @@ def _nonpos(y: ep.Tensor) -> ep.Tensor:
 
 # P2 (eq. 10 / 21), the ALMA default. Each branch is evaluated on the clamped constraint so that
 # the branch not taken can never produce an inf or NaN that would leak into the gradient.
-def p2(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
+# ALMA prox's modified P2 (thesis eq. 5.9) is the same function with max(1, ρ) in place of ρ in
+# the negative branch: ``rho_floor`` is that 1 (0 for the paper's P2).
+def p2(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor, rho_floor: float = 0.0) -> ep.Tensor:
     yp, yn = _nonneg(y), _nonpos(y)
     positive = mu * yp + mu * rho * yp**2 + rho**2 * yp**3 / 6
-    negative = mu * yn / (1 - rho * yn)
+    negative = mu * yn / (1 - _floored(rho, rho_floor) * yn)
     return ep.where(y >= 0, positive, negative)
 
 
-def p2_derivative(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
+def p2_derivative(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor, rho_floor: float = 0.0) -> ep.Tensor:
     yp, yn = _nonneg(y), _nonpos(y)
     positive = mu + 2 * mu * rho * yp + rho**2 * yp**2 / 2
-    negative = mu / (1 - rho * yn) ** 2
+    negative = mu / (1 - _floored(rho, rho_floor) * yn) ** 2
     return ep.where(y >= 0, positive, negative)
+
+
+def _floored(rho: ep.Tensor, floor: float) -> ep.Tensor:
+    return rho.maximum(floor) if floor else rho
+
+
+def p2_prox(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
+    """The modified P2 of ALMA prox (eq. 5.9): max(1, ρ) in the negative branch."""
+    return p2(y, rho, mu, rho_floor=1.0)
+
+
+def p2_prox_derivative(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
+    """∂P/∂y of eq. 5.9."""
+    return p2_derivative(y, rho, mu, rho_floor=1.0)
 
 
 # P3 (eq. 22): P2 without the cubic term.

@@ -35,6 +35,7 @@ import numpy as np
 
 from .autodiff import stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
+from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
 from .validation import (
     as_tensor,
@@ -149,22 +150,6 @@ class ProxResult(Generic[T]):
     apsr: T
     norms: T
     success: T
-
-
-def p2_prox(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
-    """The modified P2 of eq. 5.9: μy + μρy² + ρ²y³/6 for y ≥ 0, μy / (1 − max(1, ρ)y) else."""
-    yp, yn = y.maximum(0), y.minimum(0)
-    positive = mu * yp + mu * rho * yp**2 + rho**2 * yp**3 / 6
-    negative = mu * yn / (1 - rho.maximum(1) * yn)
-    return ep.where(y >= 0, positive, negative)
-
-
-def p2_prox_derivative(y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor:
-    """∂P/∂y of eq. 5.9: μ + 2μρy + ρ²y²/2 for y ≥ 0, μ / (1 − max(1, ρ)y)² else."""
-    yp, yn = y.maximum(0), y.minimum(0)
-    positive = mu + 2 * mu * rho * yp + rho**2 * yp**2 / 2
-    negative = mu / (1 - rho.maximum(1) * yn) ** 2
-    return ep.where(y >= 0, positive, negative)
 
 
 def check_arguments(
