@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from alma_plugin.bench.__main__ import main
-from alma_plugin.bench.attacks import ATTACKS, AttackSpec, CountingModel
+from alma_plugin.bench.counting import CountingModel
 from alma_plugin.bench.distributed import Context, shard
+from alma_plugin.bench.registry import ATTACKS, AttackSpec
 from alma_plugin.bench.report import Record, format_table, merge, summarize
 from alma_plugin.bench.runner import BenchConfig, plan, run_shard
 from tests.utils import assert_unchanged, snapshot

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .attacks import ATTACKS, NORMS
+from .registry import ATTACKS, NORMS
 from .report import format_table, merge, plot_curves, summarize, write_files
 from .runner import DEFAULT_SAMPLES, EMBEDDED_DATA, BenchConfig, load_data, plan, run_shard
 

@@ -1,7 +1,7 @@
 """The comparison runner behind ``python -m alma_plugin.bench`` (the paper's Table 1 protocol).
 
 Every selected attack runs at every selected budget on the same samples of every model. The
-model handed to an attack is wrapped by :class:`~alma_plugin.bench.attacks.CountingModel`, so
+model handed to an attack is wrapped by :class:`~alma_plugin.bench.counting.CountingModel`, so
 forwards / backwards per sample are counted, not assumed. Each returned candidate is then
 re-evaluated by the bare model: it counts as adversarial only if misclassified, and its distance
 to the original is measured on images in [0, 1]. Conventions: see :mod:`.report`.
@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import distributed
-from .attacks import ATTACKS, NORMS, AttackSpec, CountingModel, get_attack
+from .counting import CountingModel
+from .registry import ATTACKS, NORMS, AttackSpec, get_attack
 from .report import Record
 
 __all__ = ["DEFAULT_SAMPLES", "BenchConfig", "load_data", "load_model", "plan", "run_shard"]
