@@ -1,10 +1,10 @@
 """Translation helpers shared by the torchattacks adapters: distance names, input checks,
-target labels and the restoration of the model's state."""
+target labels, the autograd mode of a call and the restoration of the model's state."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import eagerpy as ep
@@ -12,14 +12,23 @@ import torch
 from torchattacks.attack import Attack
 
 from ..core.prox_solver import ProxParams, make_params
-from ..core.validation import check_inputs, check_labels
-from ..distances import DistanceSpec, get_distance, linf
+from ..core.validation import as_labels, as_tensor, check_inputs
+from ..distances import DistanceSpec, get_distance
 
 BOUNDS = (0.0, 1.0)
 #: Names of the ℓ∞ distance, handled by ALMA prox (thesis §5.4) rather than by ALMA.
 PROX_DISTANCES = ("linf", "l_inf", "inf")
+
+
+def _linf(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+    """‖x̃ − x‖∞ per sample; NaN where the sample holds NaN (never a small distance)."""
+    difference = (x_adv - x).flatten(start=1).abs()
+    nan = ep.logical_not(difference == difference).any(axis=1)
+    return ep.where(nan, ep.full_like(difference[:, 0], float("nan")), difference.max(axis=1))
+
+
 #: ℓ∞ for comparing outputs (MinimalEnsemble); ALMA routes it to ALMA prox, which has no ε.
-LINF = DistanceSpec("linf", linf, float("nan"))
+LINF = DistanceSpec("linf", _linf, float("nan"))
 
 
 def is_linf(distance: Any) -> bool:
@@ -45,18 +54,18 @@ def check_tensor(name: str, value: Any) -> torch.Tensor:
 def prepare(
     attack: Attack, inputs: Any, labels: Any, spec: DistanceSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated, detached copies of ``inputs`` (in [0, 1]) and ``labels`` on the attack's
-    device, following torchattacks (``images.clone().detach().to(self.device)``)."""
+    """Validated copies of ``inputs`` (in [0, 1]) and ``labels`` on the attack's device,
+    following torchattacks (``images.clone().detach().to(self.device)``): detached from the
+    caller's graph (inputs with ``requires_grad`` or made under ``torch.inference_mode()``
+    are fine), labels of any integer dtype (uint8, int16, ...) or container as int64."""
     check_tensor("inputs", inputs)
     if labels is None:
         raise ValueError(
             f"{attack.attack} needs labels: the true classes of shape (N,), or the target "
             "classes in targeted(label) mode; got labels=None"
         )
-    check_tensor("labels", labels)
     device = attack.device if attack.device is not None else inputs.device
-    images = inputs.detach().clone().to(device)
-    labels = labels.detach().clone().to(device)
+    images = as_tensor("inputs", inputs).raw.to(device)
     try:
         check_inputs(ep.astensor(images), BOUNDS)
     except ValueError as error:
@@ -64,42 +73,57 @@ def prepare(
             f"{error}. torchattacks attacks take images in [0, 1]; if the model expects "
             "normalised inputs, pass normalised images after set_normalization_used(mean, std)"
         ) from None
-    check_labels(ep.astensor(labels), len(images))
+    checked = as_labels("labels", labels, ep.astensor(images), (len(images),)).raw
     if spec.needs_color and (images.ndim != 4 or images.shape[1] != 3):
         raise ValueError(
             f"distance={spec.name!r} needs RGB images of shape (N, 3, H, W), got shape "
             f"{tuple(images.shape)}"
         )
     # Inverse normalisation may leave values a rounding error outside [0, 1].
-    return images.clamp(0.0, 1.0), labels
+    return images.clamp(0.0, 1.0), checked
 
 
 def target_labels(attack: Attack, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     targets = attack.get_target_label(images, labels)
-    targets = check_tensor("target labels", targets).to(images.device)
-    check_labels(ep.astensor(targets), len(images), name="target labels")
-    return targets
+    return as_labels("target labels", targets, ep.astensor(images), (len(images),)).raw
 
 
 @contextmanager
 def restored_state(attack: Attack) -> Iterator[None]:
-    """Restore each module's ``training`` flag exactly (torchattacks only calls ``train()``
-    again on a model that was training), the parameters' ``requires_grad`` and ``.grad``, and
-    the normalisation flag, even after an error."""
+    """Run a call with autograd available and leave the model as it was.
+
+    The attack needs input gradients even when the caller is under ``torch.no_grad()`` or
+    ``torch.inference_mode()`` (as in evaluation loops): both are lifted for the call.
+    Afterwards, even after an error, each module's ``training`` flag is restored exactly
+    (torchattacks only calls ``train()`` again on a model that was training), and so are the
+    parameters' ``requires_grad`` and ``.grad``, the buffers (batch norm running statistics,
+    which ``set_model_training_mode(batchnorm_training=True)`` would otherwise update at every
+    step) and the normalisation flag."""
     model = attack.model
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    is_module = isinstance(model, torch.nn.Module)
+    modules = list(model.modules()) if is_module else []
     flags = [m.training for m in modules]
-    parameters = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    parameters = list(model.parameters()) if is_module else []
     # Members of an ensemble may backpropagate into the parameters (torchattacks' DeepFool).
     saved = [(p.requires_grad, None if p.grad is None else p.grad.clone()) for p in parameters]
+    buffers = list(model.buffers()) if is_module else []
+    with torch.no_grad():
+        values = [b.clone() for b in buffers]
     applied = attack._normalization_applied
     try:
-        yield
+        with ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+            yield
     finally:
         for module, flag in zip(modules, flags, strict=True):
             module.training = flag
         for parameter, (requires_grad, grad) in zip(parameters, saved, strict=True):
             parameter.requires_grad_(requires_grad)
             parameter.grad = grad
+        with torch.no_grad():
+            for buffer, value in zip(buffers, values, strict=True):
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
         if attack._normalization_applied != applied:
             attack._set_normalization_applied(applied)

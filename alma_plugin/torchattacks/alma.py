@@ -6,6 +6,8 @@ Pesquet and Ben Ayed, CVPR 2023) for ``distance="linf"``. The algorithms live in
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import eagerpy as ep
@@ -15,11 +17,11 @@ from torchattacks.attack import Attack
 from ..core.defaults import make_config
 from ..core.prox_solver import ProxParams, alma_prox_solve
 from ..core.solver import ALMAConfig, alma_solve
-from ..core.validation import check_positive_int
-from ..distances import DistanceFunction
+from ..core.validation import check_early_stop, check_number, check_positive_int, working_dtype
+from ..distances import DistanceFunction, DistanceSpec
 from ._common import (
     BOUNDS,
-    is_linf,
+    LINF,
     prepare,
     prox_params,
     resolve_distance,
@@ -27,7 +29,28 @@ from ._common import (
     target_labels,
 )
 
-__all__ = ["ALMA"]
+__all__ = ["ALMA", "Settings"]
+
+_HALF = (torch.float16, torch.bfloat16)
+#: The ALMA hyperparameters ``**hyperparameters`` may name (the rest are explicit arguments).
+_ALMA_HYPERPARAMETERS = tuple(
+    name
+    for name in inspect.signature(make_config).parameters
+    if name not in ("steps", "default_init_lr_distance", "alpha", "init_lr_distance", "penalty")
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one call of :class:`ALMA` runs with, resolved from the attributes: ``config`` for
+    ALMA (ℓ1, ℓ2, perceptual distances) or ``prox`` for ALMA prox (ℓ∞), the other None."""
+
+    spec: DistanceSpec
+    steps: int
+    seed: int
+    early_stop: float | None
+    config: ALMAConfig | None
+    prox: ProxParams | None
 
 
 class ALMA(Attack):
@@ -56,10 +79,12 @@ class ALMA(Attack):
         penalty (str): "P2" (eq. 10, default), "P1", "P3" or "PHR" (Appendix D); "linf" uses
             the modified P2 of eq. 5.9 only.
         early_stop (float): stop once every sample has an adversarial with D below this
-            (not supported by "linf", whose solver always runs ``steps`` iterations).
-        seed (int): seeds the random directions used where a gradient vanishes.
+            (for "linf": normalised ℓ∞); None or 0 never stop early.
+        seed (int): seeds the random directions used where a gradient vanishes. A seeded
+            attack is deterministic: calling it again on the same batch returns the same
+            result (there is no ``repeat``); set ``attack.seed`` to another value to vary it.
         lpips (LPIPS): for "lpips", the network to use, e.g.
-            ``alma_plugin.distances.lpips.LPIPS(backbone_weights=..., linear_weights=...)``;
+            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``;
             None: the default weights, looked for locally on first use (never downloaded).
         **hyperparameters: ``mu_init``, ``rho_init``, ``mu_min``, ``mu_max``, ``gamma``,
             ``tau``, ``check_steps``, ``lr_init``, ``lr_reduction``, ``rmsprop_decay``,
@@ -67,11 +92,27 @@ class ALMA(Attack):
             for "linf" the fields of :class:`alma_plugin.core.prox_solver.ProxParams`
             (``init_lr``, ``final_lr``, ``rho_init``, ``gamma``, ...).
 
+    Every argument but ``lpips`` is kept as an attribute of the same name, as given
+    (``alpha=None`` and ``init_lr_distance="default"`` stay so), and read at each call:
+    ``attack.steps = 100`` or ``attack.distance = "l1"`` after construction then picks α
+    and ε for the new values, exactly as ``ALMA(model, steps=100)`` would. An invalid
+    value set later is refused at the next call, naming the attribute. :meth:`settings`,
+    :meth:`config` and :meth:`prox_params` show the resolved values.
+
     Shape:
         - images: (N, C, H, W), values in [0, 1] (normalised values after
-          ``set_normalization_used``); (N, 3, H, W) for "ciede2000" and "lpips".
-        - labels: (N,), integer classes (targets in ``targeted(label)`` mode).
-        - output: (N, C, H, W), on the model's device.
+          ``set_normalization_used``); (N, 3, H, W) for "ciede2000" and "lpips". Any float
+          dtype of the model (float16 / bfloat16 models are called in their dtype, the
+          attack computes in float32); ``requires_grad`` or inference-mode tensors are fine.
+        - labels: (N,), integer classes of any integer dtype (targets in
+          ``targeted(label)`` mode).
+        - output: (N, C, H, W), the images' dtype, on the model's device.
+
+    Like torchattacks' attacks, the model is evaluated in eval mode unless
+    ``set_model_training_mode`` says otherwise; afterwards every module's mode, the
+    parameters (values, ``requires_grad``, ``.grad``) and the buffers (batch norm running
+    statistics) are as before, even after an error. Calls under ``torch.no_grad()`` or
+    ``torch.inference_mode()`` work (autograd is enabled for the call).
 
     Examples::
         >>> attack = ALMA(model, distance="l2", steps=1000)
@@ -97,111 +138,137 @@ class ALMA(Attack):
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         super().__init__("ALMA", model)
-        spec = resolve_distance(distance)
-        check_positive_int("steps", steps)
-        check_positive_int("seed", seed, minimum=0)
-        if early_stop is not None and not (isinstance(early_stop, int | float) and early_stop > 0):
-            raise ValueError(f"early_stop must be a positive number or None, got {early_stop!r}")
-        if lpips is not None and spec.name != "lpips":
-            raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
-        if lpips is not None and not callable(lpips):
-            raise TypeError(
-                "lpips must be an alma_plugin.distances.lpips.LPIPS instance (or a callable "
-                f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
-            )
-        self.distance = spec.name
-        self.steps = int(steps)
+        # The user's choices, as given: None and "default" keep meaning "the paper's rule for
+        # the current steps and distance" and are resolved at each call (see settings()).
+        self.distance = resolve_distance(distance).name
+        self.steps = steps
+        self.alpha = alpha
+        self.init_lr_distance = init_lr_distance
         self.penalty = penalty
         self.early_stop = early_stop
-        self.seed = int(seed)
+        self.seed = seed
         self.hyperparameters = dict(hyperparameters)
         self._lpips = lpips
-        if is_linf(distance):
-            for name, value, default in (
-                ("init_lr_distance", init_lr_distance, "default"),
-                ("penalty", penalty, "P2"),
-                ("early_stop", early_stop, None),
-            ):
+        self.supported_mode = ["default", "targeted"]
+        self.settings()  # every check now; the same checks run again at each call
+
+    def settings(self) -> Settings:
+        """The validated settings of the current attributes, resolved as the next call will
+        use them: α from ``steps`` where ``alpha`` is None, ε from ``distance`` where
+        ``init_lr_distance`` is "default". Attributes set after construction are checked
+        here, with an error naming the attribute."""
+        spec = resolve_distance(self.distance)
+        steps = check_positive_int("steps", self.steps)
+        seed = check_positive_int("seed", self.seed, minimum=0)
+        early_stop = check_early_stop(self.early_stop)
+        if not isinstance(self.hyperparameters, dict):
+            raise TypeError(
+                f"hyperparameters must be a dict, got {type(self.hyperparameters).__name__}"
+            )
+        lpips = self._lpips
+        if lpips is not None and spec.name != "lpips":
+            raise ValueError(f"lpips= is only used with distance='lpips', got {self.distance!r}")
+        if lpips is not None and not callable(lpips):
+            raise TypeError(
+                "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
+                f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
+            )
+        if spec is LINF:
+            for name, default in (("init_lr_distance", "default"), ("penalty", "P2")):
+                value = getattr(self, name)
                 if value != default:
                     raise ValueError(
                         f"{name}={value!r} does not apply to distance='linf' (ALMA prox: "
-                        "modified P2, step sizes init_lr/final_lr, no early stop)"
+                        "modified P2, step sizes init_lr/final_lr)"
                     )
-            self.alpha = alpha
-            self.init_lr_distance = None
-            self.prox_params()  # validates the hyperparameters now
-        else:
-            config = make_config(
-                steps=steps,
-                default_init_lr_distance=spec.init_lr_distance,
-                alpha=alpha,
-                init_lr_distance=init_lr_distance,
-                penalty=penalty,
-                **hyperparameters,
+            overrides = dict(self.hyperparameters)
+            if self.alpha is not None:
+                overrides["alpha"] = check_number("alpha", self.alpha)
+            return Settings(spec, steps, seed, early_stop, None, prox_params(overrides))
+        unknown = sorted(set(self.hyperparameters) - set(_ALMA_HYPERPARAMETERS))
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {unknown} for ALMA with distance="
+                f"{spec.name!r}; valid: {sorted(_ALMA_HYPERPARAMETERS)}"
             )
-            self.alpha = config.alpha
-            self.init_lr_distance = config.init_lr_distance
-        self.supported_mode = ["default", "targeted"]
-
-    def config(self) -> ALMAConfig:
-        """The validated :class:`ALMAConfig` of the current attributes (read at each call)."""
-        return make_config(
-            steps=self.steps,
-            default_init_lr_distance=resolve_distance(self.distance).init_lr_distance,
+        config = make_config(
+            steps=steps,
+            default_init_lr_distance=spec.init_lr_distance,
             alpha=self.alpha,
             init_lr_distance=self.init_lr_distance,
             penalty=self.penalty,
             **self.hyperparameters,
         )
+        return Settings(spec, steps, seed, early_stop, config, None)
+
+    def config(self) -> ALMAConfig:
+        """The validated :class:`ALMAConfig` of the current attributes (resolved as the next
+        call will use it); for ``distance="linf"`` see :meth:`prox_params`."""
+        settings = self.settings()
+        if settings.config is None:
+            raise ValueError(
+                "distance='linf' runs ALMA prox, which has no ALMAConfig: see prox_params()"
+            )
+        return settings.config
 
     def prox_params(self) -> ProxParams:
         """The validated ALMA prox hyperparameters of the current attributes ("linf")."""
-        overrides = dict(self.hyperparameters)
-        if self.alpha is not None:
-            overrides["alpha"] = self.alpha
-        return prox_params(overrides)
+        settings = self.settings()
+        if settings.prox is None:
+            raise ValueError(f"distance={self.distance!r} runs ALMA, not ALMA prox: see config()")
+        return settings.prox
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         r"""
         Overridden.
         """
-        spec = resolve_distance(self.distance)
-        images, labels = prepare(self, images, labels, spec)
+        settings = self.settings()
+        images, labels = prepare(self, images, labels, settings.spec)
         if len(images) == 0:
             return images
         targets = target_labels(self, images, labels) if self.targeted else labels
+        dtype = images.dtype
 
         def model_fn(batch: ep.Tensor) -> ep.Tensor:
-            # get_logits applies the normalisation of set_normalization_used, if any.
-            return ep.astensor(self.get_logits(batch.raw))
+            # The model sees its own dtype (float16 / bfloat16 too) while the solver works in
+            # at least float32; get_logits applies set_normalization_used's normalisation.
+            logits = self.get_logits(batch.raw.to(dtype))
+            if isinstance(logits, torch.Tensor) and logits.dtype in _HALF:
+                logits = logits.float()
+            return ep.astensor(logits)
 
-        x, y = ep.astensor(images), ep.astensor(targets)
-        if is_linf(self.distance):
+        x = ep.astensor(images)
+        x = x.astype(working_dtype(x))
+        y = ep.astensor(targets)
+        if settings.prox is not None:
             result = alma_prox_solve(
                 model_fn,
                 x,
                 y,
                 bounds=BOUNDS,
                 targeted=bool(self.targeted),
-                steps=self.steps,
-                params=self.prox_params(),
+                steps=settings.steps,
+                params=settings.prox,
+                early_stop=settings.early_stop,
             )
             adversarials: torch.Tensor = result.adversarials.raw
-            return adversarials.detach()
-        solved = alma_solve(
-            model_fn,
-            x,
-            y,
-            distance=spec.function if self._lpips is None else self._lpips,
-            config=self.config(),
-            steps=self.steps,
-            bounds=BOUNDS,
-            targeted=bool(self.targeted),
-            early_stop=self.early_stop,
-            seed=self.seed,
-        )
-        adversarials = solved.adversarials.raw
-        return adversarials.detach()
+        else:
+            assert settings.config is not None
+            solved = alma_solve(
+                model_fn,
+                x,
+                y,
+                distance=settings.spec.function if self._lpips is None else self._lpips,
+                config=settings.config,
+                steps=settings.steps,
+                bounds=BOUNDS,
+                targeted=bool(self.targeted),
+                early_stop=settings.early_stop,
+                seed=settings.seed,
+            )
+            adversarials = solved.adversarials.raw
+        # The same rounding as model_fn's: the returned tensor is the one the model judged.
+        return adversarials.detach().to(dtype)
 
     def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
         """torchattacks' ``Attack.__call__`` that also restores every module's train/eval flag

@@ -68,7 +68,9 @@ class MinimalEnsemble(Attack):
     argmax = target in the targeted modes, where the targets are drawn once by the ensemble
     and shared by all members. This is the "best of" evaluation of the ALMA paper's
     comparisons (Rony et al., ICCV 2021, §4), unlike ``MultiAttack``, which keeps the first
-    success. Samples no member fools are returned unchanged.
+    success. Samples no member fools are returned unchanged. A member output that is not
+    finite (any NaN or Inf in the sample), or on which the model's logits are not, is never
+    selected.
 
     Arguments:
         attacks (list): the member attacks, all on the same model.
@@ -112,12 +114,21 @@ class MinimalEnsemble(Attack):
         """
         spec = resolve_distance(self.distance)
         images, labels = prepare(self, images, labels, spec)
+        if len(images) == 0:
+            return images
         targets = target_labels(self, images, labels) if self.targeted else None
         best = images.clone()
         best_distance = torch.full((len(images),), float("inf"), device=images.device)
+        # The modes this call runs the model in (set_model_training_mode): a member's
+        # torchattacks __call__ ends with model.train() on a training model, which would put
+        # batch norm and dropout in training mode for the next member and for the judging.
+        modules = list(self.model.modules()) if isinstance(self.model, torch.nn.Module) else []
+        modes = [module.training for module in modules]
         with _members_following(self.attacks, targets):
             for member in self.attacks:
                 outputs = member(images, labels)
+                for module, mode in zip(modules, modes, strict=True):
+                    module.training = mode
                 outputs = self._checked_output(member, outputs, images)
                 success, distance = self._judge(outputs, images, labels, targets, spec)
                 better = success & (distance < best_distance)
@@ -146,12 +157,26 @@ class MinimalEnsemble(Attack):
         targets: torch.Tensor | None,
         spec: DistanceSpec,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Success (re-evaluated on the model) and D(output, image) for each sample."""
-        predictions = self.get_logits(outputs).argmax(1)
+        """Success (re-evaluated on the model) and D(output, image) for each sample.
+
+        An output can only succeed where it is finite, the model's logits on it are finite
+        and so is its distance: a member that returns NaN images (DeepFool on a model whose
+        gradients vanish or blow up) or reaches a region where the model answers NaN never
+        counts, whatever argmax makes of NaN logits and whatever D makes of NaN pixels."""
+        finite = torch.isfinite(outputs).flatten(1).all(1)
+        logits = self.get_logits(outputs)
+        if not isinstance(logits, torch.Tensor) or logits.shape[:1] != outputs.shape[:1]:
+            raise ValueError(
+                f"the model must return logits of shape (N={len(outputs)}, K), got "
+                f"{type(logits).__name__} of shape {getattr(logits, 'shape', None)}"
+            )
+        finite &= torch.isfinite(logits).flatten(1).all(1)
+        predictions = logits.argmax(1)
         success = predictions == targets if targets is not None else predictions != labels
-        distance = spec.function(ep.astensor(outputs), ep.astensor(images)).raw
+        # Distances in float32 whatever the images' dtype (float16 rounds small distances).
+        distance = spec.function(ep.astensor(outputs.float()), ep.astensor(images.float())).raw
         distance = distance.to(images.device, torch.float32)
-        return success & torch.isfinite(distance), distance
+        return success & finite & torch.isfinite(distance), distance
 
     def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
         """``Attack.__call__`` restoring module modes and normalisation state on errors."""
