@@ -1,95 +1,101 @@
-"""``alma()``: the ALMA attack as one function, usable without Foolbox or torchattacks."""
+"""``alma()`` and ``alma_prox()``: the attacks as functions, usable without Foolbox or
+torchattacks, on PyTorch, JAX or TensorFlow tensors (or eagerpy tensors of them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import fields, replace
 from typing import Any
 
 import eagerpy as ep
 
-from .core.defaults import make_config
-from .core.solver import StepInfo, alma_solve
+from .core.params import (
+    ALMA_STEPS,
+    PROX_STEPS,
+    ALMAParams,
+    ProxParams,
+    prox_params_for_linf,
+    takes_params,
+)
+from .core.prox_solver import alma_prox_solve
+from .core.result import AttackResult, StepInfo
+from .core.solver import alma_solve
 from .core.validation import (
     as_labels,
     as_tensor,
     check_bounds,
     check_early_stop,
+    check_in_range,
     check_inputs,
     check_positive_int,
     warn_if_training,
 )
-from .distances import get_distance
+from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+
+__all__ = ["alma", "alma_prox"]
+
+#: The names of the ℓ∞ distance, minimised by ALMA prox rather than by ALMA.
+LINF = "linf"
+
+SuccessFn = Callable[[Any, Any], Any]
 
 
-@dataclass(frozen=True)
-class AttackResult:
-    """Result of :func:`alma`, as tensors of the caller's framework and device.
-
-    adversarials: best adversarial per sample (the original input where none was found).
-    distances: D(x̃, x) in the [0, 1]-normalised space; +inf where unsuccessful.
-    success: whether an adversarial was found.
-    first_success_step: step t* of the first success, −1 where none.
-    steps_run: number of steps actually run (fewer than ``steps`` after an early stop).
-    """
-
-    adversarials: Any
-    distances: Any
-    success: Any
-    first_success_step: Any
-    steps_run: int
-
-
+@takes_params(ALMAParams, alternative=ProxParams)
 def alma(
     model: Callable[[Any], Any],
     inputs: Any,
     labels: Any,
     *,
     distance: str = "l2",
-    steps: int = 1000,
+    steps: int = ALMA_STEPS,
     targeted: bool = False,
     bounds: tuple[float, float] = (0.0, 1.0),
-    alpha: float | None = None,
-    init_lr_distance: float | None | str = "default",
-    penalty: str = "P2",
-    is_adversarial: Callable[[ep.Tensor, ep.Tensor], ep.Tensor] | None = None,
-    callback: Callable[[StepInfo], None] | None = None,
+    is_adversarial: SuccessFn | None = None,
     early_stop: float | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
     seed: int = 0,
-    **hyperparameters: Any,
-) -> AttackResult:
+    lpips: DistanceFunction | None = None,
+    params: ALMAParams | ProxParams | None = None,
+) -> AttackResult[Any]:
     """Minimal adversarial examples by the Augmented Lagrangian Method (Rony et al., ICCV 2021).
 
-    Solves min_δ D(x + δ, x) s.t. DLR⁺(f(x + δ), y) < 0 (eq. 5) with Algorithm 2.
+    Solves min_δ D(x + δ, x) s.t. DLR⁺(f(x + δ), y) < 0 (eq. 5) with Algorithm 2; for
+    ``distance="linf"``, with ALMA prox (thesis Algorithm IV-2, see :func:`alma_prox`).
 
     Args:
         model: f, a callable (e.g. ``torch.nn.Module``) mapping a batch in ``bounds`` to logits
-            of shape (N, K). Its train/eval mode is left as the caller set it; a module in
-            training mode gets a :class:`~alma_plugin.core.validation.TrainingModeWarning`
-            (dropout and batch norm then change the model, and batch norm's running statistics
-            are updated by every step).
+            of shape (N, K). Its train/eval mode is left as the caller set it; a module with
+            dropout or batch norm in training mode gets a ``TrainingModeWarning`` (they then
+            change the model, and batch norm's running statistics are updated by every step).
         inputs: x, shape (N, ...), values within ``bounds``, any float dtype (float16 and
             bfloat16 models are called in their dtype; the solver's state is float32). Never
             modified; a ``requires_grad`` or inference-mode tensor is fine.
         labels: y, shape (N,), true classes — or target classes t when ``targeted``: any
             integer dtype, or a NumPy array / list of ints.
-        distance: D, one of ``alma_plugin.distances.DISTANCES`` ("l1", "l2", ...).
+        distance: D, a name of ``alma_plugin.DISTANCES`` ("l1", "l2", "ciede2000", "ssim",
+            "msssim", "lpips") or "linf" (ALMA prox).
         steps: N, the number of iterations (one forward + one backward each).
         targeted: use tDLR⁺ (eq. 18) towards ``labels`` instead of DLR⁺ (eq. 4).
         bounds: the model's input range; ε and distances live in the [0, 1]-normalised space.
-        alpha: α of eq. 9; default 0.5 at ≤100 steps, 0.9 at ≥1000 (Appendix E).
-        init_lr_distance: ε of §3.2.3; "default" takes Table 3's value for ``distance``.
-        penalty: P, one of "P2" (default, eq. 10), "P1", "P3", "PHR" (Appendix D).
         is_adversarial: optional success predicate (model_inputs, logits) → bool (N,); default
             argmax ≠ y (or = t when targeted). A sample whose logits or distance are not
             finite never counts as a success, whatever the predicate says.
-        callback: called with a :class:`~alma_plugin.core.StepInfo` after every step.
         early_stop: stop once every sample has an adversarial with D below this value (0:
             never, as Foolbox's ``epsilons`` starting at 0.0 imply).
+        callback: called with a :class:`~alma_plugin.StepInfo` after every step.
         seed: seeds the random directions used where a gradient vanishes.
-        **hyperparameters: ``mu_init`` (μ⁽⁰⁾), ``rho_init`` (ρ⁽⁰⁾), ``mu_min``, ``mu_max``,
-            ``gamma`` (γ), ``tau`` (τ), ``check_steps`` (M), ``lr_init``, ``lr_reduction``,
-            ``rmsprop_decay`` and ``momentum`` (both default to α), ``levels``.
+        lpips: for ``distance="lpips"``, the network to use, e.g.
+            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``; None:
+            the default weights, looked for locally on first use (never downloaded).
+        params: an :class:`~alma_plugin.ALMAParams` whose fields the hyperparameter keywords
+            below replace; for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword).
+        **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
+            ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``, …),
+            with the paper's defaults, as ``inspect.signature(alma)`` shows.
+
+    Returns:
+        An :class:`~alma_plugin.AttackResult` of tensors of the inputs' kind (raw, or eagerpy
+        if eagerpy tensors were given).
 
     Example:
         >>> import torch
@@ -100,61 +106,208 @@ def alma(
         >>> result.adversarials.shape
         torch.Size([2, 1, 2, 2])
     """
+    if isinstance(distance, str) and distance.lower() == LINF:
+        params = prox_params_for_linf(params)
+        if lpips is not None:
+            raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
+        return alma_prox(model, inputs, labels, steps=steps, targeted=targeted, bounds=bounds,
+                         is_adversarial=is_adversarial, early_stop=early_stop,
+                         callback=callback, params=params)  # fmt: skip
     spec = get_distance(distance)
-    bounds = check_bounds(bounds)
-    check_positive_int("steps", steps)
+    if not isinstance(params, ALMAParams):
+        raise TypeError(f"params must be an ALMAParams for distance={distance!r}, got {params!r}")
+    function = spec.function if lpips is None else _checked_lpips(lpips, spec.name)
+    steps = check_positive_int("steps", steps)
     check_positive_int("seed", seed, minimum=0)
-    config = make_config(
-        steps=steps,
-        default_init_lr_distance=spec.init_lr_distance,
-        alpha=alpha,
-        init_lr_distance=init_lr_distance,
-        penalty=penalty,
-        **hyperparameters,
-    )
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
-    x = as_tensor("inputs", inputs)
-    check_inputs(x, bounds)
+    bounds = check_bounds(bounds)
+    x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
+    _check_distance_inputs(spec.name, x)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
-    early_stop = check_early_stop(early_stop)
-    if is_adversarial is not None and not callable(is_adversarial):
-        raise TypeError(f"is_adversarial must be callable or None, got {is_adversarial!r}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable or None, got {callback!r}")
-    warn_if_training(model)
-
-    def model_fn(batch: ep.Tensor) -> ep.Tensor:
-        out = model(batch.raw)
-        if not isinstance(out, type(batch.raw)):
-            raise TypeError(
-                f"model must return a {type(batch.raw).__name__} of logits (like its inputs), "
-                f"got {type(out).__name__}"
-            )
-        return ep.astensor(out)
-
+    stop = check_early_stop(early_stop)
     if len(x) == 0:
-        empty = ep.zeros(x, (0,))
-        return AttackResult(x.raw, empty.raw, (empty > 0).raw, ep.zeros(y, (0,)).raw, 0)
-
+        return _empty(x, y, restore)
     result = alma_solve(
-        model_fn,
+        lambda batch: model(batch.raw),
         x,
         y,
-        distance=spec.function,
-        config=config,
+        distance=function,
+        params=params.for_budget(steps, spec.init_lr_distance),
         steps=steps,
         bounds=bounds,
         targeted=targeted,
         is_adversarial=is_adversarial,
-        callback=callback,
-        early_stop=early_stop,
+        callback=None if callback is None else _converted(callback, restore),
+        early_stop=stop,
         seed=seed,
     )
-    return AttackResult(
-        adversarials=result.adversarials.raw,
-        distances=result.distances.raw,
-        success=result.success.raw,
-        first_success_step=result.first_success_step.raw,
-        steps_run=result.steps_run,
+    return result.map(restore)
+
+
+@takes_params(ProxParams)
+def alma_prox(
+    model: Callable[[Any], Any],
+    inputs: Any,
+    labels: Any,
+    *,
+    masks: Any = None,
+    targeted: bool = False,
+    adv_threshold: float = 0.99,
+    steps: int = PROX_STEPS,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    is_adversarial: SuccessFn | None = None,
+    early_stop: float | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+    params: ProxParams | None = None,
+) -> AttackResult[Any]:
+    """Minimal ℓ∞ adversarial examples by ALMA prox (Rony, Pesquet & Ben Ayed, CVPR 2023;
+    Rony's thesis §5.4, Algorithm IV-2), for classification and dense prediction.
+
+    Solves min ‖δ‖∞ s.t. DLR⁺(f(x + δ)_i, y_i) ≤ 0 for the constraints i (eq. 5.3): one per
+    sample when ``labels`` is (N,) and the model returns logits (N, K); one per pixel of the
+    mask m when ``labels`` is (N, H, W) and the logits (N, K, H, W) (semantic segmentation,
+    where success is an attack pixel success rate APSR ≥ ν, eq. 5.19). Forward-backward
+    splitting with an Adam-like diagonal metric and the exact prox of λ‖·‖∞ + ι_Λ by ternary
+    search (Algorithm 5.1), constraint masking and scaling (eq. 5.6, 5.8).
+
+    Args:
+        model, inputs, targeted, bounds, is_adversarial, early_stop, callback: as :func:`alma`
+            (the distance is the normalised ‖δ‖∞; ``is_adversarial`` applies to (N,) labels).
+        labels: (N,) classes, or (N, H, W) label maps (any integer dtype): the true classes y,
+            or the targets t when ``targeted``. Values outside ``masks`` are ignored (e.g. 255).
+        masks: optional bool (or 0/1) tensor of the labels' shape: the pixels m to attack; the
+            others count neither in the APSR nor in the objective (eq. 5.5).
+        adv_threshold: ν: success means APSR ≥ ν, in (0, 1] (dense labels only).
+        steps: N, the number of iterations (one forward and one backward each).
+        params: a :class:`~alma_plugin.ProxParams` whose fields the keywords below replace.
+        **hyperparameters: every field of :class:`~alma_plugin.ProxParams`; ``init_lr=None``
+            takes λ⁽⁰⁾ for the task (``PROX_INIT_LR``: classification or segmentation).
+
+    Returns:
+        An :class:`~alma_plugin.AttackResult` with ``apsr`` set, of the inputs' tensor kind.
+
+    Example:
+        >>> import torch
+        >>> from alma_plugin import alma_prox
+        >>> net = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+        >>> images = torch.rand(2, 3, 8, 8)
+        >>> result = alma_prox(net, images, net(images).argmax(1), steps=20)
+        >>> result.apsr.shape
+        torch.Size([2])
+    """
+    assert isinstance(params, ProxParams)
+    steps = check_positive_int("steps", steps)
+    bounds = check_bounds(bounds)
+    nu = check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
+    x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
+    y = _label_maps(labels, x)
+    m = None if masks is None else _masks(masks, y)
+    dense = y.ndim > 1
+    if is_adversarial is not None and dense:
+        raise ValueError("is_adversarial applies to (N,) labels; dense labels use adv_threshold")
+    stop = check_early_stop(early_stop)
+    if len(x) == 0:
+        return _empty(x, y.reshape((0,)), restore, apsr=True)
+    result = alma_prox_solve(
+        lambda batch: model(batch.raw),
+        x,
+        y,
+        params=params.for_task("segmentation" if dense else "classification"),
+        steps=steps,
+        bounds=bounds,
+        targeted=targeted,
+        masks=m,
+        adv_threshold=nu if dense else 1.0,
+        is_adversarial=is_adversarial,
+        early_stop=stop,
+        callback=None if callback is None else _converted(callback, restore),
     )
+    return result.map(restore)
+
+
+def _entry(
+    model: Any, inputs: Any, bounds: tuple[float, float], is_adversarial: Any, callback: Any
+) -> tuple[ep.Tensor, Callable[[ep.Tensor], Any]]:
+    """Checks shared by both entry points; the inputs and the function that gives results
+    back in the caller's kind of tensor."""
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    for name, value in (("is_adversarial", is_adversarial), ("callback", callback)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, got {value!r}")
+    x = as_tensor("inputs", inputs)
+    check_inputs(x, bounds)
+    warn_if_training(model)
+    if isinstance(inputs, ep.Tensor):
+        return x, lambda tensor: tensor
+    return x, lambda tensor: tensor.raw
+
+
+def _check_distance_inputs(name: str, x: ep.Tensor) -> None:
+    """Inputs the distance cannot measure get an error naming ``inputs`` before any model call."""
+    spec = get_distance(name)
+    if spec.needs_color and (x.ndim != 4 or x.shape[1] != 3):
+        raise ValueError(
+            f"distance={name!r} needs RGB inputs of shape (N, 3, H, W), got shape {tuple(x.shape)}"
+        )
+    if name in ("ssim", "msssim"):
+        needed = ms_ssim_min_size(len(MS_SSIM_WEIGHTS)) if name == "msssim" else 11
+        if x.ndim != 4 or min(x.shape[2:]) < needed:
+            raise ValueError(
+                f"distance={name!r} needs inputs of shape (N, C, H, W) with H, W >= {needed}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+
+def _label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
+    """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
+    shape = tuple(getattr(labels, "shape", ()))
+    if len(shape) <= 1:
+        return as_labels("labels", labels, x, (len(x),))
+    expected = (len(x), *x.shape[2:])
+    if x.ndim != 4 or shape != expected:
+        raise ValueError(
+            f"labels must have shape (N,) or (N, H, W) = {expected} for inputs of shape "
+            f"{tuple(x.shape)}, got shape {shape}"
+        )
+    return as_labels("labels", labels, x, expected)
+
+
+def _masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:
+    m = as_tensor("masks", masks)
+    if tuple(m.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"masks must have the labels' shape {tuple(labels.shape)}, got {tuple(m.shape)}"
+        )
+    return m
+
+
+def _checked_lpips(lpips: Any, distance: str) -> DistanceFunction:
+    if distance != "lpips":
+        raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
+    if not callable(lpips):
+        raise TypeError(
+            "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
+            f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
+        )
+    return lpips
+
+
+def _converted(
+    callback: Callable[[StepInfo], None], restore: Callable[[ep.Tensor], Any]
+) -> Callable[[StepInfo], None]:
+    """The caller's callback, fed tensors of the caller's kind."""
+    tensors = [f.name for f in fields(StepInfo) if f.name != "step"]
+
+    def call(info: StepInfo) -> None:
+        callback(replace(info, **{name: restore(getattr(info, name)) for name in tensors}))
+
+    return call
+
+
+def _empty(
+    x: ep.Tensor, y: ep.Tensor, restore: Callable[[ep.Tensor], Any], apsr: bool = False
+) -> AttackResult[Any]:
+    distances = ep.zeros(x, (0,)).astype(x.dtype)
+    result = AttackResult(x, distances, distances > 0, ep.zeros(y, (0,)), 0,
+                          distances if apsr else None)  # fmt: skip
+    return result.map(restore)

@@ -8,12 +8,16 @@ import pytest
 import torch
 from skimage.color import deltaE_ciede2000, rgb2lab
 
-from alma_plugin.distances import DISTANCES, check_color_input, ciede2000, color
-from alma_plugin.distances.color import (
+from alma_plugin.distances import (
     CIEDE2000_INIT_LR_DISTANCE,
-    ciede2000_lab,
-    rgb_to_lab,
+    DISTANCES,
+    check_color_input,
+    ciede2000,
 )
+
+# White-box checks of the package's own internals (per-pixel ΔE₀₀, RGB → CIELAB, constants).
+from alma_plugin.distances import _color  # isort: skip
+from alma_plugin.distances._color import ciede2000_lab, rgb_to_lab
 
 # Table 1 of G. Sharma, W. Wu, E. N. Dalal, "The CIEDE2000 color-difference formula:
 # implementation notes, supplementary test data, and mathematical observations",
@@ -150,8 +154,8 @@ def test_matches_skimage_to_1e_4_with_its_constants(monkeypatch: pytest.MonkeyPa
     """With scikit-image's 6-digit matrix and white, the accumulated values agree to 1e-4."""
     matrix = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169))
     matrix += ((0.019334, 0.119193, 0.950227),)
-    monkeypatch.setattr(color, "RGB_TO_XYZ", matrix)
-    monkeypatch.setattr(color, "WHITE_D65", (0.95047, 1.0, 1.08883))
+    monkeypatch.setattr(_color, "RGB_TO_XYZ", matrix)
+    monkeypatch.setattr(_color, "WHITE_D65", (0.95047, 1.0, 1.08883))
     for size in (1 / 255, 16 / 255, 0.2, 0.5):
         x_adv, x = _pair(4, size)
         ours = ciede2000(_t(x_adv), _t(x)).raw.numpy()

@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alma_plugin.distances import DISTANCES, lpips_distance
-from alma_plugin.distances import lpips as lpips_module
-from alma_plugin.distances.lpips import LPIPS, LPIPSWeightsNotFoundError
+from alma_plugin.distances import DISTANCES, LPIPS, LPIPSWeightsNotFoundError, lpips
+
+# White-box checks of where the weights are looked for.
+from alma_plugin.distances import _lpips as lpips_module
 
 Weights = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 Images = tuple[torch.Tensor, torch.Tensor]
@@ -192,7 +193,7 @@ def test_linear_weights_located_without_importing_lpips() -> None:
 
 def test_registry_entry_is_lazy() -> None:
     spec = DISTANCES["lpips"]
-    assert spec.function is lpips_distance
+    assert spec.function is lpips
     assert spec.needs_color and spec.init_lr_distance == 1e-3
 
 
@@ -229,7 +230,7 @@ except Exception as error:
     # models.alexnet, built from this package's AlexNet definition (weights are copied in by
     # run() as above). lpips's own slicing, scaling layer, normalisation, linear heads and
     # spatial averaging are what get compared.
-    from alma_plugin.distances._alexnet import AlexNetFeatures
+    from alma_plugin.distances import AlexNetFeatures
 
     stub = types.ModuleType("torchvision")
     stub.models = types.SimpleNamespace(alexnet=lambda *args, **kwargs: AlexNetFeatures())

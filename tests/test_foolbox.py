@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import foolbox as fb
+import numpy as np
 import pytest
 import torch
 from foolbox.attacks.base import MinimizationAttack
 
-from alma_plugin import alma
+from alma_plugin import ALMAParams, alma
 from alma_plugin.foolbox import (
     CIEDE2000ALMA,
     L1ALMA,
     L2ALMA,
     LPIPSALMA,
+    MSSSIMALMA,
     SSIMALMA,
+    LinfALMAProx,
     NormalisedDistance,
 )
 from tests.utils import CountingModel, assert_unchanged, snapshot
@@ -51,11 +61,12 @@ def test_public_api() -> None:
 
 def test_paper_defaults() -> None:
     assert L2ALMA().steps == 1000
-    assert L2ALMA().config.alpha == pytest.approx(0.9)  # Appendix E
-    assert L2ALMA(steps=100).config.alpha == pytest.approx(0.5)
-    assert L2ALMA().config.init_lr_distance == pytest.approx(0.1)  # Table 3
-    assert L1ALMA().config.init_lr_distance == pytest.approx(0.5)
-    config = L2ALMA(alpha=0.7, gamma=1.5, tau=0.9, check_steps=5, levels=256).config
+    assert L2ALMA()._resolved.alpha == pytest.approx(0.9)  # Appendix E
+    assert L2ALMA(steps=100)._resolved.alpha == pytest.approx(0.5)
+    assert L2ALMA()._resolved.init_lr_distance == pytest.approx(0.1)  # Table 3
+    assert L1ALMA()._resolved.init_lr_distance == pytest.approx(0.5)
+    assert L2ALMA().params == ALMAParams()  # as given: None fields follow the paper's rules
+    config = L2ALMA(alpha=0.7, gamma=1.5, tau=0.9, check_steps=5, levels=256).params
     assert (config.alpha, config.gamma, config.tau, config.check_steps, config.levels) == (
         0.7,
         1.5,
@@ -176,17 +187,6 @@ def test_early_stop_and_one_propagation_per_step(mnist_cnn: torch.nn.Module, few
     assert success.all() and (fb.distances.l2(x, adv[1]) < 5.0).all()
 
 
-def test_repeat(fmodel: fb.PyTorchModel, few: tuple) -> None:
-    x, y = few
-    attack = L2ALMA(steps=20)
-    single, _, _ = attack(fmodel, x, y, epsilons=None)
-    repeated = attack.repeat(2)
-    assert isinstance(repeated, fb.attacks.base.Repeated)
-    raws, clipped, success = repeated(fmodel, x, y, epsilons=[None, 1.0])
-    assert success.shape == (2, len(x)) and len(raws) == 2 and len(clipped) == 2
-    assert (fb.distances.l2(x, raws[0]) <= fb.distances.l2(x, single) + 1e-6).all()
-
-
 def test_model_and_tensors_untouched(mnist_cnn: torch.nn.Module, few: tuple) -> None:
     x, y = few
     x.requires_grad_(False)
@@ -227,11 +227,8 @@ def test_normalised_distance_really_clips() -> None:
     assert torch.equal(distance.clip_perturbation(x, xp, 100.0), xp)
 
 
-@pytest.mark.parametrize(
-    "cls, epsilon, size", [(CIEDE2000ALMA, 1.0, 12), (SSIMALMA, 0.05, 12), (LPIPSALMA, 0.05, 32)]
-)
-def test_perceptual_variants(cls: type, epsilon: float, size: int) -> None:
-    """Colour model on (0, 255): the distance follows the model's bounds and really clips."""
+def _colour_problem(size: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, Any]:
+    """A small random colour classifier on (0, 255) inputs: net, x, labels, Foolbox model."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, stride=2),
@@ -244,6 +241,15 @@ def test_perceptual_variants(cls: type, epsilon: float, size: int) -> None:
     net.eval()
     y = _predict(net, x / 255)
     model = fb.PyTorchModel(net, bounds=(0, 255), preprocessing=dict(mean=0, std=255))
+    return net, x, y, model
+
+
+@pytest.mark.parametrize(
+    "cls, epsilon, size", [(CIEDE2000ALMA, 1.0, 12), (SSIMALMA, 0.05, 12), (LPIPSALMA, 0.05, 32)]
+)
+def test_perceptual_variants(cls: type, epsilon: float, size: int) -> None:
+    """Colour model on (0, 255): the distance follows the model's bounds and really clips."""
+    net, x, y, model = _colour_problem(size)
     attack = cls(steps=40)
     try:
         raw, clipped, success = attack(model, x, y, epsilons=[None, epsilon])
@@ -251,8 +257,9 @@ def test_perceptual_variants(cls: type, epsilon: float, size: int) -> None:
         if type(error).__name__ == "LPIPSWeightsNotFoundError":
             pytest.skip(str(error))
         raise
-    assert attack.distance.bounds == (0.0, 255.0)
-    assert (attack.distance(x, clipped[1]) <= epsilon).all()
+    distance = attack.for_model(model).distance  # the distance __call__ clipped with
+    assert distance.bounds == (0.0, 255.0) and attack.distance.bounds == (0.0, 1.0)
+    assert (distance(x, clipped[1]) <= epsilon).all()
     for xp in (*raw, *clipped):
         assert xp.min() >= 0 and xp.max() <= 255
     assert torch.equal(success[1], _predict(net, clipped[1] / 255) != y)
@@ -297,6 +304,197 @@ def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
 def test_empty_batch(fmodel: fb.PyTorchModel, few: tuple) -> None:
     x, y = few
     assert L2ALMA(steps=5).run(fmodel, x[:0], y[:0]).shape == (0, 1, 28, 28)
+
+
+# --- Host conventions (issue 10) ------------------------------------------------------------
+
+#: ALMA prox step sizes for the tiny MNIST CNN (see tests/test_prox_adapters.py).
+PROX = dict(init_lr=1e-2)
+
+
+def _counting(net: torch.nn.Module, bounds: tuple = (0, 1)) -> tuple[CountingModel, Any]:
+    counting = CountingModel(net).eval()
+    pre = dict(mean=bounds[0], std=bounds[1] - bounds[0])
+    return counting, fb.PyTorchModel(counting, bounds=bounds, preprocessing=pre)
+
+
+@pytest.mark.parametrize(
+    "attack", [L1ALMA(steps=10), L2ALMA(steps=10), LinfALMAProx(steps=10, **PROX)], ids=repr
+)
+def test_epsilons_starting_at_zero(attack: Any, mnist_cnn: torch.nn.Module, few: tuple) -> None:
+    """Foolbox's README starts its epsilons at 0.0, so Foolbox passes early_stop=0.0: valid,
+    and it never triggers (no perturbation is smaller than 0)."""
+    x, y = few
+    counting, model = _counting(mnist_cnn)
+    raw, clipped, success = attack(model, x, y, epsilons=[0.0, 0.5, 100.0])
+    assert counting.forwards == 10 + 3  # every step, then Foolbox's one re-check per epsilon
+    assert torch.equal(clipped[0], x) and not success[0].any()
+    assert torch.equal(attack.run(model, x, y, early_stop=0.0), raw[0])
+
+
+def test_attack_is_immutable(few: tuple) -> None:
+    """run() and __call__ never change the attack, as Foolbox's own attacks; the distance for
+    a given model lives on the copy for_model returns (what __call__ clips with)."""
+    _, x, y, model = _colour_problem(12)
+    for attack in (SSIMALMA(steps=5), CIEDE2000ALMA(steps=5), L2ALMA(steps=5)):
+        state, text = dict(vars(attack)), repr(attack)
+        attack(model, x, y, epsilons=[None, 0.1])
+        attack.run(model, x, y)
+        attack.repeat(2)(model, x, y, epsilons=None)
+        assert vars(attack) == state and repr(attack) == text
+    attack = SSIMALMA(steps=5)
+    attack.run(model, x, y)
+    assert attack.distance == NormalisedDistance("ssim")  # unbound: (0, 1), channels first
+    bound = attack.for_model(model)
+    assert bound.distance == NormalisedDistance("ssim", bounds=(0, 255))
+    assert attack.distance == NormalisedDistance("ssim") and repr(bound) == repr(attack)
+    assert L2ALMA().for_model(model).distance is fb.distances.l2
+
+
+class _Weights:
+    """A callable without a repr of its own (its default repr holds a memory address)."""
+
+    def __call__(self, x_adv: Any, x: Any) -> Any:
+        return ((x_adv - x) ** 2).flatten(start=1).sum(axis=1)
+
+
+def _attacks_for_repr() -> list[Any]:
+    return [
+        L1ALMA(steps=10),
+        L2ALMA(steps=10, gamma=1.5, levels=256),
+        CIEDE2000ALMA(steps=10),
+        SSIMALMA(steps=10),
+        MSSSIMALMA(steps=10),
+        LPIPSALMA(steps=10, lpips=_Weights()),
+        LinfALMAProx(steps=10, **PROX),
+        L2ALMA(steps=10).repeat(2),
+    ]
+
+
+def test_repr_is_stable_across_processes_and_runs(fmodel: fb.PyTorchModel, few: tuple) -> None:
+    """Foolbox-style pytest ids use repr: no memory address, no model state, the same in any
+    process and before/after an attack."""
+    here = [repr(attack) for attack in _attacks_for_repr()]
+    assert all("0x" not in text for text in here), here
+    assert here[1] == (
+        "L2ALMA(steps=10, seed=0, params=ALMAParams(alpha=None, init_lr_distance=None, "
+        "init_lr=None, lr_reduction=0.01, penalty='P2', mu_init=1.0, rho_init=1.0, "
+        "mu_min=1e-06, mu_max=1000000000000.0, gamma=1.5, tau=0.95, check_steps=10, "
+        "rmsprop_decay=None, momentum=None, levels=256))"
+    )
+    code = "from tests.test_foolbox import _attacks_for_repr as a; print([repr(x) for x in a()])"
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for _ in range(2):
+        output = subprocess.run(
+            [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert output.returncode == 0, output.stderr
+        assert output.stdout.strip() == repr(here)
+    x, y = few
+    attacks = _attacks_for_repr()
+    for attack in (attacks[1], attacks[6], attacks[7]):
+        attack(fmodel, x, y, epsilons=[None, 1.0])
+    assert [repr(attack) for attack in attacks] == here
+
+
+@pytest.mark.parametrize("make", [L2ALMA, SSIMALMA, LinfALMAProx])
+def test_repeat_is_deterministic(make: type, mnist_cnn: torch.nn.Module, few: tuple) -> None:
+    """ALMA and ALMA prox are deterministic given their seed: repeat(2) costs twice the model
+    calls of one call and returns exactly its result (documented, as for DDN and FMN)."""
+    assert "repeat(n)" in (make.__doc__ or "")
+    assert "repeat(n)" in (Path(__file__).resolve().parents[1] / "docs/foolbox.md").read_text()
+    if make is SSIMALMA:
+        net, x, y, _ = _colour_problem(12)
+        counting, model = _counting(net, (0, 255))
+        attack, epsilons = SSIMALMA(steps=10), [None, 0.05]
+    else:
+        (x, y), (counting, model) = few, _counting(mnist_cnn)
+        attack = make(steps=10, **(PROX if make is LinfALMAProx else {}))
+        epsilons = [None, 1.0]
+    single = attack(model, x, y, epsilons=epsilons)
+    once = (counting.forwards, counting.backwards)
+    counting.forwards = counting.backwards = 0
+    repeated = attack.repeat(2)(model, x, y, epsilons=epsilons)
+    assert (counting.forwards, counting.backwards) == (2 * once[0], 2 * once[1])
+    for a, b in zip(single, repeated, strict=True):
+        for u, v in zip(a, b, strict=True):
+            assert torch.equal(u, v)
+
+
+def _label_variants(y: torch.Tensor) -> list[tuple[str, Any]]:
+    array = y.numpy()
+    return [
+        ("uint8", y.to(torch.uint8)),
+        ("int16", y.to(torch.int16)),
+        ("int32", y.to(torch.int32)),
+        ("numpy-uint8", array.astype(np.uint8)),
+        ("numpy-int64", array),
+        ("list", array.tolist()),
+        ("criterion-int16", fb.criteria.Misclassification(y.to(torch.int16))),
+        ("criterion-numpy", fb.criteria.Misclassification(array.astype(np.int32))),
+    ]
+
+
+@pytest.mark.parametrize("make", [L2ALMA, LinfALMAProx])
+def test_label_dtypes_and_containers(make: type, fmodel: fb.PyTorchModel, few: tuple) -> None:
+    x, y = few[0][:4], few[1][:4]
+    attack = make(steps=5, **(PROX if make is LinfALMAProx else {}))
+    reference = attack.run(fmodel, x, y)
+    for name, labels in _label_variants(y):
+        raw, _, success = attack(fmodel, x, labels, epsilons=[None, 1.0])
+        assert torch.equal(raw[0], reference), name
+        assert torch.equal(attack.run(fmodel, x, labels), reference), name
+    targets = ((y + 1) % 10).numpy()
+    expected = attack.run(fmodel, x, fb.criteria.TargetedMisclassification((y + 1) % 10))
+    for container in (targets.astype(np.uint8), torch.as_tensor(targets, dtype=torch.int16)):
+        criterion = fb.criteria.TargetedMisclassification(container)
+        assert torch.equal(attack.run(fmodel, x, criterion), expected)
+        attack(fmodel, x, criterion, epsilons=[None, 1.0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("make", [L2ALMA, SSIMALMA, LinfALMAProx])
+def test_half_precision_models(
+    make: type, dtype: torch.dtype, mnist_cnn: torch.nn.Module, few: tuple
+) -> None:
+    """A float16/bfloat16 model (``model.half()``) through fb.PyTorchModel with inputs of its
+    dtype: the attack computes in float32, calls the model in its dtype and returns its dtype;
+    every claimed success re-verifies and the outputs are finite and in bounds."""
+    if make is SSIMALMA:
+        net, x, y, _ = _colour_problem(12)
+        net, x = copy.deepcopy(net).to(dtype), (x / 255).to(dtype)
+        attack, epsilon = SSIMALMA(steps=20), 0.05
+    else:
+        net, x, y = copy.deepcopy(mnist_cnn).to(dtype), few[0][:4].to(dtype), few[1][:4]
+        prox = make is LinfALMAProx
+        attack = make(steps=60, **PROX) if prox else make(steps=20)
+        epsilon = 0.2 if prox else 2.0
+    model = fb.PyTorchModel(net, bounds=(0, 1))
+    raw, clipped, success = attack(model, x, y, epsilons=[None, epsilon])
+    assert success[0].any()
+    for k, xp in enumerate(clipped):
+        assert xp.dtype == dtype and raw[k].dtype == dtype
+        assert torch.isfinite(xp).all() and xp.min() >= 0 and xp.max() <= 1
+        assert torch.equal(success[k], _predict(net, xp) != y)
+
+
+@pytest.mark.parametrize("make", [L1ALMA, L2ALMA, LinfALMAProx])
+def test_requires_grad_and_inference_mode_inputs(
+    make: type, fmodel: fb.PyTorchModel, few: tuple
+) -> None:
+    x, y = few[0][:4], few[1][:4]
+    attack = make(steps=5, **(PROX if make is LinfALMAProx else {}))
+    reference = attack(fmodel, x, y, epsilons=[None, 1.0])
+    with_grad = x.clone().requires_grad_(True)
+    raw, clipped, success = attack(fmodel, with_grad, y, epsilons=[None, 1.0])
+    assert with_grad.grad is None and not raw[0].requires_grad and not clipped[1].requires_grad
+    assert torch.equal(raw[0], reference[0][0]) and torch.equal(clipped[1], reference[1][1])
+    assert torch.equal(attack.run(fmodel, with_grad, y), reference[0][0])
+    with torch.inference_mode():
+        frozen, frozen_labels = x.clone(), y.clone()
+    raw, clipped, success = attack(fmodel, frozen, frozen_labels, epsilons=[None, 1.0])
+    assert torch.equal(raw[0], reference[0][0]) and torch.equal(success, reference[2])
 
 
 # --- Against Foolbox's own attacks: 32 samples, 100 steps -----------------------------------

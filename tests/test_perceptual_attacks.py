@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin.distances._alexnet import LPIPS_CHANNELS, AlexNetFeatures
-from alma_plugin.distances.lpips import LPIPS
+from alma_plugin.distances import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
 from alma_plugin.foolbox import (
     CIEDE2000ALMA,
     LPIPSALMA,
@@ -88,10 +87,10 @@ def _runner_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 def test_defaults_from_table_3(lpips: LPIPS) -> None:
-    assert CIEDE2000ALMA().config.init_lr_distance == 0.4  # the paper's 0.05 re-derived
-    assert SSIMALMA().config.init_lr_distance == 3e-5
-    assert MSSSIMALMA().config.init_lr_distance == 3e-5
-    assert LPIPSALMA(lpips=lpips).config.init_lr_distance == 1e-3
+    for attack, epsilon in [(CIEDE2000ALMA(), 0.4), (SSIMALMA(), 3e-5), (MSSSIMALMA(), 3e-5),
+                            (LPIPSALMA(lpips=lpips), 1e-3)]:  # fmt: skip
+        # CIEDE2000: the paper's 0.05 re-derived for the standard CIELAB scale
+        assert attack._resolved.init_lr_distance == epsilon
     assert LPIPSALMA(lpips=lpips).distance.function is lpips
     with pytest.raises(TypeError, match="lpips must be"):
         LPIPSALMA(lpips="alex")  # type: ignore[arg-type]

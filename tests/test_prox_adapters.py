@@ -7,14 +7,14 @@ import pytest
 import torch
 from foolbox.attacks.base import MinimizationAttack
 
-from alma_plugin.core.prox_solver import CLASSIFICATION_PARAMS, ProxParams
+from alma_plugin import PROX_INIT_LR, ProxParams
 from alma_plugin.foolbox import LinfALMAProx
 from alma_plugin.torchattacks import ALMA, MinimalEnsemble
 from tests.utils import CountingModel, assert_unchanged, snapshot
 
 #: Step sizes for the tiny test CNN: about a tenth of its minimal ℓ∞ norms (≈ 0.09). The
 #: thesis' λ⁽⁰⁾ = 1e-3 → 1e-4 (§5.5.5.3) target segmentation norms of ≈ 0.3/255.
-MNIST = dict(init_lr=1e-2, final_lr=1e-3)
+MNIST = dict(init_lr=1e-2)
 #: Best setting found at 200 steps on the tiny MNIST CNN (see test_linf_alma_prox_vs_fmn).
 COMPARED = dict(MNIST, alpha=0.5, rho_init=1.0)
 STEPS = 200
@@ -53,9 +53,9 @@ def test_api_and_defaults() -> None:
     attack = LinfALMAProx()
     assert isinstance(attack, MinimizationAttack)
     assert attack.distance is fb.distances.linf
-    assert attack.steps == 500 and attack.params == CLASSIFICATION_PARAMS
-    # §5.5.5.3 apart from the step sizes
-    assert attack.params == ProxParams(init_lr=0.1, final_lr=0.01)
+    assert attack.steps == 500 and attack.params == ProxParams()  # §5.5.5.3
+    # classification's λ⁽⁰⁾ (segmentation's 1e-3 is too small for classification norms)
+    assert attack.params.for_task("classification").init_lr == PROX_INIT_LR["classification"]
     assert "Rony" in (LinfALMAProx.__doc__ or "")
     custom = LinfALMAProx(steps=50, params=ProxParams(gamma=1.5), init_lr=0.01)
     assert (custom.params.gamma, custom.params.init_lr) == (1.5, 0.01)
@@ -86,7 +86,7 @@ def test_untargeted_epsilons_and_criterion(
     attack = LinfALMAProx(steps=60, **MNIST)
     raw, clipped, success = attack(fmodel, x, y, epsilons=[None, 0.05, 1.0])
     assert success[0].all() and success[2].all()
-    assert torch.equal(raw[0], raw[2])  # early_stop is ignored: same run
+    assert torch.equal(raw[0], raw[2])  # one run: an epsilon is None, so no early stop
     assert (_linf(x, clipped[1]) <= 0.05 + 1e-6).all()
     for xp in (*raw, *clipped):
         assert xp.min() >= 0 and xp.max() <= 1
@@ -127,6 +127,28 @@ def test_one_propagation_per_step_and_untouched(mnist_cnn: torch.nn.Module, few:
     assert torch.equal(x, x_before) and torch.equal(y, y_before) and not x.requires_grad
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.0, 255.0)])
+def test_early_stop_in_raw_units(
+    bounds: tuple, mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel, few: tuple
+) -> None:
+    """Foolbox's early_stop (min(epsilons), raw units of the bounds) ends the run once every
+    sample has an adversarial with ‖δ‖∞ below it; 0 never triggers."""
+    x, y = few
+    scale = bounds[1] - bounds[0]
+    counting = CountingModel(mnist_cnn).eval()
+    model = fb.PyTorchModel(counting, bounds=bounds, preprocessing=dict(mean=0, std=scale))
+    attack = LinfALMAProx(steps=60, **MNIST)
+    full = attack.run(fmodel, x, y)
+    stop = 0.9 * scale  # far above the minimal norms (≈ 0.1): met after a few steps
+    raw, clipped, success = attack(model, x * scale, y, epsilons=stop)
+    assert counting.forwards - 1 < 60 and success.all()
+    assert (_linf(x * scale, raw) < stop).all()
+    assert (_linf(x, full) <= _linf(x * scale, raw) / scale + 1e-6).all()  # ran fewer steps
+    counting.forwards = 0
+    attack.run(model, x * scale, y, early_stop=0.0)
+    assert counting.forwards == 60
+
+
 class _OtherCriterion(fb.criteria.Criterion):
     def __repr__(self) -> str:
         return "OtherCriterion()"
@@ -152,7 +174,7 @@ def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn: torch.nn.Modu
         attack.run(fmodel, x, y, foo=1)
     with pytest.raises(ValueError, match="early_stop"):
         attack.run(fmodel, x, y, early_stop=-1.0)
-    with pytest.raises(ValueError, match="labels must be <"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         attack.run(fmodel, x, y + 10)
     assert attack.run(fmodel, x[:0], y[:0]).shape == (0, 1, 28, 28)
 
@@ -165,14 +187,14 @@ def test_torchattacks_linf_matches_foolbox(
 ) -> None:
     x, y = few
     before = snapshot(mnist_cnn)
-    attack = ALMA(mnist_cnn, distance="linf", steps=40, **MNIST)
-    assert attack.distance == "linf" and attack.prox_params().init_lr == 1e-2
+    attack = ALMA(mnist_cnn, distance="linf", steps=40, params=ProxParams(**MNIST))
+    assert attack.distance == "linf" and attack.params.init_lr == 1e-2
     adv = attack(x, y)
     assert_unchanged(mnist_cnn, before)
     assert adv.min() >= 0 and adv.max() <= 1
     reference = LinfALMAProx(steps=40, **MNIST).run(fmodel, x, y)
     torch.testing.assert_close(adv, reference)
-    targeted = ALMA(mnist_cnn, distance="linf", steps=100, alpha=0.8, **MNIST)
+    targeted = ALMA(mnist_cnn, "linf", steps=100, params=ProxParams(alpha=0.8, **MNIST))
     targeted.set_mode_targeted_by_function(lambda i, labels: _runner_up(mnist_cnn, i, labels))
     out = targeted(x, y)
     assert torch.equal(_predict(mnist_cnn, out), _runner_up(mnist_cnn, x, y))
@@ -180,15 +202,18 @@ def test_torchattacks_linf_matches_foolbox(
 
 def test_torchattacks_linf_errors_and_ensemble(mnist_cnn: torch.nn.Module, few: tuple) -> None:
     x, y = few
-    for kwargs in ({"init_lr_distance": 0.1}, {"penalty": "P1"}, {"early_stop": 0.1}):
-        with pytest.raises(ValueError, match="does not apply to distance='linf'"):
-            ALMA(mnist_cnn, distance="linf", **kwargs)
-    with pytest.raises(TypeError, match="lr_reduction"):
-        ALMA(mnist_cnn, distance="linf", lr_reduction=0.1)  # an ALMA, not ALMA prox, name
+    for kwargs in ({"init_lr_distance": 0.1}, {"penalty": "P1"}, {"lr_reduction": 0.1}):
+        with pytest.raises(TypeError, match="do not apply to distance='linf'"):
+            ALMA(mnist_cnn, distance="linf", **kwargs)  # ALMA's names mean ALMA's values
+    ALMA(mnist_cnn, distance="linf", early_stop=0.1)  # ALMA prox stops early too (issue 10)
+    with pytest.raises(ValueError, match="early_stop"):
+        ALMA(mnist_cnn, distance="linf", early_stop=-0.1)
+    with pytest.raises(TypeError, match="got params=ProxParams.* and the ALMAParams keyword"):
+        ALMA(mnist_cnn, distance="linf", params=ProxParams(), init_lr=0.01)
     with pytest.raises(ValueError, match="init_lr"):
-        ALMA(mnist_cnn, distance="linf", init_lr=0.0)
+        ALMA(mnist_cnn, distance="linf", params=ProxParams(init_lr=0.0))
     ensemble = MinimalEnsemble(
-        [ALMA(mnist_cnn, distance="linf", steps=30, **MNIST), ALMA(mnist_cnn, steps=30)],
+        [ALMA(mnist_cnn, "linf", steps=30, params=ProxParams(**MNIST)), ALMA(mnist_cnn, steps=30)],
         distance="linf",
     )
     out = ensemble(x, y)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin.segmentation import ProxResult, alma_prox
+from alma_plugin import AttackResult, alma_prox
 from tests.utils import fit_full_batch
 
 # One intra-op thread: these tiny models run faster than with two contended threads.
@@ -79,18 +79,18 @@ def test_apsr_reaches_threshold(seg_net, scenes, targeted):
     goal = torch.zeros_like(labels) if targeted else labels  # targeted: erase every object
     before = images.clone(), goal.clone()
     result = alma_prox(seg_net, images, goal, targeted=targeted, steps=200)
-    assert isinstance(result, ProxResult)
+    assert isinstance(result, AttackResult)
     adv = result.adversarials
     assert isinstance(adv, torch.Tensor) and adv.shape == images.shape
     assert torch.equal(images, before[0]) and torch.equal(goal, before[1])
     assert all(p.grad is None for p in seg_net.parameters())
     assert adv.min() >= 0 and adv.max() <= 1
     measured = apsr(seg_net, adv, goal, torch.ones_like(goal, dtype=torch.bool), targeted)
-    print(f"targeted={targeted}: APSR {measured.tolist()}, linf {result.norms.tolist()}")
+    print(f"targeted={targeted}: APSR {measured.tolist()}, linf {result.distances.tolist()}")
     assert result.success.all() and (measured >= 0.99).all()
     assert torch.allclose(result.apsr.float(), measured.float())
-    assert torch.allclose(result.norms, (adv - images).flatten(1).abs().max(1).values)
-    assert (result.norms > 0).all() and (result.norms < 0.05).all()
+    assert torch.allclose(result.distances, (adv - images).flatten(1).abs().max(1).values)
+    assert (result.distances > 0).all() and (result.distances < 0.05).all()
 
 
 def test_masks_are_honoured(seg_net, scenes):
@@ -131,13 +131,13 @@ def test_bad_inputs(seg_net, scenes):
     empty = m.clone()
     empty[1] = False
     cases = [
-        (dict(images=x.numpy()), TypeError, "images must be a torch.Tensor"),
-        (dict(images=x[0]), ValueError, r"images must have shape \(N, C, H, W\)"),
-        (dict(images=x + 1), ValueError, "within bounds"),
-        (dict(images=x.masked_fill(x > 0.5, float("nan"))), ValueError, "NaN"),
-        (dict(labels=y[:, :-1]), ValueError, r"labels must have shape \(N, H, W\)"),
+        (dict(inputs=x.numpy()), TypeError, "inputs must be a PyTorch, JAX or TensorFlow"),
+        (dict(inputs=x[0]), ValueError, r"labels must have shape \(N,\) or \(N, H, W\)"),
+        (dict(inputs=x + 1), ValueError, "within bounds"),
+        (dict(inputs=x.masked_fill(x > 0.5, float("nan"))), ValueError, "NaN"),
+        (dict(labels=y[:, :-1]), ValueError, r"labels must have shape \(N,\) or \(N, H, W\)"),
         (dict(labels=y.float()), TypeError, "labels must be an integer"),
-        (dict(labels=y + 4), ValueError, "number of classes 4"),
+        (dict(labels=y + 4), ValueError, r"labels must lie in \[0, 4\)"),
         (dict(masks=m[:, :-1]), ValueError, "masks must have the labels' shape"),
         (dict(masks=m.long() * 2), ValueError, "0/1"),
         (dict(masks=empty), ValueError, r"at least one pixel per sample; empty: \[1\]"),
@@ -146,20 +146,23 @@ def test_bad_inputs(seg_net, scenes):
         (dict(adv_threshold=1.5), ValueError, "adv_threshold"),
         (dict(init_lr=-1.0), ValueError, "init_lr"),
         (dict(model=3), TypeError, "model must be callable"),
-        (dict(model=lambda z: seg_net(z)[..., :-1]), ValueError, "model must return logits"),
+        (dict(model=lambda z: seg_net(z)[..., :-1]), ValueError, r"model outputs must have shape"),
+        (dict(model=lambda z: seg_net(z)[:, :1]), ValueError, r"K >= 2"),
+        (dict(model=lambda z: seg_net(z).detach()), ValueError, r"differentiable"),
+        (dict(model=lambda z: seg_net(z).tolist()), TypeError, r"model must return a Tensor"),
     ]
     for change, error, message in cases:
-        kwargs = dict(model=seg_net, images=x, labels=y, steps=2)
+        kwargs = dict(model=seg_net, inputs=x, labels=y, steps=2)
         kwargs.update(change)
         with pytest.raises(error, match=message):
-            alma_prox(kwargs.pop("model"), kwargs.pop("images"), kwargs.pop("labels"), **kwargs)
+            alma_prox(kwargs.pop("model"), kwargs.pop("inputs"), kwargs.pop("labels"), **kwargs)
 
 
 _MEASURE = """
 import json, resource, sys, time
 import torch
 from torch import nn
-from alma_plugin.segmentation import alma_prox
+from alma_plugin import alma_prox
 torch.set_num_threads(1)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 5, 1)).eval()
@@ -193,7 +196,7 @@ def test_requires_grad_images_keep_no_graph(seg_net, scenes):
     """Before: the result carried a graph through every step (≈10 MB per step)."""
     images, labels = scenes[0][:2].clone().requires_grad_(True), scenes[1][:2]
     result = alma_prox(seg_net, images, labels, steps=5)
-    for tensor in (result.adversarials, result.norms, result.apsr):
+    for tensor in (result.adversarials, result.distances, result.apsr):
         assert tensor.grad_fn is None and not tensor.requires_grad
     assert images.grad is None
 

@@ -39,16 +39,16 @@ def test_rho_grows_only_when_never_adversarial_and_constraint_stalls() -> None:
     records: list[StepInfo] = []
     alma(model, x, y, steps=200, check_steps=10, gamma=1.2, tau=0.95, callback=records.append)
     ever = torch.zeros(32, dtype=torch.bool)
-    reference = records[0].constraint.raw
+    reference = records[0].constraint
     for info in records:
-        ever |= info.success.raw
+        ever |= info.success
         if (info.step + 1) % 10 == 0:
-            before = records[info.step - 1].rho.raw if info.step else torch.ones(32)
-            expected = (~ever) & (info.constraint.raw > 0.95 * reference)
-            torch.testing.assert_close(info.rho.raw, torch.where(expected, 1.2 * before, before))
-            reference = info.constraint.raw
+            before = records[info.step - 1].rho if info.step else torch.ones(32)
+            expected = (~ever) & (info.constraint > 0.95 * reference)
+            torch.testing.assert_close(info.rho, torch.where(expected, 1.2 * before, before))
+            reference = info.constraint
         elif info.step:
-            assert torch.equal(info.rho.raw, records[info.step - 1].rho.raw)
+            assert torch.equal(info.rho, records[info.step - 1].rho)
     assert ever.all()
 
 
@@ -62,7 +62,7 @@ def test_rho_grows_geometrically_when_the_model_ignores_its_input() -> None:
     records: list[StepInfo] = []
     result = alma(model, x, y, steps=45, callback=records.append)
     assert not result.success.any()
-    torch.testing.assert_close(records[-1].rho.raw, torch.full((4,), 1.2**4))
+    torch.testing.assert_close(records[-1].rho, torch.full((4,), 1.2**4))
     assert torch.equal(result.adversarials, x)
 
 
@@ -70,7 +70,7 @@ def test_mu_stays_in_safeguard_interval() -> None:
     model = _linear_model()
     x, y = _batch(16)
     mus: list[torch.Tensor] = []
-    alma(model, x, y, steps=60, mu_min=1e-3, mu_max=5.0, callback=lambda i: mus.append(i.mu.raw))
+    alma(model, x, y, steps=60, mu_min=1e-3, mu_max=5.0, callback=lambda i: mus.append(i.mu))
     stacked = torch.stack(mus)
     assert stacked.min() >= 1e-3 and stacked.max() <= 5.0
 

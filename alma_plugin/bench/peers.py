@@ -28,13 +28,13 @@ def adv_lib_alma(norm: str) -> RunFn:
     ) -> torch.Tensor:
         from adv_lib.attacks import alma as reference_alma
 
-        from ..core.defaults import default_alpha
+        from ..core.params import budget_alpha
         from ..distances import get_distance
 
         options = {
             "distance": norm,
             "num_steps": budget,
-            "α": default_alpha(budget),
+            "α": budget_alpha(budget),
             "init_lr_distance": get_distance(norm).init_lr_distance,
         }
         return reference_alma(model, x, y, **options)

@@ -16,14 +16,11 @@ import eagerpy as ep
 import numpy as np
 
 from ..distances import DistanceFunction
+from .tensors import expand
 
 _BRACKET_STEPS = 64  # η ranges over 2^±64: far beyond any gradient scale met in practice
 _BISECTION_STEPS = 40
 _RELATIVE_TOLERANCE = 1e-3
-
-
-def _expand(per_sample: ep.Tensor, like: ep.Tensor) -> ep.Tensor:
-    return per_sample.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def random_unit_directions(like: ep.Tensor, rng: np.random.Generator) -> ep.Tensor:
@@ -49,7 +46,7 @@ def initial_step_size(
     """
 
     def distance_at(eta: ep.Tensor) -> ep.Tensor:
-        return distance((inputs - _expand(eta, inputs) * direction).clip(0, 1), inputs)
+        return distance((inputs - expand(eta, inputs) * direction).clip(0, 1), inputs)
 
     ones = ep.ones(inputs, len(inputs)).astype(inputs.dtype)
     first = distance_at(ones)

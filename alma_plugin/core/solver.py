@@ -9,7 +9,7 @@ Each step costs exactly one forward and one backward model propagation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 import eagerpy as ep
 import numpy as np
@@ -17,11 +17,21 @@ import numpy as np
 from ..distances import DistanceFunction
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
-from .penalties import Penalty
+from .params import ALMAParams
+from .penalties import get_penalty
+from .result import AttackResult, StepInfo
 from .schedules import decayed_step_size, initial_step_size, random_unit_directions
-from .validation import Bounds, as_tensor, check_logits, check_success, working_dtype
+from .tensors import expand, finite_rows
+from .validation import (
+    Bounds,
+    as_model_output,
+    as_tensor,
+    check_logits,
+    check_success,
+    working_dtype,
+)
 
-ModelFn = Callable[[ep.Tensor], ep.Tensor]
+ModelFn = Callable[[ep.Tensor], Any]
 #: success(model_inputs, logits) -> bool (N,); model_inputs are in the host's bounds.
 SuccessFn = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
@@ -29,81 +39,8 @@ _RMS_EPSILON = 1e-8
 _VANISHING_GRADIENT = 1e-12
 
 
-@dataclass(frozen=True)
-class ALMAConfig:
-    """Hyperparameters of Algorithm 2 (defaults: the paper's §4 "Hyperparameters").
-
-    alpha: α, EMA coefficient of the multiplier (eq. 9).
-    init_lr_distance: ε, target increase of D by the first step (§3.2.3); None uses ``lr_init``.
-    lr_init: constant η⁽⁰⁾ when ``init_lr_distance`` is None.
-    lr_reduction: r, final step size η⁽⁰⁾·r after exponential decay (Fig. 3).
-    mu_init, rho_init: μ⁽⁰⁾, ρ⁽⁰⁾.  mu_min, mu_max: safeguarding interval of μ.
-    gamma: γ, growth factor of ρ.  tau: τ, required constraint improvement.
-    check_steps: M, steps between two ρ checks.
-    rmsprop_decay, momentum: RMSProp β and momentum of the step (§3.2.4; the squared-gradient
-    average starts at 1). ``make_config`` defaults both to α.
-    levels: quantise the iterate to this many grey levels after each step (None: off).
-    """
-
-    penalty: Penalty
-    alpha: float = 0.9
-    init_lr_distance: float | None = 0.1
-    lr_init: float = 0.1
-    lr_reduction: float = 0.01
-    mu_init: float = 1.0
-    rho_init: float = 1.0
-    mu_min: float = 1e-6
-    mu_max: float = 1e12
-    gamma: float = 1.2
-    tau: float = 0.95
-    check_steps: int = 10
-    rmsprop_decay: float = 0.9
-    momentum: float = 0.9
-    levels: int | None = None
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What the callback sees after each step t (per-sample tensors, as in the paper's Fig. 2)."""
-
-    step: int
-    distance: ep.Tensor
-    constraint: ep.Tensor
-    mu: ep.Tensor
-    rho: ep.Tensor
-    step_size: ep.Tensor
-    success: ep.Tensor
-
-
-@dataclass(frozen=True)
-class ALMAResult:
-    """Best adversarial per sample (the original input where none was found).
-
-    ``distances`` are D in the [0, 1]-normalised space (+inf where unsuccessful);
-    ``first_success_step`` is −1 where no adversarial was found; ``steps_run`` < N when the
-    early stop triggered.
-    """
-
-    adversarials: ep.Tensor
-    distances: ep.Tensor
-    success: ep.Tensor
-    first_success_step: ep.Tensor
-    steps_run: int
-
-
-def _expand(per_sample: ep.Tensor, like: ep.Tensor) -> ep.Tensor:
-    return per_sample.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
 def _quantize(x: ep.Tensor, levels: int) -> ep.Tensor:
     return ((x * (levels - 1) + 0.5) // 1) / (levels - 1)
-
-
-def finite_rows(values: ep.Tensor) -> ep.Tensor:
-    """Per sample (first axis): True where every value is finite. A sample whose logits or
-    distance are NaN or infinite is never an adversarial, whatever a criterion says of it."""
-    bad = ep.logical_or(values.isnan(), values.isinf())
-    return bad.reshape((len(values), -1)).any(axis=1).logical_not()
 
 
 def alma_solve(
@@ -112,7 +49,7 @@ def alma_solve(
     labels: ep.Tensor,
     *,
     distance: DistanceFunction,
-    config: ALMAConfig,
+    params: ALMAParams,
     steps: int,
     bounds: Bounds = (0.0, 1.0),
     targeted: bool = False,
@@ -120,11 +57,15 @@ def alma_solve(
     callback: Callable[[StepInfo], None] | None = None,
     early_stop: float | None = None,
     seed: int = 0,
-) -> ALMAResult:
+) -> AttackResult[ep.Tensor]:
     """Run ALMA on a validated batch. ``inputs`` lie in ``bounds``; ``labels`` are the true
-    classes, or the targets when ``targeted``. ``early_stop`` (in D's normalised units) ends the
-    run once every sample has an adversarial with D < early_stop."""
-    c = config
+    classes, or the targets when ``targeted``. ``params`` are resolved for the budget
+    (:meth:`ALMAParams.for_budget`). ``early_stop`` (in D's normalised units) ends the run once
+    every sample has an adversarial with D < early_stop. The callback sees eagerpy tensors."""
+    c = params
+    penalty = get_penalty(c.penalty)
+    assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None
+    alpha = c.alpha
     lower, upper = bounds
     scale = upper - lower
     inputs = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
@@ -151,13 +92,13 @@ def alma_solve(
     ever_adversarial = best_distance < 0  # all False
     first_success = ep.full(labels, (batch,), -1)
     constraint_at_last_check = per_sample(np.inf)
-    step_size0 = per_sample(c.lr_init)
+    step_size0 = per_sample(c.init_lr or 0.0)
 
     def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
         model_inputs = to_model_space(u)
         if rounds:  # D measures what the model sees, rounded to the model's dtype
             u = (model_inputs.astype(dtype) - lower) / scale
-        logits = model(model_inputs)  # 3. z ← f(x̃)
+        logits = as_model_output(model(model_inputs), model_inputs)  # 3. z ← f(x̃)
         if t == 0:  # the class count K is only known once the model has answered
             check_logits(logits, labels, "targets" if targeted else "labels")
             check_differentiable(logits)
@@ -166,10 +107,10 @@ def alma_solve(
         d = dlr_plus(logits, labels, targeted)  # 4. d ← DLR⁺(z, y), or tDLR⁺
         # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
         d_value = stop_gradient(d)
-        mu_hat = c.penalty.derivative(d_value, rho, mu)
-        new_mu = (c.alpha * mu + (1 - c.alpha) * mu_hat).clip(c.mu_min, c.mu_max)
+        mu_hat = penalty.derivative(d_value, rho, mu)
+        new_mu = (alpha * mu + (1 - alpha) * mu_hat).clip(c.mu_min, c.mu_max)
         dist = distance(u, x)
-        loss = dist + c.penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
+        loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
         return loss.sum(), (model_inputs, logits, d, dist, new_mu)
 
     rng = np.random.default_rng(seed)
@@ -186,12 +127,12 @@ def alma_solve(
             # (and False for NaN logits).
             success = d < 0
         else:
-            success = check_success(is_adversarial(model_inputs, logits), batch)
+            success = check_success(is_adversarial(model_inputs, logits), batch, like=d)
             success = ep.logical_and(success, finite_rows(logits))
         success = ep.logical_and(success, finite_rows(dist))
         improved = ep.logical_and(success, dist < best_distance)
         # The tensor the model judged is the one returned: no re-mapping that could round.
-        best_adv = ep.where(_expand(improved, x), model_inputs, best_adv)
+        best_adv = ep.where(expand(improved, x), model_inputs, best_adv)
         best_distance = ep.where(improved, dist, best_distance)
         first_success = ep.where(ep.logical_and(success, first_success < 0), t, first_success)
         ever_adversarial = ep.logical_or(ever_adversarial, success)
@@ -203,15 +144,16 @@ def alma_solve(
         if t == 0:
             # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).
             norms = grad.flatten(start=1).square().sum(axis=1).sqrt()
-            vanishing = _expand(norms <= _VANISHING_GRADIENT, x)
+            vanishing = expand(norms <= _VANISHING_GRADIENT, x)
             if vanishing.any():
                 grad = ep.where(vanishing, random_unit_directions(grad, rng), grad)
-            if c.init_lr_distance is not None:
+            if c.init_lr is None:  # §3.2.3: η⁽⁰⁾ such that the first step adds ε to D
+                assert c.init_lr_distance is not None
                 # §3.2.3 searches along g = ∇DLR⁺. At t = 0, D ≡ 0 and ∇L = P′(d)·∇d, so the
                 # constraint's gradient is ∇L / P′ per sample: no extra backward propagation.
-                slope = c.penalty.derivative(d, rho, mu)
-                usable = _expand(ep.logical_and(slope > 0, vanishing.logical_not().flatten()), x)
-                direction = ep.where(usable, grad / _expand(slope.maximum(1e-30), x), grad)
+                slope = penalty.derivative(d, rho, mu)
+                usable = expand(ep.logical_and(slope > 0, vanishing.logical_not().flatten()), x)
+                direction = ep.where(usable, grad / expand(slope.maximum(1e-30), x), grad)
                 step_size0 = initial_step_size(distance, x, direction, c.init_lr_distance)
             constraint_at_last_check = d
 
@@ -221,7 +163,7 @@ def alma_solve(
         # 9. RMSProp + momentum step, projection on the box, optional quantisation.
         square_avg = c.rmsprop_decay * square_avg + (1 - c.rmsprop_decay) * grad.square()
         velocity = c.momentum * velocity + grad / (square_avg.sqrt() + _RMS_EPSILON)
-        x_adv = (x_adv - _expand(step_size, x) * velocity).clip(0, 1)
+        x_adv = (x_adv - expand(step_size, x) * velocity).clip(0, 1)
         if c.levels is not None:
             x_adv = _quantize(x_adv, c.levels)
 
@@ -240,7 +182,7 @@ def alma_solve(
             steps_run = t + 1
             break
 
-    return ALMAResult(
+    return AttackResult(
         adversarials=best_adv,
         distances=best_distance,
         success=ever_adversarial,

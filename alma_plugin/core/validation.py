@@ -213,21 +213,44 @@ class TrainingModeWarning(UserWarning):
     """The attacked model has modules in training mode (see :func:`warn_if_training`)."""
 
 
-def check_success(success: Any, batch_size: int, name: str = "is_adversarial") -> ep.Tensor:
-    """A success predicate's answer must be a boolean tensor of shape (N,)."""
+def check_success(
+    success: Any, batch_size: int, name: str = "is_adversarial", like: ep.Tensor | None = None
+) -> ep.Tensor:
+    """A success predicate's answer must be a boolean tensor of shape (N,), of the framework of
+    ``like`` (the logits) when given."""
+    expected = f"a boolean tensor of shape ({batch_size},)"
     tensor = success if isinstance(success, ep.Tensor) else None
     if tensor is None:
         try:
             tensor = ep.astensor(success)
         except ValueError:
             raise TypeError(
-                f"{name} must return a boolean tensor of shape ({batch_size},), got "
-                f"{type(success).__name__}"
+                f"{name} must return {expected}, got {type(success).__name__}"
             ) from None
+    if like is not None and type(tensor) is not type(like):
+        raise TypeError(
+            f"{name} must return {expected} of the model's framework "
+            f"({type(like.raw).__name__}), got {type(tensor.raw).__name__}"
+        )
     if tuple(tensor.shape) != (batch_size,) or "bool" not in str(tensor.dtype):
         raise ValueError(
-            f"{name} must return a boolean tensor of shape ({batch_size},), got dtype "
-            f"{tensor.dtype} and shape {tuple(tensor.shape)}"
+            f"{name} must return {expected}, got dtype {tensor.dtype} and shape "
+            f"{tuple(tensor.shape)}"
+        )
+    return tensor
+
+
+def as_model_output(output: Any, inputs: ep.Tensor) -> ep.Tensor:
+    """The model's output as an eagerpy tensor of the inputs' framework, or a TypeError that
+    says what came back (a NumPy array, a list, a tuple...)."""
+    tensor = output if isinstance(output, ep.Tensor) else None
+    if tensor is None and isinstance(output, type(inputs.raw)):
+        tensor = ep.astensor(output)
+    if tensor is None or type(tensor) is not type(inputs):
+        got = type(output.raw if isinstance(output, ep.Tensor) else output).__name__
+        raise TypeError(
+            f"model must return a {type(inputs.raw).__name__} of logits (like its inputs), "
+            f"got {got}"
         )
     return tensor
 

@@ -1,27 +1,56 @@
-"""Per-sample differentiable distances D(x̃, x) on eagerpy tensors.
+"""Per-sample differentiable distances D(x̃, x), one function per distance.
 
-Every distance maps two batches of shape (N, ...) with values in the [0, 1]-normalised input
-space to a tensor of shape (N,). ``DISTANCES`` maps the public names to their specification,
-including the paper's initial step-size target ε (Table 3 of the ALMA paper).
+The public distances, named as in :data:`DISTANCES` (and as the attacks' ``distance=``):
 
-Perceptual distances: ``ciede2000`` (standard CIELAB scale, so its ε differs from the paper's,
-see :mod:`.color`), ``ssim`` / ``msssim`` (1 − SSIM, 1 − MS-SSIM, :mod:`.ssim`) and ``lpips``
-(AlexNet v0.1, PyTorch only, :mod:`.lpips`). The LPIPS network and its weights are loaded on
-the first call, so importing this package never needs torch or weight files.
+* ``l1``: ‖x̃ − x‖₁ (sub-gradient 0 at a zero coordinate, on every backend);
+* ``l2``: ‖x̃ − x‖₂ (gradient 0, not NaN, at x̃ = x);
+* ``linf``: ‖x̃ − x‖∞ (not in :data:`DISTANCES`: the attacks run ALMA prox for it);
+* ``ciede2000``: CIEDE2000 colour difference, ℓ2-accumulated over pixels, on the standard
+  CIELAB scale (so its ε differs from the paper's, see :data:`CIEDE2000_INIT_LR_DISTANCE`);
+* ``ssim``: 1 − SSIM (Gaussian 11×11 window, mean over channels);
+* ``msssim``: 1 − MS-SSIM (five scales; images of at least ``ms_ssim_min_size()`` = 176 px);
+* ``lpips``: LPIPS-AlexNet v0.1 with the default weights (PyTorch only); :class:`LPIPS`
+  builds the same distance from your own weights.
+
+Every distance maps two batches ``x_adv``, ``x`` of the same shape (N, ...) with values in the
+[0, 1]-normalised input space to a tensor of shape (N,), and follows one contract:
+
+* **Tensor types.** Raw PyTorch, JAX, TensorFlow or NumPy tensors, or eagerpy tensors; the
+  result has the caller's type (raw in → raw out, eagerpy in → eagerpy out), like Foolbox's
+  ``fb.distances``. ``lpips`` / :class:`LPIPS` accept PyTorch only (``TypeError`` otherwise).
+* **Dtypes.** Any floating dtype: float16, bfloat16, float32, float64. Distances compute in at
+  least float32: 16-bit inputs are promoted, so the result is **float32 for 16-bit inputs and
+  the input dtype otherwise** (float64 if either input is float64).
+* **Non-finite input.** A sample whose ``x_adv`` or ``x`` holds a NaN or ±Inf has distance NaN
+  (never a finite value, never 0); the other samples are unaffected.
+* **Bad input** (not a tensor, two frameworks, integer dtypes, different shapes, no batch axis,
+  wrong image layout) raises ``TypeError`` / ``ValueError`` naming the argument and its value.
+* **Gradients** are finite everywhere on finite input, and 0 (up to rounding) at x̃ = x.
+
+:data:`DISTANCES` maps the names ALMA minimises (all but ``linf``) to a :class:`DistanceSpec`
+with the paper's initial step-size target ε (Table 3 of the ALMA paper). The LPIPS network
+and its weights are loaded on first use, so importing this package needs neither torch nor
+weight files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import eagerpy as ep
 
-from .color import CIEDE2000_INIT_LR_DISTANCE, check_color_input, ciede2000
-from .lp import l1, l2, linf
-from .ssim import ms_ssim as ms_ssim_distance
-from .ssim import ssim as ssim_distance
+from ._color import CIEDE2000_INIT_LR_DISTANCE, check_color_input, ciede2000
+from ._common import Distance, distance_function
+from ._lp import l1, l2, linf
+from ._ssim import MS_SSIM_WEIGHTS, ms_ssim_min_size, msssim, ssim
 
+if TYPE_CHECKING:
+    from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
+    from ._lpips import LPIPS, LPIPSWeightsNotFoundError
+
+#: An eagerpy-level distance ``(x_adv, x) -> (N,)``, as the attacks' core calls it.
 DistanceFunction = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
 
@@ -35,25 +64,27 @@ class DistanceSpec:
     needs_color: bool = False
 
 
-def lpips_distance(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """LPIPS-AlexNet (v0.1) with the default weights; torch and the weights load on first call.
+@distance_function
+def lpips(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+    """LPIPS-AlexNet (v0.1) per sample with the default weights, loaded on first call.
 
-    (The submodules ``ssim`` and ``lpips`` keep their names in this package, hence the
-    ``*_distance`` names of the functions exported here.)
+    The weights are looked for, never downloaded (see :class:`LPIPS`); without them this raises
+    :class:`LPIPSWeightsNotFoundError`. PyTorch tensors only.
     """
-    from .lpips import lpips
+    from ._lpips import check_lpips_input, default_lpips
 
-    return lpips(x_adv, x)
+    check_lpips_input(x_adv)  # before looking for weights
+    return default_lpips().eager_distance(x_adv, x)
 
 
 DISTANCES: dict[str, DistanceSpec] = {
     "l1": DistanceSpec("l1", l1, 0.5),
     "l2": DistanceSpec("l2", l2, 0.1),
     "ciede2000": DistanceSpec("ciede2000", ciede2000, CIEDE2000_INIT_LR_DISTANCE, True),
-    "ssim": DistanceSpec("ssim", ssim_distance, 3e-5),
+    "ssim": DistanceSpec("ssim", ssim, 3e-5),
     # MS-SSIM is not in the paper; 1 − MS-SSIM is of the same order as 1 − SSIM.
-    "msssim": DistanceSpec("msssim", ms_ssim_distance, 3e-5),
-    "lpips": DistanceSpec("lpips", lpips_distance, 1e-3, True),
+    "msssim": DistanceSpec("msssim", msssim, 3e-5),
+    "lpips": DistanceSpec("lpips", lpips, 1e-3, True),
 }
 
 
@@ -64,17 +95,42 @@ def get_distance(name: str) -> DistanceSpec:
     return DISTANCES[name.lower()]
 
 
+_TORCH_NAMES = {
+    "LPIPS": "._lpips",
+    "LPIPSWeightsNotFoundError": "._lpips",
+    "AlexNetFeatures": "._alexnet",
+    "LPIPS_CHANNELS": "._alexnet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The LPIPS names, imported (with torch) only when first asked for."""
+    if name in _TORCH_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_TORCH_NAMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "CIEDE2000_INIT_LR_DISTANCE",
     "DISTANCES",
+    "LPIPS",
+    "LPIPS_CHANNELS",
+    "MS_SSIM_WEIGHTS",
+    "AlexNetFeatures",
+    "Distance",
     "DistanceFunction",
     "DistanceSpec",
+    "LPIPSWeightsNotFoundError",
     "check_color_input",
     "ciede2000",
     "get_distance",
     "l1",
     "l2",
     "linf",
-    "lpips_distance",
-    "ms_ssim_distance",
-    "ssim_distance",
+    "lpips",
+    "ms_ssim_min_size",
+    "msssim",
+    "ssim",
 ]

@@ -1,66 +1,139 @@
-"""Translation helpers shared by the Foolbox attacks: tensors, criteria, checks."""
+"""Translation helpers shared by the Foolbox attacks: tensors, criteria, layouts, checks.
+
+Every check goes through :mod:`alma_plugin.core.validation`, the one mechanism all entry points
+share: inputs become detached, inference-mode-safe eagerpy tensors (:func:`as_tensor`), labels
+of any integer dtype or container become the framework's index dtype (:func:`as_labels`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import eagerpy as ep
 from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
-from ..core.validation import Bounds, check_bounds, check_inputs, check_labels
+from ..core.validation import Bounds, as_labels, as_tensor, check_bounds, check_inputs
 
-SuccessFn = Any  # (model_inputs: ep.Tensor, logits: ep.Tensor) -> ep.Tensor of bool (N,)
+SuccessFn = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]  # (model_inputs, logits) -> bool (N,)
 
-
-def as_eagerpy(tensor: Any) -> ep.Tensor:
-    """An eagerpy tensor detached from any autograd graph of the caller."""
-    x = tensor if isinstance(tensor, ep.Tensor) else ep.astensor(tensor)
-    return ep.astensor(x.raw.detach()) if isinstance(x, ep.PyTorchTensor) else x
+CHANNELS_FIRST = "channels_first"
+CHANNELS_LAST = "channels_last"
 
 
-def goal(criterion: Criterion, batch: int) -> tuple[bool, ep.Tensor]:
-    """(targeted, classes) of a supported criterion, with clear errors otherwise."""
+def normalise_criterion(criterion: Any, inputs: ep.Tensor) -> Criterion:
+    """The caller's criterion with its classes as a tensor of ``inputs``' framework and device
+    in the framework's index dtype, whatever their integer dtype (uint8, int16, ...) or
+    container (tensor, NumPy array, list).
+
+    A bare labels container means ``Misclassification(labels)``, as in Foolbox. Other criteria
+    (e.g. a combination with ``&``) raise a TypeError naming the supported ones.
+    """
+    batch = (len(inputs),)
     if isinstance(criterion, Misclassification):
-        targeted, classes, name = False, criterion.labels, "labels"
-    elif isinstance(criterion, TargetedMisclassification):
-        targeted, classes, name = True, criterion.target_classes, "target_classes"
-    else:
+        return Misclassification(as_labels("labels", criterion.labels, inputs, batch))
+    if isinstance(criterion, TargetedMisclassification):
+        classes = criterion.target_classes
+        return TargetedMisclassification(as_labels("target_classes", classes, inputs, batch))
+    if isinstance(criterion, Criterion):
         raise TypeError(
             "criterion must be a labels tensor, foolbox.criteria.Misclassification or "
             f"foolbox.criteria.TargetedMisclassification, got {criterion!r}"
         )
-    classes = as_eagerpy(classes)
-    check_labels(classes, batch, name=name)
-    return targeted, classes
+    return Misclassification(as_labels("labels", criterion, inputs, batch))
 
 
-def success_fn(criterion: Criterion) -> SuccessFn:
-    """The criterion object itself as the core's success predicate."""
+def goal(criterion: Any, inputs: ep.Tensor) -> tuple[bool, Criterion, ep.Tensor]:
+    """(targeted, the normalised criterion, its classes) for the core solvers."""
+    criterion = normalise_criterion(criterion, inputs)
+    if isinstance(criterion, TargetedMisclassification):
+        return True, criterion, criterion.target_classes
+    assert isinstance(criterion, Misclassification)
+    return False, criterion, criterion.labels
+
+
+def success_fn(
+    criterion: Criterion, to_caller: Callable[[ep.Tensor], ep.Tensor] | None = None
+) -> SuccessFn:
+    """The criterion object itself as the core's success predicate; ``to_caller`` maps the
+    core's inputs back to the caller's layout first (channels-last models)."""
 
     def is_adversarial(model_inputs: ep.Tensor, logits: ep.Tensor) -> ep.Tensor:
+        if to_caller is not None:
+            model_inputs = to_caller(model_inputs)
         return ep.astensor(criterion(model_inputs, logits))
 
     return is_adversarial
 
 
 def check_model_and_inputs(model: Any, inputs: Any) -> tuple[Bounds, ep.Tensor]:
-    """``model.bounds`` and the detached inputs, after checks that turn Foolbox's bare
-    ``AssertionError`` on out-of-bounds inputs into a ValueError naming the bounds."""
+    """``model.bounds`` and the inputs as a detached, inference-mode-safe eagerpy tensor, after
+    checks that turn Foolbox's bare ``AssertionError`` on out-of-bounds inputs into a
+    ValueError naming the bounds."""
     if not isinstance(model, Model):
         raise TypeError(f"model must be a foolbox.models.Model, got {type(model).__name__}")
     bounds = check_bounds(model.bounds)
-    x = as_eagerpy(inputs)
+    x = as_tensor("inputs", inputs)
     check_inputs(x, bounds)
     return bounds, x
 
 
-def check_early_stop(early_stop: Any) -> float | None:
-    """Foolbox's ``early_stop``: None or a positive number."""
-    if early_stop is None:
-        return None
-    if isinstance(early_stop, bool) or not isinstance(early_stop, int | float):
-        raise TypeError(f"early_stop must be a number or None, got {early_stop!r}")
-    if not early_stop > 0:
-        raise ValueError(f"early_stop must be positive, got {early_stop!r}")
-    return float(early_stop)
+def like_caller(tensor: ep.Tensor, inputs: Any) -> Any:
+    """``tensor`` in the caller's container: eagerpy if ``inputs`` was eagerpy, raw otherwise
+    (Foolbox's ``restore_type`` then gives the caller back what they passed)."""
+    return tensor if isinstance(inputs, ep.Tensor) else tensor.raw
+
+
+def data_format(model: Any) -> str:
+    """The model's layout as Foolbox stores it (``PyTorchModel``: channels first; ``JAXModel``
+    and ``TensorFlowModel``: their ``data_format``). A model that states none is taken as
+    channels first; an unknown value is a ValueError."""
+    fmt = getattr(model, "data_format", None)  # JAXModel(data_format=None) raises AttributeError
+    if fmt is None:
+        return CHANNELS_FIRST
+    if fmt not in (CHANNELS_FIRST, CHANNELS_LAST):
+        raise ValueError(
+            f"model.data_format must be '{CHANNELS_FIRST}' or '{CHANNELS_LAST}', got {fmt!r}"
+        )
+    return str(fmt)
+
+
+def to_channels_first(x: ep.Tensor) -> ep.Tensor:
+    """(N, ..., C) → (N, C, ...)."""
+    return x.transpose((0, x.ndim - 1, *range(1, x.ndim - 1)))
+
+
+def to_channels_last(x: ep.Tensor) -> ep.Tensor:
+    """(N, C, ...) → (N, ..., C)."""
+    return x.transpose((0, *range(2, x.ndim), 1))
+
+
+def empty_batch_result(inputs: Any, epsilons: Any) -> Any:
+    """What Foolbox's ``MinimizationAttack.__call__`` returns, for a batch of 0 inputs (its own
+    bounds check fails on an empty tensor): ``(raw, clipped, success)``, with lists over the
+    epsilons when ``epsilons`` is a sequence."""
+    x, restore_type = ep.astensor_(inputs)
+    if isinstance(epsilons, Iterable) and not isinstance(epsilons, str):
+        count = len(list(epsilons))
+        success = ep.zeros(x, (count, 0)).astype(bool)
+        return [restore_type(x)] * count, [restore_type(x)] * count, restore_type(success)
+    return restore_type(x), restore_type(x), restore_type(ep.zeros(x, (0,)).astype(bool))
+
+
+def model_function(model: Model) -> Callable[[ep.Tensor], ep.Tensor]:
+    """The Foolbox model as the core's model function; Foolbox's bare "Unknown type" error on
+    an output that is not a tensor becomes a TypeError that names the model."""
+
+    def call(inputs: ep.Tensor) -> ep.Tensor:
+        try:
+            return model(inputs)
+        except ValueError as error:
+            if "Unknown type" not in str(error):
+                raise
+            raise TypeError(
+                f"model must return a tensor of logits; Foolbox could not convert its output "
+                f"({error})"
+            ) from None
+
+    return call

@@ -3,26 +3,51 @@
 
 The adapter only translates: the Foolbox model is the core's ``model_fn`` (its preprocessing
 stays inside it), ``model.bounds`` become the core's bounds, the criterion object itself judges
-success, and Foolbox's raw-unit ``early_stop`` is converted to the core's [0, 1]-normalised
-units. The algorithm (Algorithm 2 of the paper) lives in :mod:`alma_plugin.core`.
+success, Foolbox's raw-unit ``early_stop`` is converted to the core's [0, 1]-normalised units,
+and channels-last models (``model.data_format``) are seen channels first by the perceptual
+distances. The algorithm (Algorithm 2 of the paper) lives in :mod:`alma_plugin.core`.
+
+The attacks are immutable, as Foolbox's own: :meth:`ALMAAttack.run` and ``__call__`` never
+change the attack. What depends on the attacked model (the perceptual distances' bounds and
+layout) lives on a per-call copy, :meth:`ALMAAttack.for_model`.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import eagerpy as ep
-from foolbox.attacks.base import MinimizationAttack, T, get_criterion, raise_if_kwargs
-from foolbox.criteria import Misclassification, TargetedMisclassification
-from foolbox.distances import Distance, LpDistance, l1, l2
+from foolbox.attacks.base import (
+    Attack,
+    MinimizationAttack,
+    Repeated,
+    T,
+    raise_if_kwargs,
+)
+from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
+from foolbox.distances import Distance, l1, l2
 from foolbox.models import Model
 
-from ..core.defaults import make_config
+from ..core.params import ALMA_STEPS, ALMAParams, takes_params
 from ..core.solver import alma_solve
-from ..core.validation import Bounds, check_positive_int
-from ..distances import DistanceFunction, get_distance
-from ..distances.ssim import MS_SSIM_WEIGHTS, ms_ssim_min_size
-from ._common import check_early_stop, check_model_and_inputs, goal, success_fn
+from ..core.validation import Bounds, check_bounds, check_early_stop, check_positive_int
+from ..distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+from ._common import (
+    CHANNELS_FIRST,
+    CHANNELS_LAST,
+    check_model_and_inputs,
+    data_format,
+    empty_batch_result,
+    goal,
+    like_caller,
+    model_function,
+    normalise_criterion,
+    success_fn,
+    to_channels_first,
+    to_channels_last,
+)
 from .distances import NormalisedDistance
 
 __all__ = ["ALMAAttack", "CIEDE2000ALMA", "L1ALMA", "L2ALMA", "LPIPSALMA", "MSSSIMALMA", "SSIMALMA"]
@@ -34,60 +59,130 @@ _REFERENCE = """
             https://arxiv.org/abs/2011.11857
 """
 
+_CONVENTIONS = """
+    Foolbox conventions:
+        * Immutable: calling or running the attack never changes it (``repr``, ``distance``
+          and every attribute are those of ``__init__``), so one instance serves any number
+          of models. ``repr`` lists the constructor's arguments only, stable across processes
+          (Foolbox-style pytest ids use it).
+        * ``distance``: ``fb.distances.l1`` / ``l2`` for :class:`L1ALMA` / :class:`L2ALMA`
+          (raw units of the model's bounds, as Foolbox's). For the perceptual attacks, a
+          :class:`~alma_plugin.foolbox.NormalisedDistance` measuring in [0, 1]: on the attack
+          itself, for inputs in (0, 1), channels first; ``attack.for_model(model).distance``
+          measures inputs of ``model`` (its bounds and ``data_format``), and ``__call__``
+          clips ``epsilons`` with exactly that distance.
+        * ``model.data_format``: the perceptual distances see channels-first images; inputs of
+          a channels-last model (JAX, TensorFlow) are transposed for them and the results come
+          back in the caller's layout. ℓp attacks ignore the layout.
+        * ``early_stop`` (Foolbox passes ``min(epsilons)`` when no epsilon is None) is in the
+          units of ``distance``; 0 is accepted and never triggers.
+        * ``.repeat(n)``: ALMA is deterministic given ``seed`` (random directions are only
+          drawn where a gradient vanishes), so ``attack.repeat(n)`` runs the same attack n
+          times at n times the cost and returns exactly the single-call result, as for
+          Foolbox's DDN and FMN. For different restarts, combine attacks with other seeds.
+        * Labels: a tensor, NumPy array or list of any integer dtype, or a
+          ``Misclassification`` / ``TargetedMisclassification`` holding one. float16 and
+          bfloat16 models are called in their dtype; the attack computes in float32.
+"""
+
 
 class ALMAAttack(MinimizationAttack):
     """Base class of the ALMA Foolbox attacks; a subclass only names its registry distance
     (``distance_name``) and, for ℓp, its Foolbox ``distance``. See :class:`L2ALMA` for the
-    arguments."""
+    arguments and the Foolbox conventions."""
 
     distance_name: ClassVar[str]
+    #: ℓp distances: Foolbox's own ``distance``, independent of the model's layout.
+    lp_distance: ClassVar[Distance | None] = None
+    #: Smallest image side the distance can measure (perceptual distances).
+    min_image_size: ClassVar[int] = 1
 
+    @takes_params(ALMAParams)
     def __init__(
-        self,
-        *,
-        steps: int = 1000,
-        alpha: float | None = None,
-        init_lr_distance: float | None | str = "default",
-        penalty: str = "P2",
-        seed: int = 0,
-        **hyperparameters: Any,
+        self, *, steps: int = ALMA_STEPS, seed: int = 0, params: ALMAParams | None = None
     ) -> None:
+        assert params is not None
         spec = get_distance(self.distance_name)
         self.steps = check_positive_int("steps", steps)
         self.seed = check_positive_int("seed", seed, minimum=0)
-        # The remaining defaults live once, in make_config; unknown names raise a TypeError.
-        self.config = make_config(
-            steps=steps,
-            default_init_lr_distance=spec.init_lr_distance,
-            alpha=alpha,
-            init_lr_distance=init_lr_distance,
-            penalty=penalty,
-            **hyperparameters,
-        )
+        #: The hyperparameters as given (None: the paper's rule for the budget and distance).
+        self.params = params
+        self._resolved = params.for_budget(self.steps, spec.init_lr_distance)
         self.distance_function: DistanceFunction = spec.function
-        self._bounds: Bounds = (0.0, 1.0)
+        # What the perceptual distance measures: (0, 1) channels first, unless this is the
+        # per-call copy made by for_model.
+        self._measured_as: tuple[Bounds, str] = ((0.0, 1.0), CHANNELS_FIRST)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(steps={self.steps}, seed={self.seed}, params={self.params!r})"
+        )
 
     @property
     def distance(self) -> Distance:
-        """The Foolbox distance of the attack. For non-ℓp distances it measures inputs of the
-        bounds of the model last attacked (initially (0, 1))."""
-        return NormalisedDistance(self.distance_name, self._bounds, self.distance_function)
+        """The Foolbox distance of the attack (see "Foolbox conventions" in the class doc)."""
+        if self.lp_distance is not None:
+            return self.lp_distance
+        bounds, layout = self._measured_as
+        return NormalisedDistance(self.distance_name, bounds, self.distance_function, layout)
+
+    def for_model(self, model: Model) -> ALMAAttack:
+        """A copy of this attack whose :attr:`distance` measures inputs of ``model`` (its
+        ``bounds`` and ``data_format``); this attack is left unchanged. ``__call__`` and
+        ``repeat`` use such a copy, so Foolbox's ``clip_perturbation`` and ``Repeated``
+        measure with the right distance."""
+        bound = copy.copy(self)
+        bound._measured_as = (check_bounds(model.bounds), self._layout(model))
+        return bound
+
+    def _layout(self, model: Model) -> str:
+        return CHANNELS_FIRST if self.lp_distance is not None else data_format(model)
 
     def _normalised_early_stop(self, early_stop: float, bounds: Bounds) -> float:
         """Foolbox's ``early_stop`` (units of :attr:`distance`) in the core's [0, 1] units."""
-        if isinstance(self.distance, LpDistance):
+        if self.lp_distance is not None:
             return early_stop / (bounds[1] - bounds[0])  # ‖δ‖ₚ scales linearly with the range
         return early_stop  # NormalisedDistance already measures in [0, 1]
 
-    def check_input_shape(self, inputs: ep.Tensor) -> None:
-        """Raise a ValueError for inputs the distance cannot measure (before any model call)."""
-        if get_distance(self.distance_name).needs_color and (
-            inputs.ndim != 4 or inputs.shape[1] != 3
-        ):
+    def check_input_shape(self, inputs: ep.Tensor, layout: str = CHANNELS_FIRST) -> None:
+        """Raise a ValueError for inputs the distance cannot measure (before any model call);
+        ``layout`` is the model's ``data_format``."""
+        if self.lp_distance is not None:
+            return
+        shape = tuple(inputs.shape)
+        expected = "(N, C, H, W)" if layout == CHANNELS_FIRST else "(N, H, W, C)"
+        name = type(self).__name__
+        if len(shape) != 4:
             raise ValueError(
-                f"{type(self).__name__} needs RGB inputs of shape (N, 3, H, W) (channels first), "
-                f"got inputs of shape {tuple(inputs.shape)}"
+                f"{name} needs a batch of images {expected} (model.data_format={layout!r}), "
+                f"got inputs of shape {shape}"
             )
+        channels, spatial = (
+            (shape[1], shape[2:])
+            if layout == CHANNELS_FIRST
+            else (
+                shape[3],
+                shape[1:3],
+            )
+        )
+        if get_distance(self.distance_name).needs_color and channels != 3:
+            raise ValueError(
+                f"{name} needs RGB inputs {expected} with 3 channels "
+                f"(model.data_format={layout!r}), got inputs of shape {shape}"
+            )
+        if min(spatial) < self.min_image_size:
+            raise ValueError(
+                f"{name} needs images {expected} with H, W >= {self.min_image_size} "
+                f"(model.data_format={layout!r}), got inputs of shape {shape}"
+            )
+
+    def _prepare(self, model: Model, inputs: Any, criterion: Any) -> tuple[Any, Criterion]:
+        """The clear checks of :meth:`run`, before Foolbox's base classes see the call; the
+        inputs (detached, inference-mode safe) in the caller's container and the criterion
+        with framework labels."""
+        _, x = check_model_and_inputs(model, inputs)
+        self.check_input_shape(x, self._layout(model))
+        return like_caller(x, inputs), normalise_criterion(criterion, x)
 
     def __call__(  # type: ignore[misc]
         self,
@@ -98,11 +193,18 @@ class ALMAAttack(MinimizationAttack):
         epsilons: Any,
         **kwargs: Any,
     ) -> Any:
-        """Foolbox's ``MinimizationAttack.__call__``, after the checks of :meth:`run` (clear
-        errors instead of Foolbox's bare ``AssertionError`` on out-of-bounds inputs)."""
-        _, x = check_model_and_inputs(model, inputs)
-        self.check_input_shape(x)
-        return super().__call__(model, inputs, criterion, epsilons=epsilons, **kwargs)
+        """Foolbox's ``MinimizationAttack.__call__`` on :meth:`for_model`'s copy (so epsilons
+        are clipped with this model's distance), after the checks of :meth:`run`."""
+        x, criterion_ = self._prepare(model, inputs, criterion)
+        if len(x) == 0:
+            return empty_batch_result(x, epsilons)
+        bound = self.for_model(model)
+        return MinimizationAttack.__call__(bound, model, x, criterion_, epsilons=epsilons, **kwargs)
+
+    def repeat(self, times: int) -> Attack:
+        """Foolbox's ``Repeated``; ALMA is deterministic, so every repetition returns the same
+        result: n times the cost for exactly the single-call result."""
+        return _Repeated(self, times)
 
     def run(
         self,
@@ -116,39 +218,79 @@ class ALMAAttack(MinimizationAttack):
         """Run ALMA and return the best adversarial per sample (the input where none was found).
 
         Args:
-            model: a Foolbox model; its ``bounds`` and preprocessing are honoured.
+            model: a Foolbox model; its ``bounds``, preprocessing and ``data_format`` are
+                honoured.
             inputs: a batch (N, ...) within ``model.bounds``.
-            criterion: a labels tensor (N,), a ``Misclassification`` or a
-                ``TargetedMisclassification``; the criterion object judges success.
+            criterion: labels (N,) (tensor, array or list of any integer dtype), a
+                ``Misclassification`` or a ``TargetedMisclassification``; the criterion object
+                judges success.
             early_stop: stop once every sample has an adversarial closer than this, in the units
-                of :attr:`distance`.
+                of :attr:`distance` (0 never triggers).
         """
         raise_if_kwargs(kwargs)
         bounds, x = check_model_and_inputs(model, inputs)
-        self.check_input_shape(x)
+        layout = self._layout(model)
+        self.check_input_shape(x, layout)
         _, restore_type = ep.astensor_(inputs)
-        criterion_ = get_criterion(criterion)
-        targeted, classes = goal(criterion_, len(x))
+        targeted, criterion_, classes = goal(criterion, x)
         stop = check_early_stop(early_stop)
         if stop is not None:
             stop = self._normalised_early_stop(stop, bounds)
-        self._bounds = bounds
         if len(x) == 0:
             return restore_type(x)
+        model_fn: Callable[[ep.Tensor], ep.Tensor] = model_function(model)
+        to_caller: Callable[[ep.Tensor], ep.Tensor] | None = None
+        if layout == CHANNELS_LAST:  # the perceptual distances measure channels first
+
+            def model_fn(u: ep.Tensor) -> ep.Tensor:
+                return model_function(model)(to_channels_last(u))
+
+            x, to_caller = to_channels_first(x), to_channels_last
         result = alma_solve(
-            model,
+            model_fn,
             x,
             classes,
             distance=self.distance_function,
-            config=self.config,
+            params=self._resolved,
             steps=self.steps,
             bounds=bounds,
             targeted=targeted,
-            is_adversarial=success_fn(criterion_),
+            is_adversarial=success_fn(criterion_, to_caller),
             early_stop=stop,
             seed=self.seed,
         )
-        return restore_type(result.adversarials)
+        adversarials = result.adversarials
+        if to_caller is not None:
+            adversarials = to_caller(adversarials)
+        return restore_type(adversarials)
+
+
+class _Repeated(Repeated):
+    """Foolbox's ``Repeated`` whose ``epsilons=None`` comparisons use the distance of the
+    attacked model (:meth:`ALMAAttack.for_model`); the wrapped attack is never changed."""
+
+    attack: ALMAAttack
+
+    def __repr__(self) -> str:
+        return f"Repeated(attack={self.attack!r}, times={self.times})"
+
+    def __call__(
+        self, model: Model, inputs: T, criterion: Any, *, epsilons: Any, **kwargs: Any
+    ) -> Any:
+        x, criterion_ = self.attack._prepare(model, inputs, criterion)
+        per_model = Repeated(self.attack.for_model(model), self.times)
+        return per_model(model, x, criterion_, epsilons=epsilons, **kwargs)
+
+    def repeat(self, times: int) -> Repeated:
+        return _Repeated(self.attack, self.times * times)
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr`` without memory addresses: objects with the default ``repr`` show their type."""
+    text = repr(value)
+    if " at 0x" in text or " object at " in text:
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+    return text
 
 
 class L2ALMA(ALMAAttack):
@@ -163,61 +305,49 @@ class L2ALMA(ALMAAttack):
 
     Args:
         steps : Number of optimization steps N.
-        alpha : EMA coefficient α of the multiplier (eq. 9); None: 0.5 at ≤ 100 steps, 0.9
-            at ≥ 1000 steps, log-linear between (Appendix E).
-        init_lr_distance : ε, the distance added by the first step (§3.2.3); "default" takes
-            Table 3's value for the distance (ℓ1: 0.5, ℓ2: 0.1); None uses ``lr_init``.
-        penalty : Penalty-Lagrangian function: "P2" (eq. 10, default), "P1", "P3" or "PHR".
         seed : Seed of the random directions used where a gradient vanishes.
-        **hyperparameters : Forwarded to the core's ``make_config`` (paper defaults otherwise):
-        mu_init : Initial multiplier μ⁽⁰⁾.
-        rho_init : Initial penalty parameter ρ⁽⁰⁾.
-        mu_min : Lower safeguard of μ.
-        mu_max : Upper safeguard of μ.
-        gamma : Growth factor γ of ρ.
-        tau : Required relative improvement τ of the constraint between two ρ checks.
-        check_steps : Number of steps M between two ρ checks.
-        lr_init : Constant initial step size when ``init_lr_distance`` is None.
-        lr_reduction : Final step size as a fraction of the initial one (Fig. 3).
-        rmsprop_decay : RMSProp decay of the squared-gradient average (§3.2.4).
-        momentum : Momentum of the step (§3.2.4).
-        levels : If given, quantise the inputs to this many levels after each step.
+        params : An :class:`~alma_plugin.ALMAParams`, whose fields the keywords below replace.
+        **hyperparameters : Every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
+            ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
+            ``rho_init``, ``mu_min``, ``mu_max``, ``gamma``, ``tau``, ``check_steps``,
+            ``rmsprop_decay``, ``momentum``, ``levels``), with the paper's defaults as
+            ``inspect.signature(L2ALMA)`` shows; None fields follow the paper's rules for the
+            budget (α, Appendix E) and the distance (ε, Table 3).
 """
+        + _CONVENTIONS
         + _REFERENCE
     )
 
     distance_name = "l2"
-
-    @property
-    def distance(self) -> Distance:
-        return l2
+    lp_distance = l2
 
 
 class L1ALMA(ALMAAttack):
     __doc__ = (
         """The ℓ1 Augmented Lagrangian Method for Adversarial attacks (ALMA). [#Rony21]_
 
-    As :class:`L2ALMA`, minimising ‖δ‖₁ (Table 3: ε = 0.5). Same arguments.
+    As :class:`L2ALMA`, minimising ‖δ‖₁ (Table 3: ε = 0.5). Same arguments and Foolbox
+    conventions (immutable, stable ``repr``, deterministic: ``.repeat(n)`` costs n× for the
+    single-call result).
 """
         + _REFERENCE
     )
 
     distance_name = "l1"
-
-    @property
-    def distance(self) -> Distance:
-        return l1
+    lp_distance = l1
 
 
 class CIEDE2000ALMA(ALMAAttack):
     __doc__ = (
         """ALMA minimising the CIEDE2000 distance: the ℓ2 norm of per-pixel ΔE₀₀ (§2.3). [#Rony21]_
 
-    As :class:`L2ALMA`; RGB inputs (N, 3, H, W), mapped from ``model.bounds`` to [0, 1] (other
-    channel counts raise a ValueError). The default ε is 0.4, the paper's ε = 0.05 re-derived for
-    the standard CIELAB scale of :mod:`alma_plugin.distances.color`. :attr:`distance` is a
+    As :class:`L2ALMA`; RGB inputs (N, 3, H, W), or (N, H, W, 3) for a channels-last model
+    (``model.data_format``), mapped from ``model.bounds`` to [0, 1] (other channel counts raise
+    a ValueError). The default ε is 0.4, the paper's ε = 0.05 re-derived for the standard
+    CIELAB scale of :mod:`alma_plugin.distances`. :attr:`distance` is a
     :class:`NormalisedDistance` whose ``clip_perturbation`` shrinks δ until D ≤ ε.
 """
+        + _CONVENTIONS
         + _REFERENCE
     )
 
@@ -229,12 +359,14 @@ class SSIMALMA(ALMAAttack):
         """ALMA minimising 1 − SSIM (Appendix G; ε = 3e-5, Table 3). [#Rony21]_
 
     As :class:`L2ALMA`, with a :class:`NormalisedDistance`; any channel count, images of at
-    least 11×11 pixels (one Gaussian window).
+    least 11×11 pixels (one Gaussian window), either layout (``model.data_format``).
 """
+        + _CONVENTIONS
         + _REFERENCE
     )
 
     distance_name = "ssim"
+    min_image_size = ms_ssim_min_size(1)
 
 
 class MSSSIMALMA(ALMAAttack):
@@ -246,20 +378,20 @@ class MSSSIMALMA(ALMAAttack):
     before any model call; use :class:`SSIMALMA` for them. (Fewer scales would be a different
     distance, with other weights and no published ε, so none is chosen silently.)
 """
+        + _CONVENTIONS
         + _REFERENCE
     )
 
     distance_name = "msssim"
+    min_image_size = ms_ssim_min_size(len(MS_SSIM_WEIGHTS))
 
-    def check_input_shape(self, inputs: ep.Tensor) -> None:
-        super().check_input_shape(inputs)
-        needed = ms_ssim_min_size(len(MS_SSIM_WEIGHTS))
-        if inputs.ndim != 4 or min(inputs.shape[2:]) < needed:
+    def check_input_shape(self, inputs: ep.Tensor, layout: str = CHANNELS_FIRST) -> None:
+        try:
+            super().check_input_shape(inputs, layout)
+        except ValueError as error:
             raise ValueError(
-                f"MSSSIMALMA needs images (N, C, H, W) with H, W >= {needed} (five MS-SSIM "
-                f"scales of an 11x11 window), got inputs of shape {tuple(inputs.shape)}; "
-                "use SSIMALMA for smaller images"
-            )
+                f"{error} (five MS-SSIM scales of an 11x11 window); use SSIMALMA for smaller images"
+            ) from None
 
 
 class LPIPSALMA(ALMAAttack):
@@ -271,22 +403,36 @@ class LPIPSALMA(ALMAAttack):
 
     Args:
         lpips : the LPIPS network to use, e.g.
-            ``alma_plugin.distances.lpips.LPIPS(backbone_weights=..., linear_weights=...)``
+            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``
             (any callable (x_adv, x) → (N,) on eagerpy tensors in [0, 1]). None: the default
             weights, looked for locally on first use (nothing is downloaded).
-        **kwargs : as :class:`L2ALMA`.
+        steps, seed, params, **hyperparameters : as :class:`L2ALMA`.
 """
+        + _CONVENTIONS
         + _REFERENCE
     )
 
     distance_name = "lpips"
+    min_image_size = 31  # relu5 of AlexNet needs 31×31 inputs
 
-    def __init__(self, *, lpips: DistanceFunction | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    @takes_params(ALMAParams)
+    def __init__(
+        self,
+        *,
+        steps: int = ALMA_STEPS,
+        seed: int = 0,
+        lpips: DistanceFunction | None = None,
+        params: ALMAParams | None = None,
+    ) -> None:
+        super().__init__(steps=steps, seed=seed, params=params)
+        self.lpips = lpips
         if lpips is not None:
             if not callable(lpips):
                 raise TypeError(
-                    "lpips must be an alma_plugin.distances.lpips.LPIPS instance (or a callable "
+                    "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
                     f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
                 )
             self.distance_function = lpips
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, lpips={_stable_repr(self.lpips)})"

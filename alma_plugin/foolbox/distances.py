@@ -4,13 +4,16 @@ in which the ALMA paper (Rony et al., ICCV 2021, Table 3) states its ε."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import eagerpy as ep
 from foolbox.attacks.base import T
 from foolbox.devutils import atleast_kd
 from foolbox.distances import Distance
 
-from ..core.validation import Bounds, check_bounds
+from ..core.validation import Bounds, check_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
+from ._common import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first
 
 __all__ = ["NormalisedDistance"]
 
@@ -25,32 +28,61 @@ class NormalisedDistance(Distance):
     :meth:`clip_perturbation` really clips: where D(x + δ, x) > ε, the perturbation δ is shrunk
     to s·δ with the largest s ∈ [0, 1] found by bisection such that D(x + s·δ, x) ≤ ε (D need
     not be convex in s; the returned point always satisfies the bound), and inputs already
-    within ε are returned unchanged.
+    within ε are returned unchanged. Distances are computed in at least float32 (float16 and
+    bfloat16 inputs are measured in float32); results keep the inputs' dtype and layout.
 
     Args:
         name: a name of ``alma_plugin.distances.DISTANCES``.
         bounds: the (lower, upper) range of the inputs it measures.
         function: replaces the registry's function for ``name`` (e.g. an
-            :class:`alma_plugin.distances.lpips.LPIPS` with user-supplied weights); a callable
-            (x_adv, x) → (N,) on eagerpy tensors in [0, 1].
+            :class:`alma_plugin.distances.LPIPS` with user-supplied weights); a callable
+            (x_adv, x) → (N,) on eagerpy tensors in [0, 1], channels first.
+        data_format: the layout of the inputs it measures, ``"channels_first"`` (N, C, H, W)
+            or ``"channels_last"`` (N, H, W, C), as Foolbox models state it
+            (``model.data_format``); channels-last inputs are transposed before measuring.
     """
 
     def __init__(
-        self, name: str, bounds: Bounds = (0.0, 1.0), function: DistanceFunction | None = None
+        self,
+        name: str,
+        bounds: Bounds = (0.0, 1.0),
+        function: DistanceFunction | None = None,
+        data_format: str = CHANNELS_FIRST,
     ) -> None:
         self.spec = get_distance(name)
         self.bounds = check_bounds(bounds)
         if function is not None and not callable(function):
             raise TypeError(f"function must be callable (x_adv, x) -> (N,), got {function!r}")
+        if data_format not in (CHANNELS_FIRST, CHANNELS_LAST):
+            raise ValueError(
+                f"data_format must be '{CHANNELS_FIRST}' or '{CHANNELS_LAST}', got {data_format!r}"
+            )
         self.function: DistanceFunction = self.spec.function if function is None else function
+        self.data_format = data_format
 
     def __repr__(self) -> str:
-        return f"NormalisedDistance({self.spec.name!r}, bounds={self.bounds})"
+        layout = "" if self.data_format == CHANNELS_FIRST else f", data_format={self.data_format!r}"
+        return f"NormalisedDistance({self.spec.name!r}, bounds={self.bounds}{layout})"
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is type(self) and (
+            self.spec,
+            self.bounds,
+            self.function,
+            self.data_format,
+        ) == (other.spec, other.bounds, other.function, other.data_format)
+
+    def __hash__(self) -> int:
+        return hash((self.spec.name, self.bounds, self.data_format))
 
     def _measure(self, references: ep.Tensor, perturbed: ep.Tensor) -> ep.Tensor:
         lower, upper = self.bounds
         scale = upper - lower
-        return self.function((perturbed - lower) / scale, (references - lower) / scale)
+        dtype = working_dtype(references)
+        x, y = references.astype(dtype), perturbed.astype(dtype)
+        if self.data_format == CHANNELS_LAST:
+            x, y = to_channels_first(x), to_channels_first(y)
+        return self.function((y - lower) / scale, (x - lower) / scale)
 
     def __call__(self, references: T, perturbed: T) -> T:
         """D(perturbed, references) per sample, shape (N,)."""
@@ -60,16 +92,24 @@ class NormalisedDistance(Distance):
     def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
         """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon``."""
         (x, y), restore_type = ep.astensors_(references, perturbed)
-        delta = y - x
         inside = self._measure(x, y) <= epsilon
         if inside.all().item():
             return restore_type(y)
-        low = ep.zeros(x, len(x)).astype(x.dtype)  # D(x, x) = 0 ≤ ε: always feasible
-        high = ep.ones(x, len(x)).astype(x.dtype)
+        dtype = working_dtype(x)
+        xw = x.astype(dtype)
+        delta = y.astype(dtype) - xw
+        low = ep.zeros(xw, len(x)).astype(dtype)  # D(x, x) = 0 ≤ ε: always feasible
+        high = ep.ones(xw, len(x)).astype(dtype)
+
+        def candidate(scale: ep.Tensor) -> ep.Tensor:
+            # Rounded to the caller's dtype before it is measured: the point returned is the
+            # point checked, so D ≤ ε holds in bfloat16 / float16 too.
+            return (xw + atleast_kd(scale, x.ndim) * delta).astype(x.dtype)
+
         for _ in range(_CLIP_BISECTION_STEPS):
             mid = (low + high) / 2
-            feasible = self._measure(x, x + atleast_kd(mid, x.ndim) * delta) <= epsilon
+            feasible = self._measure(x, candidate(mid)) <= epsilon
             low = ep.where(feasible, mid, low)
             high = ep.where(feasible, high, mid)
-        shrunk = x + atleast_kd(low, x.ndim) * delta
+        shrunk = candidate(low)
         return restore_type(ep.where(atleast_kd(inside, x.ndim), y, shrunk))

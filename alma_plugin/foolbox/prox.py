@@ -7,14 +7,23 @@ from __future__ import annotations
 from typing import Any
 
 import eagerpy as ep
-from foolbox.attacks.base import MinimizationAttack, T, get_criterion, raise_if_kwargs
+from foolbox.attacks.base import MinimizationAttack, T, raise_if_kwargs
 from foolbox.criteria import Misclassification, TargetedMisclassification
 from foolbox.distances import linf
 from foolbox.models import Model
 
-from ..core.prox_solver import ProxParams, alma_prox_solve, make_params
-from ..core.validation import check_positive_int
-from ._common import check_early_stop, check_model_and_inputs, goal, success_fn
+from ..core.params import PROX_STEPS, ProxParams, takes_params
+from ..core.prox_solver import alma_prox_solve
+from ..core.validation import check_early_stop, check_positive_int
+from ._common import (
+    check_model_and_inputs,
+    empty_batch_result,
+    goal,
+    like_caller,
+    model_function,
+    normalise_criterion,
+    success_fn,
+)
 
 __all__ = ["LinfALMAProx"]
 
@@ -32,20 +41,28 @@ class LinfALMAProx(MinimizationAttack):
 
     Args:
         steps : Number of iterations N. The thesis' defaults are tuned for 500 (§5.5.5.3).
-        params : A :class:`alma_plugin.core.prox_solver.ProxParams`; None:
-            :data:`~alma_plugin.core.prox_solver.CLASSIFICATION_PARAMS`.
-        **overrides : Fields of ``ProxParams`` to change, e.g. ``init_lr`` (λ⁽⁰⁾, default 0.1),
-            ``final_lr`` (λ⁽ᴺ⁾, 0.01), ``alpha`` (0.8), ``rho_init`` (0.01), ``gamma`` (2),
-            ``scale_rate`` (γ_w, 0.02), ``mu_init``, ``tau``, ``check_steps``.
+        params : A :class:`~alma_plugin.ProxParams`, whose fields the keywords below replace.
+        **hyperparameters : Every field of :class:`~alma_plugin.ProxParams` (``init_lr``,
+            ``lr_reduction``, ``alpha``, ``rho_init``, ``gamma``, ``scale_rate``, ...), with
+            the defaults ``inspect.signature(LinfALMAProx)`` shows.
 
-    The thesis' step sizes λ⁽⁰⁾ = 10⁻³ → λ⁽ᴺ⁾ = 10⁻⁴ (§5.5.5.3) were chosen for segmentation,
-    where minimal norms are ≈ 0.3/255. Classification norms are ~100× larger and the defaults
-    are 10⁻¹ → 10⁻² (see ``CLASSIFICATION_PARAMS``); pass smaller values for models whose
+    The thesis' λ⁽⁰⁾ = 10⁻³ (§5.5.5.3) was chosen for segmentation, where minimal norms are
+    ≈ 0.3/255; classification norms are ~100× larger, so ``init_lr=None`` takes
+    ``PROX_INIT_LR["classification"]`` (0.1). Pass a smaller ``init_lr`` for models whose
     minimal ℓ∞ norms are far below 0.1 (e.g. ImageNet, where they are ≈ 1/255).
 
-    ``early_stop`` (passed by Foolbox when every epsilon is a number) is accepted but not used:
-    the ALMA prox solver always runs its ``steps`` iterations. Results are unaffected; only
-    the run time is.
+    Foolbox conventions:
+        * ``early_stop`` (Foolbox passes ``min(epsilons)`` when no epsilon is None; raw units
+          of ``model.bounds``, as ``fb.distances.linf``) ends the run once every sample has an
+          adversarial with ‖δ‖∞ below it; 0 is accepted and never triggers.
+        * Immutable: calling or running the attack never changes it; ``repr`` lists the
+          constructor's arguments (the merged ``ProxParams``), stable across processes.
+        * ``.repeat(n)``: ALMA prox is deterministic (no randomness at all), so
+          ``attack.repeat(n)`` runs the same attack n times at n times the cost and returns
+          exactly the single-call result, as for Foolbox's DDN and FMN.
+        * Labels: a tensor, NumPy array or list of any integer dtype, or a
+          ``Misclassification`` / ``TargetedMisclassification`` holding one. float16 and
+          bfloat16 models are called in their dtype; the attack computes in float32.
 
     References:
         .. [#Rony23] Jérôme Rony, Jean-Christophe Pesquet, Ismail Ben Ayed, "Proximal Splitting
@@ -55,9 +72,11 @@ class LinfALMAProx(MinimizationAttack):
 
     distance = linf
 
-    def __init__(self, *, steps: int = 500, params: ProxParams | None = None, **overrides: Any):
+    @takes_params(ProxParams)
+    def __init__(self, *, steps: int = PROX_STEPS, params: ProxParams | None = None) -> None:
+        assert params is not None
         self.steps = check_positive_int("steps", steps)
-        self.params = make_params(params, overrides, classification=True)
+        self.params = params
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps}, params={self.params})"
@@ -71,9 +90,14 @@ class LinfALMAProx(MinimizationAttack):
         epsilons: Any,
         **kwargs: Any,
     ) -> Any:
-        """Foolbox's ``MinimizationAttack.__call__``, after clear checks of model and inputs."""
-        check_model_and_inputs(model, inputs)
-        return super().__call__(model, inputs, criterion, epsilons=epsilons, **kwargs)
+        """Foolbox's ``MinimizationAttack.__call__``, after clear checks of model, inputs (then
+        detached, inference-mode safe) and criterion (labels of any integer dtype/container)."""
+        _, x = check_model_and_inputs(model, inputs)
+        criterion_ = normalise_criterion(criterion, x)
+        x_ = like_caller(x, inputs)
+        if len(x) == 0:
+            return empty_batch_result(x_, epsilons)
+        return super().__call__(model, x_, criterion_, epsilons=epsilons, **kwargs)
 
     def run(
         self,
@@ -89,26 +113,30 @@ class LinfALMAProx(MinimizationAttack):
         Args:
             model: a Foolbox model; its ``bounds`` and preprocessing are honoured.
             inputs: a batch (N, ...) within ``model.bounds``.
-            criterion: a labels tensor (N,), a ``Misclassification`` or a
-                ``TargetedMisclassification``; the criterion object judges success.
-            early_stop: validated, then ignored (the solver has no early stop).
+            criterion: labels (N,) (tensor, array or list of any integer dtype), a
+                ``Misclassification`` or a ``TargetedMisclassification``; the criterion object
+                judges success.
+            early_stop: stop once every sample has an adversarial with ‖δ‖∞ below this, in the
+                raw units of ``model.bounds`` (0 never triggers).
         """
         raise_if_kwargs(kwargs)
         bounds, x = check_model_and_inputs(model, inputs)
         _, restore_type = ep.astensor_(inputs)
-        criterion_ = get_criterion(criterion)
-        targeted, classes = goal(criterion_, len(x))
-        check_early_stop(early_stop)
+        targeted, criterion_, classes = goal(criterion, x)
+        stop = check_early_stop(early_stop)
+        if stop is not None:  # ‖δ‖∞ scales linearly with the range; the solver works in [0, 1]
+            stop = stop / (bounds[1] - bounds[0])
         if len(x) == 0:
             return restore_type(x)
         result = alma_prox_solve(
-            model,
+            model_function(model),
             x,
             classes,
             bounds=bounds,
             targeted=targeted,
             steps=self.steps,
             is_adversarial=success_fn(criterion_),
-            params=self.params,
+            params=self.params.for_task("classification"),
+            early_stop=stop,
         )
         return restore_type(result.adversarials)

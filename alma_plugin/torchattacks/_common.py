@@ -11,7 +11,6 @@ import eagerpy as ep
 import torch
 from torchattacks.attack import Attack
 
-from ..core.prox_solver import ProxParams, make_params
 from ..core.validation import as_labels, as_tensor, check_inputs
 from ..distances import DistanceSpec, get_distance
 
@@ -38,11 +37,6 @@ def is_linf(distance: Any) -> bool:
 def resolve_distance(distance: Any) -> DistanceSpec:
     """The registry entry for ``distance``, or :data:`LINF` for the ℓ∞ names."""
     return LINF if is_linf(distance) else get_distance(distance)
-
-
-def prox_params(overrides: dict[str, Any]) -> ProxParams:
-    """Validated ALMA prox hyperparameters for classification (unknown names: TypeError)."""
-    return make_params(None, overrides, classification=True)
 
 
 def check_tensor(name: str, value: Any) -> torch.Tensor:

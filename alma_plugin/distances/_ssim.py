@@ -9,7 +9,7 @@ structural similarity", IEEE TIP 2004) compares local statistics under a Gaussia
 
 with C₁ = (K₁ L)², C₂ = (K₂ L)², K₁ = 0.01, K₂ = 0.03, data range L = 1 and population
 (weighted) moments. Colour images use the mean over channels (ALMA paper, Appendix G), and the
-attack minimises ``1 − SSIM`` (:func:`ssim`).
+attack minimises ``1 − SSIM`` (:func:`ssim`; :func:`msssim` for ``1 − MS-SSIM``).
 
 The filter is "valid": only windows lying entirely inside the image are averaged. This is
 exactly what ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -28,7 +28,8 @@ per channel, then averaged over channels (as in TensorFlow's ``ssim_multiscale``
 factor is clamped below at 1e-8 so that the fractional powers stay differentiable.
 The coarsest scale must still hold one 11×11 window, so images need
 ``min(H, W) ≥ 11 · 2^(M−1)`` = **176** pixels for the default five scales; smaller images
-raise ``ValueError`` (pass fewer ``weights`` to use fewer scales, e.g. three weights need 44).
+raise ``ValueError`` (the internal :func:`ms_ssim_index` takes fewer ``weights`` for fewer
+scales, e.g. three weights need 44).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from collections.abc import Sequence
 
 import eagerpy as ep
 import numpy as np
+
+from ._common import distance_function, flatten
 
 K1 = 0.01
 K2 = 0.03
@@ -107,15 +110,17 @@ def _ssim_terms(x_adv: ep.Tensor, x: ep.Tensor, data_range: float) -> tuple[ep.T
     rows = ep.from_numpy(x, _valid_filter_matrix(height, SIGMA, RADIUS)).astype(x.dtype)
     cols_t = ep.from_numpy(x, _valid_filter_matrix(width, SIGMA, RADIUS).T.copy()).astype(x.dtype)
 
-    def filt(t: ep.Tensor) -> ep.Tensor:
-        return _gaussian_filter(t, rows, cols_t)
-
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
-    mu_a, mu_b = filt(x_adv), filt(x)
-    var_a = filt(x_adv * x_adv) - mu_a * mu_a
-    var_b = filt(x * x) - mu_b * mu_b
-    cov = filt(x_adv * x) - mu_a * mu_b
+    # The five local moments in one filter pass: (5, N, C, H, W) → (5·N, C, H, W).
+    n, c, h, w = x.shape
+    moments = ep.stack([x_adv, x, x_adv * x_adv, x * x, x_adv * x], axis=0)
+    filtered = _gaussian_filter(moments.reshape((5 * n, c, h, w)), rows, cols_t)
+    filtered = filtered.reshape((5, n, c, filtered.shape[2], filtered.shape[3]))
+    mu_a, mu_b, e_aa, e_bb, e_ab = (filtered[k] for k in range(5))
+    var_a = e_aa - mu_a * mu_a
+    var_b = e_bb - mu_b * mu_b
+    cov = e_ab - mu_a * mu_b
     luminance = (2 * mu_a * mu_b + c1) / (mu_a * mu_a + mu_b * mu_b + c1)
     contrast_structure = (2 * cov + c2) / (var_a + var_b + c2)
     return luminance, contrast_structure
@@ -131,11 +136,15 @@ def ssim_index(x_adv: ep.Tensor, x: ep.Tensor, data_range: float = 1.0) -> ep.Te
     """
     _check_images(x_adv, x, WINDOW)
     luminance, contrast_structure = _ssim_terms(x_adv, x, data_range)
-    return (luminance * contrast_structure).flatten(start=1).mean(axis=1)
+    return flatten(luminance * contrast_structure).mean(axis=1)
 
 
+@distance_function
 def ssim(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """SSIM dissimilarity ``1 − SSIM(x̃, x)`` per sample, shape (N,); 0 where x̃ = x."""
+    """SSIM dissimilarity ``1 − SSIM(x̃, x)`` per sample, shape (N,); 0 where x̃ = x.
+
+    Images of shape (N, C, H, W) with H, W ≥ 11, values in [0, 1] (data range 1).
+    """
     return 1 - ssim_index(x_adv, x)
 
 
@@ -174,14 +183,14 @@ def ms_ssim_index(
             raise
         raise ValueError(
             f"{error} for MS-SSIM with {len(weights)} scales (11·2^(M−1)); "
-            f"pass fewer weights for fewer scales or use ssim"
+            "use ssim for smaller images"
         ) from None
     log_index: ep.Tensor | None = None
     for scale, beta in enumerate(weights):
         luminance, contrast_structure = _ssim_terms(x_adv, x, data_range)
         last = scale == len(weights) - 1
         term = luminance * contrast_structure if last else contrast_structure
-        per_channel = ep.maximum(term.flatten(start=2).mean(axis=2), _CLAMP)  # (N, C)
+        per_channel = ep.maximum(flatten(term, 2).mean(axis=2), _CLAMP)  # (N, C)
         weighted = beta * per_channel.log()
         log_index = weighted if log_index is None else log_index + weighted
         if not last:
@@ -190,8 +199,12 @@ def ms_ssim_index(
     return log_index.exp().mean(axis=1)
 
 
-def ms_ssim(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """MS-SSIM dissimilarity ``1 − MS-SSIM(x̃, x)`` per sample (five scales), shape (N,)."""
+@distance_function
+def msssim(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+    """MS-SSIM dissimilarity ``1 − MS-SSIM(x̃, x)`` per sample (five scales), shape (N,).
+
+    Images of shape (N, C, H, W) with min(H, W) ≥ ``ms_ssim_min_size()`` = 176.
+    """
     return 1 - ms_ssim_index(x_adv, x)
 
 
@@ -201,9 +214,9 @@ __all__ = [
     "MS_SSIM_WEIGHTS",
     "SIGMA",
     "gaussian_window",
-    "ms_ssim",
     "ms_ssim_index",
     "ms_ssim_min_size",
+    "msssim",
     "ssim",
     "ssim_index",
     "valid_filter_matrix",

@@ -1,4 +1,4 @@
-"""LPIPS (AlexNet, v0.1) as a per-sample, differentiable distance on PyTorch eagerpy tensors.
+"""LPIPS (AlexNet, v0.1) as a per-sample, differentiable distance on PyTorch tensors.
 
 Zhang, Isola, Efros, Shechtman & Wang, "The unreasonable effectiveness of deep features as a
 perceptual metric", CVPR 2018, eq. 1:
@@ -33,14 +33,15 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
+from typing import TypeVar, Union
 
 import eagerpy as ep
 import torch
 from torch import nn
 
 from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
-from .color import check_color_input
+from ._color import check_color_input
+from ._common import apply_distance
 
 ALEXNET_HUB_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_LINEAR_FILE = ("weights", "v0.1", "alex.pth")
@@ -48,6 +49,7 @@ SHIFT: tuple[float, float, float] = (-0.030, -0.088, -0.188)
 SCALE: tuple[float, float, float] = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10
 
+T = TypeVar("T")
 WeightsSource = Union[str, "os.PathLike[str]", Mapping[str, torch.Tensor], None]
 
 
@@ -122,6 +124,16 @@ def _safe_unit_normalize(y: torch.Tensor) -> torch.Tensor:
     return y / (norm + NORM_EPS)
 
 
+def check_lpips_input(x_adv: ep.Tensor) -> None:
+    """Raise unless ``x_adv`` is an eagerpy PyTorch RGB batch (``x`` matches it already)."""
+    if not isinstance(x_adv, ep.PyTorchTensor):
+        raise TypeError(
+            "LPIPS needs PyTorch tensors (its network is a torch module), got "
+            f"{type(x_adv.raw).__module__}.{type(x_adv.raw).__qualname__}"
+        )
+    check_color_input(x_adv, "x_adv")
+
+
 class LPIPSNetwork(nn.Module):
     """AlexNet trunk + the five non-negative linear heads; maps [0, 1] image pairs to (N,)."""
 
@@ -167,7 +179,7 @@ class LPIPSNetwork(nn.Module):
 
 
 class LPIPS:
-    """LPIPS-AlexNet distance: ``LPIPS(...)(x_adv, x)`` maps eagerpy NCHW batches to (N,).
+    """LPIPS-AlexNet distance: ``LPIPS(...)(x_adv, x)`` maps NCHW batches to (N,).
 
     Args:
         backbone_weights: path to (or state dict of) a torchvision-format AlexNet; default: the
@@ -175,7 +187,8 @@ class LPIPS:
         linear_weights: path to (or state dict of) the lpips v0.1 AlexNet linear layers;
             default: the file shipped in an installed ``lpips`` package.
 
-    Only PyTorch tensors are supported; the network follows the input's device and dtype.
+    Only PyTorch tensors are supported (others raise ``TypeError``); the network follows the
+    input's device and its compute dtype (float32 for 16-bit inputs).
     """
 
     def __init__(
@@ -198,19 +211,18 @@ class LPIPS:
         """LPIPS on raw torch tensors (N, 3, H, W) in [0, 1] → (N,)."""
         return self._network_for(x)(x_adv, x)
 
-    def __call__(self, x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-        check_color_input(x_adv, "x_adv")
-        check_color_input(x, "x")
-        if x_adv.shape != x.shape:
-            raise ValueError(
-                f"x_adv and x must have the same shape, got {tuple(x_adv.shape)} and "
-                f"{tuple(x.shape)}"
-            )
-        if not isinstance(x, ep.PyTorchTensor) or not isinstance(x_adv, ep.PyTorchTensor):
-            raise TypeError(
-                f"LPIPS needs PyTorch tensors, got {type(x_adv).__name__} and {type(x).__name__}"
-            )
+    def eager_distance(self, x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+        """LPIPS on eagerpy PyTorch tensors, without the package's input contract."""
+        check_lpips_input(x_adv)
         return ep.astensor(self.torch_distance(x_adv.raw, x.raw))
+
+    def __call__(self, x_adv: T, x: T) -> T:
+        """LPIPS per sample, shape (N,), of RGB batches (N, 3, H, W) in [0, 1] (H, W ≥ 31).
+
+        Takes raw torch or eagerpy tensors and returns the same type (see
+        :mod:`alma_plugin.distances` for dtypes and NaN handling).
+        """
+        return apply_distance(self.eager_distance, x_adv, x)
 
 
 _DEFAULT: LPIPS | None = None
@@ -222,8 +234,3 @@ def default_lpips() -> LPIPS:
     if _DEFAULT is None:
         _DEFAULT = LPIPS()
     return _DEFAULT
-
-
-def lpips(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """LPIPS-AlexNet (v0.1) per sample with the default weights, loaded lazily on first call."""
-    return default_lpips()(x_adv, x)

@@ -39,6 +39,8 @@ from typing import Any
 
 import eagerpy as ep
 
+from ._common import distance_function, flatten, safe_sqrt
+
 # sRGB primaries, D65 (ALMA paper eq. 13; IEC 61966-2-1).
 RGB_TO_XYZ: tuple[tuple[float, float, float], ...] = (
     (0.4124564, 0.3575761, 0.1804375),
@@ -60,11 +62,11 @@ _POW25_7 = 25.0**7
 _DEG = math.pi / 180
 
 
-def check_color_input(x: ep.Tensor, argument: str = "x") -> None:
+def check_color_input(x: Any, argument: str = "x") -> None:
     """Raise ``ValueError`` unless ``x`` is an RGB batch of shape (N, 3, H, W).
 
     Args:
-        x: the tensor to check.
+        x: the tensor to check (eagerpy or raw; only its ``shape`` is read).
         argument: the argument's name, quoted in the error message.
     """
     shape = tuple(x.shape)
@@ -72,15 +74,6 @@ def check_color_input(x: ep.Tensor, argument: str = "x") -> None:
         raise ValueError(
             f"{argument} must be a batch of RGB images of shape (N, 3, H, W) with values in "
             f"[0, 1] (colour distances need 3 channels, NCHW), got {argument}.shape={shape}"
-        )
-
-
-def _check_pair(x_adv: ep.Tensor, x: ep.Tensor) -> None:
-    check_color_input(x_adv, "x_adv")
-    check_color_input(x, "x")
-    if x_adv.shape != x.shape:
-        raise ValueError(
-            f"x_adv and x must have the same shape, got {tuple(x_adv.shape)} and {tuple(x.shape)}"
         )
 
 
@@ -124,12 +117,6 @@ def _atan2(y: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     )
     angle = ep.where(angle < 0, angle + 2 * math.pi, angle)
     return ep.where(origin, 0, angle)
-
-
-def _safe_sqrt(x: ep.Tensor) -> ep.Tensor:
-    """√x for x ≥ 0 with gradient 0 (not ∞ or NaN) at x = 0; 0 for x ≤ 0."""
-    positive = x > 0
-    return ep.where(positive, ep.where(positive, x, 1).sqrt(), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,14 +180,12 @@ def ciede2000_squared_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     l2, a2, b2 = lab2[:, 0], lab2[:, 1], lab2[:, 2]
 
     # 1. C*ᵢ, C̄*, G, a′ᵢ, C′ᵢ, h′ᵢ.
-    c_star_mean = (
-        _safe_sqrt(a1.square() + b1.square()) + _safe_sqrt(a2.square() + b2.square())
-    ) / 2
+    c_star_mean = (safe_sqrt(a1.square() + b1.square()) + safe_sqrt(a2.square() + b2.square())) / 2
     c7 = c_star_mean.pow(7)
-    g = 0.5 * (1 - _safe_sqrt(c7 / (c7 + _POW25_7)))
+    g = 0.5 * (1 - safe_sqrt(c7 / (c7 + _POW25_7)))
     a1p, a2p = (1 + g) * a1, (1 + g) * a2
-    c1p = _safe_sqrt(a1p.square() + b1.square())
-    c2p = _safe_sqrt(a2p.square() + b2.square())
+    c1p = safe_sqrt(a1p.square() + b1.square())
+    c2p = safe_sqrt(a2p.square() + b2.square())
     h1p, h2p = _atan2(b1, a1p), _atan2(b2, a2p)
 
     # 2. ΔL′, ΔC′, Δh′, ΔH′.
@@ -211,7 +196,7 @@ def ciede2000_squared_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     dh = h2p - h1p
     dh = ep.where(dh > math.pi, dh - 2 * math.pi, ep.where(dh < -math.pi, dh + 2 * math.pi, dh))
     dh = ep.where(achromatic, 0, dh)
-    delta_h = 2 * _safe_sqrt(c_product) * _sin(dh / 2)
+    delta_h = 2 * safe_sqrt(c_product) * _sin(dh / 2)
 
     # 3. L̄′, C̄′, h̄′ and the weighting functions.
     l_mean = (l1 + l2) / 2
@@ -231,7 +216,7 @@ def ciede2000_squared_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     )
     delta_theta = 30 * _DEG * ep.exp(-((h_mean / _DEG - 275) / 25).square())
     c_mean7 = c_mean.pow(7)
-    r_c = 2 * _safe_sqrt(c_mean7 / (c_mean7 + _POW25_7))
+    r_c = 2 * safe_sqrt(c_mean7 / (c_mean7 + _POW25_7))
     l50 = (l_mean - 50).square()
     s_l = 1 + 0.015 * l50 / (20 + l50).sqrt()
     s_c = 1 + 0.045 * c_mean
@@ -242,14 +227,15 @@ def ciede2000_squared_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     term_c = delta_c / s_c
     term_h = delta_h / s_h
     squared = term_l.square() + term_c.square() + term_h.square() + r_t * term_c * term_h
-    return ep.maximum(squared, 0)
+    return ep.where(squared < 0, 0, squared)  # rounding can dip below 0; NaN stays NaN
 
 
 def ciede2000_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     """Per-pixel ΔE₀₀ of CIELAB tensors (axis 1 = L*, a*, b*); shapes (N, 3, ...) → (N, ...)."""
-    return _safe_sqrt(ciede2000_squared_lab(lab1, lab2))
+    return safe_sqrt(ciede2000_squared_lab(lab1, lab2))
 
 
+@distance_function
 def ciede2000(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """CIEDE2000 distance of RGB batches: ``(Σₚ ΔE₀₀(x̃ₚ, xₚ)²)^½`` per sample, shape (N,).
 
@@ -259,8 +245,8 @@ def ciede2000(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
 
     Returns:
         The ℓ2 norm over pixels of the per-pixel ΔE₀₀, on the standard CIELAB scale (white
-        L* = 100), with gradient 0 (finite) where x̃ = x.
+        L* = 100), with gradient 0 (finite) where x̃ = x; NaN for a sample holding NaN/Inf.
     """
-    _check_pair(x_adv, x)
+    check_color_input(x_adv, "x_adv")
     squared = ciede2000_squared_lab(rgb_to_lab(x_adv), rgb_to_lab(x))
-    return _safe_sqrt(squared.flatten(start=1).sum(axis=1))
+    return safe_sqrt(flatten(squared).sum(axis=1))

@@ -1,0 +1,79 @@
+"""The constraints of ALMA prox (thesis eq. 5.3, 5.5): one DLR⁺ per sample in classification,
+one per labelled pixel in dense prediction, flattened to (N, M) for the solver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import eagerpy as ep
+import numpy as np
+
+from .validation import check_logits
+
+__all__ = ["Constraints", "constraint_logits", "make_constraints"]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """labels: (N, M) class indices (0 on unmasked pixels).  mask: (N, M) bool, the pixels m.
+    counts: (N,) ‖m‖₁ as integers.  needed: (N,) satisfied constraints needed for success,
+    ⌈ν‖m‖₁⌉ (eq. 5.19).  shape: the labels' original shape.  dense: per-pixel constraints."""
+
+    labels: ep.Tensor
+    mask: ep.Tensor
+    counts: np.ndarray
+    needed: ep.Tensor
+    shape: tuple[int, ...]
+    dense: bool
+
+
+def make_constraints(
+    labels: ep.Tensor, masks: ep.Tensor | None, nu: float, like: ep.Tensor
+) -> Constraints:
+    """Flatten labels (N,) or (N, *S) and the optional masks; check masks and label values."""
+    n = labels.shape[0]
+    y = labels.reshape((n, -1))
+    if masks is None:
+        mask = ep.ones(y, y.shape).astype(bool)
+    else:
+        values = masks.astype(like.dtype).reshape((n, -1))
+        if not bool(ep.logical_or(values == 0, values == 1).all().item()):
+            raise ValueError("masks must hold only 0/1 (or boolean) values")
+        mask = values > 0
+    counts = mask.astype(like.dtype).sum(axis=1).numpy().astype(np.int64)
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(f"masks must select at least one pixel per sample; empty: {empty}")
+    y = ep.where(mask, y, 0)  # labels of unmasked pixels (e.g. 255) are ignored
+    y = y.astype(ep.arange(y, 1).dtype)  # the framework's index dtype, for the gather
+    if int(y.min().item()) < 0:
+        raise ValueError(f"labels must be >= 0 on masked pixels, got {int(y.min().item())}")
+    # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19)
+    needed = ep.from_numpy(like, np.ceil(nu * counts - 1e-9).astype(np.float32))
+    dense = masks is not None or labels.ndim > 1
+    return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense)
+
+
+def constraint_logits(logits: ep.Tensor, c: Constraints, check: bool) -> ep.Tensor:
+    """Logits (N, K) or (N, K, *S) as (N, M, K); on the first step (``check``) their shape is
+    checked against the labels (K ≥ 2, labels < K)."""
+    n = c.labels.shape[0]
+    if check:
+        if c.dense:
+            if logits.ndim < 3 or (logits.shape[0],) + tuple(logits.shape[2:]) != c.shape:
+                raise ValueError(
+                    f"model outputs must have shape (N, K, *labels.shape[1:]) = (N, K, "
+                    f"{', '.join(map(str, c.shape[1:]))}), got shape {tuple(logits.shape)}"
+                )
+            if logits.shape[1] < 2:
+                raise ValueError(
+                    f"model outputs must have K >= 2 classes on axis 1, got shape "
+                    f"{tuple(logits.shape)}"
+                )
+            flat = logits.reshape((n, logits.shape[1], -1)).transpose((0, 2, 1))
+            check_logits(flat.reshape((-1, logits.shape[1])), c.labels.reshape((-1,)))
+        else:
+            check_logits(logits, c.labels.reshape((-1,)))
+    if not c.dense:
+        return logits.expand_dims(1)
+    return logits.reshape((n, logits.shape[1], -1)).transpose((0, 2, 1))

@@ -1,0 +1,43 @@
+"""The schedules of ALMA prox (thesis §5.4.1, §5.5.5.3): constraint masking (eq. 5.6),
+constraint scaling (eq. 5.8) and the step size λ⁽ᵗ⁾."""
+
+from __future__ import annotations
+
+import eagerpy as ep
+import numpy as np
+
+__all__ = ["constraint_mask", "masking_rank", "scale_update", "step_size"]
+
+
+def masking_rank(counts: np.ndarray, nu: float, progress: float, decay: bool) -> np.ndarray:
+    """Per sample, the 0-based rank of the percentile ξ⁽ᵗ⁾ among its ‖m‖₁ constraints: the
+    kept fraction decays linearly from 100% at the first step to ν at the last (eq. 5.6), or is
+    ν throughout when ``decay`` is False."""
+    fraction = 1 - (1 - nu) * (progress if decay else 1.0)
+    kept = counts - np.floor((1 - fraction) * counts + 1e-9).astype(np.int64)
+    return (kept - 1).reshape(-1, 1)
+
+
+def constraint_mask(d: ep.Tensor, mask: ep.Tensor, rank: ep.Tensor) -> ep.Tensor:
+    """m̃ = m ∧ [d ≤ ξ]: the user mask without the constraints above the percentile ξ⁽ᵗ⁾
+    (the ``rank``-th smallest d among the masked ones)."""
+    if d.shape[1] == 1:
+        return mask
+    ranked = ep.where(mask, d, ep.inf).sort(axis=-1)
+    xi = ranked.take_along_axis(rank, axis=-1)
+    return ep.logical_and(mask, d <= xi)
+
+
+def scale_update(
+    w: ep.Tensor, satisfied: ep.Tensor, needed: ep.Tensor, rate: float, w_min: float
+) -> ep.Tensor:
+    """Eq. 5.8: w grows by 1/(1 − γ_w) while fewer than ``needed`` constraints are satisfied
+    (APSR < ν), shrinks by 1/(1 + γ_w) otherwise, within [w_min, 1]. (Algorithm IV-2 writes τ in
+    step 5; the text of eq. 5.8 compares with ν, which we follow.)"""
+    grow = satisfied < needed.reshape((-1, 1))
+    return ep.where(grow, w / (1 - rate), w / (1 + rate)).clip(w_min, 1.0)
+
+
+def step_size(init_lr: float, lr_reduction: float, progress: float) -> float:
+    """λ⁽ᵗ⁾, decayed geometrically from λ⁽⁰⁾ to λ⁽⁰⁾·r at the last step (§5.5.5.3)."""
+    return init_lr * lr_reduction**progress

@@ -1,0 +1,64 @@
+"""What every attack returns, and what its per-step callback sees: one type for ALMA and
+ALMA prox, in every framework."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+__all__ = ["AttackResult", "StepInfo"]
+
+
+@dataclass(frozen=True)
+class AttackResult(Generic[T]):
+    """The outcome of an attack on a batch of N inputs.
+
+    adversarials: per input, the adversarial with the smallest distance found, or the input
+        itself where none was found; the inputs' type, dtype, device and shape.
+    distances: (N,) D(adversarial, input) in the [0, 1]-normalised input space; +inf where no
+        adversarial was found (ALMA prox: the normalised ‖δ‖∞).
+    success: (N,) bool, an adversarial was found (ALMA prox on dense outputs: APSR ≥ ν).
+    first_success_step: (N,) the step t* of the first success; −1 where none.
+    steps_run: the steps actually run (fewer than asked after an early stop).
+    apsr: (N,) for ALMA prox, the attack pixel success rate of eq. 5.19 of the returned
+        adversarials (1 or 0 in classification); None for ALMA.
+    """
+
+    adversarials: T
+    distances: T
+    success: T
+    first_success_step: T
+    steps_run: int
+    apsr: T | None = None
+
+    def map(self, convert: Callable[[Any], Any]) -> AttackResult[Any]:
+        """The same result with ``convert`` applied to every tensor (e.g. eagerpy → raw)."""
+        changes = {
+            f.name: convert(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "steps_run" and getattr(self, f.name) is not None
+        }
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the ``callback`` of an attack sees after each step t (per-sample tensors of the
+    caller's framework, as in the paper's Fig. 2).
+
+    distance: (N,) D of the iterate judged at this step.  constraint: d = DLR⁺ of each
+    constraint, (N,), or (N, M) for ALMA prox on dense outputs, as are ``mu`` (μ) and ``rho``
+    (ρ).  step_size: (N,) η⁽ᵗ⁾ (ALMA) or λ⁽ᵗ⁾ (ALMA prox).  success: (N,) the iterate is
+    adversarial.
+    """
+
+    step: int
+    distance: Any
+    constraint: Any
+    mu: Any
+    rho: Any
+    step_size: Any
+    success: Any

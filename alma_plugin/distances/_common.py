@@ -1,0 +1,150 @@
+"""The calling convention every public distance follows, and the safe primitives they share.
+
+:func:`distance_function` is the one decorator applied to each public distance. It
+
+* accepts raw framework tensors (PyTorch, JAX, TensorFlow, NumPy) or eagerpy tensors and
+  returns the caller's type (raw in → raw out, eagerpy in → eagerpy out; the type of ``x_adv``
+  decides, as ``ep.astensors_`` + ``restore_type`` do in Foolbox's distances);
+* refuses anything else with a ``TypeError`` / ``ValueError`` naming the argument: non-tensors,
+  two different frameworks, non-floating dtypes, shapes that differ or lack a batch axis;
+* computes in at least float32: float16 / bfloat16 (any dtype narrower than 32 bits) are
+  promoted to float32, a float64 operand makes the computation float64. The result therefore
+  has dtype float32 for 16-bit inputs, and the input dtype otherwise;
+* returns NaN for every sample whose ``x_adv`` or ``x`` holds a NaN or ±Inf, and leaves the
+  other samples' values (and gradients) untouched: a broken image can never look "close".
+
+The primitives :func:`safe_sqrt` and :func:`abs0` keep the gradients finite and
+framework-independent at zero (``√`` has an infinite derivative there, and ``|·|``'s
+sub-gradient at 0 is 0 on PyTorch but 1 on JAX).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import eagerpy as ep
+
+EagerDistance = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
+
+T = TypeVar("T")
+
+_FRAMEWORKS = {
+    ep.PyTorchTensor: "PyTorch",
+    ep.JAXTensor: "JAX",
+    ep.TensorFlowTensor: "TensorFlow",
+    ep.NumPyTensor: "NumPy",
+}
+
+
+class Distance(Protocol):
+    """A per-sample distance ``D(x_adv, x) -> (N,)`` that returns the caller's tensor type."""
+
+    def __call__(self, x_adv: T, x: T) -> T: ...  # pragma: no cover
+
+
+def _describe(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _as_eagerpy(value: Any, name: str) -> ep.Tensor:
+    if isinstance(value, ep.Tensor):
+        return value
+    try:
+        return ep.astensor(value)
+    except ValueError:
+        raise TypeError(
+            f"{name} must be a tensor (PyTorch, JAX, TensorFlow, NumPy or eagerpy), got "
+            f"{_describe(value)}"
+        ) from None
+
+
+def _float_bits(t: ep.Tensor, name: str) -> int:
+    """Width of a floating dtype: 64, 32, or 16 for anything narrower (float16, bfloat16 …)."""
+    dtype = str(t.dtype)
+    # torch.float32, dtype('float32'), <dtype: 'float32'>, bfloat16, float16, float64 …
+    if "float" not in dtype or "complex" in dtype:
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
+            f"got {name}.dtype={t.dtype}"
+        )
+    if "64" in dtype:
+        return 64
+    if "32" in dtype:
+        return 32
+    return 16
+
+
+def prepare(x_adv: Any, x: Any) -> tuple[ep.Tensor, ep.Tensor]:
+    """Validate a pair and bring it to eagerpy tensors of the common compute dtype."""
+    a, b = _as_eagerpy(x_adv, "x_adv"), _as_eagerpy(x, "x")
+    if type(a) is not type(b):
+        raise TypeError(
+            "x_adv and x must be tensors of the same framework, got "
+            f"{_FRAMEWORKS.get(type(a), type(a).__name__)} ({_describe(x_adv)}) and "
+            f"{_FRAMEWORKS.get(type(b), type(b).__name__)} ({_describe(x)})"
+        )
+    if a.ndim < 1:
+        raise ValueError(f"x_adv must have a batch axis (shape (N, ...)), got shape {a.shape}")
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            "x_adv and x must have the same shape (N, ...), got "
+            f"x_adv.shape={tuple(a.shape)} and x.shape={tuple(b.shape)}"
+        )
+    bits_a, bits_b = _float_bits(a, "x_adv"), _float_bits(b, "x")
+    if max(bits_a, bits_b) == 64:
+        dtype = a.dtype if bits_a == 64 else b.dtype
+        return a.astype(dtype), b.astype(dtype)
+    return a.float32(), b.float32()
+
+
+def flatten(t: ep.Tensor, start: int = 1) -> ep.Tensor:
+    """Merge the axes from ``start`` on; unlike ``Tensor.flatten`` also for empty batches."""
+    return t.reshape((*t.shape[:start], math.prod(t.shape[start:])))
+
+
+def finite_samples(*tensors: ep.Tensor) -> ep.Tensor:
+    """Boolean (N,): True where every value of the sample is finite in all ``tensors``."""
+    finite: ep.Tensor | None = None
+    for t in tensors:
+        rows = flatten(ep.logical_not(ep.logical_or(t.isnan(), t.isinf()))).all(axis=1)
+        finite = rows if finite is None else ep.logical_and(finite, rows)
+    assert finite is not None
+    return finite
+
+
+def apply_distance(function: EagerDistance, x_adv: Any, x: Any) -> Any:
+    """Call an eagerpy-level distance under the package's contract (see module docstring)."""
+    a, b = prepare(x_adv, x)
+    value = function(a, b)
+    value = ep.where(finite_samples(a, b), value, math.nan)
+    return value if isinstance(x_adv, ep.Tensor) else value.raw
+
+
+def distance_function(function: EagerDistance) -> Distance:
+    """Decorate an eagerpy-level distance ``(x_adv, x) -> (N,)`` with the package's contract."""
+
+    @functools.wraps(function)
+    def wrapper(x_adv: Any, x: Any) -> Any:
+        return apply_distance(function, x_adv, x)
+
+    return wrapper
+
+
+def safe_sqrt(x: ep.Tensor) -> ep.Tensor:
+    """√x with gradient 0 (not ∞ or NaN) at x = 0; 0 for x < 0; NaN stays NaN.
+
+    The root is taken of a harmless 1 where x ≤ 0 (or NaN) and masked out; there the value is
+    x itself (0 with derivative 0 through the caller's x = Σ d², NaN for NaN).
+    """
+    positive = x > 0
+    root = ep.where(positive, x, 1).sqrt()
+    return ep.where(positive, root, ep.where(x < 0, 0, x))
+
+
+def abs0(x: ep.Tensor) -> ep.Tensor:
+    """|x| with sub-gradient 0 at x = 0 on every backend (``x · sign(x)``)."""
+    return x * x.sign()

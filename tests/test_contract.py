@@ -1,0 +1,330 @@
+"""The contract table (issue 10, in the spirit of Foolbox's ``tests/test_attacks.py``).
+
+Every public entry point — ``alma_plugin.alma``, ``alma_plugin.alma_prox``, each
+Foolbox attack of ``alma_plugin.foolbox``, torchattacks ``ALMA`` and ``MinimalEnsemble``, every
+distance of ``alma_plugin.distances`` — × backend (PyTorch; JAX where supported) × the cases
+users hit (empty batch, batch of 1, every float dtype, every integer label dtype and container,
+K = 1, 2, 3, 10, models that are not differentiable, return non-tensors, return NaN, are in
+training mode or raise midway, channels-first/last, bounds other than (0, 1), requires_grad and
+inference-mode inputs, success predicates of wrong shape or dtype).
+
+The table is data: :func:`table` lists the rows, and one checker,
+:func:`tests.contract_cases.check`, asserts the same invariants
+(:data:`tests.contract_cases.INVARIANTS`) on each.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.contract_cases import (
+    HAS_JAX,
+    INVARIANTS,
+    OK,
+    Case,
+    Expect,
+    alma_case,
+    check,
+    distance_case,
+    either,
+    foolbox_case,
+    prox_case,
+    raises,
+    torchattacks_case,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+P = functools.partial
+MIDWAY = raises("midway", RuntimeError)
+MODEL = raises("model")
+MODEL_OR_RESULT = either("model")
+LABEL_DTYPES = ("uint8", "int8", "int16", "int32", "int64")
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[Case, bool, bool]] = []
+        self.slow = False  # mark the rows added meanwhile as slow
+
+    def add(
+        self,
+        id: str,
+        build: Callable[[], Any],
+        expect: Expect = OK,
+        *,
+        warns: bool = False,
+        jax: bool = False,
+        slow: bool = False,
+    ) -> None:
+        # slow: the first JAX run of a new family of primitives compiles each of them (10-30 s
+        # on one core for ALMA prox, CIEDE2000, SSIM, MS-SSIM): run by CI, not by `-m "not slow"`
+        self.rows.append((Case(id, build, expect, warns), jax, slow or self.slow))
+
+
+def _classifier_cases(
+    t: Table,
+    prefix: str,
+    builder: Callable[..., Any],
+    *,
+    jax: bool = False,
+    warns: bool = False,
+    bounds: bool = True,
+) -> None:
+    """The rows every classification entry point shares (``builder`` takes the options). JAX
+    compiles every primitive per shape and dtype (seconds per new combination), so its rows keep
+    one shape and dtype except where the row is about them."""
+    b = builder
+    t.add(f"{prefix}-basic", P(b), jax=jax)
+    t.add(f"{prefix}-empty", P(b, n=0), jax=jax)
+    t.add(f"{prefix}-K1", P(b, k=1), MODEL, jax=jax)
+    t.add(f"{prefix}-labels-uint8", P(b, labels_dtype="uint8"), jax=jax)
+    if bounds:
+        t.add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)), jax=jax)
+    if not jax:  # a JAX model cannot return NumPy while differentiated (JAX's own error)
+        t.add(f"{prefix}-model-numpy", P(b, variant="numpy"), MODEL)
+    t.add(f"{prefix}-model-nan-far", P(b, variant="nan_far"), jax=jax)
+    t.add(f"{prefix}-model-raises", P(b, variant="raise_train"), MIDWAY, jax=jax,
+          warns=warns and not jax)  # fmt: skip
+    t.add(f"{prefix}-steps-float", P(b, steps=100.0), raises("steps", TypeError), jax=jax)
+    if jax:
+        return
+    t.add(f"{prefix}-batch1", P(b, n=1))
+    t.add(f"{prefix}-targeted", P(b, targeted=True))
+    for k in (2, 10):
+        t.add(f"{prefix}-K{k}", P(b, k=k))
+    for dtype in HALF_DTYPES + ("float64",):
+        t.add(f"{prefix}-{dtype}", P(b, dtype=dtype))
+    for labels in ("int8", "int16", "int32"):
+        t.add(f"{prefix}-labels-{labels}", P(b, labels_dtype=labels))
+    if bounds:
+        t.add(f"{prefix}-bounds-1to1", P(b, bounds=(-1.0, 1.0)))
+    t.add(f"{prefix}-model-argmax", P(b, variant="argmax"), MODEL_OR_RESULT)
+    t.add(f"{prefix}-model-nan", P(b, variant="nan"), MODEL_OR_RESULT)
+    t.add(f"{prefix}-steps-np.int64", P(b, steps=np.int64(5)))
+    t.add(f"{prefix}-model-detached", P(b, variant="detached"), MODEL_OR_RESULT)
+    t.add(f"{prefix}-model-list", P(b, variant="list"), MODEL)
+    t.add(f"{prefix}-model-train", P(b, variant="train"), warns=warns)
+    t.add(f"{prefix}-requires_grad", P(b, mode="requires_grad"))
+    t.add(f"{prefix}-inference_mode", P(b, mode="inference"))
+
+
+def table() -> list[tuple[Case, bool, bool]]:
+    t = Table()
+
+    # alma(): ℓ1 and ℓ2 on PyTorch and JAX
+    for distance in ("l2", "l1"):
+        for jax in (False, True):
+            prefix = f"alma-{distance}-{'jax' if jax else 'torch'}"
+            framework = "jax" if jax else "torch"
+            b = P(alma_case, distance=distance, framework=framework, steps=5 if jax else 10)
+            _classifier_cases(t, prefix, b, jax=jax, warns=True)
+            t.add(f"{prefix}-labels-numpy", P(b, container="numpy", labels_dtype="int16"), jax=jax)
+            t.add(f"{prefix}-labels-list", P(b, container="list"), jax=jax)
+            t.add(f"{prefix}-labels-out-of-range", P(b, label_offset=3), raises("labels"), jax=jax)
+            t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0), jax=jax)
+            if jax:
+                if distance == "l2":
+                    t.add(f"{prefix}-float16", P(b, dtype="float16"), jax=True)
+                    t.add(f"{prefix}-targeted", P(b, targeted=True), jax=True)
+                continue
+            t.add(f"{prefix}-model-batchnorm-train", P(b, variant="batchnorm"), warns=True)
+            t.add(f"{prefix}-conv", P(b, conv=True))
+            t.add(f"{prefix}-channels_last-memory", P(b, conv=True, mode="channels_last"))
+            t.add(f"{prefix}-inputs-outside-bounds", P(b, call_bounds=(0.6, 1.0)),
+                  raises("inputs|bounds"))  # fmt: skip
+    b_torch = P(alma_case, steps=10)
+    b_jax = P(alma_case, framework="jax", steps=5)
+    for name, b, jax in (("torch", b_torch, False), ("jax", b_jax, True)):
+        t.add(f"alma-{name}-predicate-nan-far", P(b, predicate="ok", variant="nan_far"), jax=jax)
+        for wrong in (
+            ("column", "float") if jax else ("column", "longer", "scalar", "float", "none")
+        ):
+            t.add(f"alma-{name}-predicate-{wrong}", P(b, predicate=wrong),
+                  raises("is_adversarial"), jax=jax)  # fmt: skip
+    t.add("alma-torch-predicate-numpy", P(b_torch, predicate="numpy"), either("is_adversarial"))
+    t.add("alma-torch-targeted-out-of-range", P(b_torch, targeted=True, label_offset=3),
+          raises("targets|labels"))  # fmt: skip
+    steps_seen: list[int] = []
+    t.add("alma-torch-callback", P(b_torch, callback=lambda info: steps_seen.append(info.step)))
+
+    def failing_callback(info: Any) -> None:
+        if info.step == 2:
+            raise RuntimeError("callback failed midway (contract test)")
+
+    t.add("alma-torch-callback-raises", P(b_torch, callback=failing_callback), MIDWAY)
+    # perceptual distances through alma() (PyTorch; JAX runs them through Foolbox below)
+    for distance, shape in (("ciede2000", (3, 8, 8)), ("ssim", (1, 12, 12))):
+        prefix = f"alma-{distance}-torch"
+        b = P(alma_case, distance=distance, shape=shape)
+        t.add(f"{prefix}-basic", b)
+        t.add(f"{prefix}-empty", P(b, n=0))
+        t.add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)))
+        t.add(f"{prefix}-model-nan-far", P(b, variant="nan_far"))
+        for dtype in HALF_DTYPES + ("float64",):
+            t.add(f"{prefix}-{dtype}", P(b, dtype=dtype))
+        t.add(f"{prefix}-requires_grad", P(b, mode="requires_grad"))
+    t.add("alma-ciede2000-torch-gray", P(alma_case, distance="ciede2000"), raises("inputs"))
+    t.add("alma-lpips-torch-gray", P(alma_case, distance="lpips"), raises("inputs"))
+    t.add("alma-msssim-torch-small", P(alma_case, distance="msssim", shape=(1, 12, 12)),
+          raises("inputs"))  # fmt: skip
+
+    # segmentation.alma_prox (dense logits)
+    b = P(prox_case)
+    t.add("prox-basic", b)
+    t.add("prox-masked", P(b, masked=True))
+    t.add("prox-targeted", P(b, targeted=True))
+    t.add("prox-batch1", P(b, n=1))
+    t.add("prox-empty", P(b, n=0), either("images|inputs"))
+    t.add("prox-K1", P(b, k=1), MODEL)
+    for k in (2, 10):
+        t.add(f"prox-K{k}", P(b, k=k))
+    for dtype in HALF_DTYPES + ("float64",):
+        t.add(f"prox-{dtype}", P(b, dtype=dtype))
+    for labels in LABEL_DTYPES[:-1]:
+        t.add(f"prox-labels-{labels}", P(b, labels_dtype=labels))
+    t.add("prox-labels-numpy", P(b, container="numpy"), either("labels"))
+    t.add("prox-labels-list", P(b, container="list"), either("labels"))
+    t.add("prox-bounds255", P(b, bounds=(0.0, 255.0)))
+    t.add("prox-bounds-1to1", P(b, bounds=(-1.0, 1.0)))
+    t.add("prox-model-argmax", P(b, variant="argmax"), MODEL_OR_RESULT)
+    t.add("prox-model-detached", P(b, variant="detached"), MODEL_OR_RESULT)
+    t.add("prox-model-numpy", P(b, variant="numpy"), MODEL)
+    t.add("prox-model-list", P(b, variant="list"), MODEL)
+    t.add("prox-model-nan", P(b, variant="nan"), MODEL_OR_RESULT)
+    t.add("prox-model-nan-far", P(b, variant="nan_far"))
+    t.add("prox-model-train", P(b, variant="train"), warns=True)
+    t.add("prox-model-batchnorm-train", P(b, variant="batchnorm"), warns=True)
+    t.add("prox-model-raises", P(b, variant="raise_train"), MIDWAY, warns=True)
+    t.add("prox-requires_grad", P(b, mode="requires_grad"))
+    t.add("prox-inference_mode", P(b, mode="inference"))
+    t.add("prox-steps-float", P(b, steps=100.0), raises("steps", TypeError))
+    t.add("prox-steps-np.int64", P(b, steps=np.int64(5)))
+
+    # Foolbox attacks
+    for attack in ("L2ALMA", "L1ALMA", "LinfALMAProx"):
+        for jax in (False, True):
+            prefix = f"fb-{attack}-{'jax' if jax else 'torch'}"
+            b = P(foolbox_case, attack, framework="jax" if jax else "torch",
+                  steps=5 if jax else 10)  # fmt: skip
+            t.slow = jax and attack == "LinfALMAProx"
+            _classifier_cases(t, prefix, b, jax=jax)
+            t.add(f"{prefix}-epsilons-None", P(b, epsilons=[None, 0.5]), jax=jax)
+            t.add(f"{prefix}-epsilon-0", P(b, epsilons=0.0), jax=jax)
+            if not jax:
+                t.add(f"{prefix}-labels-numpy", P(b, container="numpy"),
+                      either("labels|criterion"))  # fmt: skip
+                t.add(f"{prefix}-labels-list", P(b, container="list"),
+                      either("labels|criterion"))  # fmt: skip
+            t.slow = False
+    for attack, shape, last in (("CIEDE2000ALMA", (3, 8, 8), (8, 8, 3)),
+                                ("SSIMALMA", (1, 12, 12), (12, 12, 1))):  # fmt: skip
+        for jax in (False, True):
+            prefix = f"fb-{attack}-{'jax' if jax else 'torch'}"
+            b = P(foolbox_case, attack, shape=shape, framework="jax" if jax else "torch",
+                  steps=5 if jax else 10, epsilons=(0.0, 0.01, None))  # fmt: skip
+            t.add(f"{prefix}-basic", b, jax=jax, slow=jax)
+            if jax:
+                t.add(f"{prefix}-channels_last", P(b, shape=last, data_format="channels_last"),
+                      jax=True, slow=True)  # fmt: skip
+                continue
+            t.add(f"{prefix}-empty", P(b, n=0))
+            t.add(f"{prefix}-targeted", P(b, targeted=True))
+            t.add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)))
+            t.add(f"{prefix}-model-nan-far", P(b, variant="nan_far"))
+            for dtype in HALF_DTYPES + ("float64",):
+                t.add(f"{prefix}-{dtype}", P(b, dtype=dtype))
+            t.add(f"{prefix}-requires_grad", P(b, mode="requires_grad"))
+            t.add(f"{prefix}-inference_mode", P(b, mode="inference"))
+    t.add("fb-CIEDE2000ALMA-torch-gray", P(foolbox_case, "CIEDE2000ALMA"), raises("inputs"))
+    t.add("fb-LPIPSALMA-torch-gray", P(foolbox_case, "LPIPSALMA"), raises("inputs"))
+    t.add("fb-MSSSIMALMA-torch-small", P(foolbox_case, "MSSSIMALMA", shape=(1, 12, 12)),
+          raises("inputs"))  # fmt: skip
+    t.add("fb-MSSSIMALMA-jax-small", P(foolbox_case, "MSSSIMALMA", shape=(1, 12, 12),
+          framework="jax"), raises("inputs"), jax=True)  # fmt: skip
+
+    # torchattacks ALMA (ℓ2, ℓ1, ℓ∞) and MinimalEnsemble
+    for distance in ("l2", "l1", "linf"):
+        prefix = f"ta-ALMA-{distance}"
+        b = P(torchattacks_case, distance=distance)
+        _classifier_cases(t, prefix, b, bounds=False)  # torchattacks: images in [0, 1]
+        t.add(f"{prefix}-labels-numpy", P(b, container="numpy"), either("labels"))
+        t.add(f"{prefix}-labels-list", P(b, container="list"), either("labels"))
+        t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0),
+              either("early_stop") if distance == "linf" else OK)  # fmt: skip
+    b = P(torchattacks_case, ensemble=True, steps=5)
+    t.add("ta-Ensemble-basic", b)
+    t.add("ta-Ensemble-batch1", P(b, n=1))
+    t.add("ta-Ensemble-empty", P(b, n=0))
+    t.add("ta-Ensemble-targeted", P(b, targeted=True))
+    t.add("ta-Ensemble-linf", P(b, members=("linf", "l2"), distance="linf"))
+    t.add("ta-Ensemble-K2", P(b, k=2))
+    t.add("ta-Ensemble-K1", P(b, k=1), MODEL)
+    for labels in ("uint8", "int16"):
+        t.add(f"ta-Ensemble-labels-{labels}", P(b, labels_dtype=labels))
+    t.add("ta-Ensemble-labels-numpy", P(b, container="numpy"), either("labels"))
+    for dtype in ("float16", "float64"):
+        t.add(f"ta-Ensemble-{dtype}", P(b, dtype=dtype))
+    t.add("ta-Ensemble-deepfool-nan-far", P(b, variant="nan_far", deepfool=True))
+    t.add("ta-Ensemble-deepfool-nan", P(b, variant="nan", deepfool=True), MODEL_OR_RESULT)
+    t.add("ta-Ensemble-model-raises", P(b, variant="raise_train"), MIDWAY)
+    t.add("ta-Ensemble-model-train", P(b, variant="train"))
+    t.add("ta-Ensemble-requires_grad", P(b, mode="requires_grad"))
+    t.add("ta-Ensemble-inference_mode", P(b, mode="inference"))
+
+    # alma_plugin.distances.<name>
+    for name in ("l1", "l2", "linf", "ciede2000", "ssim", "msssim", "lpips"):
+        b = P(distance_case, name)
+        heavy = name in ("msssim", "lpips")
+        t.add(f"dist-{name}-torch-float32", b)
+        t.add(f"dist-{name}-torch-nan-inf", P(b, nan_rows=(1,), inf_rows=(2,)))
+        t.add(f"dist-{name}-torch-requires_grad", P(b, mode="requires_grad"))
+        if name == "lpips":
+            t.add("dist-lpips-jax", P(b, framework="jax"), either("x_adv|PyTorch|torch"),
+                  jax=True)  # fmt: skip
+            continue
+        slow = name in ("ciede2000", "ssim", "msssim")
+        t.add(f"dist-{name}-jax-float32", P(b, framework="jax"), jax=True, slow=slow)
+        t.add(f"dist-{name}-jax-nan-inf", P(b, framework="jax", nan_rows=(0,), inf_rows=(2,)),
+              jax=True, slow=slow)  # fmt: skip
+        if heavy:
+            continue
+        for dtype in HALF_DTYPES + ("float64",):
+            t.add(f"dist-{name}-torch-{dtype}", P(b, dtype=dtype))
+        t.add(f"dist-{name}-torch-empty", P(b, n=0))
+        t.add(f"dist-{name}-torch-eagerpy", P(b, mode="eagerpy"))
+        t.add(f"dist-{name}-torch-inference_mode", P(b, mode="inference"))
+    t.add("dist-l2-jax-bfloat16", P(distance_case, "l2", framework="jax", dtype="bfloat16"),
+          jax=True)  # fmt: skip
+    t.add("dist-l2-jax-empty", P(distance_case, "l2", framework="jax", n=0), jax=True)
+    return t.rows
+
+
+ROWS = table()
+
+
+def _marks(jax: bool, slow: bool) -> list[Any]:
+    marks: list[Any] = [pytest.mark.slow] if slow else []
+    if jax and not HAS_JAX:
+        marks.append(pytest.mark.skip(reason="jax is not installed"))
+    return marks
+
+
+def test_table_is_well_formed() -> None:
+    ids = [case.id for case, _, _ in ROWS]
+    assert len(ids) == len(set(ids)), "duplicate row ids"
+    assert len(INVARIANTS) == 10 and len(ROWS) > 250
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(case, id=case.id, marks=_marks(jax, slow)) for case, jax, slow in ROWS],
+)
+def test_contract(case: Case) -> None:
+    check(case)

@@ -1,0 +1,145 @@
+"""Property-based tests (issue 10): random small models, bounds, batch sizes, labels, targeted
+or not, ℓ1 / ℓ2 ALMA and the ℓ∞ ALMA prox, checked with the contract table's one checker
+(:func:`tests.contract_cases.check`: successes re-verify, finite, in bounds, inputs, model and
+attack untouched) plus determinism under the same seed.
+
+The hypothesis profile "ci" (registered and loaded here: fixed, derandomised, no deadline) keeps
+the file to a few seconds; ``HYPOTHESIS_PROFILE=dev`` (more examples, random) explores further.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.contract_cases import Case, Setup, alma_case, check, foolbox_case, prox_case, to_numpy
+
+settings.register_profile(
+    "ci",
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SHAPES = ((1, 4, 4), (2, 3, 3), (3, 2, 5))
+
+
+@st.composite
+def problems(draw: Any) -> dict[str, Any]:
+    """A random small classification problem: model seed, K, shape, bounds, batch, labels."""
+    k = draw(st.integers(2, 10))
+    n = draw(st.integers(0, 4))
+    lower = draw(st.sampled_from((-255.0, -1.0, -0.5, 0.0, 0.25, 3.0)))
+    span = draw(st.sampled_from((0.5, 1.0, 2.0, 255.0)))
+    own_labels = draw(st.booleans())  # the model's predictions, or arbitrary classes
+    labels = None if own_labels else draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    return {
+        "seed": draw(st.integers(0, 2**16)),
+        "k": k,
+        "n": n,
+        "shape": draw(st.sampled_from(SHAPES)),
+        "bounds": (lower, lower + span),
+        "spread": draw(st.sampled_from((0.01, 0.05, 0.3, 0.5))),  # 0.5: touches the bounds
+        "targeted": draw(st.booleans()),
+        "labels": labels,
+        "steps": draw(st.integers(1, 8)),
+    }
+
+
+def _adversarials(result: Any) -> list[np.ndarray]:
+    """Every tensor of a result, as NumPy, for bitwise comparison."""
+    if isinstance(result, tuple) and not hasattr(result, "_fields"):
+        items: list[Any] = []
+        for part in result:
+            items.extend(part if isinstance(part, list) else [part])
+        return [to_numpy(item) for item in items]
+    fields = getattr(result, "__dataclass_fields__", None) or result._fields
+    values = [getattr(result, f) for f in fields if f != "steps_run"]
+    return [to_numpy(value) for value in values if value is not None]
+
+
+def _check_deterministic(case: Case, setup: Setup, result: Any) -> None:
+    """Build the same row again (same seeds) and compare every returned tensor bitwise."""
+    if result is None:
+        return
+    again = case.build().run()
+    for first, second in zip(_adversarials(result), _adversarials(again), strict=True):
+        same = (first == second) | (np.isnan(first) & np.isnan(second))
+        assert first.shape == second.shape and same.all(), f"{case.id}: not deterministic"
+
+
+def _run(case_id: str, build: Any) -> None:
+    case = Case(case_id, build)
+    setup, result = check(case)
+    _check_deterministic(case, setup, result)
+
+
+@given(problem=problems(), distance=st.sampled_from(("l1", "l2")))
+def test_alma_invariants(problem: dict[str, Any], distance: str) -> None:
+    _run(f"alma-{distance}-{problem}", lambda: alma_case(distance=distance, **problem))
+
+
+@given(problem=problems())
+def test_linf_prox_invariants(problem: dict[str, Any]) -> None:
+    """The ℓ∞ ALMA prox for classification, through Foolbox's ``LinfALMAProx`` (any bounds)."""
+    _run(
+        f"LinfALMAProx-{problem}",
+        lambda: foolbox_case("LinfALMAProx", epsilons=(0.0, 0.05, None), **problem),
+    )
+
+
+@given(problem=problems(), distance=st.sampled_from(("L1ALMA", "L2ALMA")))
+def test_foolbox_alma_invariants(problem: dict[str, Any], distance: str) -> None:
+    _run(f"{distance}-{problem}", lambda: foolbox_case(distance, epsilons=(0.0, 0.5), **problem))
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 3),
+    k=st.integers(2, 10),
+    size=st.integers(2, 5),
+    lower=st.sampled_from((0.0, -1.0, 10.0)),
+    span=st.sampled_from((1.0, 2.0, 255.0)),
+    targeted=st.booleans(),
+    masked=st.booleans(),
+    steps=st.integers(1, 6),
+    adv_threshold=st.sampled_from((0.3, 0.6, 0.99, 1.0)),
+)
+def test_segmentation_prox_invariants(
+    seed: int,
+    n: int,
+    k: int,
+    size: int,
+    lower: float,
+    span: float,
+    targeted: bool,
+    masked: bool,
+    steps: int,
+    adv_threshold: float,
+) -> None:
+    """Dense ALMA prox (``segmentation.alma_prox``): APSR re-verifies per pixel."""
+    _run(
+        f"alma_prox-{seed}-{n}-{k}-{size}",
+        lambda: prox_case(
+            seed=seed,
+            n=n,
+            k=k,
+            size=size,
+            bounds=(lower, lower + span),
+            targeted=targeted,
+            masked=masked and size >= 2,
+            steps=steps,
+            adv_threshold=adv_threshold,
+        ),  # fmt: skip
+    )
