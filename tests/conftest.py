@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from alma_plugin.bench.data import load_mnist_heldout
+from alma_plugin.zoo import load_mnist_heldout
 from tests.utils import tiny_mnist_cnn, train_classifier
 
 torch.set_num_threads(2)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin.bench.data import load_mnist_heldout, read_idx_images, read_idx_labels
-from alma_plugin.bench.models import MODEL_NAMES, SmallCNN, load_smallcnn
+from alma_plugin.zoo import MODEL_NAMES, SmallCNN, load_mnist_heldout, load_smallcnn
+from alma_plugin.zoo.data import read_idx_images, read_idx_labels
 
 # Measured with the committed weights: 0.987 and 0.985 (see alma_plugin/bench/train_mnist.py),
 # minus a margin.

@@ -115,8 +115,7 @@ def _identity(model, x, y, budget, seed):  # type: ignore[no-untyped-def]
 
 
 def test_conventions_failures_inf_and_misclassified_zero(tmp_path: Path) -> None:
-    from alma_plugin.bench.data import load_mnist_heldout
-    from alma_plugin.bench.models import load_smallcnn
+    from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
 
     images, labels = load_mnist_heldout()
     with torch.no_grad():

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..functional import alma
-from .models import SmallCNN
+from ..zoo.models import SmallCNN
 
 
 def _best_seconds(fn: Callable[[], object], repeats: int) -> float:

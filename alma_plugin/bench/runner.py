@@ -72,7 +72,7 @@ def plan(config: BenchConfig) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
 def load_model(name: str, device: str) -> nn.Module:
     """An embedded SmallCNN by name, or a TorchScript file (``*.pt``), in eval mode, with
     frozen parameters (the runner's own copy: no attack needs weight gradients)."""
-    from .models import MODEL_NAMES, load_smallcnn
+    from ..zoo.models import MODEL_NAMES, load_smallcnn
 
     if name in MODEL_NAMES:
         model: nn.Module = load_smallcnn(name)
@@ -92,7 +92,7 @@ def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The embedded held-out MNIST images, or an ``.npz`` file with ``images`` (N, C, H, W; uint8
     or floats in [0, 1]) and ``labels`` (N,)."""
     if name == EMBEDDED_DATA:
-        from .data import load_mnist_heldout
+        from ..zoo.data import load_mnist_heldout
 
         return load_mnist_heldout()
     if not Path(name).is_file():

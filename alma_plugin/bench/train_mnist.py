@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m alma_plugin.bench.train_mnist --data-dir ../shared/data/mnist \\
-        --out alma_plugin/bench/assets
+        --out alma_plugin/zoo/assets
 
 The MNIST *test* set is split in two: images 0–8999 train the models, images 9000–9999 are
 held out and shipped (as ``uint8``) for the benchmark to attack. Two models are trained:
@@ -45,14 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import (
+from ..zoo.data import (
     HELDOUT_FILENAME,
     HELDOUT_START,
     HELDOUT_STOP,
     read_idx_images,
     read_idx_labels,
 )
-from .models import MODEL_NAMES, SmallCNN, state_dict_to_arrays, weights_filename
+from ..zoo.models import MODEL_NAMES, SmallCNN, state_dict_to_arrays, weights_filename
 
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"))
-    parser.add_argument("--out", type=Path, default=Path("alma_plugin/bench/assets"))
+    parser.add_argument("--out", type=Path, default=Path("alma_plugin/zoo/assets"))
     parser.add_argument(
         "--threads", type=int, default=1, help="torch.set_num_threads (results depend on it)"
     )

@@ -1,4 +1,4 @@
-"""Embedded default models for the benchmark: the SmallCNN of the paper's MNIST experiments.
+"""The embedded models: the SmallCNN of the paper's MNIST experiments (regular, adversarial).
 
 The architecture is the one used by Carlini & Wagner and by TRADES (and by DDN, FMN and the
 ALMA paper, §4 "Models"). Two sets of weights ship with the package, both trained by
@@ -78,7 +78,7 @@ class SmallCNN(nn.Module):
 
 
 def weights_filename(name: str) -> str:
-    """File name (inside ``alma_plugin/bench/assets``) of the weights of model ``name``."""
+    """File name (inside ``alma_plugin/zoo/assets``) of the weights of model ``name``."""
     return f"smallcnn_{name}.npz"
 
 

@@ -1,4 +1,4 @@
-"""Embedded MNIST data for the benchmark and the idx readers used to build it.
+"""Embedded MNIST data (the held-out test images 9000–9999) and the idx readers used to build it.
 
 The benchmark attacks the held-out MNIST *test* images 9000–9999; the embedded models were
 trained on test images 0–8999 (see :mod:`alma_plugin.bench.train_mnist`). The held-out images
@@ -29,15 +29,15 @@ __all__ = [
 #: First and one-past-last index (in the MNIST test set) of the held-out images.
 HELDOUT_START = 9000
 HELDOUT_STOP = 10000
-#: File name of the held-out asset inside ``alma_plugin/bench/assets``.
+#: File name of the held-out asset inside ``alma_plugin/zoo/assets``.
 HELDOUT_FILENAME = "mnist_test_9000_9999.npz"
 
 _IDX_UBYTE = 0x08
 
 
 def read_asset(filename: str) -> bytes:
-    """Return the bytes of ``alma_plugin/bench/assets/<filename>`` (works from an install)."""
-    return resources.files("alma_plugin.bench").joinpath("assets").joinpath(filename).read_bytes()
+    """Return the bytes of ``alma_plugin/zoo/assets/<filename>`` (works from an install)."""
+    return resources.files("alma_plugin.zoo").joinpath("assets").joinpath(filename).read_bytes()
 
 
 def _read_idx(path: str | Path, ndim: int) -> np.ndarray:
