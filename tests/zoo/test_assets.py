@@ -107,7 +107,7 @@ def test_idx_readers(tmp_path: Path) -> None:
         read_idx_labels(tmp_path / "img.gz")
 
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="MNIST idx files not available")

@@ -21,11 +21,6 @@ STEPS = 200
 
 
 @pytest.fixture(scope="module")
-def fmodel(mnist_cnn: torch.nn.Module) -> fb.PyTorchModel:
-    return fb.PyTorchModel(mnist_cnn, bounds=(0, 1), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def few(mnist_samples: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_samples[0][:4], mnist_samples[1][:4]
 

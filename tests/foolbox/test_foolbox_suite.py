@@ -331,8 +331,8 @@ def test_inputs_and_attack_untouched(problem: Problem, case: Case) -> None:
 
 @pytest.fixture(scope="module")
 def fresh_process_ids() -> list[str]:
-    code = "from tests.test_foolbox_suite import IDS; print(repr(IDS))"
-    root = Path(__file__).resolve().parents[1]
+    code = "from tests.foolbox.test_foolbox_suite import IDS; print(repr(IDS))"
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True

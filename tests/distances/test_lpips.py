@@ -264,7 +264,7 @@ def lpips_package_values(
         [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]

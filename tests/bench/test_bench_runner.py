@@ -22,7 +22,7 @@ from alma_plugin.bench.report import Record, format_table, merge, summarize
 from alma_plugin.bench.runner import BenchConfig, plan, run_shard
 from tests.utils import assert_unchanged, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ("attack", "budget", "success (%)", "median distance", "forwards / sample",
            "backwards / sample", "wall time (s)")  # fmt: skip
 

@@ -32,11 +32,6 @@ STEPS = 100
 
 
 @pytest.fixture(scope="module")
-def fmodel(mnist_cnn: torch.nn.Module) -> fb.PyTorchModel:
-    return fb.PyTorchModel(mnist_cnn, bounds=(0, 1), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def few(mnist_samples: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """8 of the 32 samples: enough for behaviour tests, cheap on a loaded machine."""
     return mnist_samples[0][:8], mnist_samples[1][:8]
@@ -308,7 +303,7 @@ def test_empty_batch(fmodel: fb.PyTorchModel, few: tuple) -> None:
 
 # --- Host conventions (issue 10) ------------------------------------------------------------
 
-#: ALMA prox step sizes for the tiny MNIST CNN (see tests/test_prox_adapters.py).
+#: ALMA prox step sizes for the tiny MNIST CNN (see tests/foolbox/test_prox_adapters.py).
 PROX = dict(init_lr=1e-2)
 
 
@@ -382,8 +377,11 @@ def test_repr_is_stable_across_processes_and_runs(fmodel: fb.PyTorchModel, few: 
         "mu_min=1e-06, mu_max=1000000000000.0, gamma=1.5, tau=0.95, check_steps=10, "
         "rmsprop_decay=None, momentum=None, levels=256))"
     )
-    code = "from tests.test_foolbox import _attacks_for_repr as a; print([repr(x) for x in a()])"
-    root = Path(__file__).resolve().parents[1]
+    code = (
+        "from tests.foolbox.test_foolbox import _attacks_for_repr as a; "
+        "print([repr(x) for x in a()])"
+    )
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for _ in range(2):
         output = subprocess.run(
@@ -403,7 +401,7 @@ def test_repeat_is_deterministic(make: type, mnist_cnn: torch.nn.Module, few: tu
     """ALMA and ALMA prox are deterministic given their seed: repeat(2) costs twice the model
     calls of one call and returns exactly its result (documented, as for DDN and FMN)."""
     assert "repeat(n)" in (make.__doc__ or "")
-    assert "repeat(n)" in (Path(__file__).resolve().parents[1] / "docs/foolbox.md").read_text()
+    assert "repeat(n)" in (Path(__file__).resolve().parents[2] / "docs/foolbox.md").read_text()
     if make is SSIMALMA:
         net, x, y, _ = _colour_problem(12)
         counting, model = _counting(net, (0, 255))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -16,15 +15,6 @@ from alma_plugin.torchattacks import ALMA, MinimalEnsemble
 from tests.utils import assert_unchanged, snapshot
 
 MEAN, STD = (0.1307,), (0.3081,)
-
-
-@pytest.fixture
-def cnn(mnist_cnn: nn.Module) -> Iterator[nn.Module]:
-    """The session CNN; gradients that torchattacks' own attacks (DeepFool) leave in its
-    parameters are cleared afterwards so other tests see it untouched."""
-    yield mnist_cnn
-    for parameter in mnist_cnn.parameters():
-        parameter.grad = None
 
 
 @pytest.fixture

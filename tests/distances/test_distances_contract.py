@@ -35,7 +35,7 @@ import torch
 
 from alma_plugin import distances
 from alma_plugin.distances import LPIPS
-from tests.test_distances_lpips import _random_backbone, _random_linear
+from tests.distances.test_lpips import _random_backbone, _random_linear
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
