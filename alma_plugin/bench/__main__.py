@@ -27,27 +27,26 @@ from .runner import DEFAULT_SAMPLES, EMBEDDED_DATA, BenchConfig, load_data, plan
 __all__ = ["main", "parse_args"]
 
 
-def _positive(name: str) -> Callable[[str], int]:
+def _integer(name: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, with an error naming the option."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
         return value
 
     return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed must be >= 0, got {value}")
-    return value
+def _positive(name: str) -> Callable[[str], int]:
+    return _integer(name, 1)
+
+
+_seed = _integer("seed", 0)
 
 
 def _parser() -> argparse.ArgumentParser:

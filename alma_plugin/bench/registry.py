@@ -89,23 +89,17 @@ def _entries() -> list[AttackSpec]:
         AttackSpec("alma-l1", "ALMA", "l1", "alma_plugin", _alma("L1ALMA"), default_budgets=both),
         AttackSpec("alma-l2", "ALMA", "l2", "alma_plugin", _alma("L2ALMA"), default_budgets=both),
         AttackSpec("alma_prox-linf", "ALMA prox", "linf", "alma_plugin", _alma_prox),
-        AttackSpec(
-            "adv_lib_alma-l1",
-            "ALMA (adv-lib)",
-            "l1",
-            "adv-lib",
-            peers.adv_lib_alma("l1"),
-            requires="adv_lib",
-            default_budgets=both,
-        ),  # fmt: skip
-        AttackSpec(
-            "adv_lib_alma-l2",
-            "ALMA (adv-lib)",
-            "l2",
-            "adv-lib",
-            peers.adv_lib_alma("l2"),
-            requires="adv_lib",
-            default_budgets=both,
+        *(
+            AttackSpec(
+                f"adv_lib_alma-{norm}",
+                "ALMA (adv-lib)",
+                norm,
+                "adv-lib",
+                peers.adv_lib_alma(norm),
+                requires="adv_lib",
+                default_budgets=both,
+            )
+            for norm in ("l1", "l2")
         ),  # fmt: skip
         AttackSpec(
             "ddn-l2", "DDN", "l2", "foolbox", peers.foolbox_attack(peers.foolbox_named("DDNAttack"))

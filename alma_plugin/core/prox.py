@@ -22,7 +22,9 @@ import math
 
 import eagerpy as ep
 
-__all__ = ["linf_box_prox", "linf_box_prox_beta", "ternary_iterations"]
+from .params import ProxParams
+
+__all__ = ["linf_box_prox", "ternary_iterations"]
 
 
 def ternary_iterations(upper: float, precision: float) -> int:
@@ -53,13 +55,13 @@ def _clip(values: ep.Tensor, beta: ep.Tensor) -> ep.Tensor:
     return ep.minimum(ep.maximum(values, -beta), beta)
 
 
-def linf_box_prox_beta(
+def linf_box_prox(
     delta: ep.Tensor,
     lam: ep.Tensor | float,
     lower: ep.Tensor | float,
     upper: ep.Tensor | float,
     metric: ep.Tensor | None = None,
-    precision: float = 1e-5,
+    precision: float = ProxParams.prox_precision,
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """``(p*, β*)``: the prox of λ‖·‖∞ + ι_Λ at ``delta`` and the optimal β* = ‖p*‖∞.
 
@@ -110,15 +112,3 @@ def linf_box_prox_beta(
     beta = (low + high) / 2  # step 17
     prox = _clip(z_box, beta)  # step 18, using δ_Λ
     return prox.reshape(shape), beta.reshape((-1,))
-
-
-def linf_box_prox(
-    delta: ep.Tensor,
-    lam: ep.Tensor | float,
-    lower: ep.Tensor | float,
-    upper: ep.Tensor | float,
-    metric: ep.Tensor | None = None,
-    precision: float = 1e-5,
-) -> ep.Tensor:
-    """prox^H_{λ‖·‖∞+ι_Λ}(δ) (eq. 5.11 / 5.16) by Algorithm 5.1; see :func:`linf_box_prox_beta`."""
-    return linf_box_prox_beta(delta, lam, lower, upper, metric, precision)[0]

@@ -171,7 +171,7 @@ def alma_prox_solve(
         lr = step_size(p.init_lr, p.lr_reduction, progress)
         v = p.alpha * v + (1 - p.alpha) * grad.square()
         s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps
-        delta = linf_box_prox(delta - lr * grad / s, lr, box_low, box_high, s, p.prox_precision)
+        delta, _ = linf_box_prox(delta - lr * grad / s, lr, box_low, box_high, s, p.prox_precision)
 
         if callback is not None:
             shape = (n,) if not c.dense else (n, -1)

@@ -5,7 +5,7 @@ D(P_[0,1](x − η⁽⁰⁾ g), x) = ε, found by a doubling/halving line search
 solution followed by a bisection. Only the distance is evaluated, never the model.
 
 The step size stays at η⁽⁰⁾ while a sample explores; from the step t* at which it first becomes
-adversarial it decays exponentially to η⁽⁰⁾·r at the last step (Fig. 3, r = 0.01).
+adversarial it decays exponentially to η⁽⁰⁾·r at the last step (Fig. 3; r is ``lr_reduction``).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def decayed_step_size(
     step: int,
     first_success_step: ep.Tensor,
     steps: int,
-    final_ratio: float = 0.01,
+    final_ratio: float,
 ) -> ep.Tensor:
     """η⁽ᵗ⁾ = η⁽⁰⁾ before the first success, then η⁽⁰⁾·r^((t − t*)/(N − 1 − t*)), so the last
     step t = N − 1 uses exactly η⁽⁰⁾·r. ``first_success_step`` is −1 where none yet."""

@@ -111,19 +111,26 @@ def is_integer_dtype(tensor: ep.Tensor) -> bool:
     return "int" in text and "bool" not in text
 
 
+def _eagerpy_or_none(value: Any) -> ep.Tensor | None:
+    """``value`` as an eagerpy tensor, or None for what eagerpy cannot wrap (lists, ...)."""
+    if isinstance(value, ep.Tensor):
+        return value
+    try:
+        return ep.astensor(value)
+    except ValueError:
+        return None
+
+
 def as_tensor(name: str, value: Any) -> ep.Tensor:
     """An eagerpy tensor of the caller's data that no attack computation can reach back into:
     detached from the caller's autograd graph (no graph kept through the steps, no gradient
     into the caller's tensor) and, for PyTorch inference-mode tensors, a normal copy that
     autograd accepts. NumPy arrays and other objects are refused: the attacks need autodiff."""
-    tensor = value if isinstance(value, ep.Tensor) else None
+    tensor = _eagerpy_or_none(value)
     if tensor is None:
-        try:
-            tensor = ep.astensor(value)
-        except ValueError:
-            raise TypeError(
-                f"{name} must be a PyTorch, JAX or TensorFlow tensor, got {type(value).__name__}"
-            ) from None
+        raise TypeError(
+            f"{name} must be a PyTorch, JAX or TensorFlow tensor, got {type(value).__name__}"
+        )
     if isinstance(tensor, ep.NumPyTensor):
         raise TypeError(
             f"{name} must be a PyTorch, JAX or TensorFlow tensor (NumPy has no autodiff), "
@@ -219,14 +226,9 @@ def check_success(
     """A success predicate's answer must be a boolean tensor of shape (N,), of the framework of
     ``like`` (the logits) when given."""
     expected = f"a boolean tensor of shape ({batch_size},)"
-    tensor = success if isinstance(success, ep.Tensor) else None
+    tensor = _eagerpy_or_none(success)
     if tensor is None:
-        try:
-            tensor = ep.astensor(success)
-        except ValueError:
-            raise TypeError(
-                f"{name} must return {expected}, got {type(success).__name__}"
-            ) from None
+        raise TypeError(f"{name} must return {expected}, got {type(success).__name__}")
     if like is not None and type(tensor) is not type(like):
         raise TypeError(
             f"{name} must return {expected} of the model's framework "

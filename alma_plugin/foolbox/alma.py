@@ -343,9 +343,10 @@ class CIEDE2000ALMA(ALMAAttack):
 
     As :class:`L2ALMA`; RGB inputs (N, 3, H, W), or (N, H, W, 3) for a channels-last model
     (``model.data_format``), mapped from ``model.bounds`` to [0, 1] (other channel counts raise
-    a ValueError). The default ε is 0.4, the paper's ε = 0.05 re-derived for the standard
-    CIELAB scale of :mod:`alma_plugin.distances`. :attr:`distance` is a
-    :class:`NormalisedDistance` whose ``clip_perturbation`` shrinks δ until D ≤ ε.
+    a ValueError). The default ε (``DISTANCES["ciede2000"].init_lr_distance``) is the paper's
+    ε = 0.05 re-derived for the standard CIELAB scale of :mod:`alma_plugin.distances`.
+    :attr:`distance` is a :class:`NormalisedDistance` whose ``clip_perturbation`` shrinks δ
+    until D ≤ ε.
 """
         + _CONVENTIONS
         + _REFERENCE
@@ -356,7 +357,7 @@ class CIEDE2000ALMA(ALMAAttack):
 
 class SSIMALMA(ALMAAttack):
     __doc__ = (
-        """ALMA minimising 1 − SSIM (Appendix G; ε = 3e-5, Table 3). [#Rony21]_
+        """ALMA minimising 1 − SSIM (Appendix G; ε of Table 3). [#Rony21]_
 
     As :class:`L2ALMA`, with a :class:`NormalisedDistance`; any channel count, images of at
     least 11×11 pixels (one Gaussian window), either layout (``model.data_format``).
@@ -373,7 +374,7 @@ class MSSSIMALMA(ALMAAttack):
     __doc__ = (
         """ALMA minimising 1 − MS-SSIM (five scales, Wang, Simoncelli & Bovik 2003). [#Rony21]_
 
-    As :class:`SSIMALMA` (same ε = 3e-5), for images of at least 176×176 pixels: each of the
+    As :class:`SSIMALMA` (same ε), for images of at least 176×176 pixels: each of the
     five scales needs one 11×11 window. Smaller inputs (e.g. 32×32 CIFAR-10) raise a ValueError
     before any model call; use :class:`SSIMALMA` for them. (Fewer scales would be a different
     distance, with other weights and no published ε, so none is chosen silently.)
@@ -396,7 +397,7 @@ class MSSSIMALMA(ALMAAttack):
 
 class LPIPSALMA(ALMAAttack):
     __doc__ = (
-        """ALMA minimising the LPIPS-AlexNet distance (§4; ε = 1e-3, Table 3). [#Rony21]_
+        """ALMA minimising the LPIPS-AlexNet distance (§4; ε of Table 3). [#Rony21]_
 
     As :class:`L2ALMA`, with a :class:`NormalisedDistance`; PyTorch models, RGB inputs of at
     least 31×31 pixels.

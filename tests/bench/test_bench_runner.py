@@ -165,9 +165,9 @@ def test_default_plan() -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--samples", "0"], "samples must be a positive integer, got 0"),
+        (["--samples", "0"], "samples must be >= 1, got 0"),
         (["--samples", "5000"], "--samples: at most 1000"),
-        (["--budgets", "-3"], "budget must be a positive integer, got -3"),
+        (["--budgets", "-3"], "budget must be >= 1, got -3"),
         (["--budgets", "ten"], "budget must be an integer, got 'ten'"),
         (["--attacks", "alma-l3"], "invalid choice: 'alma-l3'"),
         (["--distance", "l3"], "invalid choice: 'l3'"),

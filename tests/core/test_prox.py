@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from alma_plugin.core.prox import linf_box_prox, linf_box_prox_beta, ternary_iterations
+from alma_plugin.core.prox import linf_box_prox, ternary_iterations
 
 
 def exact_beta(
@@ -60,7 +60,7 @@ def test_prox_matches_closed_form(metric, scale):
     rng = np.random.default_rng(int(scale * 100) + metric)
     n, d = 16, 300
     x, delta, lam, s = _random_problem(rng, n, d, scale, metric)
-    p, beta = linf_box_prox_beta(
+    p, beta = linf_box_prox(
         ep.astensor(torch.from_numpy(delta)),
         ep.astensor(torch.from_numpy(lam)),
         ep.astensor(torch.from_numpy(-x)),
@@ -88,7 +88,7 @@ def test_prox_float32_precision():
     x, delta, lam, s = _random_problem(rng, 4, 3 * 32 * 32, 0.1, True)
     lam = lam * 100
     to32 = lambda a: ep.astensor(torch.from_numpy(a).float())  # noqa: E731
-    p = linf_box_prox(to32(delta), to32(lam), to32(-x), to32(1 - x), to32(s)).numpy()
+    p = linf_box_prox(to32(delta), to32(lam), to32(-x), to32(1 - x), to32(s))[0].numpy()
     for i in range(len(x)):
         ref_p, _ = reference_prox(delta[i], lam[i], -x[i], 1 - x[i], s[i])
         assert np.abs(p[i] - ref_p).max() < 1e-5
@@ -105,7 +105,7 @@ def test_prox_matches_generic_solver(metric):
         ep.astensor(torch.from_numpy(-x)),
         ep.astensor(torch.from_numpy(1 - x)),
         ep.astensor(torch.from_numpy(s)) if metric else None,
-    ).numpy()
+    )[0].numpy()
     for i in range(len(x)):
         d = delta.shape[1]
         fun = lambda v: 0.5 * np.sum(s[i] * (v[:d] - delta[i]) ** 2) + lam[i] * v[d]  # noqa: B023,E731
@@ -138,14 +138,14 @@ def test_prox_special_cases():
     delta = ep.astensor(torch.tensor([[0.5, -0.2, 0.1], [0.0, 0.0, 0.0], [2.0, -3.0, 0.2]]))
     x = ep.astensor(torch.tensor([[0.2, 0.5, 0.9], [0.3, 0.3, 0.3], [0.1, 0.4, 0.5]]))
     # λ = 0: the prox is the projection onto Λ (eq. 5.13), up to Δβ
-    p = linf_box_prox(delta, 0.0, -x, 1 - x)
+    p, _ = linf_box_prox(delta, 0.0, -x, 1 - x)
     assert np.allclose(p.numpy(), np.clip(delta.numpy(), -x.numpy(), 1 - x.numpy()), atol=1e-5)
     # a huge λ: the prox is 0
-    p = linf_box_prox(delta, 1e6, -x, 1 - x)
+    p, _ = linf_box_prox(delta, 1e6, -x, 1 - x)
     assert np.abs(p.numpy()).max() < 1e-5
     # per-sample λ: only the first sample is shrunk to 0
     lam = ep.astensor(torch.tensor([1e6, 0.0, 0.0]))
-    p = linf_box_prox(delta, lam, -x, 1 - x).numpy()
+    p = linf_box_prox(delta, lam, -x, 1 - x)[0].numpy()
     assert np.abs(p[0]).max() < 1e-5 and np.abs(p[2]).max() > 0.5
 
 
@@ -154,7 +154,7 @@ def test_prox_keeps_shape_and_inputs():
     delta = torch.randn(2, 3, 4, 5)
     x = torch.rand(2, 3, 4, 5)
     before = delta.clone(), x.clone()
-    p = linf_box_prox(ep.astensor(delta), 0.1, ep.astensor(-x), ep.astensor(1 - x))
+    p, _ = linf_box_prox(ep.astensor(delta), 0.1, ep.astensor(-x), ep.astensor(1 - x))
     assert p.shape == delta.shape and isinstance(p.raw, torch.Tensor)
     assert torch.equal(delta, before[0]) and torch.equal(x, before[1])
     assert ((x + p.raw) >= 0).all() and ((x + p.raw) <= 1).all()
