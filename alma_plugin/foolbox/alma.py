@@ -19,31 +19,20 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import eagerpy as ep
-from foolbox.attacks.base import (
-    Attack,
-    MinimizationAttack,
-    Repeated,
-    T,
-    raise_if_kwargs,
-)
-from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
+from foolbox.attacks.base import Attack, Repeated, T
 from foolbox.distances import Distance, l1, l2
 from foolbox.models import Model
 
 from ..core.params import ALMA_STEPS, ALMAParams, takes_params
 from ..core.solver import alma_solve
-from ..core.validation import Bounds, check_bounds, check_early_stop, check_positive_int
+from ..core.validation import Bounds, check_bounds, check_positive_int
 from ..distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+from ._base import Batch, MinimalAttack
 from ._common import (
     CHANNELS_FIRST,
     CHANNELS_LAST,
-    check_model_and_inputs,
     data_format,
-    empty_batch_result,
-    goal,
-    like_caller,
     model_function,
-    normalise_criterion,
     success_fn,
     to_channels_first,
     to_channels_last,
@@ -86,7 +75,7 @@ _CONVENTIONS = """
 """
 
 
-class ALMAAttack(MinimizationAttack):
+class ALMAAttack(MinimalAttack):
     """Base class of the ALMA Foolbox attacks; a subclass only names its registry distance
     (``distance_name``) and, for ℓp, its Foolbox ``distance``. See :class:`L2ALMA` for the
     arguments and the Foolbox conventions."""
@@ -144,11 +133,12 @@ class ALMAAttack(MinimizationAttack):
             return early_stop / (bounds[1] - bounds[0])  # ‖δ‖ₚ scales linearly with the range
         return early_stop  # NormalisedDistance already measures in [0, 1]
 
-    def check_input_shape(self, inputs: ep.Tensor, layout: str = CHANNELS_FIRST) -> None:
-        """Raise a ValueError for inputs the distance cannot measure (before any model call);
-        ``layout`` is the model's ``data_format``."""
+    def check_input_shape(self, inputs: ep.Tensor, model: Model) -> None:
+        """Raise a ValueError for inputs the distance cannot measure (before any model call),
+        on the channel axis of the model's ``data_format``."""
         if self.lp_distance is not None:
             return
+        layout = self._layout(model)
         shape = tuple(inputs.shape)
         expected = "(N, C, H, W)" if layout == CHANNELS_FIRST else "(N, H, W, C)"
         name = type(self).__name__
@@ -176,71 +166,22 @@ class ALMAAttack(MinimizationAttack):
                 f"(model.data_format={layout!r}), got inputs of shape {shape}"
             )
 
-    def _prepare(self, model: Model, inputs: Any, criterion: Any) -> tuple[Any, Criterion]:
-        """The clear checks of :meth:`run`, before Foolbox's base classes see the call; the
-        inputs (detached, inference-mode safe) in the caller's container and the criterion
-        with framework labels."""
-        _, x = check_model_and_inputs(model, inputs)
-        self.check_input_shape(x, self._layout(model))
-        return like_caller(x, inputs), normalise_criterion(criterion, x)
-
-    def __call__(  # type: ignore[misc]
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Any,
-        *,
-        epsilons: Any,
-        **kwargs: Any,
-    ) -> Any:
-        """Foolbox's ``MinimizationAttack.__call__`` on :meth:`for_model`'s copy (so epsilons
-        are clipped with this model's distance), after the checks of :meth:`run`."""
-        x, criterion_ = self._prepare(model, inputs, criterion)
-        if len(x) == 0:
-            return empty_batch_result(x, epsilons)
-        bound = self.for_model(model)
-        return MinimizationAttack.__call__(bound, model, x, criterion_, epsilons=epsilons, **kwargs)
-
     def repeat(self, times: int) -> Attack:
         """Foolbox's ``Repeated``; ALMA is deterministic, so every repetition returns the same
         result: n times the cost for exactly the single-call result."""
         return _Repeated(self, times)
 
-    def run(
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Misclassification | TargetedMisclassification | T,
-        *,
-        early_stop: float | None = None,
-        **kwargs: Any,
-    ) -> T:
-        """Run ALMA and return the best adversarial per sample (the input where none was found).
-
-        Args:
-            model: a Foolbox model; its ``bounds``, preprocessing and ``data_format`` are
-                honoured.
-            inputs: a batch (N, ...) within ``model.bounds``.
-            criterion: labels (N,) (tensor, array or list of any integer dtype), a
-                ``Misclassification`` or a ``TargetedMisclassification``; the criterion object
-                judges success.
-            early_stop: stop once every sample has an adversarial closer than this, in the units
-                of :attr:`distance` (0 never triggers).
-        """
-        raise_if_kwargs(kwargs)
-        bounds, x = check_model_and_inputs(model, inputs)
-        layout = self._layout(model)
-        self.check_input_shape(x, layout)
-        _, restore_type = ep.astensor_(inputs)
-        targeted, criterion_, classes = goal(criterion, x)
-        stop = check_early_stop(early_stop)
+    def solve(self, batch: Batch) -> ep.Tensor:
+        """ALMA on a checked batch; a channels-last model's inputs are seen channels first by
+        the perceptual distance, and come back in the caller's layout."""
+        model, bounds = batch.model, batch.bounds
+        stop = batch.early_stop
         if stop is not None:
             stop = self._normalised_early_stop(stop, bounds)
-        if len(x) == 0:
-            return restore_type(x)
         model_fn: Callable[[ep.Tensor], ep.Tensor] = model_function(model)
         to_caller: Callable[[ep.Tensor], ep.Tensor] | None = None
-        if layout == CHANNELS_LAST:  # the perceptual distances measure channels first
+        x = batch.inputs
+        if self._layout(model) == CHANNELS_LAST:  # the perceptual distances measure channels first
 
             def model_fn(u: ep.Tensor) -> ep.Tensor:
                 return model_function(model)(to_channels_last(u))
@@ -249,20 +190,18 @@ class ALMAAttack(MinimizationAttack):
         result = alma_solve(
             model_fn,
             x,
-            classes,
+            batch.classes,
             distance=self.distance_function,
             params=self._resolved,
             steps=self.steps,
             bounds=bounds,
-            targeted=targeted,
-            is_adversarial=success_fn(criterion_, to_caller),
+            targeted=batch.targeted,
+            is_adversarial=success_fn(batch.criterion, to_caller),
             early_stop=stop,
             seed=self.seed,
         )
         adversarials = result.adversarials
-        if to_caller is not None:
-            adversarials = to_caller(adversarials)
-        return restore_type(adversarials)
+        return adversarials if to_caller is None else to_caller(adversarials)
 
 
 class _Repeated(Repeated):
@@ -277,7 +216,7 @@ class _Repeated(Repeated):
     def __call__(
         self, model: Model, inputs: T, criterion: Any, *, epsilons: Any, **kwargs: Any
     ) -> Any:
-        x, criterion_ = self.attack._prepare(model, inputs, criterion)
+        x, criterion_ = self.attack.prepare(model, inputs, criterion)
         per_model = Repeated(self.attack.for_model(model), self.times)
         return per_model(model, x, criterion_, epsilons=epsilons, **kwargs)
 
@@ -386,9 +325,9 @@ class MSSSIMALMA(ALMAAttack):
     distance_name = "msssim"
     min_image_size = ms_ssim_min_size(len(MS_SSIM_WEIGHTS))
 
-    def check_input_shape(self, inputs: ep.Tensor, layout: str = CHANNELS_FIRST) -> None:
+    def check_input_shape(self, inputs: ep.Tensor, model: Model) -> None:
         try:
-            super().check_input_shape(inputs, layout)
+            super().check_input_shape(inputs, model)
         except ValueError as error:
             raise ValueError(
                 f"{error} (five MS-SSIM scales of an 11x11 window); use SSIMALMA for smaller images"

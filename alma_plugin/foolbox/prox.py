@@ -4,31 +4,19 @@ minimisation attack, :class:`LinfALMAProx`. The algorithm lives in
 
 from __future__ import annotations
 
-from typing import Any
-
 import eagerpy as ep
-from foolbox.attacks.base import MinimizationAttack, T, raise_if_kwargs
-from foolbox.criteria import Misclassification, TargetedMisclassification
 from foolbox.distances import linf
-from foolbox.models import Model
 
 from ..core.params import PROX_STEPS, ProxParams, takes_params
 from ..core.prox_solver import alma_prox_solve
-from ..core.validation import check_early_stop, check_positive_int
-from ._common import (
-    check_model_and_inputs,
-    empty_batch_result,
-    goal,
-    like_caller,
-    model_function,
-    normalise_criterion,
-    success_fn,
-)
+from ..core.validation import check_positive_int
+from ._base import Batch, MinimalAttack
+from ._common import model_function, success_fn
 
 __all__ = ["LinfALMAProx"]
 
 
-class LinfALMAProx(MinimizationAttack):
+class LinfALMAProx(MinimalAttack):
     """ALMA prox: minimal ℓ∞ adversarial perturbations by proximal splitting. [#Rony23]_
 
     Minimises ‖δ‖∞ subject to misclassification (DLR⁺ < 0) with an Augmented Lagrangian
@@ -81,62 +69,20 @@ class LinfALMAProx(MinimizationAttack):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps}, params={self.params})"
 
-    def __call__(  # type: ignore[misc]
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Any,
-        *,
-        epsilons: Any,
-        **kwargs: Any,
-    ) -> Any:
-        """Foolbox's ``MinimizationAttack.__call__``, after clear checks of model, inputs (then
-        detached, inference-mode safe) and criterion (labels of any integer dtype/container)."""
-        _, x = check_model_and_inputs(model, inputs)
-        criterion_ = normalise_criterion(criterion, x)
-        x_ = like_caller(x, inputs)
-        if len(x) == 0:
-            return empty_batch_result(x_, epsilons)
-        return super().__call__(model, x_, criterion_, epsilons=epsilons, **kwargs)
-
-    def run(
-        self,
-        model: Model,
-        inputs: T,
-        criterion: Misclassification | TargetedMisclassification | T,
-        *,
-        early_stop: float | None = None,
-        **kwargs: Any,
-    ) -> T:
-        """Run ALMA prox; the smallest-ℓ∞ adversarial per sample (the input where none).
-
-        Args:
-            model: a Foolbox model; its ``bounds`` and preprocessing are honoured.
-            inputs: a batch (N, ...) within ``model.bounds``.
-            criterion: labels (N,) (tensor, array or list of any integer dtype), a
-                ``Misclassification`` or a ``TargetedMisclassification``; the criterion object
-                judges success.
-            early_stop: stop once every sample has an adversarial with ‖δ‖∞ below this, in the
-                raw units of ``model.bounds`` (0 never triggers).
-        """
-        raise_if_kwargs(kwargs)
-        bounds, x = check_model_and_inputs(model, inputs)
-        _, restore_type = ep.astensor_(inputs)
-        targeted, criterion_, classes = goal(criterion, x)
-        stop = check_early_stop(early_stop)
-        if stop is not None:  # ‖δ‖∞ scales linearly with the range; the solver works in [0, 1]
-            stop = stop / (bounds[1] - bounds[0])
-        if len(x) == 0:
-            return restore_type(x)
+    def solve(self, batch: Batch) -> ep.Tensor:
+        """ALMA prox on a checked batch; ``early_stop`` in raw units of ``model.bounds`` (‖δ‖∞
+        scales linearly with the range; the solver works in [0, 1])."""
+        span = batch.bounds[1] - batch.bounds[0]
+        stop = None if batch.early_stop is None else batch.early_stop / span
         result = alma_prox_solve(
-            model_function(model),
-            x,
-            classes,
-            bounds=bounds,
-            targeted=targeted,
+            model_function(batch.model),
+            batch.inputs,
+            batch.classes,
+            bounds=batch.bounds,
+            targeted=batch.targeted,
             steps=self.steps,
-            is_adversarial=success_fn(criterion_),
+            is_adversarial=success_fn(batch.criterion),
             params=self.params.for_task("classification"),
             early_stop=stop,
         )
-        return restore_type(result.adversarials)
+        return result.adversarials
