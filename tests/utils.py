@@ -82,6 +82,12 @@ class CountingModel(nn.Module):
         return out
 
 
+def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's predicted classes, without a graph."""
+    with torch.no_grad():
+        return model(inputs).argmax(1)
+
+
 def snapshot(model: nn.Module) -> dict[str, object]:
     """Everything an attack must leave unchanged on a model."""
     return {

@@ -26,20 +26,9 @@ from alma_plugin.foolbox import (
     LinfALMAProx,
     NormalisedDistance,
 )
-from tests.utils import CountingModel, assert_unchanged, snapshot
+from tests.utils import CountingModel, assert_unchanged, predict, snapshot
 
 STEPS = 100
-
-
-@pytest.fixture(scope="module")
-def few(mnist_samples: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """8 of the 32 samples: enough for behaviour tests, cheap on a loaded machine."""
-    return mnist_samples[0][:8], mnist_samples[1][:8]
-
-
-def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
 
 
 # --- API and construction -------------------------------------------------------------------
@@ -105,7 +94,7 @@ def test_epsilons_list_success_bounds(fmodel: fb.PyTorchModel, few: tuple, mnist
         if eps is not None:
             assert (fb.distances.l2(x, xpc) <= eps + 1e-5).all()
         # Success reported = adversarial when re-evaluated.
-        assert torch.equal(ok, _predict(mnist_cnn, xpc) != y)
+        assert torch.equal(ok, predict(mnist_cnn, xpc) != y)
     assert (success[1].int() <= success[2].int()).all()  # larger ε, at least as many
 
 
@@ -132,7 +121,7 @@ def test_targeted(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
     criterion = fb.criteria.TargetedMisclassification(targets)
     adv, _, success = L2ALMA(steps=STEPS)(fmodel, x, criterion, epsilons=None)
     assert success.all()
-    assert torch.equal(_predict(mnist_cnn, adv), targets)
+    assert torch.equal(predict(mnist_cnn, adv), targets)
 
 
 @pytest.mark.parametrize("bounds", [(0.0, 255.0), (-1.0, 1.0)])
@@ -234,7 +223,7 @@ def _colour_problem(size: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Ten
     x = torch.rand(4, 3, size, size) * 255
     net(x)  # materialise the lazy layer
     net.eval()
-    y = _predict(net, x / 255)
+    y = predict(net, x / 255)
     model = fb.PyTorchModel(net, bounds=(0, 255), preprocessing=dict(mean=0, std=255))
     return net, x, y, model
 
@@ -257,7 +246,7 @@ def test_perceptual_variants(cls: type, epsilon: float, size: int) -> None:
     assert (distance(x, clipped[1]) <= epsilon).all()
     for xp in (*raw, *clipped):
         assert xp.min() >= 0 and xp.max() <= 255
-    assert torch.equal(success[1], _predict(net, clipped[1] / 255) != y)
+    assert torch.equal(success[1], predict(net, clipped[1] / 255) != y)
     assert success[0].float().mean() >= 0.5
 
 
@@ -474,7 +463,7 @@ def test_half_precision_models(
     for k, xp in enumerate(clipped):
         assert xp.dtype == dtype and raw[k].dtype == dtype
         assert torch.isfinite(xp).all() and xp.min() >= 0 and xp.max() <= 1
-        assert torch.equal(success[k], _predict(net, xp) != y)
+        assert torch.equal(success[k], predict(net, xp) != y)
 
 
 @pytest.mark.parametrize("make", [L1ALMA, L2ALMA, LinfALMAProx])

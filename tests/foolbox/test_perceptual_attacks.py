@@ -18,6 +18,7 @@ from alma_plugin.foolbox import (
     NormalisedDistance,
 )
 from alma_plugin.torchattacks import ALMA
+from tests.utils import predict
 
 SAMPLES = 8
 STEPS = 200
@@ -59,7 +60,7 @@ def color_cnn(cifar: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
 @pytest.fixture(scope="module")
 def samples(cifar: tuple, color_cnn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = cifar
-    correct = _predict(color_cnn, x) == y
+    correct = predict(color_cnn, x) == y
     return x[correct][:SAMPLES], y[correct][:SAMPLES]
 
 
@@ -71,11 +72,6 @@ def lpips() -> LPIPS:
         f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(LPIPS_CHANNELS)
     }
     return LPIPS(backbone, linear)
-
-
-def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
 
 
 def _runner_up(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -153,7 +149,7 @@ def test_success_on_color_cnn(
     rate, median = success.float().mean().item(), distances.median().item()
     print(f"\n{cls.__name__} {mode}: ASR {rate:.3f}, median {median:.6g}")
     assert success.all()
-    predictions = _predict(color_cnn, adv)
+    predictions = predict(color_cnn, adv)
     assert torch.equal(predictions, goal) if targeted else (predictions != y).all()
     assert adv.min() >= 0 and adv.max() <= 1
 
@@ -183,7 +179,7 @@ def test_torchattacks_perceptual(
     kwargs = {"lpips": lpips} if distance == "lpips" else {}
     attack = ALMA(color_cnn, distance=distance, steps=STEPS, **kwargs)
     adv = attack(x, y)
-    assert (_predict(color_cnn, adv) != y).all() and adv.min() >= 0 and adv.max() <= 1
+    assert (predict(color_cnn, adv) != y).all() and adv.min() >= 0 and adv.max() <= 1
     reference = (CIEDE2000ALMA if distance == "ciede2000" else LPIPSALMA)(steps=STEPS, **kwargs)
     expected = reference.run(fb.PyTorchModel(color_cnn, bounds=(0, 1)), x, y)
     torch.testing.assert_close(adv, expected)  # same core, same defaults

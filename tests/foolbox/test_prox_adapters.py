@@ -10,7 +10,7 @@ from foolbox.attacks.base import MinimizationAttack
 from alma_plugin import PROX_INIT_LR, ProxParams
 from alma_plugin.foolbox import LinfALMAProx
 from alma_plugin.torchattacks import ALMA, MinimalEnsemble
-from tests.utils import CountingModel, assert_unchanged, snapshot
+from tests.utils import CountingModel, assert_unchanged, predict, snapshot
 
 #: Step sizes for the tiny test CNN: about a tenth of its minimal ℓ∞ norms (≈ 0.09). The
 #: thesis' λ⁽⁰⁾ = 1e-3 → 1e-4 (§5.5.5.3) target segmentation norms of ≈ 0.3/255.
@@ -21,13 +21,8 @@ STEPS = 200
 
 
 @pytest.fixture(scope="module")
-def few(mnist_samples: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return mnist_samples[0][:4], mnist_samples[1][:4]
-
-
-def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
+def four(few: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return few[0][:4], few[1][:4]
 
 
 def _runner_up(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,9 +70,9 @@ def test_bad_hyperparameters(kwargs: dict, error: type, match: str) -> None:
 
 
 def test_untargeted_epsilons_and_criterion(
-    fmodel: fb.PyTorchModel, few: tuple, mnist_cnn: torch.nn.Module
+    fmodel: fb.PyTorchModel, four: tuple, mnist_cnn: torch.nn.Module
 ) -> None:
-    x, y = few
+    x, y = four
     attack = LinfALMAProx(steps=60, **MNIST)
     raw, clipped, success = attack(fmodel, x, y, epsilons=[None, 0.05, 1.0])
     assert success[0].all() and success[2].all()
@@ -85,35 +80,35 @@ def test_untargeted_epsilons_and_criterion(
     assert (_linf(x, clipped[1]) <= 0.05 + 1e-6).all()
     for xp in (*raw, *clipped):
         assert xp.min() >= 0 and xp.max() <= 1
-    assert (_predict(mnist_cnn, raw[0]) != y).all()  # re-evaluated: adversarial
+    assert (predict(mnist_cnn, raw[0]) != y).all()  # re-evaluated: adversarial
     same = attack.run(fmodel, x, fb.criteria.Misclassification(y))
     assert torch.equal(same, raw[0])
 
 
-def test_targeted(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn: torch.nn.Module) -> None:
-    x, y = few
+def test_targeted(fmodel: fb.PyTorchModel, four: tuple, mnist_cnn: torch.nn.Module) -> None:
+    x, y = four
     targets = _runner_up(mnist_cnn, x, y)
     criterion = fb.criteria.TargetedMisclassification(targets)
     adv, _, success = LinfALMAProx(steps=100, **MNIST)(fmodel, x, criterion, epsilons=None)
     assert success.all()
-    assert torch.equal(_predict(mnist_cnn, adv), targets)
+    assert torch.equal(predict(mnist_cnn, adv), targets)
 
 
-def test_other_bounds(few: tuple, mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel) -> None:
+def test_other_bounds(four: tuple, mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel) -> None:
     """On (0, 255) inputs the hyperparameters (normalised space) give the same attack."""
-    x, y = few
+    x, y = four
     model = fb.PyTorchModel(mnist_cnn, bounds=(0, 255), preprocessing=dict(mean=0, std=255))
     attack = LinfALMAProx(steps=40, **MNIST)
     adv255 = attack.run(model, x * 255, y)
     adv = attack.run(fmodel, x, y)
     assert adv255.min() >= 0 and adv255.max() <= 255
-    success = _predict(mnist_cnn, adv255 / 255) != y
+    success = predict(mnist_cnn, adv255 / 255) != y
     assert success.any()
     torch.testing.assert_close(adv255 / 255, adv, atol=1e-4, rtol=0)
 
 
-def test_one_propagation_per_step_and_untouched(mnist_cnn: torch.nn.Module, few: tuple) -> None:
-    x, y = few
+def test_one_propagation_per_step_and_untouched(mnist_cnn: torch.nn.Module, four: tuple) -> None:
+    x, y = four
     counting = CountingModel(mnist_cnn).eval()
     before, x_before, y_before = snapshot(mnist_cnn), x.clone(), y.clone()
     LinfALMAProx(steps=7, **MNIST).run(fb.PyTorchModel(counting, bounds=(0, 1)), x, y)
@@ -124,17 +119,17 @@ def test_one_propagation_per_step_and_untouched(mnist_cnn: torch.nn.Module, few:
 
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.0, 255.0)])
 def test_early_stop_in_raw_units(
-    bounds: tuple, mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel, few: tuple
+    bounds: tuple, mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel, four: tuple
 ) -> None:
     """Foolbox's early_stop (min(epsilons), raw units of the bounds) ends the run once every
     sample has an adversarial with ‖δ‖∞ below it; 0 never triggers."""
-    x, y = few
+    x, y = four
     scale = bounds[1] - bounds[0]
     counting = CountingModel(mnist_cnn).eval()
     model = fb.PyTorchModel(counting, bounds=bounds, preprocessing=dict(mean=0, std=scale))
     attack = LinfALMAProx(steps=60, **MNIST)
     full = attack.run(fmodel, x, y)
-    stop = 0.9 * scale  # far above the minimal norms (≈ 0.1): met after a few steps
+    stop = 0.9 * scale  # far above the minimal norms (≈ 0.1): met after a four steps
     raw, clipped, success = attack(model, x * scale, y, epsilons=stop)
     assert counting.forwards - 1 < 60 and success.all()
     assert (_linf(x * scale, raw) < stop).all()
@@ -152,8 +147,8 @@ class _OtherCriterion(fb.criteria.Criterion):
         return outputs.argmax(axis=-1) == 0
 
 
-def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn: torch.nn.Module) -> None:
-    x, y = few
+def test_bad_input(fmodel: fb.PyTorchModel, four: tuple, mnist_cnn: torch.nn.Module) -> None:
+    x, y = four
     attack = LinfALMAProx(steps=3)
     with pytest.raises(TypeError, match="criterion"):
         attack(fmodel, x, _OtherCriterion(), epsilons=None)
@@ -178,9 +173,9 @@ def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn: torch.nn.Modu
 
 
 def test_torchattacks_linf_matches_foolbox(
-    mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel, few: tuple
+    mnist_cnn: torch.nn.Module, fmodel: fb.PyTorchModel, four: tuple
 ) -> None:
-    x, y = few
+    x, y = four
     before = snapshot(mnist_cnn)
     attack = ALMA(mnist_cnn, distance="linf", steps=40, params=ProxParams(**MNIST))
     assert attack.distance == "linf" and attack.params.init_lr == 1e-2
@@ -192,11 +187,11 @@ def test_torchattacks_linf_matches_foolbox(
     targeted = ALMA(mnist_cnn, "linf", steps=100, params=ProxParams(alpha=0.8, **MNIST))
     targeted.set_mode_targeted_by_function(lambda i, labels: _runner_up(mnist_cnn, i, labels))
     out = targeted(x, y)
-    assert torch.equal(_predict(mnist_cnn, out), _runner_up(mnist_cnn, x, y))
+    assert torch.equal(predict(mnist_cnn, out), _runner_up(mnist_cnn, x, y))
 
 
-def test_torchattacks_linf_errors_and_ensemble(mnist_cnn: torch.nn.Module, few: tuple) -> None:
-    x, y = few
+def test_torchattacks_linf_errors_and_ensemble(mnist_cnn: torch.nn.Module, four: tuple) -> None:
+    x, y = four
     for kwargs in ({"init_lr_distance": 0.1}, {"penalty": "P1"}, {"lr_reduction": 0.1}):
         with pytest.raises(TypeError, match="do not apply to distance='linf'"):
             ALMA(mnist_cnn, distance="linf", **kwargs)  # ALMA's names mean ALMA's values
@@ -213,7 +208,7 @@ def test_torchattacks_linf_errors_and_ensemble(mnist_cnn: torch.nn.Module, few: 
     )
     out = ensemble(x, y)
     changed = (out != x).flatten(1).any(1)
-    assert changed.all() and (_predict(mnist_cnn, out) != y).all()
+    assert changed.all() and (predict(mnist_cnn, out) != y).all()
 
 
 # --- Against Foolbox's LInfFMNAttack: 32 samples, same budget -------------------------------

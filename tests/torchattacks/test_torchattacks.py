@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from alma_plugin import DISTANCES, ALMAParams, ProxParams
 from alma_plugin.torchattacks import ALMA, MinimalEnsemble
-from tests.utils import assert_unchanged, snapshot
+from tests.utils import assert_unchanged, predict, snapshot
 
 MEAN, STD = (0.1307,), (0.3081,)
 
@@ -20,11 +20,6 @@ MEAN, STD = (0.1307,), (0.3081,)
 @pytest.fixture
 def few(mnist_samples: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_samples[0][:6], mnist_samples[1][:6]
-
-
-def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(inputs).argmax(1)
 
 
 def l2(adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchattacks.attack import Attack
 
 from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+from tests.utils import predict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -172,11 +173,6 @@ def setup(
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
-
-
-def predict(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(inputs).argmax(1)
 
 
 def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> float:
