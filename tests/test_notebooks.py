@@ -9,15 +9,47 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+import alma_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 240
 MAX_COMMITTED_BYTES = 400 * 1024
+
+
+def current_defaults() -> dict[str, Any]:
+    """Every default a notebook's numbers depend on: the params classes, the default budgets,
+    ALMA prox's λ⁽⁰⁾ per task and each distance's Table 3 ε."""
+    from alma_plugin.core.params import ALMA_STEPS, PROX_STEPS
+
+    return {
+        "ALMAParams": asdict(alma_plugin.ALMAParams()),
+        "ProxParams": asdict(alma_plugin.ProxParams()),
+        "PROX_INIT_LR": dict(alma_plugin.PROX_INIT_LR),
+        "steps": {"alma": ALMA_STEPS, "alma_prox": PROX_STEPS},
+        "init_lr_distance": {n: s.init_lr_distance for n, s in alma_plugin.DISTANCES.items()},
+    }
+
+
+def record_defaults(path: Path) -> None:
+    """Write :func:`current_defaults` and the package version into the notebook's metadata
+    (``metadata.alma_plugin``): run after executing it at the full budget."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    notebook.metadata["alma_plugin"] = {
+        "version": alma_plugin.__version__,
+        "defaults": current_defaults(),
+    }
+    nbformat.write(notebook, path)
 
 
 def _missing_execution_dependency() -> str | None:
@@ -64,6 +96,18 @@ def test_committed_notebook_is_executed_and_small(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_committed_outputs_come_from_the_current_defaults(path: Path) -> None:
+    """A notebook executed with other defaults than the package's current ones holds stale
+    outputs: re-execute it at the full budget, then ``python -m tests.test_notebooks PATH``."""
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    recorded = notebook.get("metadata", {}).get("alma_plugin", {}).get("defaults")
+    assert recorded is not None, f"{path.name} records no defaults (metadata.alma_plugin)"
+    assert json.loads(json.dumps(current_defaults())) == recorded, (
+        f"{path.name} was executed with other defaults than the current ones: re-execute it"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_runs_with_small_budget(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,3 +142,8 @@ def test_notebook_runs_with_small_budget(
     assert all(cell.execution_count is not None for cell in executed)
     errors = [o for cell in executed for o in cell.outputs if o.output_type == "error"]
     assert not errors
+
+
+if __name__ == "__main__":  # stamp notebooks just executed at the full budget
+    for argument in sys.argv[1:]:
+        record_defaults(Path(argument))

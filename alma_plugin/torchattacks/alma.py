@@ -37,7 +37,7 @@ class ALMA(Attack):
     Arguments:
         model (nn.Module): model to attack.
         distance (str): D to minimise. (Default: "l2")
-        steps (int): number of iterations. (Default: ``ALMA_STEPS``, 1000)
+        steps (int): number of iterations. (Default: ``ALMA_STEPS``)
         early_stop (float): stop once every sample has an adversarial with D below this
             (for "linf": normalised ℓ∞); None or 0 never stop early.
         seed (int): seeds the random directions used where a gradient vanishes. A seeded
