@@ -261,9 +261,12 @@ class _OtherCriterion(fb.criteria.Criterion):
         return outputs.argmax(axis=-1) == 0
 
 
-def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
+@pytest.mark.parametrize("make", [lambda: L2ALMA(steps=5), lambda: LinfALMAProx(steps=3)],
+                         ids=["L2ALMA", "LinfALMAProx"])  # fmt: skip
+def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn, make) -> None:
+    """The checks of the shared MinimalAttack base, on ALMA and ALMA prox alike."""
     x, y = few
-    attack = L2ALMA(steps=5)
+    attack = make()
     with pytest.raises(TypeError, match="criterion"):
         attack(fmodel, x, _OtherCriterion(), epsilons=None)
     both = fb.criteria.Misclassification(y) & fb.criteria.Misclassification(y)
@@ -283,6 +286,8 @@ def test_bad_input(fmodel: fb.PyTorchModel, few: tuple, mnist_cnn) -> None:
         attack.run(fmodel, x, y, foo=1)
     with pytest.raises(ValueError, match="early_stop"):
         attack.run(fmodel, x, y, early_stop=-1.0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        attack.run(fmodel, x, y + 10)
 
 
 def test_empty_batch(fmodel: fb.PyTorchModel, few: tuple) -> None:

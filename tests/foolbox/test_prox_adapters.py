@@ -139,36 +139,6 @@ def test_early_stop_in_raw_units(
     assert counting.forwards == 60
 
 
-class _OtherCriterion(fb.criteria.Criterion):
-    def __repr__(self) -> str:
-        return "OtherCriterion()"
-
-    def __call__(self, perturbed, outputs):  # type: ignore[no-untyped-def]
-        return outputs.argmax(axis=-1) == 0
-
-
-def test_bad_input(fmodel: fb.PyTorchModel, four: tuple, mnist_cnn: torch.nn.Module) -> None:
-    x, y = four
-    attack = LinfALMAProx(steps=3)
-    with pytest.raises(TypeError, match="criterion"):
-        attack(fmodel, x, _OtherCriterion(), epsilons=None)
-    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
-        attack(fmodel, x, y[:2], epsilons=None)
-    with pytest.raises(ValueError, match=r"target_classes must have shape \(4,\)"):
-        attack.run(fmodel, x, fb.criteria.TargetedMisclassification(y[:3]))
-    with pytest.raises(ValueError, match="bounds"):
-        attack(fmodel, x * 2, y, epsilons=None)
-    with pytest.raises(TypeError, match="foolbox.models.Model"):
-        attack.run(mnist_cnn, x, y)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
-        attack.run(fmodel, x, y, foo=1)
-    with pytest.raises(ValueError, match="early_stop"):
-        attack.run(fmodel, x, y, early_stop=-1.0)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
-        attack.run(fmodel, x, y + 10)
-    assert attack.run(fmodel, x[:0], y[:0]).shape == (0, 1, 28, 28)
-
-
 # --- torchattacks: ALMA(distance="linf") ----------------------------------------------------
 
 
