@@ -5,26 +5,34 @@ Rony, Granger, Pedersoli, Ben Ayed. "Augmented Lagrangian Adversarial Attacks", 
 Rony, Pesquet, Ben Ayed. "Proximal Splitting Adversarial Attack for Semantic Segmentation",
 CVPR 2023.
 
-The functional entry points are :func:`alma` and :func:`alma_prox`; the Foolbox attacks are in
-:mod:`alma_plugin.foolbox`, the torchattacks ones in :mod:`alma_plugin.torchattacks`, the
+Azizmalayeri, Rohban. "Lagrangian Objective Function Leads to Improved Unforeseen Attack
+Generalization in Adversarial Training", 2021 (the training attack :func:`lagrangian`).
+
+The functional entry points are :func:`alma`, :func:`alma_prox` and :func:`lagrangian`; the
+Foolbox attacks are in :mod:`alma_plugin.foolbox`, the torchattacks ones in
+:mod:`alma_plugin.torchattacks`, adversarial training in :mod:`alma_plugin.training`, the
 distances in :mod:`alma_plugin.distances`, the embedded models and data in
 :mod:`alma_plugin.zoo`.
 """
 
-from .core.params import PROX_INIT_LR, ALMAParams, ProxParams, budget_alpha
+from .core.lagrangian import LagrangianParams, LagrangianResult
+from .core.params import PROX_INIT_LR, PROX_RHO_INIT, ALMAParams, ProxParams, budget_alpha
 from .core.result import AttackResult, StepInfo
 from .core.validation import TrainingModeWarning
 from .distances import DISTANCES, DistanceSpec
-from .functional import alma, alma_prox
+from .functional import alma, alma_prox, lagrangian
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DISTANCES",
     "PROX_INIT_LR",
+    "PROX_RHO_INIT",
     "ALMAParams",
     "AttackResult",
     "DistanceSpec",
+    "LagrangianParams",
+    "LagrangianResult",
     "ProxParams",
     "StepInfo",
     "TrainingModeWarning",
@@ -32,4 +40,5 @@ __all__ = [
     "alma",
     "alma_prox",
     "budget_alpha",
+    "lagrangian",
 ]

@@ -1,5 +1,5 @@
-"""``alma()`` and ``alma_prox()``: the attacks as functions, usable without Foolbox or
-torchattacks, on PyTorch, JAX or TensorFlow tensors (or eagerpy tensors of them)."""
+"""``alma()``, ``alma_prox()`` and ``lagrangian()``: the attacks as functions, usable without
+Foolbox or torchattacks, on PyTorch, JAX or TensorFlow tensors (or eagerpy tensors of them)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from typing import Any
 
 import eagerpy as ep
 
+from .core.lagrangian import (
+    LAGRANGIAN_STEPS,
+    LagrangianParams,
+    LagrangianResult,
+    lagrangian_solve,
+)
 from .core.params import (
     ALMA_STEPS,
     PROX_STEPS,
@@ -32,7 +38,7 @@ from .core.validation import (
 )
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
 
-__all__ = ["alma", "alma_prox"]
+__all__ = ["alma", "alma_prox", "lagrangian"]
 
 #: The names of the ℓ∞ distance, minimised by ALMA prox rather than by ALMA.
 LINF = "linf"
@@ -220,6 +226,75 @@ def alma_prox(
         is_adversarial=is_adversarial,
         early_stop=stop,
         callback=None if callback is None else _converted(callback, restore),
+    )
+    return result.map(restore)
+
+
+@takes_params(LagrangianParams)
+def lagrangian(
+    model: Callable[[Any], Any],
+    inputs: Any,
+    labels: Any,
+    *,
+    steps: int = LAGRANGIAN_STEPS,
+    targeted: bool = False,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    seed: int | None = None,
+    params: LagrangianParams | None = None,
+) -> LagrangianResult[Any]:
+    """The Lagrangian training attack (Azizmalayeri & Rohban, 2021, Algorithm 1): N steps of
+    gradient ascent on ℓ(f(x + δ), y) − λ′‖δ‖₂ with the C&W margin loss ℓ, a fixed schedule
+    λ′ = λ·c^(1−i/N), α′ = α·c^(i/N), max-normalised gradients and δ⁽⁰⁾ ~ N(0, σ²).
+
+    Made for adversarial *training* (see :func:`alma_plugin.training.adversarial_training`):
+    the size of δ follows the classifier's confidence (their Fig. 2), and the last iterate is
+    returned for every sample, whether it fools the model or not. Costs exactly N forward and N
+    backward propagations. x + δ is kept within ``bounds`` (projected after every step).
+
+    Args:
+        model, inputs, targeted, bounds: as :func:`alma` (α, σ and ‖δ‖₂ live in the
+            [0, 1]-normalised input space, so the defaults hold for any bounds).
+        labels: y, the true classes (N,), or the targets t when ``targeted``.
+        steps: N, the number of iterations (the paper: at least 5).
+        seed: the initial noise is drawn from NumPy's generator with this seed (the same noise
+            in every framework); None (default, as for a training loop, where every batch
+            needs fresh noise): the framework's generator (``torch.manual_seed`` makes it
+            reproducible).
+        params: a :class:`~alma_plugin.LagrangianParams` whose fields the keywords below replace.
+        **hyperparameters: every field of :class:`~alma_plugin.LagrangianParams`: ``init_lr``
+            (α), ``multiplier`` (λ), ``init_variance`` (σ²), ``decay`` (c), ``kappa`` (κ).
+
+    Returns:
+        A :class:`~alma_plugin.LagrangianResult`: ``perturbed`` (x + δ) and ``norms`` (‖δ‖₂ in
+        the normalised space), tensors of the inputs' kind.
+
+    Example:
+        >>> import torch
+        >>> from alma_plugin import lagrangian
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+        >>> result = lagrangian(model, x, y, seed=0)
+        >>> result.perturbed.shape, result.norms.shape
+        (torch.Size([2, 1, 2, 2]), torch.Size([2]))
+    """
+    assert isinstance(params, LagrangianParams)
+    steps = check_positive_int("steps", steps)
+    if seed is not None:
+        check_positive_int("seed", seed, minimum=0)
+    bounds = check_bounds(bounds)
+    x, restore = _entry(model, inputs, bounds, None, None)
+    y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
+    if len(x) == 0:
+        return LagrangianResult(x, ep.zeros(x, (0,)).astype(x.dtype)).map(restore)
+    result = lagrangian_solve(
+        lambda batch: model(batch.raw),
+        x,
+        y,
+        params=params,
+        steps=steps,
+        bounds=bounds,
+        targeted=targeted,
+        seed=seed,
     )
     return result.map(restore)
 

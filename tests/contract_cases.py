@@ -1207,3 +1207,85 @@ def _check_returned(row: str, setup: Setup, r: Returned) -> None:
     for name, measured, limit in r.at_most:
         bad = np.flatnonzero(~(measured <= limit + 1e-6))
         assert not len(bad), f"{where}: {name} violated: {measured[bad]} > {limit[bad]}"
+
+
+# --------------------------------------------------------------------------------------------
+# The Lagrangian training attack (functional and torchattacks)
+
+
+def lagrangian_case(
+    *,
+    torchattacks: bool = False,
+    framework: str = "torch",
+    n: int = 4,
+    shape: Sequence[int] = (1, 8, 8),
+    k: int = 3,
+    dtype: str = "float32",
+    bounds: tuple[float, float] = (0.0, 1.0),
+    labels_dtype: str = "int64",
+    container: str = "tensor",
+    targeted: bool = False,
+    variant: str | None = None,
+    mode: str | None = None,
+    steps: Any = 5,
+    seed: int = 0,
+    conv: bool = False,
+    label_offset: int = 0,
+    call_bounds: tuple[float, float] | None = None,
+    attack_seed: int | None = 0,
+    **kwargs: Any,
+) -> Setup:
+    """``alma_plugin.lagrangian`` (PyTorch or JAX) or torchattacks ``Lagrangian`` (bounds
+    [0, 1]). The attack claims no success (it returns a training perturbation for every
+    sample): its outputs must be in bounds, finite, graph-free and ``norms`` must be ‖δ‖₂."""
+    if torchattacks:
+        bounds = (0.0, 1.0)
+    x, x_np = _inputs_for(framework, n, shape, bounds, dtype, mode, seed)
+    model, verifier, _, modules = _models_for(
+        framework, shape, k, seed=seed, bounds=bounds, variant=variant, dtype=dtype, conv=conv,
+    )  # fmt: skip
+    goal = goal_labels(predictions(verifier, x), k, targeted) + label_offset
+    caller_labels = labels_as(goal, labels_dtype, container, framework)
+    lower, span = bounds[0], bounds[1] - bounds[0]
+    attack = None
+    if torchattacks:
+        from alma_plugin.torchattacks import Lagrangian
+
+        instance, run_call = deferred(
+            lambda: _targeted(Lagrangian(model, steps=steps, seed=attack_seed, **kwargs), targeted)
+        )
+        attack = instance
+
+        def run() -> Any:
+            return run_call()(x, caller_labels)
+
+    else:
+        from alma_plugin import lagrangian
+
+        def run() -> Any:
+            return lagrangian(
+                model, x, caller_labels, steps=steps, targeted=targeted,
+                bounds=call_bounds or bounds, seed=attack_seed, **kwargs,
+            )  # fmt: skip
+
+    def collect(result: Any) -> list[Returned]:
+        perturbed = result if torchattacks else result.perturbed
+        norms = normalised_distance("l2", (to_numpy(perturbed) - lower) / span,
+                                    (x_np - lower) / span)  # fmt: skip
+        returned = [Returned("perturbed", perturbed)]
+        if not torchattacks:
+            agree = [("norms", to_numpy(result.norms), norms, tolerance(dtype))]
+            returned[0].agree = agree
+            returned.append(Returned("norms", result.norms, kind="per-sample"))
+        return returned
+
+    return Setup(
+        run, collect, x, bounds, caller={"inputs": x, "labels": caller_labels}, modules=modules,
+        attack=attack, buffers_may_change=variant == "batchnorm", sanity=_nan_sanity(model),
+    )  # fmt: skip
+
+
+def _targeted(attack: Any, targeted: bool) -> Any:
+    if targeted:
+        attack.set_mode_targeted_by_label(quiet=True)
+    return attack

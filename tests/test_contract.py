@@ -33,6 +33,7 @@ from tests.contract_cases import (
     distance_case,
     either,
     foolbox_case,
+    lagrangian_case,
     prox_case,
     raises,
     torchattacks_case,
@@ -303,6 +304,20 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("dist-l2-jax-bfloat16", P(distance_case, "l2", framework="jax", dtype="bfloat16"),
           jax=True)  # fmt: skip
     t.add("dist-l2-jax-empty", P(distance_case, "l2", framework="jax", n=0), jax=True)
+
+    # the Lagrangian training attack: lagrangian() on PyTorch and JAX, torchattacks Lagrangian
+    for jax in (False, True):
+        prefix = f"lagrangian-{'jax' if jax else 'torch'}"
+        b = P(lagrangian_case, framework="jax" if jax else "torch")
+        _classifier_cases(t, prefix, b, jax=jax, warns=True)
+        t.add(f"{prefix}-labels-list", P(b, container="list"), jax=jax)
+        t.add(f"{prefix}-labels-out-of-range", P(b, label_offset=3), raises("labels"), jax=jax)
+        t.add(f"{prefix}-multiplier-negative", P(b, multiplier=-1.0), raises("multiplier"),
+              jax=jax)  # fmt: skip
+    b = P(lagrangian_case, torchattacks=True)
+    _classifier_cases(t, "ta-Lagrangian", b, bounds=False)
+    t.add("ta-Lagrangian-decay-0", P(b, decay=0.0), raises("decay"))
+    t.add("ta-Lagrangian-seed-None", P(b, attack_seed=None))
     return t.rows
 
 

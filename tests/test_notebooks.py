@@ -34,6 +34,7 @@ def current_defaults() -> dict[str, Any]:
         "ALMAParams": asdict(alma_plugin.ALMAParams()),
         "ProxParams": asdict(alma_plugin.ProxParams()),
         "PROX_INIT_LR": dict(alma_plugin.PROX_INIT_LR),
+        "PROX_RHO_INIT": dict(alma_plugin.PROX_RHO_INIT),
         "steps": {"alma": ALMA_STEPS, "alma_prox": PROX_STEPS},
         "init_lr_distance": {n: s.init_lr_distance for n, s in alma_plugin.DISTANCES.items()},
     }
@@ -73,6 +74,7 @@ def test_notebooks_exist() -> None:
         "03_minimal_attack_comparison.ipynb",
         "04_perceptual_distances.ipynb",
         "05_segmentation_alma_prox.ipynb",
+        "06_lagrangian_training.ipynb",
     ]
 
 

@@ -4,14 +4,22 @@ models, or on a model and data of your own.
 
 With no arguments: both embedded MNIST models (regular and adversarially trained), the first
 10 held-out images, ALMA ℓ1/ℓ2 at 100 and 1000 steps, ALMA prox ℓ∞ and the peers at 100.
-Prints the table, writes ``distances.csv``, ``results.json``, ``table.md`` and robust-accuracy
-curves (PNG) to ``--output``. Several processes: ``torchrun --nproc_per_node=N -m
-alma_plugin.bench ...`` shards the samples and gathers the results on rank 0.
+Prints the table (with AttackBench's optimality, the wins in the best-of-all ensemble and the
+soft sparsity of the perturbations), writes ``distances.csv``, ``results.json``, ``table.md``,
+robust-accuracy curves and solution-pattern figures (PNG) to ``--output``, and every finished
+batch to ``--output/batches`` (``--resume`` picks an interrupted run up from there). Several
+processes: ``torchrun --nproc_per_node=N -m alma_plugin.bench ...`` shares the batches out and
+gathers the results on rank 0.
+
+``alma-bench SUBCOMMAND ...`` runs another benchmark instead (see :data:`SUBCOMMANDS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,10 +29,20 @@ import torch
 
 from . import distributed
 from .registry import ATTACKS, NORMS
-from .report import format_table, merge, plot_curves, summarize, write_files
+from .report import format_table, merge, summarize, write_files
+from .resume import library_versions
 from .runner import DEFAULT_SAMPLES, EMBEDDED_DATA, BenchConfig, load_data, plan, run_shard
 
-__all__ = ["main", "parse_args"]
+__all__ = ["SUBCOMMANDS", "main", "parse_args"]
+
+#: ``alma-bench NAME ...`` → ``alma_plugin.bench.<module>.main([...])``, imported on demand.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "unseen": ("unseen", "ALMA on attacks and models it was not tuned on (issue 12)"),
+    "sweep": ("sweep", "success and optimality against the step budget (issue 14)"),
+    "throughput": ("throughput", "large-batch / GPU throughput (issue 14)"),
+    "overhead": ("overhead", "one ALMA step vs one bare forward + backward"),
+    "border": ("border", "where the SSIM / MS-SSIM attacks put their perturbation"),
+}
 
 
 def _integer(name: str, minimum: int) -> Callable[[str], int]:
@@ -49,14 +67,46 @@ def _positive(name: str) -> Callable[[str], int]:
 _seed = _integer("seed", 0)
 
 
+def _real(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+
+    return parse
+
+
+def _epilog() -> str:
+    lines = ["subcommands (alma-bench SUBCOMMAND --help for their options):"]
+    lines += [f"  {name:<11} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines.append("without a subcommand: the comparison described above.")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alma-bench",
-        description="Compare ALMA with Foolbox and torchattacks peers (ALMA paper, Table 1).",
+        usage="alma-bench [SUBCOMMAND ...] | alma-bench [options]",
+        description="Compare ALMA with Foolbox and torchattacks peers (ALMA paper, Table 1), "
+        "with AttackBench's optimality, best-of-all wins and solution-pattern sparsity.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", default=["mnist_regular", "mnist_adversarial"],
                         metavar="MODEL", help="embedded model names (mnist_regular, "
-                        "mnist_adversarial) or TorchScript files; inputs in [0, 1]")  # fmt: skip
+                        "mnist_adversarial), TorchScript files, 'path/to/file.py:factory' or "
+                        "'package.module:factory' (a callable returning a torch.nn.Module); "
+                        "inputs in [0, 1] unless --mean/--std are given")  # fmt: skip
+    parser.add_argument("--mean", nargs="+", type=_real("mean"), metavar="M",
+                        help="per-channel input mean of the non-embedded models: they are "
+                        "called on (x - mean) / std, x in [0, 1]")  # fmt: skip
+    parser.add_argument("--std", nargs="+", type=_real("std"), metavar="S",
+                        help="per-channel input std, with --mean")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the finished batches in OUTPUT/batches (same model, data, "
+                        "attack, budget, seed, device and versions) instead of recomputing "
+                        "them")  # fmt: skip
     parser.add_argument("--data", default=EMBEDDED_DATA,
                         help=f"{EMBEDDED_DATA!r} (embedded MNIST test images 9000-9999) or an "
                         ".npz file with 'images' (N, C, H, W) and 'labels'")  # fmt: skip
@@ -79,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder for the CSV, JSON, table and PNG files")  # fmt: skip
     parser.add_argument("--seed", type=_seed, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG curves")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     return parser
 
 
@@ -95,6 +145,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
                      f"{args.device!r}")  # fmt: skip
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"argument --device: {args.device!r} requested but CUDA is not available")
+    if (args.mean is None) != (args.std is None):
+        parser.error(f"arguments --mean/--std: give both or neither, got --mean {args.mean} "
+                     f"and --std {args.std}")  # fmt: skip
+    if args.std is not None and (len(args.std) != len(args.mean) or min(args.std) <= 0):
+        parser.error(f"arguments --mean/--std: expected as many values each (one per channel) "
+                     f"and std > 0, got --mean {args.mean} and --std {args.std}")  # fmt: skip
     try:
         images, _ = load_data(args.data)
     except ValueError as error:
@@ -114,45 +170,110 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
         seed=args.seed,
         output=args.output,
         quiet=args.quiet,
+        mean=None if args.mean is None else tuple(args.mean),
+        std=None if args.std is None else tuple(args.std),
+        batches=args.output / "batches",
+        resume=args.resume,
     )
     from .runner import load_model
 
     for name in config.models:
         try:
-            load_model(name, "cpu")
+            model = load_model(name, "cpu", config)
         except ValueError as error:
             parser.error(f"argument --models: {error}")
+        try:
+            with torch.no_grad():
+                logits = model(images[:1])
+        except Exception as error:  # a user model that does not fit the data
+            parser.error(f"argument --models: {name!r} fails on one image of --data "
+                         f"{args.data!r} of shape {tuple(images.shape[1:])}: {error}")  # fmt: skip
+        if logits.ndim != 2:
+            parser.error(f"argument --models: {name!r} must return logits (N, classes), got "
+                         f"shape {tuple(logits.shape)}")  # fmt: skip
     if not plan(config)[0]:
         parser.error("arguments --attacks/--distance/--budgets: no attack left to run for "
                      f"attacks={args.attacks} and distances={args.distance}")  # fmt: skip
     return config, args
 
 
+def _subcommand(name: str, argv: Sequence[str]) -> int:
+    """Run ``alma_plugin.bench.<module>.main(argv)``; a clear error if it is not installed."""
+    module_name = f"{__package__}.{SUBCOMMANDS[name][0]}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        print(f"alma-bench: error: subcommand {name!r} is not available in this installation "
+              f"(no module {module_name})", file=sys.stderr)  # fmt: skip
+        return 2
+    status = module.main(list(argv))
+    return 0 if status is None else int(status)
+
+
+def settings(args: argparse.Namespace, argv: Sequence[str], processes: int) -> dict[str, object]:
+    """What makes a run reproducible: versions, seed, threads, the exact command, and every
+    option (stored in ``results.json``)."""
+    return {
+        "command": shlex.join(["alma-bench", *argv]),
+        "launcher": f"torchrun ({processes} processes)" if processes > 1 else "single process",
+        "version": library_versions()["alma_plugin"],
+        "versions": library_versions(),
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "processes": processes,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "options": {key: str(value) for key, value in vars(args).items()},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``alma-bench``; returns the exit status."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommand(argv[0], argv[1:])
     config, args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     context = distributed.setup()
     try:
+        meta = settings(args, argv, context.world_size)
+        if context.is_main:
+            print(f"alma-bench {meta['version']}: seed {meta['seed']}, {meta['threads']} "
+                  f"thread(s), {context.world_size} process(es); command: {meta['command']}",
+                  flush=True)  # fmt: skip
         pairs, notes = plan(config)
-        records = run_shard(config, context, pairs)
-        shards = distributed.gather(records, context)
+        stats: dict[str, int] = {}
+        records = run_shard(config, context, pairs, stats=stats)
+        shards = distributed.gather((records, stats), context)
         if not context.is_main:
             return 0
-        merged = merge(shards)
+        attacked = time.perf_counter()
+        merged = merge([shard for shard, _ in shards])
+        reused, computed = (sum(counts.get(key, 0) for _, counts in shards)
+                            for key in ("reused", "computed"))  # fmt: skip
         rows = summarize(merged)
         table = format_table(rows, notes)
         print(table, end="")
-        meta = {key: str(value) for key, value in vars(args).items()}
-        meta["processes"] = str(context.world_size)
+        if config.resume:
+            print(f"Resumed: {reused} finished batch(es) read back from {config.batches}, "
+                  f"{computed} computed.")  # fmt: skip
         paths = write_files(merged, rows, table, config.output, meta)
         if not args.no_plots:
-            paths += plot_curves(merged, config.output)
-        print(f"Wrote {', '.join(str(p) for p in paths)}")
-        print(f"Total wall time: {time.perf_counter() - started:.1f} s "
-              f"({context.world_size} process(es))")  # fmt: skip
+            from .plots import plot_curves, plot_patterns
+
+            paths += plot_curves(merged, config.output) + plot_patterns(merged, config.output)
+        print(f"Wrote {', '.join(str(p) for p in paths)} and per-batch files in "
+              f"{config.batches}")  # fmt: skip
+        done = time.perf_counter()
+        # On a shared machine wall time includes other people's load; the CPU time of this
+        # process (all its threads) does not.
+        print(f"Total wall time: {done - started:.1f} s ({context.world_size} process(es); "
+              f"metrics, files and figures: {done - attacked:.1f} s; CPU time of rank 0: "
+              f"{time.process_time() - cpu_started:.1f} s)")  # fmt: skip
         sys.stdout.flush()
         return 0
     finally:

@@ -1,8 +1,10 @@
 """Sharding the benchmark over processes with ``torch.distributed`` (launched by torchrun).
 
 ``torchrun --nproc_per_node=N -m alma_plugin.bench ...`` starts N processes with ``RANK`` and
-``WORLD_SIZE`` in their environment. Each process attacks a contiguous shard of the samples;
-the per-sample results are gathered on rank 0, which writes the report. The gloo backend runs
+``WORLD_SIZE`` in their environment. The samples are cut into fixed batches (the same whatever
+the number of processes, so are their results and their per-batch files); each process attacks
+a contiguous run of batches, and the per-sample results are gathered on rank 0, which writes
+the report. The gloo backend runs
 on CPU (and carries Python objects for CUDA runs too), so no extra setup is needed.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
-__all__ = ["Context", "gather", "setup", "shard", "teardown"]
+__all__ = ["Context", "batches", "gather", "setup", "shard", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,16 @@ def teardown(context: Context) -> None:
 def shard(count: int, context: Context) -> np.ndarray:
     """Indices (of ``range(count)``) attacked by this process: a contiguous chunk."""
     return np.array_split(np.arange(count), context.world_size)[context.rank]
+
+
+def batches(count: int, batch_size: int, context: Context) -> list[np.ndarray]:
+    """The batches (index arrays of ``range(count)``) attacked by this process: the fixed
+    slices ``[0, batch_size), [batch_size, 2·batch_size), …`` shared out in contiguous runs."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    slices = [np.arange(i, min(i + batch_size, count)) for i in range(0, count, batch_size)]
+    runs = np.array_split(np.arange(len(slices)), context.world_size)[context.rank]
+    return [slices[i] for i in runs]
 
 
 def gather(value: Any, context: Context) -> list[Any]:

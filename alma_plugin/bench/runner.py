@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, metrics, usermodels
 from .counting import CountingModel
 from .registry import ATTACKS, NORMS, AttackSpec, get_attack
-from .report import Record
+from .report import Record, merge
+from .resume import BatchStore, batch_fingerprint
 
-__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "load_data", "load_model", "plan", "run_shard"]
+__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "attack_batch", "load_data", "load_model", "plan",
+           "run_shard"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
@@ -35,7 +37,9 @@ EMBEDDED_DATA = "mnist_heldout"
 @dataclass(frozen=True)
 class BenchConfig:
     """What to run. ``attacks`` / ``budgets`` None: every available attack at its default
-    budgets (ALMA at 100 and 1000 steps, the peers at 100)."""
+    budgets (ALMA at 100 and 1000 steps, the peers at 100). ``mean`` / ``std``: input
+    normalisation of the non-embedded models. ``batches``: folder of the per-batch result files
+    (None: none written); ``resume``: reuse the finished ones (see :mod:`.resume`)."""
 
     models: tuple[str, ...] = ("mnist_regular", "mnist_adversarial")
     data: str = EMBEDDED_DATA
@@ -48,6 +52,10 @@ class BenchConfig:
     seed: int = 0
     output: Path = field(default_factory=lambda: Path("alma-bench-results"))
     quiet: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    batches: Path | None = None
+    resume: bool = False
 
 
 def plan(config: BenchConfig) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
@@ -69,23 +77,11 @@ def plan(config: BenchConfig) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
     return chosen, notes
 
 
-def load_model(name: str, device: str) -> nn.Module:
-    """An embedded SmallCNN by name, or a TorchScript file (``*.pt``), in eval mode, with
-    frozen parameters (the runner's own copy: no attack needs weight gradients)."""
-    from ..zoo.models import MODEL_NAMES, load_smallcnn
-
-    if name in MODEL_NAMES:
-        model: nn.Module = load_smallcnn(name)
-    elif Path(name).is_file():
-        model = torch.jit.load(name, map_location="cpu")
-    else:
-        raise ValueError(
-            f"model must be one of {', '.join(MODEL_NAMES)} or a TorchScript file, got {name!r}"
-        )
-    model = model.to(device).eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
+def load_model(name: str, device: str, config: BenchConfig | None = None) -> nn.Module:
+    """The model ``name`` (embedded, TorchScript, ``file.py:callable`` or ``module:callable``;
+    see :mod:`.usermodels`), normalised as ``config`` says, in eval mode, frozen."""
+    mean, std = (config.mean, config.std) if config is not None else (None, None)
+    return usermodels.load_model(name, device, mean, std)
 
 
 def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,16 +112,18 @@ _ORDER = {"l1": 1.0, "l2": 2.0, "linf": float("inf")}
 
 def _evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor, norm: str
-) -> torch.Tensor:
-    """Distances of the candidates that the bare model misclassifies; +inf elsewhere."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances of the candidates that the bare model misclassifies (+inf elsewhere) and the
+    perturbations ``adv − x`` (candidates clipped to [0, 1])."""
     if not isinstance(adv, torch.Tensor) or adv.shape != x.shape:
         shape = tuple(adv.shape) if isinstance(adv, torch.Tensor) else type(adv).__name__
         raise RuntimeError(f"an attack returned {shape} for inputs of shape {tuple(x.shape)}")
     adv = adv.detach().to(x.device, x.dtype).clamp(0, 1)  # a no-op for in-bounds candidates
     with torch.no_grad():
         fooled = model(adv).argmax(1) != y
-    distance = (adv - x).flatten(1).norm(p=_ORDER[norm], dim=1)
-    return torch.where(fooled, distance, torch.full_like(distance, float("inf")))
+    delta = adv - x
+    distance = delta.flatten(1).norm(p=_ORDER[norm], dim=1)
+    return torch.where(fooled, distance, torch.full_like(distance, float("inf"))), delta
 
 
 def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callable[[], None]]:
@@ -146,60 +144,103 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callabl
     return advance, bar.close
 
 
+def attack_batch(
+    model: nn.Module,
+    spec: AttackSpec,
+    budget: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean_wrong: torch.Tensor,
+    seed: int,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int, int, float]:
+    """Run one attack on one batch (torch seeded with ``seed`` first) and re-evaluate it.
+
+    Returns: distances (0 where ``clean_wrong``, +inf for failures), soft sparsity per sample
+    (NaN unless 0 < distance < inf), the |δ| histogram of the successful samples, counted
+    forwards and backwards, and the attack's wall time.
+    """
+    counter = CountingModel(model)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    adv = spec.run(counter, x, y, budget, seed)
+    seconds = time.perf_counter() - start
+    d, delta = _evaluate(model, x, y, adv, spec.norm)
+    d = torch.where(clean_wrong.to(d.device), torch.zeros_like(d), d)
+    counted = (torch.isfinite(d) & (d > 0)).cpu().numpy()
+    perturbations = delta.detach().cpu().double().numpy()[counted]
+    sparsity = np.full(len(d), np.nan)
+    sparsity[counted] = metrics.soft_sparsity(perturbations)
+    histogram = metrics.abs_histogram(perturbations)
+    return d, sparsity, histogram, counter.forwards, counter.backwards, seconds
+
+
 def run_shard(
     config: BenchConfig,
     context: distributed.Context,
     pairs: Sequence[tuple[AttackSpec, int]],
+    stats: dict[str, int] | None = None,
 ) -> list[Record]:
-    """Run ``pairs`` on this process's shard of the first ``config.samples`` samples of every
-    model; return one :class:`Record` per (model, attack, budget)."""
+    """Run ``pairs`` on this process's batches of the first ``config.samples`` samples of every
+    model; return one :class:`Record` per (model, attack, budget).
+
+    Batches are fixed slices of ``config.batch_size`` samples, shared out between processes
+    (:func:`.distributed.batches`), so a batch has the same samples and result whatever the
+    number of processes. With ``config.batches`` set, each finished batch is written there at
+    once; with ``config.resume`` too, batches already there (same fingerprint) are read back
+    instead of recomputed; ``stats`` (if given) receives the numbers of batches ``"reused"``
+    and ``"computed"``.
+    """
     images, labels = load_data(config.data)
     if config.samples > len(images):
         raise ValueError(
             f"samples must be at most {len(images)} (the size of data {config.data!r}), got "
             f"{config.samples}"
         )
-    indices = distributed.shard(config.samples, context)
-    x_all = images[indices].to(config.device)
-    y_all = labels[indices].to(config.device)
-    batches = [slice(i, i + config.batch_size) for i in range(0, len(indices), config.batch_size)]
+    mine = distributed.batches(config.samples, config.batch_size, context)
+    store = BatchStore(config.batches, config.resume) if config.batches is not None else None
     show = not config.quiet and context.is_main and sys.stderr.isatty()
-    advance, close = _progress(len(config.models) * len(pairs) * len(batches), show)
-    records = []
+    advance, close = _progress(len(config.models) * len(pairs) * len(mine), show)
+    records, computed = [], 0
     try:
         for model_name in config.models:
-            model = load_model(model_name, config.device)
-            with torch.no_grad():  # a shard may be empty when samples < processes
-                wrong = [model(x_all[b]).argmax(1) != y_all[b] for b in batches]
-            clean_wrong = torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
-            name = Path(model_name).stem
+            model = load_model(model_name, config.device, config)
+            name = usermodels.model_label(model_name)
+            model_hash = usermodels.model_fingerprint(model) if store is not None else ""
+            clean: dict[int, torch.Tensor] = {}
             for spec, budget in pairs:
-                counter = CountingModel(model)
-                distances, seconds = [], 0.0
-                for b in batches:
-                    torch.manual_seed(config.seed)
-                    start = time.perf_counter()
-                    adv = spec.run(counter, x_all[b], y_all[b], budget, config.seed)
-                    seconds += time.perf_counter() - start
-                    distances.append(_evaluate(model, x_all[b], y_all[b], adv, spec.norm))
+                parts = [Record(name, spec.key, spec.label, spec.norm, budget,
+                                spec.budget_note(budget), [], [])]  # fmt: skip
+                for number, index in enumerate(mine):
+                    x = images[index].to(config.device)
+                    y = labels[index].to(config.device)
+                    path, fingerprint, part = None, "", None
+                    if store is not None:
+                        path = store.path(name, spec.key, budget, int(index[0]), int(index[-1]))
+                        fingerprint = batch_fingerprint(
+                            model_hash=model_hash, attack=spec.key, budget=budget,
+                            seed=config.seed, device=config.device, images=x, labels=y,
+                        )  # fmt: skip
+                        part = store.load(path, fingerprint)
+                    if part is None:
+                        if number not in clean:
+                            with torch.no_grad():
+                                clean[number] = model(x).argmax(1) != y
+                        d, sparsity, histogram, forwards, backwards, seconds = attack_batch(
+                            model, spec, budget, x, y, clean[number], config.seed
+                        )
+                        part = Record(name, spec.key, spec.label, spec.norm, budget,
+                                      spec.budget_note(budget), index.tolist(),
+                                      d.cpu().double().tolist(), forwards, backwards, seconds,
+                                      sparsity.tolist(), histogram.tolist())  # fmt: skip
+                        computed += 1
+                        if store is not None and path is not None:
+                            store.save(path, fingerprint, part)
+                    parts.append(part)
                     advance(f"{name} {spec.key} @{budget}")
-                d = torch.cat(distances) if distances else torch.zeros(0)
-                d = torch.where(clean_wrong.to(d.device), torch.zeros_like(d), d)
-                records.append(
-                    Record(
-                        name,
-                        spec.key,
-                        spec.label,
-                        spec.norm,
-                        budget,
-                        spec.budget_note(budget),
-                        indices.tolist(),
-                        d.cpu().double().tolist(),
-                        counter.forwards,
-                        counter.backwards,
-                        seconds,
-                    )  # fmt: skip
-                )
+                records += merge([parts], wall="sum")
     finally:
         close()
+        if stats is not None:
+            stats["reused"] = store.reused if store is not None else 0
+            stats["computed"] = computed
     return records

@@ -6,11 +6,17 @@ Usage (from the repository root)::
         --out alma_plugin/zoo/assets
 
 The MNIST *test* set is split in two: images 0–8999 train the models, images 9000–9999 are
-held out and shipped (as ``uint8``) for the benchmark to attack. Two models are trained:
+held out and shipped (as ``uint8``) for the benchmark to attack. Three models are trained:
 
 - ``mnist_regular``: Adam, cosine learning-rate decay, random ±2 px translations;
 - ``mnist_adversarial``: PGD-ℓ∞ adversarial training (Madry et al.), warm-started from the
-  regular model, with ε ramped up linearly to its final value over the first epochs.
+  regular model, with ε ramped up linearly to its final value over the first epochs;
+- ``mnist_lagrangian``: adversarial training with the Lagrangian attack of Azizmalayeri &
+  Rohban (2021, Algorithm 1; :class:`alma_plugin.torchattacks.Lagrangian`) through
+  :func:`alma_plugin.training.adversarial_training`, warm-started from the *stored* regular
+  weights (its warm-up: the regular model's 10 clean epochs), for as many epochs, with the same
+  optimiser, schedule and augmentation as the PGD model. ``--models mnist_lagrangian`` retrains
+  it alone (the other assets are left untouched).
 
 Weights are written as float16 arrays in compressed ``.npz`` files (a few hundred kB each).
 Everything is seeded and the number of CPU threads is fixed, so a rerun with the same arguments
@@ -72,6 +78,9 @@ class TrainConfig:
     adv_eps_ramp_epochs: int = 2
     adv_steps: int = 5
     shift: int = 2
+    lag_epochs: int = 4
+    lag_init_lr: float = 0.1
+    lag_multiplier: float = 2.0
 
 
 def load_split(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
@@ -102,6 +111,50 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     cols = off[:, 1, None] + torch.arange(w)
     batch = torch.arange(n)[:, None, None]
     return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+class ShiftedBatches:
+    """Shuffled batches of ``(x, y)`` with random ±``shift`` px translations, re-drawn from
+    ``generator`` at every iteration (one epoch): the loader of :func:`train`, for
+    :func:`alma_plugin.training.adversarial_training`."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, generator: torch.Generator
+    ) -> None:
+        self.x, self.y, self.config, self.generator = x, y, config, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.config.batch_size)
+
+    def __iter__(self) -> Any:
+        order = torch.randperm(len(self.x), generator=self.generator)
+        size = self.config.batch_size
+        for i in range(len(self)):
+            idx = order[i * size : (i + 1) * size]
+            yield random_shift(self.x[idx], self.config.shift, self.generator), self.y[idx]
+
+
+def train_lagrangian(
+    out: Path, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, progress: bool = False
+) -> nn.Module:
+    """Lagrangian adversarial training from the stored regular weights (see the module doc)."""
+    from ..torchattacks import Lagrangian
+    from ..training import adversarial_training
+
+    torch.manual_seed(config.seed + 2)  # the attack's noise and dropout: torch's generator
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    model = load_weights(out / weights_filename("mnist_regular"))
+    attack = Lagrangian(model, init_lr=config.lag_init_lr, multiplier=config.lag_multiplier)
+    adversarial_training(
+        model,
+        ShiftedBatches(x, y, config, generator),
+        attack=attack,
+        epochs=config.lag_epochs,
+        lr=config.adv_lr,
+        progress=progress,
+        log=lambda line: print(f"[lagrangian] {line}", flush=True),
+    )
+    return model
 
 
 def pgd_linf(
@@ -277,6 +330,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--adv-epochs", type=int, default=TrainConfig.adv_epochs)
     parser.add_argument("--adv-eps", type=float, default=TrainConfig.adv_eps)
     parser.add_argument("--adv-steps", type=int, default=TrainConfig.adv_steps)
+    parser.add_argument("--lag-epochs", type=int, default=TrainConfig.lag_epochs)
+    parser.add_argument("--lag-init-lr", type=float, default=TrainConfig.lag_init_lr)
+    parser.add_argument("--lag-multiplier", type=float, default=TrainConfig.lag_multiplier)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=("all", "mnist_lagrangian"),
+        default=["all"],
+        help="all: the three models (and the held-out asset); mnist_lagrangian: only it",
+    )
+    parser.add_argument("--progress", action="store_true", help="progress bars (tqdm)")
     parser.add_argument("--eval-pgd-steps", type=int, default=20)
     parser.add_argument(
         "--report-only", action="store_true", help="skip training; evaluate the stored weights"
@@ -296,12 +360,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         adv_epochs=args.adv_epochs,
         adv_eps=args.adv_eps,
         adv_steps=args.adv_steps,
+        lag_epochs=args.lag_epochs,
+        lag_init_lr=args.lag_init_lr,
+        lag_multiplier=args.lag_multiplier,
     )
+    only_lagrangian = args.models == ["mnist_lagrangian"]
     x_train, y_train, held_images, held_labels = load_split(args.data_dir)
     x_held = torch.from_numpy(held_images.astype(np.float32) / 255.0).unsqueeze(1)
     y_held = torch.from_numpy(held_labels.astype(np.int64))
 
-    if not args.report_only:
+    if only_lagrangian and not args.report_only:
+        t0 = time.perf_counter()
+        model = train_lagrangian(args.out, x_train, y_train, config, args.progress)
+        save_weights(model, args.out / weights_filename("mnist_lagrangian"))
+        print(f"lagrangian: held-out acc {accuracy(model, x_held, y_held):.4f}", flush=True)
+        print(f"training time: lagrangian {time.perf_counter() - t0:.0f}s")
+    elif not args.report_only:
         args.out.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, images=held_images, labels=held_labels)
@@ -344,12 +418,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         save_weights(model, args.out / weights_filename("mnist_adversarial"))
         print(f"adversarial: held-out acc {accuracy(model, x_held, y_held):.4f}", flush=True)
         t2 = time.perf_counter()
-        print(f"training time: regular {t1 - t0:.0f}s, adversarial {t2 - t1:.0f}s")
+        model = train_lagrangian(args.out, x_train, y_train, config, args.progress)
+        save_weights(model, args.out / weights_filename("mnist_lagrangian"))
+        print(f"lagrangian: held-out acc {accuracy(model, x_held, y_held):.4f}", flush=True)
+        t3 = time.perf_counter()
+        print(
+            f"training time: regular {t1 - t0:.0f}s, adversarial {t2 - t1:.0f}s, "
+            f"lagrangian {t3 - t2:.0f}s"
+        )
 
     if not args.no_report:
-        t3 = time.perf_counter()
+        t4 = time.perf_counter()
         report(args.out, x_held, y_held, config.seed + 1, args.eval_pgd_steps)
-        print(f"evaluation time: {time.perf_counter() - t3:.0f}s")
+        print(f"evaluation time: {time.perf_counter() - t4:.0f}s")
     for path in sorted(args.out.glob("*.npz")):
         print(f"{path.name}: {path.stat().st_size / 1024:.0f} KiB")
 

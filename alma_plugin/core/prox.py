@@ -62,6 +62,7 @@ def linf_box_prox(
     upper: ep.Tensor | float,
     metric: ep.Tensor | None = None,
     precision: float = ProxParams.prox_precision,
+    radius: float | None = None,
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """``(p*, β*)``: the prox of λ‖·‖∞ + ι_Λ at ``delta`` and the optimal β* = ‖p*‖∞.
 
@@ -74,6 +75,10 @@ def linf_box_prox(
             the Euclidean metric (eq. 5.11). With a metric, the norms of steps 10–11 of
             Algorithm 5.1 are the weighted ones (§5.4.2.2).
         precision: the absolute precision Δβ on β*.
+        radius: a bound on ‖P_Λ(δ)‖∞ known on the host (1 for Λ = [0, 1]^d − x), from which
+            the iteration count of step 4 is computed. None: from ‖P_Λ(δ)‖∞ itself, which reads
+            a value back from the device (a synchronisation on a GPU). The bound gives the same
+            precision Δβ with at most ⌈log(radius / ‖P_Λ(δ)‖∞) / log(3/2)⌉ more iterations.
 
     Returns:
         p* with the shape of ``delta``, and β* with shape (N,).
@@ -90,7 +95,9 @@ def linf_box_prox(
     # Steps 2–3: l = 0, u = ‖δ_Λ‖∞ (eq. 5.15).
     low = ep.zeros(z, (z.shape[0], 1))
     high = z_box.abs().max(axis=1, keepdims=True)
-    n_iter = ternary_iterations(float(high.max().item()) if z.shape[0] else 0.0, precision)
+    if radius is None:
+        radius = float(high.max().item()) if z.shape[0] else 0.0
+    n_iter = ternary_iterations(radius, precision)
 
     for _ in range(n_iter):  # steps 5–16, for the whole batch at once
         third = (high - low) / 3

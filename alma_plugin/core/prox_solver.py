@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
@@ -66,11 +67,20 @@ def alma_prox_solve(
     labels' shape, bool or 0/1) selects the constrained pixels m. Success is APSR ≥ ν
     (``adv_threshold``); ``is_adversarial(model_inputs, logits) → (N,) bool`` (e.g. a Foolbox
     criterion) replaces the per-sample success test in classification. ``params`` has its
-    ``init_lr`` resolved (:meth:`ProxParams.for_task`). ``early_stop`` ends the run once every
-    sample has an adversarial with normalised ‖δ‖∞ below it. The callback sees eagerpy tensors.
+    ``init_lr`` and ``rho_init`` resolved (:meth:`ProxParams.for_task`). ``early_stop`` ends
+    the run once every sample has an adversarial with normalised ‖δ‖∞ below it. The callback
+    sees eagerpy tensors.
+
+    Host synchronisation: after the first step (input and output checks) the loop reads
+    nothing back from the device, except one boolean every M = ``check_steps`` steps when
+    ``early_stop`` is set (the user's ``is_adversarial`` and ``callback`` may synchronise on
+    their own). As in :func:`~alma_plugin.core.solver.alma_solve`, the stop condition is
+    tracked on the device and the best iterates are frozen from the step it first holds: the
+    result is that of a check at every step, after up to M − 1 more steps (``steps_run``
+    counts them). The masking percentiles (eq. 5.6) go to the device once, before the loop.
     """
     p = params
-    assert p.init_lr is not None
+    assert p.init_lr is not None and p.rho_init is not None
     lower, upper = bounds
     span = upper - lower
     x0 = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
@@ -93,11 +103,19 @@ def alma_prox_solve(
     best_apsr = ep.zeros(m, (n,))
     first_success = ep.full(c.labels, (n,), -1)
     steps_run = steps
+    stopped = ep.zeros(m, ()) > 0  # the early-stop condition has held, on the device
+    # Eq. 5.6's percentile rank of every step, copied to the device once (a copy per step
+    # would synchronise); only dense outputs have more than one constraint to mask.
+    progresses = [(t - 1) / (steps - 1) if steps > 1 else 0.0 for t in range(1, steps + 1)]
+    ranks = None
+    if p.constraint_masking and c.dense:
+        ranks = ep.from_numpy(c.labels, np.stack(
+            [masking_rank(c.counts, adv_threshold, q, p.mask_decay) for q in progresses]
+        ))  # fmt: skip
 
     for t in range(1, steps + 1):
-        progress = (t - 1) / (steps - 1) if steps > 1 else 0.0
-        rank = ep.from_numpy(c.labels, masking_rank(c.counts, adv_threshold, progress,
-                                                    p.mask_decay))  # fmt: skip
+        progress = progresses[t - 1]
+        rank = None if ranks is None else ranks[t - 1]
         check = t % p.check_steps == 0
         state = (mu, rho, w, d_ref, recent_sat)
 
@@ -106,7 +124,7 @@ def alma_prox_solve(
             state: tuple[ep.Tensor, ...] = state,
             check: bool = check,
             t: int = t,
-            rank: ep.Tensor = rank,
+            rank: ep.Tensor | None = rank,
         ) -> tuple[ep.Tensor, Any]:
             mu_, rho_, w_, d_ref_, recent_ = state
             x_adv = (x + delta_ * span).clip(lower, upper)  # 3. x̃ = x + δ
@@ -124,7 +142,7 @@ def alma_prox_solve(
             satisfied = (m * (d_c < 0).astype(m.dtype)).sum(axis=1, keepdims=True)
             w_new = scale_update(w_, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
             m_tilde = c.mask  # 10–11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
-            if p.constraint_masking:
+            if rank is not None:
                 m_tilde = constraint_mask(d_c, c.mask, rank)
             mt = m_tilde.astype(m.dtype)
             # 12–13. μ ← P_[μmin, μmax](α μ + (1 − α) ∂/∂d m̃ᵀP(w d, ρ, μ))
@@ -159,6 +177,8 @@ def alma_prox_solve(
         if t == 1:
             best_apsr = apsr
         better = ep.logical_and(success, norm < best_norm)
+        if early_stop is not None:  # nothing changes once the early-stop condition held
+            better = ep.logical_and(better, stopped.logical_not())
         best_norm = ep.where(better, norm, best_norm)
         best_apsr = ep.where(better, apsr, best_apsr)
         best_delta = ep.where(expand(better, x), delta, best_delta)
@@ -171,15 +191,19 @@ def alma_prox_solve(
         lr = step_size(p.init_lr, p.lr_reduction, progress)
         v = p.alpha * v + (1 - p.alpha) * grad.square()
         s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps
-        delta, _ = linf_box_prox(delta - lr * grad / s, lr, box_low, box_high, s, p.prox_precision)
+        # Λ = [−u, 1 − u] ⊂ [−1, 1]: ‖P_Λ(·)‖∞ ≤ 1 fixes the ternary iteration count on the host.
+        delta, _ = linf_box_prox(delta - lr * grad / s, lr, box_low, box_high, s, p.prox_precision,
+                                 radius=1.0)  # fmt: skip
 
         if callback is not None:
             shape = (n,) if not c.dense else (n, -1)
             callback(StepInfo(t - 1, norm, d.reshape(shape), mu.reshape(shape),
                               rho.reshape(shape), ep.full(norm, (n,), lr), success))  # fmt: skip
-        if early_stop is not None and (best_norm < early_stop).all().item():
-            steps_run = t
-            break
+        if early_stop is not None:
+            stopped = ep.logical_or(stopped, (best_norm < early_stop).all())
+            if check and bool(stopped.item()):  # one read every M steps
+                steps_run = t
+                break
 
     return _result(x0, x, best_delta, best_norm, best_apsr, first_success, steps_run, bounds)
 

@@ -20,7 +20,7 @@ from .constraints import dlr_plus
 from .params import ALMAParams
 from .penalties import get_penalty
 from .result import AttackResult, StepInfo
-from .schedules import decayed_step_size, initial_step_size, random_unit_directions
+from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
 from .tensors import expand, finite_rows
 from .validation import (
     Bounds,
@@ -61,7 +61,14 @@ def alma_solve(
     """Run ALMA on a validated batch. ``inputs`` lie in ``bounds``; ``labels`` are the true
     classes, or the targets when ``targeted``. ``params`` are resolved for the budget
     (:meth:`ALMAParams.for_budget`). ``early_stop`` (in D's normalised units) ends the run once
-    every sample has an adversarial with D < early_stop. The callback sees eagerpy tensors."""
+    every sample has an adversarial with D < early_stop. The callback sees eagerpy tensors.
+
+    Host synchronisation: after step 0 (input checks, η⁽⁰⁾ search) the loop reads nothing back
+    from the device, except one boolean every M = ``check_steps`` steps when ``early_stop`` is
+    set (the user's ``is_adversarial`` and ``callback`` may synchronise on their own). The stop
+    condition is tracked on the device at every step and the best iterates are frozen from the
+    step it first holds, so the result is the one of a check at every step; the run only goes
+    on for up to M − 1 more steps, which ``steps_run`` counts."""
     c = params
     penalty = get_penalty(c.penalty)
     assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None
@@ -93,6 +100,7 @@ def alma_solve(
     first_success = ep.full(labels, (batch,), -1)
     constraint_at_last_check = per_sample(np.inf)
     step_size0 = per_sample(c.init_lr or 0.0)
+    stopped = ep.zeros(x, ()) > 0  # the early-stop condition has held, on the device
 
     def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
         model_inputs = to_model_space(u)
@@ -131,6 +139,8 @@ def alma_solve(
             success = ep.logical_and(success, finite_rows(logits))
         success = ep.logical_and(success, finite_rows(dist))
         improved = ep.logical_and(success, dist < best_distance)
+        if early_stop is not None:  # nothing changes once the early-stop condition held
+            improved = ep.logical_and(improved, stopped.logical_not())
         # The tensor the model judged is the one returned: no re-mapping that could round.
         best_adv = ep.where(expand(improved, x), model_inputs, best_adv)
         best_distance = ep.where(improved, dist, best_distance)
@@ -158,7 +168,10 @@ def alma_solve(
             constraint_at_last_check = d
 
         # Constant η while exploring, exponential decay after the first success (Fig. 3).
-        step_size = decayed_step_size(step_size0, t, first_success, steps, c.lr_reduction)
+        # (schedule="paper"; "exponential" / "cosine" decay from the first step instead.)
+        step_size = scheduled_step_size(
+            c.schedule, step_size0, t, first_success, steps, c.lr_reduction
+        )
 
         # 9. RMSProp + momentum step, projection on the box, optional quantisation.
         square_avg = c.rmsprop_decay * square_avg + (1 - c.rmsprop_decay) * grad.square()
@@ -178,9 +191,11 @@ def alma_solve(
 
         if callback is not None:
             callback(StepInfo(t, dist, d, mu, rho, step_size, success))
-        if early_stop is not None and (best_distance < early_stop).all():
-            steps_run = t + 1
-            break
+        if early_stop is not None:
+            stopped = ep.logical_or(stopped, (best_distance < early_stop).all())
+            if (t + 1) % c.check_steps == 0 and bool(stopped.item()):  # one read every M steps
+                steps_run = t + 1
+                break
 
     return AttackResult(
         adversarials=best_adv,

@@ -7,7 +7,8 @@ The public distances, named as in :data:`DISTANCES` (and as the attacks' ``dista
 * ``linf``: ‖x̃ − x‖∞ (not in :data:`DISTANCES`: the attacks run ALMA prox for it);
 * ``ciede2000``: CIEDE2000 colour difference, ℓ2-accumulated over pixels, on the standard
   CIELAB scale (so its ε differs from the paper's, see :data:`CIEDE2000_INIT_LR_DISTANCE`);
-* ``ssim``: 1 − SSIM (Gaussian 11×11 window, mean over channels);
+* ``ssim``: 1 − SSIM (Gaussian 11×11 window, mean over channels; scikit-image's value, or
+  ``padding="symmetric"`` for one window per pixel, see below);
 * ``msssim``: 1 − MS-SSIM (five scales; images of at least ``ms_ssim_min_size()`` = 176 px);
 * ``lpips``: LPIPS-AlexNet v0.1 with the default weights (PyTorch only); :class:`LPIPS`
   builds the same distance from your own weights.
@@ -28,7 +29,12 @@ Every distance maps two batches ``x_adv``, ``x`` of the same shape (N, ...) with
 * **Gradients** are finite everywhere on finite input, and 0 (up to rounding) at x̃ = x.
 
 :data:`DISTANCES` maps the names ALMA minimises (all but ``linf``) to a :class:`DistanceSpec`
-with the paper's initial step-size target ε (Table 3 of the ALMA paper). The LPIPS network
+with the paper's initial step-size target ε (Table 3 of the ALMA paper) and the function the
+attacks descend (:attr:`DistanceSpec.objective`). For SSIM and MS-SSIM that objective has the
+exact (scikit-image, valid-window) value but the gradient of the full-coverage SSIM
+(``padding="symmetric"``): valid windows give the outer 5 pixels almost no weight, and an
+attack following their gradient puts its perturbation into the image border (see
+:mod:`alma_plugin.distances._ssim`). The LPIPS network
 and its weights are loaded on first use, so importing this package needs neither torch nor
 weight files.
 """
@@ -44,7 +50,15 @@ import eagerpy as ep
 from ._color import CIEDE2000_INIT_LR_DISTANCE, check_color_input, ciede2000
 from ._common import Distance, distance_function
 from ._lp import l1, l2, linf
-from ._ssim import MS_SSIM_WEIGHTS, ms_ssim_min_size, msssim, ssim
+from ._ssim import (
+    MS_SSIM_WEIGHTS,
+    PADDINGS,
+    ms_ssim_min_size,
+    msssim,
+    msssim_objective,
+    ssim,
+    ssim_objective,
+)
 
 if TYPE_CHECKING:
     from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
@@ -56,12 +70,23 @@ DistanceFunction = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
 @dataclass(frozen=True)
 class DistanceSpec:
-    """A named distance, its function and its default initial-step target ε (Table 3)."""
+    """A named distance, its function and its default initial-step target ε (Table 3).
+
+    ``descent``, if given, is what ALMA minimises instead of ``function``: the same values
+    (so reported distances, ε, early stopping and success are ``function``'s) with another
+    gradient — for SSIM / MS-SSIM, the full-coverage one (no cheap image border).
+    """
 
     name: str
     function: DistanceFunction
     init_lr_distance: float
     needs_color: bool = False
+    descent: DistanceFunction | None = None
+
+    @property
+    def objective(self) -> DistanceFunction:
+        """The function ALMA descends: :attr:`descent`, or :attr:`function` when None."""
+        return self.function if self.descent is None else self.descent
 
 
 @distance_function
@@ -81,9 +106,10 @@ DISTANCES: dict[str, DistanceSpec] = {
     "l1": DistanceSpec("l1", l1, 0.5),
     "l2": DistanceSpec("l2", l2, 0.1),
     "ciede2000": DistanceSpec("ciede2000", ciede2000, CIEDE2000_INIT_LR_DISTANCE, True),
-    "ssim": DistanceSpec("ssim", ssim, 3e-5),
+    # The attacks descend the full-coverage SSIM's gradient; the values stay scikit-image's.
+    "ssim": DistanceSpec("ssim", ssim, 3e-5, descent=ssim_objective),
     # MS-SSIM is not in the paper; 1 − MS-SSIM is of the same order as 1 − SSIM.
-    "msssim": DistanceSpec("msssim", msssim, 3e-5),
+    "msssim": DistanceSpec("msssim", msssim, 3e-5, descent=msssim_objective),
     "lpips": DistanceSpec("lpips", lpips, 1e-3, True),
 }
 
@@ -118,6 +144,7 @@ __all__ = [
     "LPIPS",
     "LPIPS_CHANNELS",
     "MS_SSIM_WEIGHTS",
+    "PADDINGS",
     "AlexNetFeatures",
     "Distance",
     "DistanceFunction",

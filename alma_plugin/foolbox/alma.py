@@ -27,6 +27,7 @@ from ..core.params import ALMA_STEPS, ALMAParams, takes_params
 from ..core.solver import alma_solve
 from ..core.validation import Bounds, check_bounds, check_positive_int
 from ..distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+from ..distances._ssim import check_padding, descent_objective
 from ._base import Batch, MinimalAttack
 from ._common import (
     CHANNELS_FIRST,
@@ -166,6 +167,11 @@ class ALMAAttack(MinimalAttack):
                 f"(model.data_format={layout!r}), got inputs of shape {shape}"
             )
 
+    def descent_function(self) -> DistanceFunction:
+        """What the solver minimises: :attr:`distance_function` (values and gradient), unless a
+        subclass descends another gradient with the same values (SSIM, MS-SSIM)."""
+        return self.distance_function
+
     def repeat(self, times: int) -> Attack:
         """Foolbox's ``Repeated``; ALMA is deterministic, so every repetition returns the same
         result: n times the cost for exactly the single-call result."""
@@ -191,7 +197,7 @@ class ALMAAttack(MinimalAttack):
             model_fn,
             x,
             batch.classes,
-            distance=self.distance_function,
+            distance=self.descent_function(),
             params=self._resolved,
             steps=self.steps,
             bounds=bounds,
@@ -294,13 +300,55 @@ class CIEDE2000ALMA(ALMAAttack):
     distance_name = "ciede2000"
 
 
-class SSIMALMA(ALMAAttack):
+_PADDING = """
+    Window coverage (``padding``):
+        :attr:`distance` — what the result is measured, clipped to ``epsilons`` and judged
+        with — is always the exact, scikit-image-compatible SSIM (valid windows). Valid windows
+        give the outer 5 pixels almost no weight, so descending their gradient puts the
+        perturbation into the image border and corners. With ``padding="symmetric"`` (default)
+        the attack descends the gradient of the full-coverage SSIM (one window per pixel,
+        symmetric extension: every pixel weighs the same) while every value it compares (best
+        iterate, ε of the first step, ``early_stop``) is the exact one;
+        ``padding="valid"`` descends the exact SSIM itself (the behaviour of scikit-image's
+        windows, border artefact included). See :mod:`alma_plugin.distances._ssim`.
+"""
+
+
+class _SSIMFamily(ALMAAttack):
+    """SSIM / MS-SSIM: the ``padding`` of the windows whose gradient the attack descends."""
+
+    @takes_params(ALMAParams)
+    def __init__(
+        self,
+        *,
+        steps: int = ALMA_STEPS,
+        seed: int = 0,
+        padding: str = "symmetric",
+        params: ALMAParams | None = None,
+    ) -> None:
+        super().__init__(steps=steps, seed=seed, params=params)
+        self.padding = check_padding(padding)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, padding={self.padding!r})"
+
+    def descent_function(self) -> DistanceFunction:
+        return descent_objective(self.distance_name, self.padding)
+
+
+class SSIMALMA(_SSIMFamily):
     __doc__ = (
         """ALMA minimising 1 − SSIM (Appendix G; ε of Table 3). [#Rony21]_
 
     As :class:`L2ALMA`, with a :class:`NormalisedDistance`; any channel count, images of at
     least 11×11 pixels (one Gaussian window), either layout (``model.data_format``).
+
+    Args:
+        padding : ``"symmetric"`` (default) or ``"valid"``: the windows whose SSIM gradient
+            the attack descends (see "Window coverage" below).
+        steps, seed, params, **hyperparameters : as :class:`L2ALMA`.
 """
+        + _PADDING
         + _CONVENTIONS
         + _REFERENCE
     )
@@ -309,15 +357,17 @@ class SSIMALMA(ALMAAttack):
     min_image_size = ms_ssim_min_size(1)
 
 
-class MSSSIMALMA(ALMAAttack):
+class MSSSIMALMA(_SSIMFamily):
     __doc__ = (
         """ALMA minimising 1 − MS-SSIM (five scales, Wang, Simoncelli & Bovik 2003). [#Rony21]_
 
-    As :class:`SSIMALMA` (same ε), for images of at least 176×176 pixels: each of the
-    five scales needs one 11×11 window. Smaller inputs (e.g. 32×32 CIFAR-10) raise a ValueError
-    before any model call; use :class:`SSIMALMA` for them. (Fewer scales would be a different
-    distance, with other weights and no published ε, so none is chosen silently.)
+    As :class:`SSIMALMA` (same ε, same ``padding``, applied at every scale), for images of at
+    least 176×176 pixels: each of the five scales needs one 11×11 window. Smaller inputs (e.g.
+    32×32 CIFAR-10) raise a ValueError before any model call; use :class:`SSIMALMA` for them.
+    (Fewer scales would be a different distance, with other weights and no published ε, so
+    none is chosen silently.)
 """
+        + _PADDING
         + _CONVENTIONS
         + _REFERENCE
     )

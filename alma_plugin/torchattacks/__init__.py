@@ -1,4 +1,4 @@
-"""torchattacks drop-ins: :class:`ALMA` and :class:`MinimalEnsemble`.
+"""torchattacks drop-ins: :class:`ALMA`, :class:`MinimalEnsemble` and :class:`Lagrangian`.
 
 ``ALMA`` is the Augmented Lagrangian attack of Rony, Granger, Pedersoli and Ben Ayed,
 "Augmented Lagrangian Adversarial Attacks", ICCV 2021 (Algorithm 2 with the modifications of
@@ -10,9 +10,14 @@ CVPR 2023) for ℓ∞, as a :class:`torchattacks.attack.Attack`: usable alone, i
 ``MinimalEnsemble`` runs several attacks on the same batch and keeps, per sample, the
 successful output with the smallest distance, which is what an evaluation of *minimal*
 attacks needs (``MultiAttack`` keeps the first success instead).
+
+``Lagrangian`` is the training attack of Azizmalayeri and Rohban (2021, Algorithm 1): a few
+steps of ascent on the C&W margin loss minus a fixed-schedule multiplier times ‖δ‖₂, for
+adversarial training (:func:`alma_plugin.training.adversarial_training`).
 """
 
 from .alma import ALMA
 from .ensemble import MinimalEnsemble
+from .lagrangian import Lagrangian
 
-__all__ = ["ALMA", "MinimalEnsemble"]
+__all__ = ["ALMA", "Lagrangian", "MinimalEnsemble"]

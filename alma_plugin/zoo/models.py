@@ -1,11 +1,14 @@
-"""The embedded models: the SmallCNN of the paper's MNIST experiments (regular, adversarial).
+"""The embedded models: the SmallCNN of the paper's MNIST experiments (regular, adversarial,
+Lagrangian).
 
 The architecture is the one used by Carlini & Wagner and by TRADES (and by DDN, FMN and the
-ALMA paper, §4 "Models"). Two sets of weights ship with the package, both trained by
+ALMA paper, §4 "Models"). Three sets of weights ship with the package, all trained by
 :mod:`alma_plugin.bench.train_mnist` on MNIST test images 0–8999:
 
 - ``"mnist_regular"``: regular (clean) training;
-- ``"mnist_adversarial"``: PGD-ℓ∞ adversarial training.
+- ``"mnist_adversarial"``: PGD-ℓ∞ adversarial training;
+- ``"mnist_lagrangian"``: adversarial training with the Lagrangian attack of Azizmalayeri &
+  Rohban (2021), :class:`alma_plugin.torchattacks.Lagrangian`.
 
 Weights are stored as float16 arrays in a compressed ``.npz`` file and converted to float32 at
 load time, so no pickle is involved.
@@ -25,7 +28,7 @@ from .data import read_asset
 __all__ = ["MODEL_NAMES", "SmallCNN", "load_smallcnn", "weights_filename"]
 
 #: Names accepted by :func:`load_smallcnn`.
-MODEL_NAMES: tuple[str, ...] = ("mnist_regular", "mnist_adversarial")
+MODEL_NAMES: tuple[str, ...] = ("mnist_regular", "mnist_adversarial", "mnist_lagrangian")
 
 
 class SmallCNN(nn.Module):
@@ -98,7 +101,7 @@ def load_smallcnn(name: str) -> SmallCNN:
     """Load one of the embedded SmallCNN models, in eval mode, on the CPU, in float32.
 
     Args:
-        name: ``"mnist_regular"`` or ``"mnist_adversarial"``.
+        name: ``"mnist_regular"``, ``"mnist_adversarial"`` or ``"mnist_lagrangian"``.
 
     Raises:
         ValueError: if ``name`` is not one of :data:`MODEL_NAMES`.

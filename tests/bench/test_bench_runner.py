@@ -56,12 +56,17 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_cli_prints_the_table_with_the_papers_columns(cli_run: tuple[Path, str]) -> None:
     _, out = cli_run
-    header = out.splitlines()[0]
+    assert out.startswith("alma-bench ") and "seed 0" in out.splitlines()[0]
+    (header,) = [line for line in out.splitlines() if line.startswith("| model |")]
     for column in COLUMNS:
         assert column in header
     assert "failures counted as +inf" in out and "count as distance 0" in out
     assert "Total wall time" in out
-    assert sum(line.startswith("| mnist_regular |") for line in out.splitlines()) == 4
+    # four runs and a best-of-all row for each of the two norms
+    assert sum(line.startswith("| mnist_regular |") for line in out.splitlines()) == 6
+    assert sum("| **best of all** |" in line for line in out.splitlines()) == 2
+    for column in ("optimality", "wins", "sparsity l1/l2 median [IQR]"):
+        assert column in header
 
 
 def test_forwards_and_backwards_are_counted(cli_run: tuple[Path, str]) -> None:
@@ -83,9 +88,9 @@ def test_files_are_written(cli_run: tuple[Path, str]) -> None:
     assert {s["attack"] for s in results["samples"]} == {"alma-l2", "ddn-l2", "alma_prox-linf",
                                                         "apgd-linf"}  # fmt: skip
     assert (folder / "table.md").read_text().startswith("| model | attack |")
-    for norm in ("l2", "linf"):
-        png = folder / f"robust_accuracy_mnist_regular_{norm}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("robust_accuracy_mnist_regular_l2", "robust_accuracy_mnist_regular_linf",
+                 "patterns_mnist_regular"):  # fmt: skip
+        assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_alma_succeeds_and_distances_are_consistent(cli_run: tuple[Path, str]) -> None:
@@ -145,7 +150,9 @@ def test_merge_and_summary_of_shards() -> None:
     assert m.indices == [0, 1, 2, 3] and m.distances == [1.0, 0.0, 3.0, math.inf]
     (row,) = summarize(merged)
     assert (row.success, row.median, row.forwards, row.seconds) == (75.0, 2.0, 10.0, 2.0)
-    assert "| m | A | l2 | 10 | 75.0 | 2 | 10.0 | 10.0 | 2.0 | 10 steps |" in format_table([row])
+    assert "| m | A | l2 | 10 | 75.0 | 2 | 1.000 | 2 | - | 10.0 | 10.0 | 2.0 | 10 steps |" in (
+        format_table([row])
+    )
     assert [shard(5, Context(r, 2)).tolist() for r in (0, 1)] == [[0, 1, 2], [3, 4]]
 
 
@@ -187,19 +194,39 @@ def test_argument_errors_are_clear(
     assert expected in capsys.readouterr().err
 
 
-def test_two_gloo_processes_gather_all_samples(tmp_path: Path) -> None:
+def test_two_gloo_processes_gather_all_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    options = ["--models", "mnist_regular", "--attacks", "alma-l2", "--budgets", "5",
+               "--samples", "5", "--batch-size", "2", "--quiet", "--no-plots"]  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "alma_plugin.bench", "--models", "mnist_regular",
-               "--attacks", "alma-l2", "--budgets", "5", "--samples", "5", "--output",
-               str(tmp_path), "--quiet", "--no-plots"]  # fmt: skip
+               "--nproc_per_node=2", "-m", "alma_plugin.bench", *options, "--output",
+               str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Total wall time") == 1  # only rank 0 reports
-    results = _results(tmp_path)
-    assert results["settings"]["processes"] == "2"
+    results = _results(tmp_path / "two")
+    assert results["settings"]["processes"] == 2
     (per_sample,) = results["samples"]
     assert per_sample["indices"] == [0, 1, 2, 3, 4]
     row = _row(results, "ALMA")
     assert (row["samples"], row["forwards"], row["backwards"]) == (5, 5.0, 5.0)
+    # Both ranks wrote their batches (rank 0: samples 0-3, rank 1: sample 4), the same files
+    # and results as one process.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*options, "--output", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(previous)
+    capsys.readouterr()
+
+    def files(folder: Path) -> list[str]:
+        return sorted(p.name for p in (folder / "batches").rglob("*.json"))
+
+    assert files(tmp_path / "two") == files(tmp_path / "one") == [
+        "000000-000001.json", "000002-000003.json", "000004-000004.json"]  # fmt: skip
+    csv_two = (tmp_path / "two" / "distances.csv").read_text()
+    assert csv_two == (tmp_path / "one" / "distances.csv").read_text()

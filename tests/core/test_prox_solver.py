@@ -10,6 +10,7 @@ from torch import nn
 from alma_plugin import ProxParams, alma_prox
 from alma_plugin.core.constraints import dlr_plus, is_satisfied
 from alma_plugin.core.penalties import p2, p2_derivative, p2_prox, p2_prox_derivative
+from tests.core.host_reads import HostReads
 from tests.utils import fit_full_batch
 
 # One intra-op thread: these tiny models run faster than with two contended threads.
@@ -216,6 +217,47 @@ def test_early_stop_ends_the_run_and_zero_never_does(bars_cnn, bars_samples):
     assert early.success.raw.all() and (early.distances.raw < stop).all()
 
 
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("early_stop", [None, 1e-9])
+def test_no_host_reads_after_the_first_step_but_the_early_stop_check(
+    monkeypatch, bars_cnn, bars_samples, dense, early_stop
+):
+    """Before: the prox read ‖P_Λ(δ)‖∞ back for its ternary iteration count, dense outputs
+    copied the masking percentile to the device, and the early-stop test was read, at every
+    step (three GPU synchronisations per step)."""
+    images, labels = bars_samples[0][:4], bars_samples[1][:4]
+    model = bars_cnn
+    if dense:  # one constraint per pixel: logits (N, K, 12, 12), a label map per image
+        model = nn.Conv2d(1, 3, 3, padding=1).eval()
+        with torch.no_grad():
+            labels = model(images).argmax(1)
+    reads = HostReads(monkeypatch)
+    alma_prox(model, images, labels, steps=25, check_steps=10, early_stop=early_stop,
+              callback=reads.callback)  # fmt: skip
+    assert reads.after_step_zero() == ({} if early_stop is None else {10: 1, 20: 1})
+
+
+def test_early_stop_read_every_m_steps_keeps_the_every_step_result(bars_cnn, bars_samples):
+    images, labels = bars_samples[0][:4], bars_samples[1][:4]
+    records = []
+    alma_prox(bars_cnn, images, labels, steps=50, callback=records.append)
+    best, bests = torch.full((4,), torch.inf), []
+    for info in records:
+        best = torch.where(info.success & (info.distance < best), info.distance, best)
+        bests.append(best)
+    cases = [
+        (t, bests[t].max().item() * (1 + 1e-6))
+        for t in range(50)
+        if (t + 1) % 10 and torch.isfinite(bests[t]).all()
+        and bests[t].max() < bests[t - 1].max() and (bests[(t // 10) * 10 + 9] < bests[t]).any()
+    ]  # fmt: skip
+    assert cases
+    t_stop, stop = cases[0]
+    result = alma_prox(bars_cnn, images, labels, steps=50, early_stop=stop)
+    assert result.steps_run == (t_stop // 10 + 1) * 10
+    torch.testing.assert_close(result.distances, bests[t_stop], rtol=1e-6, atol=0)
+
+
 def test_classification_bad_inputs(bars_cnn):
     fn, x, y = bars_cnn, torch.rand(2, 1, 12, 12), torch.tensor([0, 1])
     cases = [
@@ -241,4 +283,5 @@ def test_classification_bad_inputs(bars_cnn):
             alma_prox(fn, inputs, labels, **kwargs)
     with pytest.raises(ValueError, match=r"model outputs must have shape \(N=2, K>=2\)"):
         alma_prox(lambda z: z, ep.astensor(x), ep.astensor(y), steps=1)
-    assert ProxParams().alpha == 0.8 and ProxParams().rho_init == 0.01  # §5.5.5.3
+    assert ProxParams().alpha == 0.8  # §5.5.5.3
+    assert ProxParams().for_task("segmentation").rho_init == 0.01  # §5.5.5.3

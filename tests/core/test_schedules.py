@@ -6,8 +6,14 @@ import eagerpy as ep
 import pytest
 import torch
 
-from alma_plugin.core.schedules import decayed_step_size, initial_step_size
-from alma_plugin.distances import l1, l2
+from alma_plugin.core import schedules
+from alma_plugin.core.schedules import (
+    bracket_step_size,
+    decayed_step_size,
+    initial_step_size,
+    lp_step_size,
+)
+from alma_plugin.distances import ciede2000, l1, l2, msssim, ssim
 
 
 @pytest.mark.parametrize("distance, epsilon", [(l2, 0.1), (l1, 0.5), (l2, 3.0), (l1, 20.0)])
@@ -27,6 +33,108 @@ def test_initial_step_saturates_where_box_caps_distance() -> None:
     g = -torch.ones(2, 1, 2, 2)
     eta = initial_step_size(l2, ep.astensor(x), ep.astensor(g), 0.1).raw
     assert torch.isfinite(eta).all() and (eta > 0).all()
+
+
+class Counting:
+    """A distance that counts its evaluations (and is not ``l1``/``l2`` by identity)."""
+
+    def __init__(self, distance) -> None:
+        self.distance, self.calls = distance, 0
+
+    def __call__(self, x_adv, x):
+        self.calls += 1
+        return self.distance(x_adv, x)
+
+
+def _reached(distance, x: torch.Tensor, g: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    step = (x - eta.view(-1, *[1] * (x.ndim - 1)) * g).clamp(0, 1)
+    return distance(ep.astensor(step), ep.astensor(x)).raw
+
+
+def _binary_images(n: int, seed: int) -> torch.Tensor:
+    """MNIST-like: most pixels at 0 or 1, where −g points out of the box for about half."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 1, 12, 12, generator=gen, dtype=torch.float64) > 0.7).double()
+
+
+@pytest.mark.parametrize("distance, p", [(l2, 2), (l1, 1)])
+@pytest.mark.parametrize("epsilon", [0.1, 2.0, 5.0])
+@pytest.mark.parametrize("images", ["uniform", "binary"])
+def test_lp_closed_form_is_exact_and_agrees_with_the_search(
+    monkeypatch: pytest.MonkeyPatch, distance, p: int, epsilon: float, images: str
+) -> None:
+    """ℓ1/ℓ2 need no distance evaluation: η = ε/‖g‖ₚ where the box is inactive, the root of
+    Σ_clipped cᵢᵖ + ηᵖ Σ_free |gᵢ|ᵖ = εᵖ where it is active (binary images, large ε)."""
+    gen = torch.Generator().manual_seed(1)
+    x = (
+        torch.rand(16, 1, 12, 12, generator=gen, dtype=torch.float64)
+        if images == "uniform"
+        else _binary_images(16, seed=2)
+    )
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    eta, done = lp_step_size(p, ep.astensor(x), ep.astensor(g), epsilon)
+    assert done.raw.all()
+    torch.testing.assert_close(
+        _reached(distance, x, g, eta.raw), torch.full((16,), epsilon, dtype=x.dtype), rtol=1e-9,
+        atol=0,
+    )  # fmt: skip
+    if epsilon == 0.1:  # the box is inactive at this radius: exactly ε/‖g‖ₚ
+        free = (eta.raw.view(-1, 1, 1, 1) * g.abs() <= torch.where(g > 0, x, 1 - x)).all()
+        if free:
+            torch.testing.assert_close(eta.raw, epsilon / g.flatten(1).norm(p=p, dim=1))
+    reference = bracket_step_size(distance, ep.astensor(x), ep.astensor(g), epsilon).raw
+    torch.testing.assert_close(eta.raw, reference, rtol=2e-3, atol=0)
+    # initial_step_size takes the closed form, never the search, for these distances
+    monkeypatch.setattr(schedules, "bracket_step_size", None)
+    torch.testing.assert_close(
+        initial_step_size(distance, ep.astensor(x), ep.astensor(g), epsilon).raw, eta.raw
+    )
+
+
+def test_lp_closed_form_where_every_coordinate_is_clipped_falls_back() -> None:
+    x = torch.cat([torch.ones(1, 1, 2, 2), torch.rand(1, 1, 2, 2)])
+    g = torch.cat([-torch.ones(1, 1, 2, 2), torch.randn(1, 1, 2, 2)])
+    eta, done = lp_step_size(2, ep.astensor(x), ep.astensor(g), 0.1)
+    assert done.raw.tolist() == [False, True]
+
+
+def _smooth_rgb(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand(n, 3, size, size, generator=gen), 5, 1, 2)
+    return x, torch.randn(x.shape, generator=gen)
+
+
+@pytest.mark.parametrize(
+    "distance, epsilon, rtol",
+    [
+        (ciede2000, 0.4, 1e-3),
+        # float32 1 − SSIM near 3·10⁻⁵ moves in steps of 0.4 % (one ulp of SSIM ≈ 1) and, on
+        # 32 px images, jitters by ~2 % between η 0.25 % apart: no search resolves 0.1 % there
+        (ssim, 3e-5, 0.03),
+        (lambda a, b: l2(a, b) ** 3, 1e-3, 1e-3),  # an exact power law
+    ],
+)
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e3])
+def test_perceptual_initial_step_within_tolerance_in_few_evaluations(
+    distance, epsilon: float, rtol: float, scale: float
+) -> None:
+    """Before: 36 (ℓ2) to 59 (SSIM) evaluations of D. Now a secant on log D vs log η."""
+    x, g = _smooth_rgb(4, 32, seed=3)
+    counting = Counting(distance)
+    eta = initial_step_size(counting, ep.astensor(x), ep.astensor(g * scale), epsilon).raw
+    assert counting.calls <= 5
+    reached = _reached(distance, x, g * scale, eta)
+    torch.testing.assert_close(reached, torch.full((4,), epsilon), rtol=rtol, atol=0)
+
+
+def test_msssim_initial_step_at_224_px() -> None:
+    """1 − MS-SSIM at 224 px varies by a few % between nearby η in float32: within 5 %."""
+    x, g = _smooth_rgb(2, 224, seed=4)
+    counting = Counting(msssim)
+    eta = initial_step_size(counting, ep.astensor(x), ep.astensor(g), 3e-5).raw
+    assert counting.calls <= 5
+    torch.testing.assert_close(_reached(msssim, x, g, eta), torch.full((2,), 3e-5), rtol=0.05,
+                               atol=0)  # fmt: skip
 
 
 def test_decay_constant_while_exploring_then_reaches_one_percent() -> None:

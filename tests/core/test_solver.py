@@ -11,6 +11,7 @@ from torch import nn
 
 from alma_plugin import StepInfo, alma
 from alma_plugin.core.validation import TrainingModeWarning
+from tests.core.host_reads import HostReads
 from tests.utils import CountingModel
 
 
@@ -90,6 +91,63 @@ def test_early_stop_ends_the_run() -> None:
     x, y = _batch(8)
     result = alma(model, x, y, steps=500, early_stop=1e3)
     assert result.success.all() and result.steps_run < 500
+
+
+@pytest.mark.parametrize("early_stop", [None, 1e-9])
+def test_no_host_reads_after_step_zero_but_the_early_stop_check_every_m_steps(
+    monkeypatch: pytest.MonkeyPatch, early_stop: float | None
+) -> None:
+    """Before: ``(best_distance < early_stop).all()`` was read on the host after every step (a
+    GPU synchronisation per step whenever Foolbox passes epsilons)."""
+    model = _linear_model()
+    x, y = _batch(8)
+    reads = HostReads(monkeypatch)
+    alma(model, x, y, steps=25, check_steps=10, early_stop=early_stop, callback=reads.callback)
+    assert reads.reads[0] > 0  # step 0: input checks and the η⁽⁰⁾ search may read
+    assert reads.after_step_zero() == ({} if early_stop is None else {10: 1, 20: 1})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_cuda_synchronisation_after_step_zero() -> None:
+    """On a GPU, PyTorch's sync debug mode raises on any synchronising call after step 0."""
+    model = _linear_model().cuda()
+    x, y = (t.cuda() for t in _batch(8))
+
+    def strict_after_step_zero(info: StepInfo) -> None:
+        torch.cuda.set_sync_debug_mode("error" if info.step < 24 else 0)
+
+    try:
+        result = alma(model, x, y, steps=25, callback=strict_after_step_zero)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert result.adversarials.is_cuda
+
+
+def test_early_stop_checked_every_m_steps_returns_the_every_step_result() -> None:
+    """The stop condition is read every M steps but tracked at every step: the result is the
+    best iterate up to the first step t where every sample is below ``early_stop``, and
+    ``steps_run`` counts the steps really run, up to the next multiple of M."""
+    model = _linear_model()
+    x, y = _batch(8)
+    records: list[StepInfo] = []
+    alma(model, x, y, steps=100, callback=records.append)
+    best, bests = torch.full((8,), torch.inf), []
+    for info in records:
+        best = torch.where(info.success & (info.distance < best), info.distance, best)
+        bests.append(best)
+    # A threshold met at a step t with t + 1 not a multiple of M = 10, after which some sample
+    # still improves before the next check: the freeze matters.
+    cases = [
+        (t, bests[t].max().item() * (1 + 1e-6))
+        for t in range(100)
+        if (t + 1) % 10 and torch.isfinite(bests[t]).all()
+        and bests[t].max() < bests[t - 1].max() and (bests[(t // 10) * 10 + 9] < bests[t]).any()
+    ]  # fmt: skip
+    assert cases
+    t_stop, stop = cases[0]
+    result = alma(model, x, y, steps=100, early_stop=stop)
+    assert result.steps_run == (t_stop // 10 + 1) * 10
+    assert torch.equal(result.distances, bests[t_stop])
 
 
 def test_live_tensors_do_not_grow_with_steps() -> None:

@@ -13,6 +13,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 from skimage.transform import resize
 
+from alma_plugin.bench.border import border_ratio
 from alma_plugin.distances import (
     DISTANCES,
     MS_SSIM_WEIGHTS,
@@ -23,7 +24,15 @@ from alma_plugin.distances import (
 )
 
 # White-box checks of the package's own internals (the indices before 1 − ·, the filter).
-from alma_plugin.distances._ssim import ms_ssim_index, ssim_index, valid_filter_matrix
+from alma_plugin.distances._ssim import (
+    ms_ssim_index,
+    msssim_objective,
+    ssim_index,
+    ssim_objective,
+    symmetric_filter_matrix,
+    valid_filter_matrix,
+)
+from alma_plugin.foolbox import MSSSIMALMA, SSIMALMA
 
 
 def _t(array: np.ndarray, dtype: torch.dtype = torch.float64) -> ep.Tensor:
@@ -197,5 +206,187 @@ def test_bad_shapes_raise(shape: tuple[int, ...]) -> None:
 def test_registry_entries() -> None:
     assert DISTANCES["ssim"].function is ssim
     assert DISTANCES["msssim"].function is msssim
+    assert DISTANCES["ssim"].objective is ssim_objective
+    assert DISTANCES["msssim"].objective is msssim_objective
+    assert DISTANCES["l2"].objective is DISTANCES["l2"].function
     assert DISTANCES["ssim"].init_lr_distance == 3e-5
     assert not DISTANCES["ssim"].needs_color
+
+
+# --- full coverage: padding="symmetric" and the attacks' objective ----------------------------
+
+
+def _skimage_full_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean of scikit-image's *full* SSIM map (one value per pixel, reflect-filtered moments)
+    of one (C, H, W) pair; its central crop is the valid SSIM."""
+    kwargs = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+    if a.shape[0] == 1:
+        return float(structural_similarity(a[0], b[0], full=True, **kwargs)[1].mean())
+    return float(structural_similarity(a, b, channel_axis=0, full=True, **kwargs)[1].mean())
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_symmetric_ssim_matches_skimage_full_map(name: str, dtype: torch.dtype) -> None:
+    x = IMAGES[name]().astype(np.float64)
+    batch = np.stack([x, _perturb(x, 1), _perturb(x, 2, 0.2), _perturb(x, 3, 0.005)])
+    reference = np.array([_skimage_full_ssim(b, x) for b in batch])
+    reference_x = _t(np.stack([x] * 4), dtype)
+    ours = ssim_index(_t(batch, dtype), reference_x, padding="symmetric").raw.numpy()
+    assert np.abs(ours - reference).max() < 1e-5
+    distance = ssim(_t(batch, dtype), reference_x, padding="symmetric").raw.numpy()
+    assert np.abs(distance - (1 - reference)).max() < 1e-5
+    # ... and the default is still the valid (cropped) SSIM, a different value.
+    valid = np.array([_skimage_ssim(b, x) for b in batch[1:]])
+    assert (
+        np.abs(ssim(_t(batch[1:], dtype), reference_x[1:]).raw.numpy() - (1 - valid)).max() < 1e-5
+    )
+
+
+def test_symmetric_filter_matrix_is_the_reflected_gaussian() -> None:
+    image = np.random.default_rng(5).random((30, 25))
+    filtered = symmetric_filter_matrix(30) @ image @ symmetric_filter_matrix(25).T
+    reference = gaussian_filter(image, sigma=1.5, truncate=3.5, mode="reflect")
+    np.testing.assert_allclose(filtered, reference, atol=1e-12)
+    for size in (11, 12, 30):
+        matrix = symmetric_filter_matrix(size)
+        # Full coverage: every pixel's total weight over all windows is 1, as a row's is.
+        np.testing.assert_allclose(matrix.sum(axis=0), 1, atol=1e-12)
+        np.testing.assert_allclose(matrix.sum(axis=1), 1, atol=1e-12)
+        np.testing.assert_array_equal(matrix[5:-5], valid_filter_matrix(size))
+    # The valid windows' coverage of the outer pixels: w₋₅ ≈ 0.001 at the edge.
+    assert valid_filter_matrix(30).sum(axis=0)[0] < 2e-3
+
+
+@pytest.mark.parametrize("shape", [(176, 176), (181, 190)])
+def test_symmetric_ms_ssim_matches_reference(shape: tuple[int, int]) -> None:
+    """The reference of test_ms_ssim_matches_reference without the crop at every scale."""
+    x = _astronaut(shape)
+    batch = np.stack([_perturb(x, 6), _perturb(x, 7, 0.2)])
+    c1, c2 = 0.01**2, 0.03**2
+
+    def reference(a: np.ndarray, b: np.ndarray) -> float:
+        def filt(image: np.ndarray) -> np.ndarray:
+            return gaussian_filter(image, sigma=1.5, truncate=3.5, mode="reflect")
+
+        per_channel = []
+        for p, q in zip(a, b, strict=True):
+            value = 1.0
+            for scale, beta in enumerate(MS_SSIM_WEIGHTS):
+                mp, mq = filt(p), filt(q)
+                vp, vq, cov = filt(p * p) - mp**2, filt(q * q) - mq**2, filt(p * q) - mp * mq
+                cs = (2 * cov + c2) / (vp + vq + c2)
+                if scale == len(MS_SSIM_WEIGHTS) - 1:
+                    cs = cs * (2 * mp * mq + c1) / (mp**2 + mq**2 + c1)
+                value *= max(cs.mean(), 1e-8) ** beta
+                h, w = p.shape[0] // 2, p.shape[1] // 2
+                p = p[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
+                q = q[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
+            per_channel.append(value)
+        return float(np.mean(per_channel))
+
+    ours = ms_ssim_index(_t(batch), _t(np.stack([x, x])), padding="symmetric").raw.numpy()
+    np.testing.assert_allclose(ours, [reference(b, x) for b in batch], atol=1e-10)
+
+
+def test_padding_is_checked() -> None:
+    x = _t(np.random.default_rng(0).random((1, 1, 12, 12)))
+    for function in (ssim, msssim):
+        with pytest.raises(
+            ValueError, match=r"padding must be one of \['valid', 'symmetric'\], got 'same'"
+        ):
+            function(x, x, padding="same")
+    with pytest.raises(ValueError, match="padding must be one of"):
+        SSIMALMA(padding="reflect")
+
+
+def test_symmetric_ssim_gradcheck() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 11, 12, dtype=torch.float64)
+    x_adv = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a: ssim(ep.astensor(a), ep.astensor(x), padding="symmetric").raw,
+        (x_adv,),
+        fast_mode=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("objective", "exact", "shape"),
+    [(ssim_objective, ssim, (2, 3, 20, 23)), (msssim_objective, msssim, (2, 1, 176, 179))],
+)
+def test_objective_has_the_exact_value_and_the_full_coverage_gradient(
+    objective: DistanceFunction, exact: DistanceFunction, shape: tuple[int, ...]
+) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(*shape)
+    x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    value = objective(x_adv, x)
+    assert torch.equal(value.detach(), exact(x_adv.detach(), x))  # bit for bit
+    (gradient,) = torch.autograd.grad(value.sum(), x_adv)
+    symmetric = exact(x_adv, x, padding="symmetric")  # type: ignore[call-arg]
+    (reference,) = torch.autograd.grad(symmetric.sum(), x_adv)
+    torch.testing.assert_close(gradient, reference)
+    # Identical images: value 0, finite gradient; a non-finite sample: NaN, the others kept.
+    same = x.clone().requires_grad_(True)
+    zero = objective(same, x)
+    assert zero.abs().max().item() < 1e-5  # float32 rounding (MS-SSIM: ~2e-6)
+    (gradient,) = torch.autograd.grad(zero.sum(), same)
+    assert torch.isfinite(gradient).all()
+    broken = x.clone()
+    broken[1, 0, 0, 0] = float("nan")
+    values = objective(broken, x)
+    assert values[1].isnan() and values[0].item() == 0
+
+
+def test_border_ratio() -> None:
+    """The benchmark's ρ_b: 1 for energy spread like the area, 1 / share for all in the border."""
+    delta = torch.ones(2, 3, 32, 32)
+    per_sample, pooled = border_ratio(delta, 5)
+    torch.testing.assert_close(per_sample, torch.ones(2, dtype=torch.float64))
+    assert pooled == pytest.approx(1.0)
+    delta[:, :, 5:-5, 5:-5] = 0
+    share = 1 - (22 / 32) ** 2
+    assert border_ratio(delta, 5)[1] == pytest.approx(1 / share)
+    # Uniform within the 5-px ring: the 3-px ring holds energy in proportion to its area too.
+    assert border_ratio(delta, 3)[1] == pytest.approx(1 / share)
+    assert border_ratio(delta, 6)[1] == pytest.approx(1 / (1 - (20 / 32) ** 2))
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_ssim_attack_does_not_concentrate_on_the_border() -> None:
+    """On smooth 32×32 images and a random linear classifier (whose gradient favours no
+    region), descending the valid SSIM puts nearly all of the perturbation's energy into the
+    outer pixels; the default full-coverage descent spreads it like the area."""
+    import foolbox as fb
+
+    crops = [skimage.data.astronaut()[r : r + 128, c : c + 128] for r, c in ((0, 0), (200, 250))]
+    x = torch.as_tensor(
+        np.stack([resize(c, (32, 32), anti_aliasing=True).transpose(2, 0, 1) for c in crops])
+    ).float()
+    x = torch.cat([x, x.flip(3), x.flip(2)])  # 6 images
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4)).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    ratios = {}
+    for padding in ("valid", "symmetric"):
+        adv = SSIMALMA(steps=60, padding=padding).run(fmodel, x, y)
+        with torch.no_grad():
+            assert (model(adv).argmax(1) != y).all()
+        ratios[padding] = (border_ratio(adv - x, 3)[1], border_ratio(adv - x, 5)[1])
+    # Outer 3 px: 34% of the area (largest possible ratio 2.94); outer 5 px: 53% (1.90).
+    # Measured: valid 2.93 and 1.89 (all the energy in the border), symmetric 1.20 and 1.07.
+    assert ratios["valid"][0] > 2.0
+    assert ratios["symmetric"][0] < 1.5 and ratios["symmetric"][1] < 1.5
+
+
+def test_ssim_attacks_measure_with_the_exact_distance() -> None:
+    """Whatever the descent, the Foolbox distance (ε clipping, success) is the exact SSIM."""
+    for cls in (SSIMALMA, MSSSIMALMA):
+        for padding in ("valid", "symmetric"):
+            attack = cls(steps=5, padding=padding)
+            assert attack.distance.function is DISTANCES[attack.distance_name].function
+            assert f"padding={padding!r}" in repr(attack)
+    assert SSIMALMA().padding == "symmetric"

@@ -1,0 +1,279 @@
+"""``python -m alma_plugin.bench.sweep`` (``alma-bench sweep``): quality against the step budget.
+
+Every attack runs at every budget (default 50, 100, 200, 500 and 1000 steps) on the same
+samples of both embedded models, through the comparison runner (:func:`.runner.run_shard`:
+counted model calls, re-evaluated candidates, the conventions of :mod:`.report`). ALMA ℓ1 / ℓ2
+runs in each of its variants (:data:`ALMA_VARIANTS`: the step-size schedules of
+``ALMAParams.schedule``, the paper's Algorithm 2 first), next to ALMA prox, DDN, FMN (ℓ1, ℓ2,
+ℓ∞) and APGD (ℓ2, ℓ∞).
+
+For each (model, norm) the table and the plots give, per attack and budget, the median distance
+(failures as +inf) and AttackBench's optimality (:func:`.metrics.optimality`), computed against
+the per-sample best of **every** run of that model and norm, all budgets together: one
+reference per (model, norm), so the optimality of a run can be compared across budgets.
+
+Writes ``sweep.csv`` (one line per model, norm, attack and budget), ``sweep.md`` (the tables)
+and ``sweep_<model>.png`` (median and optimality against the budget, one column per norm) to
+``--output``; finished batches go to ``--output/batches`` (``--resume`` reuses them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.params import SCHEDULES
+from . import distributed, metrics
+from .registry import AttackSpec, get_attack
+from .report import Record, groups
+from .runner import EMBEDDED_DATA, BenchConfig, load_data, run_shard
+
+__all__ = ["ALMA_VARIANTS", "DEFAULT_BUDGETS", "PEERS", "alma_variant", "main", "summarize"]
+
+#: The budgets of the no-argument run (the issue's sweep).
+DEFAULT_BUDGETS: tuple[int, ...] = (50, 100, 200, 500, 1000)
+
+#: ALMA variants by name → the ALMAParams keywords that select them: one per step-size
+#: schedule (``ALMAParams.schedule``; "paper" is Algorithm 2 as published).
+ALMA_VARIANTS: dict[str, dict[str, Any]] = {name: {"schedule": name} for name in SCHEDULES}
+
+#: The registry's attacks swept next to ALMA's variants.
+PEERS: tuple[str, ...] = ("alma_prox-linf", "ddn-l2", "fmn-l1", "fmn-l2", "fmn-linf", "apgd-l2",
+                          "apgd-linf")  # fmt: skip
+
+_COLUMNS = ("model", "norm", "attack", "label", "budget", "samples", "success", "median",
+            "optimality", "forwards", "backwards", "seconds")  # fmt: skip
+
+
+def alma_variant(variant: str, norm: str) -> AttackSpec:
+    """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2):
+    key ``alma_<variant>-<norm>``, run through the product's Foolbox class like the registry's
+    ``alma-<norm>``."""
+    if variant not in ALMA_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+    options = ALMA_VARIANTS[variant]
+    name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
+
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int) -> Any:
+        import foolbox as fb
+
+        alma_fb = importlib.import_module("alma_plugin.foolbox")
+        attack = getattr(alma_fb, name)(steps=budget, seed=seed, **options)
+        return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
+
+    base = get_attack(f"alma-{norm}")
+    return replace(base, key=f"alma_{variant}-{norm}", label=f"ALMA ({variant})", run=run)
+
+
+def _specs(variants: Sequence[str], peers: Sequence[str], norms: Sequence[str]) -> list[Any]:
+    specs = [alma_variant(v, n) for n in ("l2", "l1") if n in norms for v in variants]
+    specs += [get_attack(key) for key in peers]
+    return [s for s in specs if s.norm in norms]
+
+
+def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """One row per record: success (%), median (failures +inf), optimality against the best of
+    every run of the same (model, norm), counted forwards / backwards per sample, wall time."""
+    rows = []
+    for (model, norm), chosen in groups(records).items():
+        n = len(chosen[0].indices)
+        distances = {f"{r.attack}@{r.budget}": np.asarray(r.distances, float) for r in chosen}
+        scores = metrics.optimality(distances) if n else {k: math.nan for k in distances}
+        for r in chosen:
+            d = distances[f"{r.attack}@{r.budget}"]
+            rows.append({
+                "model": model, "norm": norm, "attack": r.attack, "label": r.label,
+                "budget": r.budget, "samples": n,
+                "success": 100.0 * float(np.isfinite(d).mean()) if n else math.nan,
+                "median": float(np.median(d)) if n else math.nan,
+                "optimality": scores[f"{r.attack}@{r.budget}"],
+                "forwards": r.forwards / n if n else math.nan,
+                "backwards": r.backwards / n if n else math.nan, "seconds": r.seconds,
+            })  # fmt: skip
+    return rows
+
+
+def _cell(row: Mapping[str, Any]) -> str:
+    success = "" if row["success"] == 100 else f", {row['success']:.0f}%"
+    return f"{row['median']:.4g} ({row['optimality']:.3f}{success})"
+
+
+def format_tables(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: per (model, norm), one line per attack, one column per budget, each cell
+    ``median (optimality[, success % when below 100])``."""
+    budgets = sorted({row["budget"] for row in rows})
+    out = []
+    for model, norm in dict.fromkeys((row["model"], row["norm"]) for row in rows):
+        chosen = [row for row in rows if (row["model"], row["norm"]) == (model, norm)]
+        out += [f"**{model}, {norm}** — median (optimality)", "",
+                "| attack | " + " | ".join(str(b) for b in budgets) + " |",
+                "|---|" + "---|" * len(budgets)]  # fmt: skip
+        for attack in dict.fromkeys(row["attack"] for row in chosen):
+            cells = {row["budget"]: _cell(row) for row in chosen if row["attack"] == attack}
+            label = next(row["label"] for row in chosen if row["attack"] == attack)
+            name = f"{label} `{attack}`"
+            out.append(f"| {name} | " + " | ".join(cells.get(b, "") for b in budgets) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
+    """``sweep_<model>.png``: median (top) and optimality (bottom) against the budget (log
+    scale), one column per norm, one line per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        norms = list(dict.fromkeys(row["norm"] for row in rows if row["model"] == model))
+        fig, axes = plt.subplots(2, len(norms), figsize=(4.5 * len(norms), 7), squeeze=False)
+        for column, norm in enumerate(norms):
+            chosen = [row for row in rows if (row["model"], row["norm"]) == (model, norm)]
+            for attack in dict.fromkeys(row["attack"] for row in chosen):
+                mine = sorted((row for row in chosen if row["attack"] == attack),
+                              key=lambda row: row["budget"])  # fmt: skip
+                budgets = [row["budget"] for row in mine]
+                style = "--" if "paper" in attack else "-"
+                for ax, key in zip(axes[:, column], ("median", "optimality"), strict=True):
+                    ax.plot(budgets, [row[key] for row in mine], style, marker="o",
+                            label=f"{mine[0]['label']}")  # fmt: skip
+            for ax, key in zip(axes[:, column], ("median", "optimality"), strict=True):
+                ax.set_xscale("log")
+                ax.set_xlabel("budget (steps)")
+                ax.set_ylabel(f"{key} {norm.replace('linf', 'l∞')}")
+                ax.grid(True, which="both", alpha=0.3)
+            axes[0, column].set_title(f"{model}: {norm.replace('linf', 'l∞')}")
+            axes[1, column].legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"sweep_{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alma-bench sweep",
+        description="ALMA's variants, ALMA prox, DDN, FMN and APGD at several budgets: median "
+        "and optimality against the budget (table, CSV and plots).",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mnist_regular", "mnist_adversarial"],
+        metavar="MODEL",
+        help="embedded model names or TorchScript files",
+    )
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        type=int,
+        default=list(DEFAULT_BUDGETS),
+        metavar="STEPS",
+        help="step budgets (default: 50 100 200 500 1000)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        choices=list(ALMA_VARIANTS),
+        default=list(ALMA_VARIANTS),
+        help="ALMA variants (default: all)",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=list(PEERS),
+        metavar="ATTACK",
+        help=f"registry attacks to sweep (default: {' '.join(PEERS)})",
+    )
+    parser.add_argument(
+        "--distance",
+        nargs="+",
+        choices=("l1", "l2", "linf"),
+        default=["l1", "l2", "linf"],
+        help="norms to keep (default: all)",
+    )
+    parser.add_argument("--samples", type=int, default=100, help="the first N samples")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=Path("alma-sweep-results"))
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse the finished batches in OUTPUT/batches"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("samples", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
+    if args.seed < 0:
+        parser.error(f"argument --seed: must be >= 0, got {args.seed}")
+    if min(args.budgets) < 1:
+        parser.error(f"argument --budgets: every budget must be >= 1, got {args.budgets}")
+    for key in args.peers:
+        try:
+            get_attack(key)
+        except ValueError as error:
+            parser.error(f"argument --peers: {error}")
+    images, _ = load_data(EMBEDDED_DATA)
+    if args.samples > len(images):
+        parser.error(f"argument --samples: at most {len(images)}, got {args.samples}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep; return 0 (argument errors exit with status 2)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    specs = _specs(args.variants, args.peers, args.distance)
+    skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
+    pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
+    config = BenchConfig(models=tuple(args.models), samples=args.samples,
+                         batch_size=args.batch_size, seed=args.seed, output=args.output,
+                         quiet=args.quiet, batches=args.output / "batches",
+                         resume=args.resume)  # fmt: skip
+    start = time.perf_counter()
+    records = run_shard(config, distributed.Context(), pairs)
+    rows = summarize(records)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with (args.output / "sweep.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    notes = [f"Note: {reason}" for reason in skipped]
+    table = format_tables(rows) + "\n".join(notes)
+    (args.output / "sweep.md").write_text(table + "\n")
+    if not args.no_plots:
+        plot(rows, args.output)
+    print(table)
+    print(f"Samples per model: {args.samples}. Total wall time: "
+          f"{time.perf_counter() - start:.1f} s.", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

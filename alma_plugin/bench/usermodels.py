@@ -1,0 +1,179 @@
+"""The models ``alma-bench --models`` accepts: embedded names, TorchScript files and factories.
+
+A model spec is one of
+
+- an embedded model name (``mnist_regular``, ``mnist_adversarial``);
+- a TorchScript file (``model.pt``, saved with ``torch.jit.save``);
+- ``path/to/file.py:make_model``: a callable in a Python file, imported from that path;
+- ``package.module:make_model``: a callable in an importable module.
+
+A factory is called without arguments and must return a ``torch.nn.Module`` mapping images in
+[0, 1] (N, C, H, W) to logits (N, K). A model trained on normalised inputs is wrapped by
+:class:`Normalized` when ``--mean`` / ``--std`` are given, so that attacks still work in the
+[0, 1] image space where distances are measured (as torchattacks' ``set_normalization_used``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["Normalized", "load_model", "model_fingerprint", "model_label", "safe_name"]
+
+
+class Normalized(nn.Module):
+    """``model((x − mean) / std)``: a model on normalised inputs, seen as a model on [0, 1].
+
+    Args:
+        model: the wrapped model.
+        mean, std: per-channel statistics (one value, or one per channel); ``std`` > 0.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not len(mean):
+            raise ValueError(
+                f"mean and std must have the same (non-zero) number of channels, got "
+                f"{len(mean)} and {len(std)}"
+            )
+        if min(std) <= 0:
+            raise ValueError(f"std must be > 0, got {list(std)}")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the normalised input."""
+        return self.model((x - self.mean) / self.std)
+
+
+def _split(spec: str) -> tuple[str, str] | None:
+    """(source, attribute) of a ``source:callable`` spec, else None."""
+    source, sep, attribute = spec.rpartition(":")
+    if not sep or not source or not attribute.isidentifier():
+        return None
+    return source, attribute
+
+
+def _import_source(source: str, spec: str) -> object:
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"model {spec!r}: the file {source!r} does not exist")
+        name = "_alma_bench_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        if name in sys.modules:
+            return sys.modules[name]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"model {spec!r}: cannot import the file {source!r}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    if not all(part.isidentifier() for part in source.split(".")):
+        raise ValueError(
+            f"model {spec!r}: expected 'file.py:callable' or 'package.module:callable', got "
+            f"the source {source!r}"
+        )
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"model {spec!r}: cannot import module {source!r} ({error})") from None
+
+
+def _from_factory(spec: str, source: str, attribute: str) -> nn.Module:
+    module = _import_source(source, spec)
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"model {spec!r}: {source!r} has no callable {attribute!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model {spec!r}: {attribute}() must return a torch.nn.Module, got "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
+def load_model(
+    spec: str,
+    device: str | torch.device = "cpu",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """The model ``spec`` (see the module doc) on ``device``, in eval mode, with frozen
+    parameters (the runner's own instance: no attack needs weight gradients).
+
+    Args:
+        spec: embedded name, TorchScript file, ``file.py:callable`` or ``module:callable``.
+        mean, std: normalisation of the model's inputs, applied to every model that is not
+            embedded (the embedded ones take [0, 1] inputs); both or neither.
+
+    Raises:
+        ValueError: naming the spec and what was expected.
+    """
+    from ..zoo.models import MODEL_NAMES, load_smallcnn
+
+    if (mean is None) != (std is None):
+        raise ValueError(f"mean and std must be given together, got mean={mean} and std={std}")
+    split = _split(spec)
+    if spec in MODEL_NAMES:
+        model: nn.Module = load_smallcnn(spec)
+    elif Path(spec).is_file():
+        model = torch.jit.load(spec, map_location="cpu")
+    elif split is not None and (split[0].endswith(".py") or not Path(split[0]).suffix):
+        model = _from_factory(spec, *split)
+    else:
+        raise ValueError(
+            f"model must be one of {', '.join(MODEL_NAMES)}, a TorchScript file, "
+            f"'file.py:callable' or 'module:callable', got {spec!r}"
+        )
+    if mean is not None and std is not None and spec not in MODEL_NAMES:
+        model = Normalized(model, mean, std)
+    model = model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def model_label(spec: str) -> str:
+    """The model's name in tables: the embedded name, the TorchScript file's stem, or
+    ``stem:callable`` / ``module:callable`` for factories."""
+    split = _split(spec)
+    if split is not None and not Path(spec).is_file():
+        source, attribute = split
+        return f"{Path(source).stem if source.endswith('.py') else source}:{attribute}"
+    return Path(spec).stem
+
+
+def safe_name(label: str) -> str:
+    """``label`` with characters other than letters, digits, ``_.-`` replaced (file names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", label)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A SHA-256 of the model's parameters and buffers (names, shapes, values): what the
+    resumable runner checks before reusing a finished batch."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()

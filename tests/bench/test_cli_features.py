@@ -1,0 +1,324 @@
+"""``alma-bench`` as an evaluation instrument: user models, resumable runs, reproducibility
+settings, subcommands (tiny models, few samples, few steps)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import alma_plugin
+from alma_plugin.bench import __main__ as cli
+from alma_plugin.bench import resume
+from alma_plugin.bench.distributed import Context, batches
+from alma_plugin.bench.registry import AttackSpec
+from alma_plugin.bench.resume import batch_fingerprint
+from alma_plugin.bench.runner import BenchConfig, run_shard
+from alma_plugin.bench.usermodels import Normalized, load_model, model_label
+
+USER_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    def make_model():
+        generator = torch.Generator().manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        with torch.no_grad():
+            model[1].weight.copy_(torch.randn(10, 784, generator=generator) * 0.05)
+            model[1].bias.zero_()
+        return model
+
+    def not_a_model():
+        return 3
+    """
+)
+
+
+@pytest.fixture
+def user_file(tmp_path: Path) -> Path:
+    path = tmp_path / "user_net.py"
+    path.write_text(USER_FILE)
+    return path
+
+
+@pytest.fixture
+def npz(tmp_path: Path) -> Path:
+    from alma_plugin.zoo import load_mnist_heldout
+
+    images, labels = load_mnist_heldout()
+    path = tmp_path / "data.npz"
+    np.savez(path, images=(images[:6].numpy() * 255).round().astype(np.uint8),
+             labels=labels[:6].numpy())  # fmt: skip
+    return path
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_a_user_model_from_a_file_is_evaluated_end_to_end(
+    user_file: Path, npz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    stdout = _run(["--models", f"{user_file}:make_model", "--data", str(npz), "--attacks",
+                   "alma-l2", "ddn-l2", "--budgets", "5", "--samples", "4", "--output",
+                   str(out), "--quiet", "--no-plots"], capsys)  # fmt: skip
+    assert "| user_net:make_model | ALMA | l2 | 5 |" in stdout
+    assert "| user_net:make_model | **best of all** | l2 | all |" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert {row["model"] for row in results["summary"]} == {"user_net:make_model"}
+    alma = [row for row in results["summary"] if row["attack"] == "ALMA"][0]
+    assert alma["success"] > 0 and alma["forwards"] == 5.0
+
+
+def test_a_module_callable_with_normalisation(
+    user_file: Path, npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.syspath_prepend(str(user_file.parent))
+    model = load_model("user_net:make_model", "cpu", mean=(0.5,), std=(0.25,))
+    assert isinstance(model, Normalized) and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    x = torch.rand(3, 1, 28, 28)
+    inner = load_model("user_net:make_model", "cpu")
+    torch.testing.assert_close(model(x), inner((x - 0.5) / 0.25))
+    assert model_label("user_net:make_model") == "user_net:make_model"
+    out = tmp_path / "out"
+    _run(["--models", "user_net:make_model", "--mean", "0.5", "--std", "0.25", "--data",
+          str(npz), "--attacks", "alma-l2", "--budgets", "3", "--samples", "2", "--output",
+          str(out), "--quiet", "--no-plots"], capsys)  # fmt: skip
+    options = json.loads((out / "results.json").read_text())["settings"]["options"]
+    assert (options["mean"], options["std"]) == ("[0.5]", "[0.25]")
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "expected"),
+    [
+        ("{dir}/missing.py:make_model", [], "the file"),
+        ("{dir}/user_net.py:nothing", [], "has no callable 'nothing'"),
+        ("{dir}/user_net.py:not_a_model", [], "must return a torch.nn.Module, got int"),
+        ("no_such_module_xyz:make", [], "cannot import module 'no_such_module_xyz'"),
+        ("{dir}/user_net.py:make_model", ["--mean", "0.5"], "give both or neither"),
+        ("{dir}/user_net.py:make_model", ["--mean", "0.5", "--std", "0"], "std > 0"),
+    ],
+)
+def test_user_model_errors_are_clear(
+    user_file: Path, model: str, extra: list[str], expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    with pytest.raises(SystemExit) as error:
+        cli.main(["--models", model.format(dir=user_file.parent), *extra])
+    assert error.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+# --- resumable runs ------------------------------------------------------------------------
+
+CALLS: list[int] = []
+STOP_AFTER: list[int] = []
+
+
+def _noise(model, x, y, budget, seed):  # type: ignore[no-untyped-def]
+    """A deterministic 'attack' (signed noise under the seeded torch RNG) that counts its calls
+    and can be made to stop like a killed run."""
+    if STOP_AFTER and len(CALLS) >= STOP_AFTER[0]:
+        raise KeyboardInterrupt
+    CALLS.append(len(x))
+    return (x + 0.4 * torch.randn_like(x).sign()).clamp(0, 1)
+
+
+SPEC = AttackSpec("noise-l2", "noise", "l2", "test", _noise)
+
+
+def test_resume_skips_the_finished_batches(tmp_path: Path) -> None:
+    config = BenchConfig(models=("mnist_regular",), samples=10, batch_size=3,
+                         batches=tmp_path / "batches", resume=True)  # fmt: skip
+    CALLS.clear()
+    (full,) = run_shard(replace(config, batches=tmp_path / "full"), Context(), [(SPEC, 1)])
+    assert len(CALLS) == 4  # batches of 3, 3, 3, 1
+    CALLS.clear()
+    STOP_AFTER[:] = [2]  # killed during the third batch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_shard(config, Context(), [(SPEC, 1)])
+    finally:
+        STOP_AFTER.clear()
+    assert len(list((tmp_path / "batches").rglob("*.json"))) == 2
+    CALLS.clear()
+    stats: dict[str, int] = {}
+    (resumed,) = run_shard(config, Context(), [(SPEC, 1)], stats=stats)
+    assert CALLS == [3, 1] and stats == {"reused": 2, "computed": 2}  # nothing recomputed
+    assert resumed.indices == full.indices == list(range(10))
+    assert resumed.distances == full.distances
+    np.testing.assert_array_equal(resumed.sparsity, full.sparsity)
+    assert resumed.histogram == full.histogram
+    assert (resumed.forwards, resumed.backwards) == (full.forwards, full.backwards)
+    # A different seed is a different result: every batch is recomputed, none mixed in.
+    CALLS.clear()
+    run_shard(replace(config, seed=1), Context(), [(SPEC, 1)], stats=stats)
+    assert len(CALLS) == 4 and stats == {"reused": 0, "computed": 4}
+    # A damaged file is recomputed, the others are read back.
+    (tmp_path / "batches" / "mnist_regular" / "noise-l2@1" / "000003-000005.json").write_text("{")
+    CALLS.clear()
+    run_shard(replace(config, seed=1), Context(), [(SPEC, 1)], stats=stats)
+    assert CALLS == [3] and stats == {"reused": 3, "computed": 1}
+
+
+def test_without_resume_every_batch_runs(tmp_path: Path) -> None:
+    config = BenchConfig(models=("mnist_regular",), samples=4, batch_size=2,
+                         batches=tmp_path / "b")  # fmt: skip
+    CALLS.clear()
+    run_shard(config, Context(), [(SPEC, 1)])
+    run_shard(config, Context(), [(SPEC, 1)])
+    assert len(CALLS) == 4
+
+
+def test_fingerprints_change_with_what_decides_the_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = torch.zeros(2, 1, 4, 4), torch.tensor([1, 2])
+    base = dict(model_hash="m", attack="a", budget=5, seed=0, device="cpu", images=x, labels=y)
+    reference = batch_fingerprint(**base)  # type: ignore[arg-type]
+    assert batch_fingerprint(**base) == reference  # type: ignore[arg-type]
+    for key, value in [("model_hash", "n"), ("attack", "b"), ("budget", 6), ("seed", 1),
+                       ("device", "cuda:0"), ("images", x + 1e-3), ("labels", y + 1)]:  # fmt: skip
+        assert batch_fingerprint(**{**base, key: value}) != reference, key  # type: ignore[arg-type]
+    # An edited working copy of the attack code is another version, whatever __version__ says.
+    monkeypatch.setattr(resume, "code_fingerprint", lambda: "edited")
+    assert batch_fingerprint(**base) != reference  # type: ignore[arg-type]
+
+
+def test_batches_are_the_same_whatever_the_number_of_processes() -> None:
+    one = batches(10, 3, Context())
+    two = batches(10, 3, Context(0, 2)) + batches(10, 3, Context(1, 2))
+    three = [b for rank in range(3) for b in batches(10, 3, Context(rank, 3))]
+    for split in (two, three):
+        assert [b.tolist() for b in split] == [b.tolist() for b in one]
+    assert [b.tolist() for b in one] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert batches(2, 3, Context(1, 2)) == []
+
+
+def test_cli_resume_reads_back_and_gives_the_same_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--models", "mnist_regular", "--attacks", "alma-l2", "--budgets", "3", "--samples",
+            "5", "--batch-size", "2", "--output", str(tmp_path), "--quiet", "--no-plots",
+            "--seed", "3"]  # fmt: skip
+    first = _run(argv, capsys)
+    csv_first = (tmp_path / "distances.csv").read_text()
+    files = sorted(p.name for p in (tmp_path / "batches").rglob("*.json"))
+    assert files == ["000000-000001.json", "000002-000003.json", "000004-000004.json"]
+    (tmp_path / "batches" / "mnist_regular" / "alma-l2@3" / "000002-000003.json").unlink()
+    again = _run([*argv, "--resume"], capsys)
+    assert "Resumed: 2 finished batch(es) read back" in again and "1 computed" in again
+    assert (tmp_path / "distances.csv").read_text() == csv_first
+
+    def cells(out: str) -> list[list[str]]:  # all but wall time and budget use
+        return [line.split("|")[1:12] for line in out.splitlines() if line.startswith("| mnist")]
+
+    assert cells(first) == cells(again) and len(cells(first)) == 1
+
+
+def test_results_json_records_how_to_reproduce_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--models", "mnist_regular", "--attacks", "alma-l2", "ddn-l2", "--budgets", "10",
+            "--samples", "3", "--output", str(tmp_path), "--quiet", "--no-plots", "--seed",
+            "7", "--threads", "1"]  # fmt: skip
+    previous = torch.get_num_threads()
+    try:
+        stdout = _run(argv, capsys)
+    finally:
+        torch.set_num_threads(previous)
+    results = json.loads((tmp_path / "results.json").read_text())
+    settings = results["settings"]
+    assert settings["version"] == alma_plugin.__version__
+    assert settings["versions"]["torch"] == importlib.metadata.version("torch")
+    assert (settings["seed"], settings["threads"], settings["processes"]) == (7, 1, 1)
+    assert settings["command"] == "alma-bench " + " ".join(argv)
+    assert settings["command"] in stdout and "seed 7, 1 thread(s)" in stdout
+    rows = {row["attack"]: row for row in results["summary"]}
+    assert set(rows) == {"ALMA", "DDN", "best of all"}
+    assert rows["best of all"]["optimality"] == 1.0 and rows["best of all"]["budget"] is None
+    for row in rows.values():
+        assert 0.0 <= row["optimality"] <= 1.0
+        assert 1.0 <= row["sparsity_median"] <= 28.0  # ‖δ‖₁/‖δ‖₂ in [1, √784]
+    (best,) = results["best_of_all"]
+    assert best["indices"] == [0, 1, 2] and len(best["winners"]) == 3
+    wins = sum(rows[a]["wins"] for a in ("ALMA", "DDN"))
+    assert wins == sum(len(w) for w in best["winners"])
+    assert len(results["histogram_edges"]) == len(results["samples"][0]["histogram"]) + 1
+    for sample in results["samples"]:
+        finite = [d for d in sample["distances"] if d not in ("inf", 0.0)]
+        assert sum(s is not None for s in sample["sparsity"]) == len(finite)
+        assert sum(sample["histogram"]) == 784 * len(finite)
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as error:
+        cli.main(["--help"])
+    assert error.value.code == 0
+    out = capsys.readouterr().out
+    for name in cli.SUBCOMMANDS:
+        assert f"  {name} " in out
+
+
+def test_a_subcommand_dispatches_to_its_module(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    received = []
+    fake = types.ModuleType("alma_plugin.bench.fake_sub")
+    fake.main = lambda argv: received.append(argv) or 5  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "alma_plugin.bench.fake_sub", fake)
+    monkeypatch.setitem(cli.SUBCOMMANDS, "fake", ("fake_sub", "a test"))
+    assert cli.main(["fake", "--x", "1"]) == 5
+    assert received == [["--x", "1"]]
+    with pytest.raises(SystemExit) as error:  # the overhead benchmark's own argparse
+        cli.main(["overhead", "--help"])
+    assert error.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_a_missing_subcommand_module_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("ghost_module_that_is_absent", "absent"))
+    assert cli.main(["ghost", "--anything"]) == 2
+    err = capsys.readouterr().err
+    assert "subcommand 'ghost' is not available" in err
+    assert "alma_plugin.bench.ghost_module_that_is_absent" in err
+
+
+def test_the_cifar_example_runs_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "cifar_user_model.py"
+    spec = importlib.util.spec_from_file_location("cifar_user_model_example", example)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--out", str(tmp_path), "--train", "256", "--test", "8", "--epochs", "1"])
+    monkeypatch.setenv("CIFAR_USER_MODEL_WEIGHTS", str(tmp_path / "cifar_user_model.pt"))
+    argv = ["--models", f"{example}:make_model", "--data", str(tmp_path / "synthetic_cifar.npz"),
+            "--mean", *map(str, module.MEAN), "--std", *map(str, module.STD), "--attacks",
+            "alma-l2", "ddn-l2", "--budgets", "5", "--samples", "4", "--output",
+            str(tmp_path / "out"), "--quiet", "--no-plots"]  # fmt: skip
+    stdout = _run(argv, capsys)
+    assert "| cifar_user_model:make_model | ALMA | l2 | 5 |" in stdout
+    monkeypatch.setenv("CIFAR_USER_MODEL_WEIGHTS", str(tmp_path / "absent.pt"))
+    with pytest.raises(FileNotFoundError, match="no weights at"):
+        load_model(f"{example}:make_model")

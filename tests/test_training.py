@@ -1,0 +1,112 @@
+"""``adversarial_training``: warm-up then attack epochs, a pluggable attack, the per-epoch log."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+import torchattacks
+
+from alma_plugin.torchattacks import Lagrangian
+from alma_plugin.training import EpochLog, adversarial_training
+from tests.utils import tiny_mnist_cnn
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def loader(
+    mnist_data: tuple[torch.Tensor, torch.Tensor],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    images, labels = mnist_data
+    return [(images[i : i + 64], labels[i : i + 64]) for i in range(0, 256, 64)]
+
+
+def test_a_tiny_epoch_runs_in_seconds(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    torch.manual_seed(0)
+    model = tiny_mnist_cnn()
+    lines: list[str] = []
+    start = time.perf_counter()
+    logs = adversarial_training(model, loader, attack=Lagrangian(model), epochs=2,
+                                warmup_epochs=1, progress=False, log=lines.append)  # fmt: skip
+    assert time.perf_counter() - start < 30
+    assert [entry.adversarial for entry in logs] == [False, True]
+    warmup, adversarial = logs
+    assert math.isnan(warmup.mean_norm) and math.isnan(warmup.fooled)
+    assert adversarial.mean_norm > 0 and 0 <= adversarial.fooled <= 1
+    assert all(0 <= entry.clean_accuracy <= 1 and entry.loss > 0 for entry in logs)
+    assert len(lines) == 2 and "fooled" in lines[1] and "warm-up" in lines[0]
+    assert not model.training
+
+
+def test_log_matches_a_recount(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """mean ‖δ‖₂ and the fooled fraction, recomputed from what a recording attack returned."""
+    torch.manual_seed(0)
+    model = tiny_mnist_cnn()
+    attack = Lagrangian(model, seed=0)
+    seen: list[tuple[float, int, int]] = []
+
+    def recording(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        adv = attack(x, y)
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+            fooled = correct & (model(adv).argmax(1) != y)
+        seen.append((float((adv - x).flatten(1).norm(dim=1).sum()), int(fooled.sum()),
+                     int(correct.sum())))  # fmt: skip
+        return adv
+
+    (entry,) = adversarial_training(model, loader, attack=recording, epochs=1, progress=False,
+                                    log=None)  # fmt: skip
+    n = sum(len(x) for x, _ in loader)
+    assert entry.mean_norm == pytest.approx(sum(s[0] for s in seen) / n, rel=1e-5)
+    assert entry.fooled == pytest.approx(sum(s[1] for s in seen) / sum(s[2] for s in seen))
+    assert entry.clean_accuracy == pytest.approx(sum(s[2] for s in seen) / n)
+
+
+def test_any_torchattacks_attack_plugs_in(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    torch.manual_seed(0)
+    model = tiny_mnist_cnn()
+    pgd = torchattacks.PGD(model, eps=0.3, alpha=0.1, steps=2)
+    (entry,) = adversarial_training(model, loader[:2], attack=pgd, epochs=1, progress=False,
+                                    log=None)  # fmt: skip
+    assert entry.adversarial and 0 < entry.mean_norm
+
+
+def test_deterministic_under_torch_seed(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def run() -> tuple[list[EpochLog], torch.Tensor]:
+        torch.manual_seed(0)
+        model = tiny_mnist_cnn()
+        logs = adversarial_training(model, loader[:2], attack=Lagrangian(model), epochs=1,
+                                    progress=False, log=None)  # fmt: skip
+        return logs, model[-1].weight.detach().clone()
+
+    (a,), weights_a = run()
+    (b,), weights_b = run()
+    assert torch.equal(weights_a, weights_b)
+    assert (a.loss, a.mean_norm, a.fooled) == (b.loss, b.mean_norm, b.fooled)
+
+
+def test_own_optimizer_and_scheduler(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    model = tiny_mnist_cnn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    adversarial_training(model, loader[:2], attack=None, epochs=1, optimizer=optimizer,
+                         scheduler=scheduler, progress=False, log=None)  # fmt: skip
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": 1, "warmup_epochs": 2}, "warmup_epochs"),
+        ({"epochs": 1, "attack": "pgd"}, "attack"),
+        ({"epochs": 1, "scheduler": object()}, "scheduler"),
+    ],
+)
+def test_invalid_arguments_are_named(kwargs: dict[str, object], name: str) -> None:
+    options: dict[str, object] = {"attack": None, "progress": False, "log": None, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=name):
+        adversarial_training(tiny_mnist_cnn(), [], **options)  # type: ignore[arg-type]
