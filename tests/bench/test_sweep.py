@@ -1,0 +1,86 @@
+"""The budget sweep (``python -m alma_plugin.bench.sweep``): its summary, table, plot and CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from alma_plugin.bench import sweep
+from alma_plugin.bench.report import Record
+
+INF = math.inf
+
+
+def _record(attack: str, budget: int, distances: list[float], norm: str = "l2") -> Record:
+    n = len(distances)
+    return Record("m", attack, attack.upper(), norm, budget, f"{budget} steps", list(range(n)),
+                  distances, budget * n, budget * n, 1.0)  # fmt: skip
+
+
+def test_summary_uses_one_reference_per_model_and_norm() -> None:
+    records = [
+        _record("a", 10, [1.0, 2.0, INF, 0.0]),
+        _record("a", 100, [0.5, 1.0, 3.0, 0.0]),  # the best of all on every sample
+        _record("b", 10, [0.5, 1.5, 3.0, 0.0]),
+    ]
+    rows = sweep.summarize(records)
+    by = {(row["attack"], row["budget"]): row for row in rows}
+    assert by[("a", 100)]["optimality"] == 1.0
+    assert by[("a", 10)]["optimality"] < by[("b", 10)]["optimality"] < 1.0
+    assert by[("a", 10)]["success"] == 75.0
+    assert by[("a", 10)]["median"] == 1.5  # failures count as +inf, clean errors as 0
+    assert by[("a", 100)]["forwards"] == 100.0
+
+
+def test_table_has_a_column_per_budget(tmp_path) -> None:
+    rows = sweep.summarize([_record("a", 10, [1.0, 2.0]), _record("a", 50, [0.5, INF]),
+                            _record("b", 10, [1.0, 1.0])])  # fmt: skip
+    table = sweep.format_tables(rows)
+    assert "| attack | 10 | 50 |" in table
+    assert "50%" in table  # success below 100 % is shown
+    assert len(sweep.plot(rows, tmp_path)) == 1
+    assert (tmp_path / "sweep_m.png").stat().st_size > 0
+
+
+def test_variant_specs() -> None:
+    spec = sweep.alma_variant("exponential", "l2")
+    assert spec.key == "alma_exponential-l2" and spec.norm == "l2"
+    assert set(sweep.ALMA_VARIANTS) == {"paper", "exponential", "cosine"}
+    with pytest.raises(ValueError, match="variant"):
+        sweep.alma_variant("fast", "l2")
+    with pytest.raises(ValueError, match="norm"):
+        sweep.alma_variant("paper", "linf")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--samples", "0"], "--samples"),
+        (["--budgets", "0"], "--budgets"),
+        (["--peers", "nope-l2"], "--peers"),
+        (["--samples", "5000"], "--samples"),
+    ],
+)
+def test_argument_errors_exit_2(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as raised:
+        sweep.main(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tiny_run_writes_csv_table_and_plot(tmp_path) -> None:
+    out = tmp_path / "out"
+    argv = ["--models", "mnist_regular", "--variants", "paper", "exponential", "--peers",
+            "--distance", "l2", "--budgets", "2", "4", "--samples", "2", "--threads", "1",
+            "--output", str(out), "--quiet"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    with (out / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["attack"], r["budget"]) for r in rows} == {
+        (f"alma_{v}-l2", b) for v in ("paper", "exponential") for b in ("2", "4")
+    }
+    assert all(float(r["forwards"]) == float(r["budget"]) for r in rows)  # counted, 1 per step
+    assert "ALMA (paper)" in (out / "sweep.md").read_text()
+    assert (out / "sweep_mnist_regular.png").exists()
