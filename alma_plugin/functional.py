@@ -122,7 +122,9 @@ def alma(
     spec = get_distance(distance)
     if not isinstance(params, ALMAParams):
         raise TypeError(f"params must be an ALMAParams for distance={distance!r}, got {params!r}")
-    function = spec.function if lpips is None else _checked_lpips(lpips, spec.name)
+    # The objective descended: the distance itself, except SSIM / MS-SSIM, whose exact value
+    # is kept with the full-coverage gradient (no perturbation pushed into the borders).
+    function = spec.objective if lpips is None else _checked_lpips(lpips, spec.name)
     steps = check_positive_int("steps", steps)
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)

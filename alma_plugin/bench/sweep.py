@@ -155,6 +155,9 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
                             label=f"{mine[0]['label']}")  # fmt: skip
             for ax, key in zip(axes[:, column], ("median", "optimality"), strict=True):
                 ax.set_xscale("log")
+                ticks = sorted({row["budget"] for row in chosen})
+                ax.set_xticks(ticks, [str(b) for b in ticks])
+                ax.minorticks_off()
                 ax.set_xlabel("budget (steps)")
                 ax.set_ylabel(f"{key} {norm.replace('linf', 'l∞')}")
                 ax.grid(True, which="both", alpha=0.3)
