@@ -26,13 +26,15 @@ MAX_COMMITTED_BYTES = 400 * 1024
 
 
 def current_defaults() -> dict[str, Any]:
-    """Every default a notebook's numbers depend on: the params classes, the default budgets,
-    ALMA prox's λ⁽⁰⁾ per task and each distance's Table 3 ε."""
+    """Every default a notebook's numbers depend on: the params classes (ALMA, ALMA prox, the
+    Lagrangian attack), the default budgets, ALMA prox's λ⁽⁰⁾ and ρ⁽⁰⁾ per task and each
+    distance's Table 3 ε."""
     from alma_plugin.core.params import ALMA_STEPS, PROX_STEPS
 
     return {
         "ALMAParams": asdict(alma_plugin.ALMAParams()),
         "ProxParams": asdict(alma_plugin.ProxParams()),
+        "LagrangianParams": asdict(alma_plugin.LagrangianParams()),
         "PROX_INIT_LR": dict(alma_plugin.PROX_INIT_LR),
         "PROX_RHO_INIT": dict(alma_plugin.PROX_RHO_INIT),
         "steps": {"alma": ALMA_STEPS, "alma_prox": PROX_STEPS},

@@ -42,6 +42,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "throughput": ("throughput", "large-batch / GPU throughput (issue 14)"),
     "overhead": ("overhead", "one ALMA step vs one bare forward + backward"),
     "border": ("border", "where the SSIM / MS-SSIM attacks put their perturbation"),
+    "step0": ("step0", "the cost of step 0 (η⁽⁰⁾ search) vs a later step, per distance"),
 }
 
 

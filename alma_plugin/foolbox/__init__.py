@@ -18,8 +18,9 @@ Example:
     ... # doctest: +SKIP
 """
 
-from .alma import CIEDE2000ALMA, L1ALMA, L2ALMA, LPIPSALMA, MSSSIMALMA, SSIMALMA, ALMAAttack
+from .alma import L1ALMA, L2ALMA, ALMAAttack
 from .distances import NormalisedDistance
+from .perceptual import CIEDE2000ALMA, LPIPSALMA, MSSSIMALMA, SSIMALMA
 from .prox import LinfALMAProx
 
 __all__ = [
