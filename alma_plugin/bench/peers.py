@@ -58,6 +58,46 @@ def foolbox_attack(make: Callable[[int], object]) -> RunFn:
     return run
 
 
+def fmn_l2_projection_is_broken() -> bool:
+    """Whether the installed Foolbox's ``L2FMNAttack.project`` leaves δ unprojected.
+
+    Foolbox 3.3.4 computes the factor as ``min(1, norms / norms)``, which is 1, instead of
+    min(1, ε / ‖x − x₀‖₂): every iterate keeps its norm, so the attack never shrinks δ once it
+    is adversarial (FMN's Algorithm 1, line 10, projects onto the ε-ball). Tested on a point
+    at distance 5 from x₀ and ε = 1, so a fixed Foolbox is used as it is.
+    """
+    import eagerpy as ep
+    import foolbox as fb
+
+    x0 = ep.astensor(torch.zeros(1, 2))
+    x = ep.astensor(torch.tensor([[3.0, 4.0]]))
+    projected = fb.attacks.L2FMNAttack().project(x, x0, ep.astensor(torch.ones(1)))
+    return bool(projected.raw.norm() > 1.0 + 1e-6)
+
+
+def foolbox_fmn_l2() -> Callable[[int], object]:
+    """Foolbox's ``L2FMNAttack``, its ℓ2-ball projection repaired when the installed version
+    has the no-op one (:func:`fmn_l2_projection_is_broken`); defaults otherwise unchanged."""
+
+    def make(budget: int) -> object:
+        import eagerpy as ep
+        import foolbox as fb
+        from foolbox.devutils import atleast_kd, flatten
+
+        if not fmn_l2_projection_is_broken():
+            return fb.attacks.L2FMNAttack(steps=budget)
+
+        class RepairedL2FMN(fb.attacks.L2FMNAttack):  # type: ignore[misc]
+            def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
+                norms = ep.maximum(flatten(x - x0).norms.l2(axis=-1), 1e-12)
+                factor = atleast_kd(ep.minimum(1, epsilon / norms), x.ndim)
+                return x0 + (x - x0) * factor
+
+        return RepairedL2FMN(steps=budget)
+
+    return make
+
+
 def _binary_split(budget: int) -> int:
     return max(1, budget // BINARY_SEARCH_STEPS)
 

@@ -111,12 +111,16 @@ def _entries() -> list[AttackSpec]:
             "foolbox",
             peers.foolbox_attack(peers.foolbox_named("L1FMNAttack")),
         ),
+        # Foolbox 3.3.4's L2FMNAttack never projects onto the ε-ball (peers.foolbox_fmn_l2):
+        # "fmn-l2" repairs the projection, "fmn_stock-l2" runs Foolbox's class as installed.
+        AttackSpec("fmn-l2", "FMN", "l2", "foolbox", peers.foolbox_attack(peers.foolbox_fmn_l2())),
         AttackSpec(
-            "fmn-l2",
-            "FMN",
+            "fmn_stock-l2",
+            "FMN (Foolbox as installed)",
             "l2",
             "foolbox",
             peers.foolbox_attack(peers.foolbox_named("L2FMNAttack")),
+            default_budgets=(),
         ),
         AttackSpec(
             "fmn-linf",
