@@ -87,7 +87,7 @@ def foolbox_fmn_l2() -> Callable[[int], object]:
         if not fmn_l2_projection_is_broken():
             return fb.attacks.L2FMNAttack(steps=budget)
 
-        class RepairedL2FMN(fb.attacks.L2FMNAttack):  # type: ignore[misc]
+        class RepairedL2FMN(fb.attacks.L2FMNAttack):
             def project(self, x: ep.Tensor, x0: ep.Tensor, epsilon: ep.Tensor) -> ep.Tensor:
                 norms = ep.maximum(flatten(x - x0).norms.l2(axis=-1), 1e-12)
                 factor = atleast_kd(ep.minimum(1, epsilon / norms), x.ndim)
