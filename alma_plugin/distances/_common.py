@@ -110,10 +110,20 @@ def finite_samples(*tensors: ep.Tensor) -> ep.Tensor:
     """Boolean (N,): True where every value of the sample is finite in all ``tensors``."""
     finite: ep.Tensor | None = None
     for t in tensors:
-        rows = flatten(ep.logical_not(ep.logical_or(t.isnan(), t.isinf()))).all(axis=1)
+        rows = finite_rows(t)
         finite = rows if finite is None else ep.logical_and(finite, rows)
     assert finite is not None
     return finite
+
+
+def finite_rows(t: ep.Tensor) -> ep.Tensor:
+    """Boolean (N,): True where every value of sample ``t[i]`` is finite.
+
+    0·v is 0 for a finite v and NaN for NaN or ±Inf, and a sum of zeros is exactly 0 (it
+    cannot overflow): one product and one reduction, where isnan/isinf/or/all take six
+    passes over the batch, every step of an attack.
+    """
+    return (flatten(t) * 0).sum(axis=1) == 0
 
 
 def apply_distance(function: EagerDistance, x_adv: Any, x: Any) -> Any:

@@ -35,6 +35,7 @@ import torch
 
 from alma_plugin import distances
 from alma_plugin.distances import LPIPS
+from alma_plugin.distances._common import finite_rows
 from tests.distances.test_lpips import _random_backbone, _random_linear
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -327,3 +328,38 @@ def test_l1_l2_gradients_in_float64_on_jax_and_torch(backend: str) -> None:
         np.testing.assert_array_equal(b.grad(distances.l2, x, x), [[0, 0, 0]])
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_finite_rows_on_every_backend_and_dtype(backend: str, dtype: str) -> None:
+    """The per-sample finiteness test behind the NaN contract (0·v summed) against NumPy's
+    isfinite: NaN, ±Inf, the dtype's largest finite value (whose sum would overflow), −0."""
+    b = BACKENDS[backend]
+    big = float(torch.finfo(getattr(torch, dtype)).max)
+    rows = np.array(
+        [
+            [0.0, 1.0, -2.0, 0.5],
+            [big, big, -big, big],  # finite, though Σv overflows
+            [0.0, np.nan, 0.0, 0.0],
+            [np.inf, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, -np.inf],
+            [-0.0, -0.0, -0.0, -0.0],
+            [np.inf, -np.inf, 0.0, 0.0],  # Σ would be NaN, not caught by a sum alone
+        ]
+    )
+    expected = np.isfinite(rows).all(axis=1)
+    out = finite_rows(ep.astensor(b.tensor(rows, dtype)))
+    np.testing.assert_array_equal(np.asarray(out.numpy()), expected)
+    # other shapes: (N,), (N, C, H, W), and an empty batch
+    np.testing.assert_array_equal(
+        np.asarray(finite_rows(ep.astensor(b.tensor(rows[:, 0], dtype))).numpy()),
+        np.isfinite(rows[:, 0]),
+    )
+    images = np.zeros((2, 1, 2, 2))
+    images[1, 0, 1, 1] = np.nan
+    assert np.asarray(finite_rows(ep.astensor(b.tensor(images, dtype))).numpy()).tolist() == [
+        True,
+        False,
+    ]
+    assert finite_rows(ep.astensor(b.tensor(np.zeros((0, 3)), dtype))).shape == (0,)
