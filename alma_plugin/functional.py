@@ -37,6 +37,7 @@ from .core.validation import (
     warn_if_training,
 )
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+from .distances._ssim import check_padding_for, descent_objective
 
 __all__ = ["alma", "alma_prox", "lagrangian"]
 
@@ -61,6 +62,7 @@ def alma(
     callback: Callable[[StepInfo], None] | None = None,
     seed: int = 0,
     lpips: DistanceFunction | None = None,
+    padding: str | None = None,
     params: ALMAParams | ProxParams | None = None,
 ) -> AttackResult[Any]:
     """Minimal adversarial examples by the Augmented Lagrangian Method (Rony et al., ICCV 2021).
@@ -93,6 +95,13 @@ def alma(
         lpips: for ``distance="lpips"``, the network to use, e.g.
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``; None:
             the default weights, looked for locally on first use (never downloaded).
+        padding: for "ssim" / "msssim", ``"symmetric"`` (default, also meant by None) or
+            ``"valid"``: the windows whose SSIM gradient the attack descends, as the Foolbox
+            ``SSIMALMA(padding=...)``. "symmetric": the full-coverage SSIM's gradient (one
+            window per pixel, no perturbation pushed into the image border); "valid": the
+            exact scikit-image SSIM itself (border artefact included, the stronger worst-case
+            attack). The distances, ε, ``early_stop`` and success are the exact SSIM's either
+            way (see :mod:`alma_plugin.distances._ssim`). Other distances: None only.
         params: an :class:`~alma_plugin.ALMAParams` whose fields the hyperparameter keywords
             below replace; for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword).
         **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
@@ -116,6 +125,7 @@ def alma(
         params = prox_params_for_linf(params)
         if lpips is not None:
             raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
+        check_padding_for(LINF, padding)
         return alma_prox(model, inputs, labels, steps=steps, targeted=targeted, bounds=bounds,
                          is_adversarial=is_adversarial, early_stop=early_stop,
                          callback=callback, params=params)  # fmt: skip
@@ -123,8 +133,12 @@ def alma(
     if not isinstance(params, ALMAParams):
         raise TypeError(f"params must be an ALMAParams for distance={distance!r}, got {params!r}")
     # The objective descended: the distance itself, except SSIM / MS-SSIM, whose exact value
-    # is kept with the full-coverage gradient (no perturbation pushed into the borders).
+    # is kept with the full-coverage gradient (no perturbation pushed into the borders) unless
+    # padding="valid" asks for the exact SSIM's own gradient.
     function = spec.objective if lpips is None else _checked_lpips(lpips, spec.name)
+    windows = check_padding_for(spec.name, padding)
+    if windows is not None:
+        function = descent_objective(spec.name, windows)
     steps = check_positive_int("steps", steps)
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)

@@ -175,6 +175,13 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("alma-lpips-torch-gray", P(alma_case, distance="lpips"), raises("inputs"))
     t.add("alma-msssim-torch-small", P(alma_case, distance="msssim", shape=(1, 12, 12)),
           raises("inputs"))  # fmt: skip
+    # padding= (the SSIM windows descended): "valid" runs, elsewhere a clear error
+    ssim_case = P(alma_case, distance="ssim", shape=(1, 12, 12))
+    t.add("alma-ssim-torch-padding-valid", P(ssim_case, padding="valid"))
+    t.add("alma-ssim-torch-padding-same", P(ssim_case, padding="same"), raises("padding"))
+    for distance in ("l2", "linf"):
+        t.add(f"alma-{distance}-torch-padding", P(alma_case, distance=distance, padding="valid"),
+              raises("padding"))  # fmt: skip
 
     # segmentation.alma_prox (dense logits)
     b = P(prox_case)
@@ -245,6 +252,8 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"{prefix}-inference_mode", P(b, mode="inference"))
     t.add("fb-CIEDE2000ALMA-torch-gray", P(foolbox_case, "CIEDE2000ALMA"), raises("inputs"))
     t.add("fb-LPIPSALMA-torch-gray", P(foolbox_case, "LPIPSALMA"), raises("inputs"))
+    t.add("fb-SSIMALMA-torch-padding-valid", P(foolbox_case, "SSIMALMA", shape=(1, 12, 12),
+          padding="valid", epsilons=(0.0, 0.01, None)))  # fmt: skip
     t.add("fb-MSSSIMALMA-torch-small", P(foolbox_case, "MSSSIMALMA", shape=(1, 12, 12)),
           raises("inputs"))  # fmt: skip
     t.add("fb-MSSSIMALMA-jax-small", P(foolbox_case, "MSSSIMALMA", shape=(1, 12, 12),
@@ -259,6 +268,13 @@ def table() -> list[tuple[Case, bool, bool]]:
         t.add(f"{prefix}-labels-list", P(b, container="list"), either("labels"))
         t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0),
               either("early_stop") if distance == "linf" else OK)  # fmt: skip
+    b = P(torchattacks_case, distance="ssim", shape=(1, 12, 12))
+    t.add("ta-ALMA-ssim-basic", b)
+    t.add("ta-ALMA-ssim-padding-valid", P(b, padding="valid"))
+    t.add("ta-ALMA-ssim-padding-same", P(b, padding="same"), raises("padding"))
+    for distance in ("l2", "linf"):
+        t.add(f"ta-ALMA-{distance}-padding", P(torchattacks_case, distance=distance,
+              padding="valid"), raises("padding"))  # fmt: skip
     b = P(torchattacks_case, ensemble=True, steps=5)
     t.add("ta-Ensemble-basic", b)
     t.add("ta-Ensemble-batch1", P(b, n=1))
@@ -335,6 +351,46 @@ def test_table_is_well_formed() -> None:
     ids = [case.id for case, _, _ in ROWS]
     assert len(ids) == len(set(ids)), "duplicate row ids"
     assert len(INVARIANTS) == 10 and len(ROWS) > 250
+
+
+def _keywords(entry: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword arguments of an entry point (constructor) and their defaults."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = inspect.signature(entry).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind in kinds and p.name != "model"}
+
+
+#: Keywords whose None in alma() / torchattacks' ALMA means the Foolbox class's default (the
+#: Foolbox class has one distance; for the others the keyword does not apply).
+NONE_MEANS_DEFAULT = {"padding"}
+
+
+def test_entry_points_share_their_keywords() -> None:
+    """The same thing has the same name in alma(), the Foolbox ALMA classes and torchattacks'
+    ALMA: every keyword of a Foolbox ALMA class is one of alma() and of torchattacks' ALMA,
+    with the same default, and every keyword of torchattacks' ALMA is one of alma()."""
+    import alma_plugin.foolbox as afb
+    from alma_plugin import alma
+    from alma_plugin.foolbox.alma import ALMAAttack
+    from alma_plugin.torchattacks import ALMA
+
+    functional, torchattacks = _keywords(alma), _keywords(ALMA)
+    classes = [getattr(afb, name) for name in afb.__all__]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, ALMAAttack)]
+    assert len(classes) >= 6
+    for cls in classes:
+        for name, default in _keywords(cls).items():
+            for entry, keywords in (("alma()", functional), ("torchattacks ALMA", torchattacks)):
+                assert name in keywords, f"{cls.__name__}({name}=...) is missing from {entry}"
+                same = keywords[name] == default
+                assert same or (keywords[name] is None and name in NONE_MEANS_DEFAULT), (
+                    f"{cls.__name__}({name}={default!r}) but {entry} has {keywords[name]!r}"
+                )
+    for name, default in torchattacks.items():
+        assert name in functional, f"ALMA({name}=...) is missing from alma()"
+        assert functional[name] == default, f"ALMA({name}={default!r}): alma() differs"
 
 
 @pytest.mark.parametrize(

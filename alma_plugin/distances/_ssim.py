@@ -142,6 +142,26 @@ def check_padding(padding: str) -> str:
     return padding
 
 
+#: The distances whose attacks take a ``padding`` (the windows whose gradient they descend).
+PADDED_DISTANCES: tuple[str, ...] = ("ssim", "msssim")
+
+
+def check_padding_for(distance: str, padding: str | None) -> str | None:
+    """``padding`` as given to an attack on ``distance`` (a registry name): None (the
+    distance's default descent, ``"symmetric"`` for SSIM / MS-SSIM), or one of
+    :data:`PADDINGS` for a distance of :data:`PADDED_DISTANCES`; else a ValueError naming
+    ``padding``, its value and the distance."""
+    if padding is None:
+        return None
+    check_padding(padding)
+    if distance not in PADDED_DISTANCES:
+        raise ValueError(
+            f"padding= is only used with distance='ssim' or 'msssim', got padding={padding!r} "
+            f"with distance={distance!r}"
+        )
+    return padding
+
+
 def _check_images(x_adv: ep.Tensor, x: ep.Tensor, min_size: int) -> None:
     for name, t in (("x_adv", x_adv), ("x", x)):
         if t.ndim != 4:
@@ -359,9 +379,11 @@ __all__ = [
     "K1",
     "K2",
     "MS_SSIM_WEIGHTS",
+    "PADDED_DISTANCES",
     "PADDINGS",
     "SIGMA",
     "check_padding",
+    "check_padding_for",
     "descent_objective",
     "gaussian_window",
     "ms_ssim_index",

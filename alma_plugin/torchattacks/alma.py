@@ -14,6 +14,7 @@ from torchattacks.attack import Attack
 from ..core.params import ALMA_STEPS, ALMAParams, ProxParams, prox_params_for_linf, takes_params
 from ..core.validation import check_early_stop, check_positive_int
 from ..distances import DistanceFunction
+from ..distances._ssim import check_padding_for
 from ..functional import alma
 from ._common import prepare, resolve_distance, restored_state, target_labels
 
@@ -46,14 +47,21 @@ class ALMA(Attack):
         lpips (LPIPS): for "lpips", the network to use, e.g.
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``;
             None: the default weights, looked for locally on first use (never downloaded).
+        padding (str): for "ssim" / "msssim", "symmetric" (default, also meant by None) or
+            "valid": the windows whose SSIM gradient the attack descends, as
+            ``alma(padding=...)`` and the Foolbox ``SSIMALMA``. "symmetric": the
+            full-coverage SSIM's gradient (no perturbation pushed into the image border);
+            "valid": the exact scikit-image SSIM itself (border artefact included, the
+            stronger worst-case attack). Distances and success are the exact SSIM's either
+            way. Other distances: None only. (Default: None)
         params (ALMAParams): the hyperparameters, whose fields the keywords below replace;
             for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword).
         **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ...) with the paper's defaults, as ``inspect.signature(ALMA)`` shows.
 
-    ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips`` and ``params`` are kept as
-    attributes of the same name and read at each call: ``attack.steps = 100`` or
+    ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips``, ``padding`` and ``params``
+    are kept as attributes of the same name and read at each call: ``attack.steps = 100`` or
     ``attack.distance = "l1"`` after construction then picks α and ε for the new values
     (``params`` keeps None for "the paper's rule"), exactly as ``ALMA(model, steps=100)``
     would; an invalid value set later is refused at the next call, naming the attribute.
@@ -89,6 +97,7 @@ class ALMA(Attack):
         early_stop: float | None = None,
         seed: int = 0,
         lpips: DistanceFunction | None = None,
+        padding: str | None = None,
         params: ALMAParams | ProxParams | None = None,
     ) -> None:
         if not callable(model):
@@ -99,6 +108,7 @@ class ALMA(Attack):
         self.early_stop = check_early_stop(early_stop)
         self.seed = check_positive_int("seed", seed, minimum=0)
         self.lpips = lpips
+        self.padding = check_padding_for(self.distance, padding)
         self.params = params
         if self.distance == "linf":
             prox_params_for_linf(params)  # ALMA keywords for ALMA prox: refused now
@@ -115,7 +125,8 @@ class ALMA(Attack):
         # get_logits applies the normalisation of set_normalization_used, if any.
         result = alma(self.get_logits, images, targets, distance=self.distance,
                       steps=self.steps, targeted=bool(self.targeted), early_stop=self.early_stop,
-                      seed=self.seed, lpips=self.lpips, params=self.params)  # fmt: skip
+                      seed=self.seed, lpips=self.lpips, padding=self.padding,
+                      params=self.params)  # fmt: skip
         adversarials: torch.Tensor = result.adversarials
         return adversarials
 
