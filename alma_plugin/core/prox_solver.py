@@ -36,7 +36,7 @@ from .prox import linf_box_prox
 from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
 from .result import AttackResult, StepInfo
-from .tensors import expand, finite_rows
+from .tensors import expand, finite_rows, nan_to_zero
 from .validation import as_model_output, as_tensor, check_success, working_dtype
 
 __all__ = ["alma_prox_solve"]
@@ -187,7 +187,7 @@ def alma_prox_solve(
         # 23–25. VMFB with the Adam-like diagonal metric (eq. 5.17–5.18). NaN gradients (a NaN
         # region of the model) take no step; |g| ≤ 10¹⁸ (not in the thesis) keeps g² finite in
         # float32 once μ and ρ have grown large.
-        grad = ep.where(grad.isnan(), 0, grad).clip(-1e18, 1e18)
+        grad = nan_to_zero(grad).clip(-1e18, 1e18)
         lr = step_size(p.init_lr, p.lr_reduction, progress)
         v = p.alpha * v + (1 - p.alpha) * grad.square()
         s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps

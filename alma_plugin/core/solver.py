@@ -21,7 +21,7 @@ from .params import ALMAParams
 from .penalties import get_penalty
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
-from .tensors import expand, finite_rows
+from .tensors import expand, finite_rows, nan_to_zero
 from .validation import (
     Bounds,
     as_model_output,
@@ -149,7 +149,7 @@ def alma_solve(
 
         # A NaN region of the model (e.g. logits overflowing beyond some radius) gives NaN
         # gradients: no step from them, so the iterate stays finite.
-        grad = ep.where(grad.isnan(), 0, grad)
+        grad = nan_to_zero(grad)
 
         if t == 0:
             # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).
