@@ -139,6 +139,9 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # One colour per attack across every panel and figure (the default colour cycle).
+    labels = dict.fromkeys(row["label"] for row in rows)
+    colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}
     paths = []
     for model in dict.fromkeys(row["model"] for row in rows):
         norms = list(dict.fromkeys(row["norm"] for row in rows if row["model"] == model))
@@ -152,7 +155,7 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
                 style = "--" if "paper" in attack else "-"
                 for ax, key in zip(axes[:, column], ("median", "optimality"), strict=True):
                     ax.plot(budgets, [row[key] for row in mine], style, marker="o",
-                            label=f"{mine[0]['label']}")  # fmt: skip
+                            color=colours[mine[0]["label"]], label=mine[0]["label"])  # fmt: skip
             for ax, key in zip(axes[:, column], ("median", "optimality"), strict=True):
                 ax.set_xscale("log")
                 ticks = sorted({row["budget"] for row in chosen})
