@@ -24,7 +24,8 @@ from .usermodels import safe_name
 __all__ = ["plot_curves", "plot_patterns"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,14 +34,23 @@ def _pyplot() -> Any:
     return plt
 
 
-def _norm(norm: str) -> str:
+def norm_label(norm: str) -> str:
+    """A norm's name for figures: "l1", "l2", "l∞"."""
     return norm.replace("linf", "l∞")
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> Path:
+    """Lay out, write and close ``fig``; return ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def plot_curves(records: Sequence[Record], folder: Path) -> list[Path]:
     """Robust accuracy vs perturbation size, one PNG per (model, norm): one line per attack and
     budget (dashed: the smaller budgets) and the best-of-all curve (black)."""
-    plt = _pyplot()
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for (model, norm), chosen in groups(records).items():
@@ -61,17 +71,15 @@ def plot_curves(records: Sequence[Record], folder: Path) -> list[Path]:
             best = metrics.best_of_all({f"{r.attack}@{r.budget}": r.distances for r in chosen})
             accuracy = 100.0 * (best[None, :] > grid[:, None]).mean(axis=1)
             ax.plot(grid, accuracy, color="black", linewidth=2.2, alpha=0.6, label=BEST_OF_ALL)
-        ax.set_xlabel(f"perturbation size ({_norm(norm)})")
+        ax.set_xlabel(f"perturbation size ({norm_label(norm)})")
         ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"{model}: robust accuracy vs {_norm(norm)}")
+        ax.set_title(f"{model}: robust accuracy vs {norm_label(norm)}")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / f"robust_accuracy_{safe_name(model)}_{norm}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(
+            save_figure(fig, folder / f"robust_accuracy_{safe_name(model)}_{norm}.png", 100)
+        )
     return paths
 
 
@@ -84,7 +92,7 @@ def plot_patterns(records: Sequence[Record], folder: Path) -> list[Path]:
     perturbations per bin; the share below 1e-4 is in the legend) and box plots of the soft
     sparsity ‖δ‖₁/‖δ‖₂ of every run, on one scale [0, √n] for all norms (as the paper's
     Figures 5–6)."""
-    plt = _pyplot()
+    plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     found = groups(records)
     paths = []
@@ -117,7 +125,7 @@ def plot_patterns(records: Sequence[Record], folder: Path) -> list[Path]:
             top.set_yscale("log")
             top.set_xlabel("|δ| per entry (successful samples)")
             top.set_ylabel("fraction of entries per bin" if not column else "")
-            top.set_title(f"{model}, {_norm(norm)} attacks: |δ| histogram")
+            top.set_title(f"{model}, {norm_label(norm)} attacks: |δ| histogram")
             top.grid(alpha=0.3)
             top.legend(fontsize=7)
             values, labels = [], []
@@ -131,9 +139,5 @@ def plot_patterns(records: Sequence[Record], folder: Path) -> list[Path]:
             bottom.set_title("soft sparsity")
             bottom.tick_params(axis="x", labelsize=7)
             bottom.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        path = folder / f"patterns_{safe_name(model)}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, folder / f"patterns_{safe_name(model)}.png", 90))
     return paths

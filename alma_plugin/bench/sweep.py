@@ -36,6 +36,7 @@ from torch import nn
 
 from ..core.params import SCHEDULES
 from . import distributed, metrics
+from .plots import norm_label, pyplot, save_figure
 from .registry import AttackSpec, get_attack
 from .report import Record, groups
 from .runner import EMBEDDED_DATA, BenchConfig, load_data, run_shard
@@ -134,11 +135,7 @@ def format_tables(rows: Sequence[Mapping[str, Any]]) -> str:
 def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
     """``sweep_<model>.png``: median (top) and optimality (bottom) against the budget (log
     scale), one column per norm, one line per attack."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     # One colour per attack across every panel and figure (the default colour cycle).
     labels = dict.fromkeys(row["label"] for row in rows)
     colours = {label: f"C{index % 10}" for index, label in enumerate(labels)}
@@ -162,15 +159,11 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
                 ax.set_xticks(ticks, [str(b) for b in ticks])
                 ax.minorticks_off()
                 ax.set_xlabel("budget (steps)")
-                ax.set_ylabel(f"{key} {norm.replace('linf', 'l∞')}")
+                ax.set_ylabel(f"{key} {norm_label(norm)}")
                 ax.grid(True, which="both", alpha=0.3)
-            axes[0, column].set_title(f"{model}: {norm.replace('linf', 'l∞')}")
+            axes[0, column].set_title(f"{model}: {norm_label(norm)}")
             axes[1, column].legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / f"sweep_{model}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, folder / f"sweep_{model}.png", 110))
     return paths
 
 

@@ -13,6 +13,10 @@ from typing import Any
 
 import eagerpy as ep
 
+from ..distances._common import stop_gradient
+
+__all__ = ["check_differentiable", "stop_gradient", "value_aux_and_grad"]
+
 LossWithAux = Callable[[ep.Tensor], tuple[ep.Tensor, Any]]
 
 
@@ -51,18 +55,3 @@ def check_differentiable(outputs: ep.Tensor) -> None:
             "that does not require grad (is the model run under torch.no_grad(), detached, or "
             "piecewise constant?)"
         )
-
-
-def stop_gradient(x: ep.Tensor) -> ep.Tensor:
-    """The value of ``x`` as a constant for differentiation, in any eagerpy framework."""
-    if isinstance(x, ep.PyTorchTensor):
-        return ep.astensor(x.raw.detach())
-    if isinstance(x, ep.JAXTensor):
-        import jax
-
-        return ep.astensor(jax.lax.stop_gradient(x.raw))
-    if isinstance(x, ep.TensorFlowTensor):
-        import tensorflow as tf
-
-        return ep.astensor(tf.stop_gradient(x.raw))
-    return x

@@ -158,3 +158,18 @@ def safe_sqrt(x: ep.Tensor) -> ep.Tensor:
 def abs0(x: ep.Tensor) -> ep.Tensor:
     """|x| with sub-gradient 0 at x = 0 on every backend (``x · sign(x)``)."""
     return x * x.sign()
+
+
+def stop_gradient(x: ep.Tensor) -> ep.Tensor:
+    """The value of ``x`` as a constant for differentiation, in any eagerpy framework."""
+    if isinstance(x, ep.PyTorchTensor):
+        return ep.astensor(x.raw.detach())
+    if isinstance(x, ep.JAXTensor):
+        import jax
+
+        return ep.astensor(jax.lax.stop_gradient(x.raw))
+    if isinstance(x, ep.TensorFlowTensor):
+        import tensorflow as tf
+
+        return ep.astensor(tf.stop_gradient(x.raw))
+    return x

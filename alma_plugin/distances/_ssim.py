@@ -70,7 +70,7 @@ from typing import TypeVar, cast
 import eagerpy as ep
 import numpy as np
 
-from ._common import apply_distance, distance_function, flatten
+from ._common import apply_distance, distance_function, flatten, stop_gradient
 
 T = TypeVar("T")
 #: An eagerpy-level distance ``(x_adv, x) -> (N,)``.
@@ -319,31 +319,16 @@ def msssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     return cast(T, apply_distance(functools.partial(_msssim_distance, padding=padding), x_adv, x))
 
 
-def _constant(t: ep.Tensor) -> ep.Tensor:
-    """``t`` as a constant for differentiation (``stop_gradient``), in any eagerpy framework."""
-    if isinstance(t, ep.PyTorchTensor):
-        return ep.astensor(t.raw.detach())
-    if isinstance(t, ep.JAXTensor):
-        import jax
-
-        return ep.astensor(jax.lax.stop_gradient(t.raw))
-    if isinstance(t, ep.TensorFlowTensor):
-        import tensorflow as tf
-
-        return ep.astensor(tf.stop_gradient(t.raw))
-    return t
-
-
 def _descent(
     function: Callable[..., ep.Tensor],
 ) -> Callable[[ep.Tensor, ep.Tensor], ep.Tensor]:
     """Value of ``function(padding="valid")``, gradient of ``function(padding="symmetric")``."""
 
     def objective(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-        exact = function(_constant(x_adv), _constant(x), padding="valid")
+        exact = function(stop_gradient(x_adv), stop_gradient(x), padding="valid")
         surrogate = function(x_adv, x, padding="symmetric")
         # exact + (s − s): the value is bit for bit the exact one, the gradient is ∇s.
-        return exact + (surrogate - _constant(surrogate))
+        return exact + (surrogate - stop_gradient(surrogate))
 
     return objective
 

@@ -121,3 +121,14 @@ def restored_state(attack: Attack) -> Iterator[None]:
                     buffer.copy_(value)
         if attack._normalization_applied != applied:
             attack._set_normalization_applied(applied)
+
+
+class StateRestoringAttack(Attack):
+    """A torchattacks ``Attack`` whose call runs under :func:`restored_state`: the base of the
+    package's torchattacks classes."""
+
+    def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """torchattacks' ``Attack.__call__`` that also restores every module's train/eval flag
+        and the normalisation state when the attack raises."""
+        with restored_state(self):
+            return super().__call__(inputs, labels, *args, **kwargs)

@@ -6,22 +6,19 @@ Pesquet and Ben Ayed, CVPR 2023) for ``distance="linf"``. The algorithms live in
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torchattacks.attack import Attack
 
 from ..core.params import ALMA_STEPS, ALMAParams, ProxParams, prox_params_for_linf, takes_params
 from ..core.validation import check_early_stop, check_positive_int
 from ..distances import DistanceFunction
 from ..distances._ssim import check_padding_for
 from ..functional import alma
-from ._common import prepare, resolve_distance, restored_state, target_labels
+from ._common import StateRestoringAttack, prepare, resolve_distance, target_labels
 
 __all__ = ["ALMA"]
 
 
-class ALMA(Attack):
+class ALMA(StateRestoringAttack):
     r"""ALMA (Rony et al., "Augmented Lagrangian Adversarial Attacks", ICCV 2021) and, for
     ``distance="linf"``, ALMA prox (Rony et al., "Proximal Splitting Adversarial Attack for
     Semantic Segmentation", CVPR 2023, §5.4 of Rony's thesis).
@@ -129,9 +126,3 @@ class ALMA(Attack):
                       params=self.params)  # fmt: skip
         adversarials: torch.Tensor = result.adversarials
         return adversarials
-
-    def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """torchattacks' ``Attack.__call__`` that also restores every module's train/eval flag
-        and the normalisation state when the attack raises."""
-        with restored_state(self):
-            return super().__call__(inputs, labels, *args, **kwargs)

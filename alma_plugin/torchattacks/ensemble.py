@@ -12,7 +12,7 @@ import torch
 from torchattacks.attack import Attack
 
 from ..distances import DistanceSpec
-from ._common import prepare, resolve_distance, restored_state, target_labels
+from ._common import StateRestoringAttack, prepare, resolve_distance, target_labels
 
 __all__ = ["MinimalEnsemble"]
 
@@ -59,7 +59,7 @@ def _normalization_of(attack: Attack) -> tuple[list[float], list[float]] | None:
     return used["mean"].flatten().tolist(), used["std"].flatten().tolist()
 
 
-class MinimalEnsemble(Attack):
+class MinimalEnsemble(StateRestoringAttack):
     r"""Per-sample best of several minimal attacks (any torchattacks ``Attack``).
 
     Every member attacks the whole batch; the model is re-evaluated on each member's output
@@ -177,8 +177,3 @@ class MinimalEnsemble(Attack):
         distance = spec.function(ep.astensor(outputs.float()), ep.astensor(images.float())).raw
         distance = distance.to(images.device, torch.float32)
         return success & finite & torch.isfinite(distance), distance
-
-    def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """``Attack.__call__`` restoring module modes and normalisation state on errors."""
-        with restored_state(self):
-            return super().__call__(inputs, labels, *args, **kwargs)

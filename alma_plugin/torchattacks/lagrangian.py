@@ -6,22 +6,19 @@ Adversarial Training" (2021, Algorithm 1). The algorithm lives in
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torchattacks.attack import Attack
 
 from ..core.lagrangian import LAGRANGIAN_STEPS, LagrangianParams
 from ..core.params import takes_params
 from ..core.validation import check_positive_int
 from ..distances import get_distance
 from ..functional import lagrangian
-from ._common import prepare, restored_state, target_labels
+from ._common import StateRestoringAttack, prepare, target_labels
 
 __all__ = ["Lagrangian"]
 
 
-class Lagrangian(Attack):
+class Lagrangian(StateRestoringAttack):
     r"""The Lagrangian training attack (Azizmalayeri & Rohban, 2021, Algorithm 1).
 
     Distance Measure : L2 (as a penalty, not a bound).
@@ -92,9 +89,3 @@ class Lagrangian(Attack):
                             params=self.params)  # fmt: skip
         perturbed: torch.Tensor = result.perturbed
         return perturbed
-
-    def __call__(self, inputs: Any, labels: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """torchattacks' ``Attack.__call__`` that also restores every module's train/eval flag
-        and the normalisation state when the attack raises."""
-        with restored_state(self):
-            return super().__call__(inputs, labels, *args, **kwargs)
