@@ -196,7 +196,10 @@ class ProxParams:
         scale_min, scale_init, scale_rate: w_min, w⁽⁰⁾ and γ_w of the constraint scaling, eq. 5.8.
         constraint_masking: m̃⁽ᵗ⁾ of eq. 5.6 (False: the user mask m only).
         mask_decay: the masking percentile decays 100% → ν (False: ν from the first step).
-        prox_precision: Δβ of Algorithm 5.1.
+        prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
+            Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
+            float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵
+            reproduces §5.5.5.3 exactly).
     """
 
     init_lr: float | None = None
@@ -216,7 +219,7 @@ class ProxParams:
     scale_rate: float = 0.02
     constraint_masking: bool = True
     mask_decay: bool = True
-    prox_precision: float = 1e-5
+    prox_precision: float | None = None
 
     def __post_init__(self) -> None:
         _check(
