@@ -188,8 +188,9 @@ def alma_prox(
     sample when ``labels`` is (N,) and the model returns logits (N, K); one per pixel of the
     mask m when ``labels`` is (N, H, W) and the logits (N, K, H, W) (semantic segmentation,
     where success is an attack pixel success rate APSR ≥ ν, eq. 5.19). Forward-backward
-    splitting with an Adam-like diagonal metric and the exact prox of λ‖·‖∞ + ι_Λ by ternary
-    search (Algorithm 5.1), constraint masking and scaling (eq. 5.6, 5.8).
+    splitting with an Adam-like diagonal metric and the exact prox of λ‖·‖∞ + ι_Λ (eq. 5.14
+    solved from its sorted breakpoints; ``prox_precision=Δβ``: Algorithm 5.1's ternary search),
+    constraint masking and scaling (eq. 5.6, 5.8).
 
     Args:
         model, inputs, targeted, bounds, is_adversarial, early_stop, callback: as :func:`alma`

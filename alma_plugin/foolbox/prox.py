@@ -21,10 +21,11 @@ class LinfALMAProx(MinimalAttack):
 
     Minimises ‖δ‖∞ subject to misclassification (DLR⁺ < 0) with an Augmented Lagrangian
     penalty (modified P2, eq. 5.9) handled by gradient steps with an Adam-like diagonal metric
-    and the exact prox of λ‖·‖∞ + ι_Λ (Algorithm 5.1) for the non-smooth norm and the box
-    Λ = ``model.bounds`` (variable-metric forward-backward, eq. 5.17–5.18). One forward and one
-    backward model propagation per step; the criterion object judges success (best tracking),
-    so targeted (``TargetedMisclassification``) and untargeted attacks are supported.
+    and the exact prox of λ‖·‖∞ + ι_Λ (eq. 5.14; Algorithm 5.1 with ``prox_precision``) for the
+    non-smooth norm and the box Λ = ``model.bounds`` (variable-metric forward-backward,
+    eq. 5.17–5.18). One forward and one backward model propagation per step; the criterion
+    object judges success (best tracking), so targeted (``TargetedMisclassification``) and
+    untargeted attacks are supported.
     Hyperparameters live in the [0, 1]-normalised input space, so they hold for any bounds.
 
     Args:
