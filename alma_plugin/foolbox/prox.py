@@ -37,7 +37,7 @@ class LinfALMAProx(MinimalAttack):
 
     The thesis' λ⁽⁰⁾ = 10⁻³ (§5.5.5.3) was chosen for segmentation, where minimal norms are
     ≈ 0.3/255; classification norms are ~100× larger, so ``init_lr=None`` takes
-    ``PROX_INIT_LR["classification"]`` (0.1). Pass a smaller ``init_lr`` for models whose
+    ``PROX_INIT_LR["classification"]`` (0.2). Pass a smaller ``init_lr`` for models whose
     minimal ℓ∞ norms are far below 0.1 (e.g. ImageNet, where they are ≈ 1/255).
 
     Foolbox conventions:
