@@ -77,7 +77,8 @@ def _alma_prox(
 
     from ..foolbox import LinfALMAProx
 
-    # The product's defaults for classification (λ⁽⁰⁾ = 0.1 → λ⁽ᴺ⁾ = 0.01); ``run`` as above.
+    # The product's defaults for classification (λ⁽⁰⁾ = PROX_INIT_LR, decaying to 0.1 λ⁽⁰⁾);
+    # ``run`` as above.
     return LinfALMAProx(steps=budget).run(
         fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y
     )
