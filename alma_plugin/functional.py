@@ -91,7 +91,8 @@ def alma(
         early_stop: stop once every sample has an adversarial with D below this value (0:
             never, as Foolbox's ``epsilons`` starting at 0.0 imply).
         callback: called with a :class:`~alma_plugin.StepInfo` after every step.
-        seed: seeds the random directions used where a gradient vanishes.
+        seed: seeds the random directions used where a gradient vanishes and the random
+            starts of ``restarts`` > 1.
         lpips: for ``distance="lpips"``, the network to use, e.g.
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``; None:
             the default weights, looked for locally on first use (never downloaded).
@@ -128,7 +129,7 @@ def alma(
         check_padding_for(LINF, padding)
         return alma_prox(model, inputs, labels, steps=steps, targeted=targeted, bounds=bounds,
                          is_adversarial=is_adversarial, early_stop=early_stop,
-                         callback=callback, params=params)  # fmt: skip
+                         callback=callback, seed=seed, params=params)  # fmt: skip
     spec = get_distance(distance)
     if not isinstance(params, ALMAParams):
         raise TypeError(f"params must be an ALMAParams for distance={distance!r}, got {params!r}")
@@ -179,6 +180,7 @@ def alma_prox(
     is_adversarial: SuccessFn | None = None,
     early_stop: float | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    seed: int = 0,
     params: ProxParams | None = None,
 ) -> AttackResult[Any]:
     """Minimal ℓ∞ adversarial examples by ALMA prox (Rony, Pesquet & Ben Ayed, CVPR 2023;
@@ -201,6 +203,8 @@ def alma_prox(
             others count neither in the APSR nor in the objective (eq. 5.5).
         adv_threshold: ν: success means APSR ≥ ν, in (0, 1] (dense labels only).
         steps: N, the number of iterations (one forward and one backward each).
+        seed: seeds the random starts of ``restarts`` > 1 (run 0 starts at δ = 0 and draws
+            nothing: with one run, the attack is deterministic whatever the seed).
         params: a :class:`~alma_plugin.ProxParams` whose fields the keywords below replace.
         **hyperparameters: every field of :class:`~alma_plugin.ProxParams`; ``init_lr=None``
             takes λ⁽⁰⁾ for the task (``PROX_INIT_LR``: classification or segmentation).
@@ -219,6 +223,7 @@ def alma_prox(
     """
     assert isinstance(params, ProxParams)
     steps = check_positive_int("steps", steps)
+    check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     nu = check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
     x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
@@ -243,6 +248,7 @@ def alma_prox(
         is_adversarial=is_adversarial,
         early_stop=stop,
         callback=None if callback is None else _converted(callback, restore),
+        seed=seed,
     )
     return result.map(restore)
 

@@ -92,6 +92,12 @@ class ALMAParams:
             η⁽ᵗ⁾ = η⁽⁰⁾·(r + (1 − r)(1 + cos(πt/(N−1)))/2). The last two decay from the start
             (not from t*), which spends short budgets better (see docs/bench.md, the budget
             sweep); only the step size differs, everything else is Algorithm 2.
+        restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
+            from x, the others from random starts; each sample keeps its best adversarial. The
+            attack still costs one forward and one backward per step. 1: Algorithm 2 as
+            published. α (when None) follows the budget of one run.
+        restart_distance: D(x̃⁽⁰⁾, x) of a restart's random start x̃⁽⁰⁾ = P_[0,1](x − η n),
+            n ~ U(−1, 1)ⁿ, η found by the §3.2.3 search. None: ε (``init_lr_distance``).
     """
 
     alpha: float | None = None
@@ -110,6 +116,8 @@ class ALMAParams:
     momentum: float | None = None
     levels: int | None = None
     schedule: str = "paper"
+    restarts: int = 1
+    restart_distance: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.penalty, str) or self.penalty.upper() not in PENALTIES:
@@ -130,9 +138,11 @@ class ALMAParams:
                 "tau": (0.0, 1.0, False, False),
                 "rmsprop_decay": (0.0, 1.0, False, True),
                 "momentum": (0.0, 1.0, False, True),
+                "restart_distance": _POSITIVE,
             },
         )
         object.__setattr__(self, "check_steps", check_positive_int("check_steps", self.check_steps))
+        object.__setattr__(self, "restarts", check_positive_int("restarts", self.restarts))
         if self.levels is not None:
             object.__setattr__(self, "levels", check_positive_int("levels", self.levels, 2))
         if not isinstance(self.schedule, str) or self.schedule.lower() not in SCHEDULES:
@@ -141,16 +151,18 @@ class ALMAParams:
 
     def for_budget(self, steps: int, init_lr_distance: float) -> ALMAParams:
         """These params with every None resolved for ``steps`` and a distance whose Table 3 ε
-        is ``init_lr_distance``: α by :func:`budget_alpha`, RMSProp decay and momentum = α."""
-        alpha = (
-            budget_alpha(check_positive_int("steps", steps)) if self.alpha is None else self.alpha
-        )
+        is ``init_lr_distance``: α by :func:`budget_alpha` for the steps of one run (the
+        longest of :attr:`restarts`), RMSProp decay and momentum = α, the restarts' distance
+        = ε."""
+        steps = check_positive_int("steps", steps)
+        run = -(-steps // self.restarts)
+        alpha = budget_alpha(run) if self.alpha is None else self.alpha
+        epsilon = init_lr_distance if self.init_lr_distance is None else self.init_lr_distance
         return replace(
             self,
             alpha=alpha,
-            init_lr_distance=(
-                init_lr_distance if self.init_lr_distance is None else self.init_lr_distance
-            ),
+            init_lr_distance=epsilon,
+            restart_distance=epsilon if self.restart_distance is None else self.restart_distance,
             rmsprop_decay=alpha if self.rmsprop_decay is None else self.rmsprop_decay,
             momentum=alpha if self.momentum is None else self.momentum,
         )
@@ -200,6 +212,12 @@ class ProxParams:
         scale_min, scale_init, scale_rate: w_min, w⁽⁰⁾ and γ_w of the constraint scaling, eq. 5.8.
         constraint_masking: m̃⁽ᵗ⁾ of eq. 5.6 (False: the user mask m only).
         mask_decay: the masking percentile decays 100% → ν (False: ν from the first step).
+        restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
+            from δ = 0, the others from random starts; each sample keeps its best adversarial.
+            The attack still costs one forward and one backward per step. 1: Algorithm IV-2.
+        restart_distance: ‖δ⁽⁰⁾‖∞ bound of a restart's random start δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ, in the
+            normalised space (0.05: below the minimal norms of MNIST/CIFAR-scale models; scale
+            it with ``init_lr`` for models whose norms are far smaller).
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵
@@ -224,6 +242,8 @@ class ProxParams:
     constraint_masking: bool = True
     mask_decay: bool = True
     prox_precision: float | None = None
+    restarts: int = 1
+    restart_distance: float = 0.05
 
     def __post_init__(self) -> None:
         _check(
@@ -244,9 +264,11 @@ class ProxParams:
                 "scale_init": (self.scale_min, 1.0, False, False),
                 "scale_rate": (0.0, 1.0, True, True),
                 "prox_precision": _POSITIVE,
+                "restart_distance": _POSITIVE,
             },
         )
         object.__setattr__(self, "check_steps", check_positive_int("check_steps", self.check_steps))
+        object.__setattr__(self, "restarts", check_positive_int("restarts", self.restarts))
         for name in ("constraint_masking", "mask_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

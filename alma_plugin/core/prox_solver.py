@@ -35,6 +35,7 @@ from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
 from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
+from .restarts import restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .tensors import expand, finite_rows, nan_to_zero
 from .validation import as_model_output, as_tensor, check_success, working_dtype
@@ -59,6 +60,7 @@ def alma_prox_solve(
     is_adversarial: SuccessFn | None = None,
     early_stop: float | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    seed: int = 0,
 ) -> AttackResult[ep.Tensor]:
     """Run ALMA prox on a validated batch within ``bounds``.
 
@@ -78,7 +80,42 @@ def alma_prox_solve(
     tracked on the device and the best iterates are frozen from the step it first holds: the
     result is that of a check at every step, after up to M − 1 more steps (``steps_run``
     counts them). The masking percentiles (eq. 5.6) go to the device once, before the loop.
+
+    ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from
+    δ = 0, run k ≥ 1 from δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ (r = ``params.restart_distance``, generator
+    ``restart_rng(seed, k)``); each sample keeps its best adversarial.
     """
+
+    def run(restart: int, budget: int, offset: int, solved: ep.Tensor | None) -> AttackResult:
+        return _prox_run(model, inputs, labels, params=params, steps=budget, bounds=bounds,
+                         targeted=targeted, masks=masks, adv_threshold=adv_threshold,
+                         is_adversarial=is_adversarial, early_stop=early_stop, callback=callback,
+                         seed=seed, restart=restart, step_offset=offset, solved=solved)  # fmt: skip
+
+    return run_restarts(run, steps, params.restarts, early_stop)
+
+
+def _prox_run(
+    model: ModelFn,
+    inputs: ep.Tensor,
+    labels: ep.Tensor,
+    *,
+    params: ProxParams,
+    steps: int,
+    bounds: tuple[float, float],
+    targeted: bool,
+    masks: ep.Tensor | None,
+    adv_threshold: float,
+    is_adversarial: SuccessFn | None,
+    early_stop: float | None,
+    callback: Callable[[StepInfo], None] | None,
+    seed: int,
+    restart: int,
+    step_offset: int,
+    solved: ep.Tensor | None,
+) -> AttackResult[ep.Tensor]:
+    """One run of Algorithm IV-2 with ``steps`` steps: from δ = 0 for ``restart`` 0, else from
+    a random start; ``solved`` samples count as below ``early_stop`` (found by earlier runs)."""
     p = params
     assert p.init_lr is not None and p.rho_init is not None
     lower, upper = bounds
@@ -96,6 +133,9 @@ def alma_prox_solve(
     u = (x - lower) / span  # the [0, 1]-normalised input; Λ = [−u, 1 − u] (eq. 5.2)
     box_low, box_high = -u, 1 - u
     delta, v = ep.zeros_like(x), ep.zeros_like(x)
+    if restart > 0:  # a restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, projected onto Λ
+        noise = p.restart_distance * uniform_noise(x, restart_rng(seed, restart))
+        delta = ep.minimum(ep.maximum(noise, box_low), box_high)
     mu, rho = ep.full(m, m.shape, p.mu_init), ep.full(m, m.shape, p.rho_init)
     w = ep.full(m, (n, 1), p.scale_init)
     d_ref, recent_sat = ep.zeros_like(m), ep.zeros_like(m) > 0
@@ -197,10 +237,13 @@ def alma_prox_solve(
 
         if callback is not None:
             shape = (n,) if not c.dense else (n, -1)
-            callback(StepInfo(t - 1, norm, d.reshape(shape), mu.reshape(shape),
+            callback(StepInfo(step_offset + t - 1, norm, d.reshape(shape), mu.reshape(shape),
                               rho.reshape(shape), ep.full(norm, (n,), lr), success))  # fmt: skip
         if early_stop is not None:
-            stopped = ep.logical_or(stopped, (best_norm < early_stop).all())
+            below = best_norm < early_stop
+            if solved is not None:  # found below early_stop by an earlier run
+                below = ep.logical_or(below, solved)
+            stopped = ep.logical_or(stopped, below.all())
             if check and bool(stopped.item()):  # one read every M steps
                 steps_run = t
                 break

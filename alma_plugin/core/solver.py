@@ -19,6 +19,7 @@ from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
 from .params import ALMAParams
 from .penalties import get_penalty
+from .restarts import restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
 from .tensors import expand, finite_rows, nan_to_zero
@@ -68,7 +69,43 @@ def alma_solve(
     set (the user's ``is_adversarial`` and ``callback`` may synchronise on their own). The stop
     condition is tracked on the device at every step and the best iterates are frozen from the
     step it first holds, so the result is the one of a check at every step; the run only goes
-    on for up to M − 1 more steps, which ``steps_run`` counts."""
+    on for up to M − 1 more steps, which ``steps_run`` counts.
+
+    ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from x,
+    run k ≥ 1 from a random point at D = ``params.restart_distance`` from x (uniform noise
+    scaled by the §3.2.3 search, with its own generator ``restart_rng(seed, k)``); each
+    sample keeps its best adversarial. ``first_success_step`` and the callback's step count
+    from the start of run 0."""
+
+    def run(restart: int, budget: int, offset: int, solved: ep.Tensor | None) -> AttackResult:
+        return _alma_run(model, inputs, labels, distance=distance, params=params, steps=budget,
+                         bounds=bounds, targeted=targeted, is_adversarial=is_adversarial,
+                         callback=callback, early_stop=early_stop, seed=seed, restart=restart,
+                         step_offset=offset, solved=solved)  # fmt: skip
+
+    return run_restarts(run, steps, params.restarts, early_stop)
+
+
+def _alma_run(
+    model: ModelFn,
+    inputs: ep.Tensor,
+    labels: ep.Tensor,
+    *,
+    distance: DistanceFunction,
+    params: ALMAParams,
+    steps: int,
+    bounds: Bounds,
+    targeted: bool,
+    is_adversarial: SuccessFn | None,
+    callback: Callable[[StepInfo], None] | None,
+    early_stop: float | None,
+    seed: int,
+    restart: int,
+    step_offset: int,
+    solved: ep.Tensor | None,
+) -> AttackResult[ep.Tensor]:
+    """One run of Algorithm 2 with ``steps`` steps: from x for ``restart`` 0, else from a
+    random start; ``solved`` samples count as below ``early_stop`` (found by earlier runs)."""
     c = params
     penalty = get_penalty(c.penalty)
     assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None
@@ -91,8 +128,14 @@ def alma_solve(
         mapped = (u * scale + lower).clip(lower, upper) if (lower, upper) != (0.0, 1.0) else u
         return mapped.astype(inputs.dtype) if rounds else mapped
 
+    rng = restart_rng(seed, restart)
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
     x_adv = x
+    if restart > 0:  # a restart: x̃⁽⁰⁾ = P_[0,1](x − η n), n ~ U(−1, 1), D(x̃⁽⁰⁾, x) = restart_distance
+        assert c.restart_distance is not None
+        noise = uniform_noise(x, rng)
+        x_adv = (x - expand(initial_step_size(distance, x, noise, c.restart_distance), x)
+                 * noise).clip(0, 1)  # fmt: skip
     mu, rho = per_sample(c.mu_init), per_sample(c.rho_init)
     square_avg, velocity = ep.ones_like(x), ep.zeros_like(x)
     best_adv, best_distance = inputs, per_sample(np.inf)
@@ -121,7 +164,6 @@ def alma_solve(
         loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
         return loss.sum(), (model_inputs, logits, d, dist, new_mu)
 
-    rng = np.random.default_rng(seed)
     steps_run = steps
     t = 0
     for t in range(steps):
@@ -152,18 +194,24 @@ def alma_solve(
         grad = nan_to_zero(grad)
 
         if t == 0:
+            # §3.2.3 searches along g = ∇DLR⁺. At t = 0 of run 0, D ≡ 0 and ∇L = P′(d)·∇d, so
+            # the constraint's gradient is ∇L / P′ per sample: no extra backward propagation.
+            # A restart starts away from x: ∇D is taken out first (D only, no model call).
+            search = grad
+            if restart > 0:
+                search = grad - value_aux_and_grad(lambda u: (distance(u, x).sum(), ()), x_adv)[2]
             # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).
-            norms = grad.flatten(start=1).square().sum(axis=1).sqrt()
+            norms = search.flatten(start=1).square().sum(axis=1).sqrt()
             vanishing = expand(norms <= _VANISHING_GRADIENT, x)
             if vanishing.any():
-                grad = ep.where(vanishing, random_unit_directions(grad, rng), grad)
+                directions = random_unit_directions(grad, rng)
+                grad = ep.where(vanishing, directions, grad)
+                search = ep.where(vanishing, directions, search)
             if c.init_lr is None:  # §3.2.3: η⁽⁰⁾ such that the first step adds ε to D
                 assert c.init_lr_distance is not None
-                # §3.2.3 searches along g = ∇DLR⁺. At t = 0, D ≡ 0 and ∇L = P′(d)·∇d, so the
-                # constraint's gradient is ∇L / P′ per sample: no extra backward propagation.
                 slope = penalty.derivative(d, rho, mu)
                 usable = expand(ep.logical_and(slope > 0, vanishing.logical_not().flatten()), x)
-                direction = ep.where(usable, grad / expand(slope.maximum(1e-30), x), grad)
+                direction = ep.where(usable, search / expand(slope.maximum(1e-30), x), search)
                 step_size0 = initial_step_size(distance, x, direction, c.init_lr_distance)
             constraint_at_last_check = d
 
@@ -190,9 +238,12 @@ def alma_solve(
             constraint_at_last_check = d
 
         if callback is not None:
-            callback(StepInfo(t, dist, d, mu, rho, step_size, success))
+            callback(StepInfo(step_offset + t, dist, d, mu, rho, step_size, success))
         if early_stop is not None:
-            stopped = ep.logical_or(stopped, (best_distance < early_stop).all())
+            below = best_distance < early_stop
+            if solved is not None:  # found below early_stop by an earlier run
+                below = ep.logical_or(below, solved)
+            stopped = ep.logical_or(stopped, below.all())
             if (t + 1) % c.check_steps == 0 and bool(stopped.item()):  # one read every M steps
                 steps_run = t + 1
                 break

@@ -67,9 +67,10 @@ _CONVENTIONS = """
         * ``early_stop`` (Foolbox passes ``min(epsilons)`` when no epsilon is None) is in the
           units of ``distance``; 0 is accepted and never triggers.
         * ``.repeat(n)``: ALMA is deterministic given ``seed`` (random directions are only
-          drawn where a gradient vanishes), so ``attack.repeat(n)`` runs the same attack n
-          times at n times the cost and returns exactly the single-call result, as for
-          Foolbox's DDN and FMN. For different restarts, combine attacks with other seeds.
+          drawn where a gradient vanishes, and for the random starts of ``restarts`` > 1), so
+          ``attack.repeat(n)`` runs the same attack n times at n times the cost and returns
+          exactly the single-call result, as for Foolbox's DDN and FMN. For random starts
+          within one budget, use ``restarts``; across calls, combine attacks with other seeds.
         * Labels: a tensor, NumPy array or list of any integer dtype, or a
           ``Misclassification`` / ``TargetedMisclassification`` holding one. float16 and
           bfloat16 models are called in their dtype; the attack computes in float32.
@@ -250,12 +251,14 @@ class L2ALMA(ALMAAttack):
 
     Args:
         steps : Number of optimization steps N.
-        seed : Seed of the random directions used where a gradient vanishes.
+        seed : Seed of the random directions used where a gradient vanishes and of the random
+            starts of ``restarts`` > 1.
         params : An :class:`~alma_plugin.ALMAParams`, whose fields the keywords below replace.
         **hyperparameters : Every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ``rho_init``, ``mu_min``, ``mu_max``, ``gamma``, ``tau``, ``check_steps``,
-            ``rmsprop_decay``, ``momentum``, ``levels``), with the paper's defaults as
+            ``rmsprop_decay``, ``momentum``, ``levels``, ``schedule``, ``restarts``,
+            ``restart_distance``), with the paper's defaults as
             ``inspect.signature(L2ALMA)`` shows; None fields follow the paper's rules for the
             budget (α, Appendix E) and the distance (ε, Table 3).
 """

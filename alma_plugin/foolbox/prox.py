@@ -30,6 +30,7 @@ class LinfALMAProx(MinimalAttack):
 
     Args:
         steps : Number of iterations N. The thesis' defaults are tuned for 500 (§5.5.5.3).
+        seed : Seed of the random starts of ``restarts`` > 1 (one run draws nothing).
         params : A :class:`~alma_plugin.ProxParams`, whose fields the keywords below replace.
         **hyperparameters : Every field of :class:`~alma_plugin.ProxParams` (``init_lr``,
             ``lr_reduction``, ``alpha``, ``rho_init``, ``gamma``, ``scale_rate``, ...), with
@@ -46,9 +47,10 @@ class LinfALMAProx(MinimalAttack):
           adversarial with ‖δ‖∞ below it; 0 is accepted and never triggers.
         * Immutable: calling or running the attack never changes it; ``repr`` lists the
           constructor's arguments (the merged ``ProxParams``), stable across processes.
-        * ``.repeat(n)``: ALMA prox is deterministic (no randomness at all), so
-          ``attack.repeat(n)`` runs the same attack n times at n times the cost and returns
-          exactly the single-call result, as for Foolbox's DDN and FMN.
+        * ``.repeat(n)``: ALMA prox is deterministic given ``seed`` (only ``restarts`` > 1
+          draws random starts), so ``attack.repeat(n)`` runs the same attack n times at n
+          times the cost and returns exactly the single-call result, as for Foolbox's DDN and
+          FMN. For random starts within one budget, use ``restarts``.
         * Labels: a tensor, NumPy array or list of any integer dtype, or a
           ``Misclassification`` / ``TargetedMisclassification`` holding one. float16 and
           bfloat16 models are called in their dtype; the attack computes in float32.
@@ -62,13 +64,16 @@ class LinfALMAProx(MinimalAttack):
     distance = linf
 
     @takes_params(ProxParams)
-    def __init__(self, *, steps: int = PROX_STEPS, params: ProxParams | None = None) -> None:
+    def __init__(
+        self, *, steps: int = PROX_STEPS, seed: int = 0, params: ProxParams | None = None
+    ) -> None:
         assert params is not None
         self.steps = check_positive_int("steps", steps)
+        self.seed = check_positive_int("seed", seed, minimum=0)
         self.params = params
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps}, params={self.params})"
+        return f"{type(self).__name__}(steps={self.steps}, seed={self.seed}, params={self.params})"
 
     def solve(self, batch: Batch) -> ep.Tensor:
         """ALMA prox on a checked batch; ``early_stop`` in raw units of ``model.bounds`` (‖δ‖∞
@@ -85,5 +90,6 @@ class LinfALMAProx(MinimalAttack):
             is_adversarial=success_fn(batch.criterion),
             params=self.params.for_task("classification"),
             early_stop=stop,
+            seed=self.seed,
         )
         return result.adversarials

@@ -38,7 +38,8 @@ class ALMA(StateRestoringAttack):
         steps (int): number of iterations. (Default: ``ALMA_STEPS``)
         early_stop (float): stop once every sample has an adversarial with D below this
             (for "linf": normalised ℓ∞); None or 0 never stop early.
-        seed (int): seeds the random directions used where a gradient vanishes. A seeded
+        seed (int): seeds the random directions used where a gradient vanishes and the
+            random starts of ``restarts`` > 1 (ALMA and ALMA prox). A seeded
             attack is deterministic: calling it again on the same batch returns the same
             result (there is no ``repeat``); set ``attack.seed`` to another value to vary it.
         lpips (LPIPS): for "lpips", the network to use, e.g.

@@ -1,0 +1,98 @@
+"""Restarts inside the budget, shared by ALMA and ALMA prox.
+
+``restarts = R`` splits the N steps into R consecutive runs of the same algorithm (N // R steps
+each, the first N mod R runs one more), so the attack still costs exactly N forward and N
+backward model propagations per sample. Run 0 starts from x, as Algorithm 2 and Algorithm IV-2
+do; run k ≥ 1 starts from a random point at a small distance from x (drawn by the solver from
+:func:`restart_rng`). Each sample keeps the smallest adversarial of all runs.
+
+Why: after a few hundred steps (ALMA prox) or a few dozen (ALMA ℓ1), a run has settled in its
+local optimum, and the samples whose result is far from the best known are those whose run
+settled in a worse one; a second run from elsewhere lands elsewhere (docs/bench.md,
+"Restarts inside the budget"). R = 1 is the published algorithm, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import eagerpy as ep
+import numpy as np
+
+from .result import AttackResult
+from .tensors import expand
+
+__all__ = ["best_of_runs", "restart_rng", "run_restarts", "split_budget", "uniform_noise"]
+
+#: One run: (restart index k, its steps, the steps run before it, the samples already below
+#: ``early_stop`` (None: no early stop, or k = 0)) → its result.
+Run = Callable[[int, int, int, "ep.Tensor | None"], AttackResult[ep.Tensor]]
+
+
+def split_budget(steps: int, restarts: int) -> list[int]:
+    """The steps of each of ``restarts`` runs: N // R, the first N mod R runs one more."""
+    if restarts > steps:
+        raise ValueError(
+            f"restarts must be at most steps (every run needs a step): got restarts={restarts} "
+            f"with steps={steps}"
+        )
+    base, extra = divmod(steps, restarts)
+    return [base + 1 if k < extra else base for k in range(restarts)]
+
+
+def restart_rng(seed: int, restart: int) -> np.random.Generator:
+    """The generator of run ``restart``: run 0 keeps ``default_rng(seed)`` (so R = 1 draws what
+    a run without restarts draws), run k ≥ 1 its own stream ``default_rng((seed, k))``."""
+    return np.random.default_rng(seed if restart == 0 else (seed, restart))
+
+
+def uniform_noise(like: ep.Tensor, rng: np.random.Generator) -> ep.Tensor:
+    """U(−1, 1) noise of ``like``'s shape and dtype, from a seeded NumPy generator (the same
+    numbers in every framework)."""
+    return ep.from_numpy(like, rng.uniform(-1.0, 1.0, like.shape)).astype(like.dtype)
+
+
+def best_of_runs(
+    best: AttackResult[ep.Tensor], new: AttackResult[ep.Tensor], offset: int
+) -> AttackResult[ep.Tensor]:
+    """Per sample, the result of ``new`` (a run that began after ``offset`` steps) where its
+    distance is smaller, else ``best``'s. ``first_success_step`` counts steps from the start of
+    the first run; ``steps_run`` adds up."""
+    take = new.distances < best.distances  # +inf where a run found nothing
+    first = ep.where(new.first_success_step >= 0, new.first_success_step + offset, -1)
+    apsr = None
+    if best.apsr is not None and new.apsr is not None:
+        apsr = ep.where(take, new.apsr, best.apsr)
+    return AttackResult(
+        adversarials=ep.where(expand(take, best.adversarials), new.adversarials,
+                              best.adversarials),  # fmt: skip
+        distances=ep.where(take, new.distances, best.distances),
+        success=ep.logical_or(best.success, new.success),
+        first_success_step=ep.where(best.first_success_step >= 0, best.first_success_step, first),
+        steps_run=best.steps_run + new.steps_run,
+        apsr=apsr,
+    )
+
+
+def run_restarts(
+    run: Run, steps: int, restarts: int, early_stop: float | None
+) -> AttackResult[ep.Tensor]:
+    """Run ``run`` for each share of :func:`split_budget` and keep each sample's best.
+
+    With ``early_stop``, each run stops once every sample has an adversarial below it, counting
+    those found by earlier runs (which it is told as ``solved``); the remaining runs are then
+    skipped. Between two runs the host reads one boolean (no more than R − 1 per attack).
+    """
+    result: AttackResult[ep.Tensor] | None = None
+    offset = 0
+    for k, budget in enumerate(split_budget(steps, restarts)):
+        solved = None
+        if result is not None and early_stop is not None:
+            solved = result.distances < early_stop
+            if bool(solved.all().item()):
+                break
+        new = run(k, budget, offset, solved)
+        result = new if result is None else best_of_runs(result, new, offset)
+        offset += new.steps_run
+    assert result is not None
+    return result
