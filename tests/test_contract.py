@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from alma_plugin import ProxParams
 from tests.contract_cases import (
     HAS_JAX,
     INVARIANTS,
@@ -160,6 +161,29 @@ def table() -> list[tuple[Case, bool, bool]]:
             raise RuntimeError("callback failed midway (contract test)")
 
     t.add("alma-torch-callback-raises", P(b_torch, callback=failing_callback), MIDWAY)
+    # restarts (R runs share the budget): every entry point, the early stop across runs, and
+    # a clear error for more runs than steps
+    for distance in ("l2", "l1", "ssim"):
+        shape = (1, 12, 12) if distance == "ssim" else (1, 8, 8)
+        b = P(alma_case, distance=distance, shape=shape, restarts=3)
+        t.add(f"alma-{distance}-torch-restarts", b)
+    t.add("alma-l2-jax-restarts", P(b_jax, restarts=2), jax=True)
+    t.add("alma-torch-restarts-early_stop", P(b_torch, restarts=2, early_stop=100.0))
+    t.add("alma-torch-restarts-targeted", P(b_torch, restarts=2, targeted=True))
+    t.add("alma-torch-restarts-float16", P(b_torch, restarts=2, dtype="float16"))
+    t.add("alma-torch-restarts-bounds255", P(b_torch, restarts=2, bounds=(0.0, 255.0)))
+    t.add("alma-torch-restarts-above-steps", P(b_torch, restarts=11), raises("restarts"))
+    t.add("alma-torch-restarts-0", P(b_torch, restarts=0), raises("restarts"))
+    t.add("alma-torch-restart_distance-0", P(b_torch, restarts=2, restart_distance=0.0),
+          raises("restart_distance"))  # fmt: skip
+    t.add("alma-linf-torch-restarts", P(b_torch, distance="linf", restarts=2),
+          raises("ProxParams", TypeError))  # fmt: skip
+    t.add("prox-restarts", P(prox_case, params=ProxParams(restarts=2)))
+    t.add("prox-restarts-masked-targeted", P(prox_case, masked=True, targeted=True,
+          params=ProxParams(restarts=3)))  # fmt: skip
+    t.add("prox-restarts-above-steps", P(prox_case, steps=2, params=ProxParams(restarts=3)),
+          raises("restarts"))  # fmt: skip
+
     # perceptual distances through alma() (PyTorch; JAX runs them through Foolbox below)
     for distance, shape in (("ciede2000", (3, 8, 8)), ("ssim", (1, 12, 12))):
         prefix = f"alma-{distance}-torch"
@@ -231,6 +255,16 @@ def table() -> list[tuple[Case, bool, bool]]:
                 t.add(f"{prefix}-labels-list", P(b, container="list"),
                       either("labels|criterion"))  # fmt: skip
             t.slow = False
+    for attack in ("L2ALMA", "L1ALMA", "LinfALMAProx"):
+        for jax in (False, True):
+            b = P(foolbox_case, attack, framework="jax" if jax else "torch",
+                  steps=5 if jax else 10, restarts=2, epsilons=(0.0, 0.5, None))  # fmt: skip
+            t.add(f"fb-{attack}-{'jax' if jax else 'torch'}-restarts", b, jax=jax,
+                  slow=jax and attack == "LinfALMAProx")  # fmt: skip
+    t.add("fb-LinfALMAProx-torch-restarts-early_stop", P(foolbox_case, "LinfALMAProx",
+          restarts=2, epsilons=(100.0,)))  # fmt: skip
+    t.add("fb-L2ALMA-torch-restarts-above-steps", P(foolbox_case, "L2ALMA", restarts=11),
+          raises("restarts"))  # fmt: skip
     for attack, shape, last in (("CIEDE2000ALMA", (3, 8, 8), (8, 8, 3)),
                                 ("SSIMALMA", (1, 12, 12), (12, 12, 1))):  # fmt: skip
         for jax in (False, True):
@@ -268,6 +302,9 @@ def table() -> list[tuple[Case, bool, bool]]:
         t.add(f"{prefix}-labels-list", P(b, container="list"), either("labels"))
         t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0),
               either("early_stop") if distance == "linf" else OK)  # fmt: skip
+    t.add("ta-ALMA-l2-restarts", P(torchattacks_case, restarts=2))
+    t.add("ta-ALMA-linf-restarts", P(torchattacks_case, distance="linf",
+          params=ProxParams(restarts=2)))  # fmt: skip
     b = P(torchattacks_case, distance="ssim", shape=(1, 12, 12))
     t.add("ta-ALMA-ssim-basic", b)
     t.add("ta-ALMA-ssim-padding-valid", P(b, padding="valid"))

@@ -37,13 +37,15 @@ SHAPES = ((1, 4, 4), (2, 3, 3), (3, 2, 5))
 
 @st.composite
 def problems(draw: Any) -> dict[str, Any]:
-    """A random small classification problem: model seed, K, shape, bounds, batch, labels."""
+    """A random small classification problem: model seed, K, shape, bounds, batch, labels,
+    steps and restarts."""
     k = draw(st.integers(2, 10))
     n = draw(st.integers(0, 4))
     lower = draw(st.sampled_from((-255.0, -1.0, -0.5, 0.0, 0.25, 3.0)))
     span = draw(st.sampled_from((0.5, 1.0, 2.0, 255.0)))
     own_labels = draw(st.booleans())  # the model's predictions, or arbitrary classes
     labels = None if own_labels else draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+    steps = draw(st.integers(1, 8))
     return {
         "seed": draw(st.integers(0, 2**16)),
         "k": k,
@@ -53,7 +55,8 @@ def problems(draw: Any) -> dict[str, Any]:
         "spread": draw(st.sampled_from((0.01, 0.05, 0.3, 0.5))),  # 0.5: touches the bounds
         "targeted": draw(st.booleans()),
         "labels": labels,
-        "steps": draw(st.integers(1, 8)),
+        "steps": steps,
+        "restarts": draw(st.integers(1, min(steps, 3))),  # R runs share the steps
     }
 
 

@@ -41,7 +41,15 @@ from .registry import AttackSpec, get_attack
 from .report import Record, groups
 from .runner import EMBEDDED_DATA, BenchConfig, load_data, run_shard
 
-__all__ = ["ALMA_VARIANTS", "DEFAULT_BUDGETS", "PEERS", "alma_variant", "main", "summarize"]
+__all__ = [
+    "ALMA_VARIANTS",
+    "DEFAULT_BUDGETS",
+    "PEERS",
+    "alma_variant",
+    "main",
+    "prox_variant",
+    "summarize",
+]
 
 #: The budgets of the no-argument run (the issue's sweep).
 DEFAULT_BUDGETS: tuple[int, ...] = (50, 100, 200, 500, 1000)
@@ -58,15 +66,21 @@ _COLUMNS = ("model", "norm", "attack", "label", "budget", "samples", "success", 
             "optimality", "forwards", "backwards", "seconds")  # fmt: skip
 
 
-def alma_variant(variant: str, norm: str) -> AttackSpec:
-    """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2):
-    key ``alma_<variant>-<norm>``, run through the product's Foolbox class like the registry's
-    ``alma-<norm>``."""
+def _restarts_suffix(restarts: int) -> tuple[str, str]:
+    """The key and label suffixes of a spec with ``restarts`` runs (none for one run)."""
+    return ("", "") if restarts == 1 else (f"_r{restarts}", f", R = {restarts}")
+
+
+def alma_variant(variant: str, norm: str, restarts: int = 1) -> AttackSpec:
+    """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2)
+    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``): key
+    ``alma_<variant>[_r<R>]-<norm>``, run through the product's Foolbox class like the
+    registry's ``alma-<norm>``."""
     if variant not in ALMA_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-    options = ALMA_VARIANTS[variant]
+    options = {**ALMA_VARIANTS[variant], "restarts": restarts}
     name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
 
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int) -> Any:
@@ -77,12 +91,38 @@ def alma_variant(variant: str, norm: str) -> AttackSpec:
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     base = get_attack(f"alma-{norm}")
-    return replace(base, key=f"alma_{variant}-{norm}", label=f"ALMA ({variant})", run=run)
+    key, label = _restarts_suffix(restarts)
+    return replace(base, key=f"alma_{variant}{key}-{norm}", label=f"ALMA ({variant}{label})",
+                   run=run)  # fmt: skip
 
 
-def _specs(variants: Sequence[str], peers: Sequence[str], norms: Sequence[str]) -> list[Any]:
-    specs = [alma_variant(v, n) for n in ("l2", "l1") if n in norms for v in variants]
-    specs += [get_attack(key) for key in peers]
+def prox_variant(restarts: int) -> AttackSpec:
+    """The registry's ``alma_prox-linf`` with ``restarts`` runs sharing each budget
+    (``ProxParams.restarts``, seeded by the sweep's seed): key ``alma_prox_r<R>-linf``; the
+    registry's own spec for one run."""
+    base = get_attack("alma_prox-linf")
+    if restarts == 1:
+        return base
+
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int) -> Any:
+        import foolbox as fb
+
+        alma_fb = importlib.import_module("alma_plugin.foolbox")
+        attack = alma_fb.LinfALMAProx(steps=budget, seed=seed, restarts=restarts)
+        return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
+
+    key, label = _restarts_suffix(restarts)
+    return replace(base, key=f"alma_prox{key}-linf", label=f"ALMA prox ({label[2:]})", run=run)
+
+
+def _specs(
+    variants: Sequence[str], peers: Sequence[str], norms: Sequence[str], restarts: Sequence[int]
+) -> list[Any]:
+    specs = [alma_variant(v, n, r) for n in ("l2", "l1") if n in norms for v in variants
+             for r in restarts]  # fmt: skip
+    for key in peers:
+        spec = get_attack(key)
+        specs += [prox_variant(r) for r in restarts] if key == "alma_prox-linf" else [spec]
     return [s for s in specs if s.norm in norms]
 
 
@@ -196,6 +236,15 @@ def _parser() -> argparse.ArgumentParser:
         help="ALMA variants (default: all)",
     )
     parser.add_argument(
+        "--restarts",
+        nargs="+",
+        type=int,
+        default=[1],
+        metavar="R",
+        help="run ALMA's variants and ALMA prox once per R, with R runs sharing each budget "
+        "(ALMAParams / ProxParams.restarts; default: 1, the published algorithms)",
+    )
+    parser.add_argument(
         "--peers",
         nargs="*",
         default=list(PEERS),
@@ -231,6 +280,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"argument --seed: must be >= 0, got {args.seed}")
     if min(args.budgets) < 1:
         parser.error(f"argument --budgets: every budget must be >= 1, got {args.budgets}")
+    if min(args.restarts) < 1 or max(args.restarts) > min(args.budgets):
+        parser.error(
+            f"argument --restarts: every R must be >= 1 and at most the smallest budget "
+            f"({min(args.budgets)}), got {args.restarts}"
+        )
     for key in args.peers:
         try:
             get_attack(key)
@@ -248,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check(parser, args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    specs = _specs(args.variants, args.peers, args.distance)
+    specs = _specs(args.variants, args.peers, args.distance, args.restarts)
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
     config = BenchConfig(models=tuple(args.models), samples=args.samples,

@@ -64,8 +64,9 @@ def best_of_runs(
     if best.apsr is not None and new.apsr is not None:
         apsr = ep.where(take, new.apsr, best.apsr)
     return AttackResult(
-        adversarials=ep.where(expand(take, best.adversarials), new.adversarials,
-                              best.adversarials),  # fmt: skip
+        adversarials=ep.where(
+            expand(take, best.adversarials), new.adversarials, best.adversarials
+        ),  # fmt: skip
         distances=ep.where(take, new.distances, best.distances),
         success=ep.logical_or(best.success, new.success),
         first_success_step=ep.where(best.first_success_step >= 0, best.first_success_step, first),

@@ -52,6 +52,11 @@ def test_variant_specs() -> None:
         sweep.alma_variant("fast", "l2")
     with pytest.raises(ValueError, match="norm"):
         sweep.alma_variant("paper", "linf")
+    spec = sweep.alma_variant("paper", "l1", restarts=2)
+    assert (spec.key, spec.label) == ("alma_paper_r2-l1", "ALMA (paper, R = 2)")
+    assert sweep.prox_variant(1).key == "alma_prox-linf"
+    spec = sweep.prox_variant(4)
+    assert (spec.key, spec.label, spec.norm) == ("alma_prox_r4-linf", "ALMA prox (R = 4)", "linf")
 
 
 @pytest.mark.parametrize(
@@ -61,6 +66,8 @@ def test_variant_specs() -> None:
         (["--budgets", "0"], "--budgets"),
         (["--peers", "nope-l2"], "--peers"),
         (["--samples", "5000"], "--samples"),
+        (["--restarts", "0"], "--restarts"),
+        (["--budgets", "2", "10", "--restarts", "3"], "--restarts"),
     ],
 )
 def test_argument_errors_exit_2(argv, message, capsys) -> None:
@@ -84,3 +91,19 @@ def test_tiny_run_writes_csv_table_and_plot(tmp_path) -> None:
     assert all(float(r["forwards"]) == float(r["budget"]) for r in rows)  # counted, 1 per step
     assert "ALMA (paper)" in (out / "sweep.md").read_text()
     assert (out / "sweep_mnist_regular.png").exists()
+
+
+def test_restarts_run_once_per_r_with_the_budget_counted(tmp_path) -> None:
+    """``--restarts 1 2``: ALMA and ALMA prox once per R, each still one forward and one
+    backward per step; R = 2 is a different attack (its distances differ)."""
+    out = tmp_path / "out"
+    argv = ["--models", "mnist_regular", "--variants", "paper", "--peers", "alma_prox-linf",
+            "--distance", "l1", "linf", "--budgets", "6", "--restarts", "1", "2",
+            "--samples", "2", "--threads", "1", "--output", str(out), "--quiet",
+            "--no-plots"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    with (out / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["attack"] for r in rows} == {"alma_paper-l1", "alma_paper_r2-l1", "alma_prox-linf",
+                                           "alma_prox_r2-linf"}  # fmt: skip
+    assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)

@@ -1,0 +1,170 @@
+"""Restarts inside the budget (``restarts`` = R, :mod:`alma_plugin.core.restarts`): the budget
+is shared exactly, each sample keeps the best of every run, run k starts where its docs say, the
+early stop counts earlier runs, and R = 1 is the published algorithm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from alma_plugin import ProxParams, StepInfo, alma, alma_prox
+from alma_plugin.core.restarts import split_budget
+from tests.utils import CountingModel
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5)).eval()
+
+
+def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 4, 4, generator=gen), torch.randint(0, 5, (n,), generator=gen)
+
+
+def _attack(distance: str, **options: Any) -> Any:
+    """alma() for ℓ1 / ℓ2, alma_prox() (through alma) for ℓ∞, on the same batch."""
+    x, y = _batch()
+    model = options.pop("model", _model())
+    if distance == "linf":
+        params = ProxParams(**{k: options.pop(k) for k in ("restarts", "restart_distance")
+                               if k in options})  # fmt: skip
+        return alma(model, x, y, distance="linf", params=params, **options)
+    return alma(model, x, y, distance=distance, **options)
+
+
+@pytest.mark.parametrize(
+    ("steps", "restarts", "expected"),
+    [(10, 1, [10]), (10, 2, [5, 5]), (11, 3, [4, 4, 3]), (3, 3, [1, 1, 1])],
+)
+def test_split_budget(steps: int, restarts: int, expected: list[int]) -> None:
+    assert split_budget(steps, restarts) == expected
+
+
+def test_more_runs_than_steps_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"restarts must be at most steps.*restarts=4.*steps=3"):
+        split_budget(3, 4)
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+@pytest.mark.parametrize(("steps", "restarts"), [(10, 2), (11, 3), (5, 5)])
+def test_exactly_one_forward_and_backward_per_step(
+    distance: str, steps: int, restarts: int
+) -> None:
+    model = CountingModel(_model())
+    result = _attack(distance, model=model, steps=steps, restarts=restarts)
+    assert (model.forwards, model.backwards) == (steps, steps)
+    assert result.steps_run == steps
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+def test_each_sample_keeps_the_best_iterate_of_every_run(distance: str) -> None:
+    """The returned distance is the smallest adversarial distance the callback saw over all
+    runs (every step is numbered once, 0 … N − 1), and the first success is the first step
+    the callback saw succeed."""
+    seen: list[StepInfo] = []
+    result = _attack(distance, steps=30, restarts=3, callback=seen.append)
+    assert [info.step for info in seen] == list(range(30))
+    distances = torch.stack([info.distance for info in seen])
+    success = torch.stack([info.success for info in seen])
+    best = torch.where(success, distances, torch.inf).amin(0)
+    torch.testing.assert_close(result.distances, best)
+    first = torch.where(success.any(0), success.int().argmax(0), -1)
+    assert torch.equal(result.first_success_step, first)
+    assert torch.isfinite(result.distances).all()
+
+
+def test_a_restart_starts_at_restart_distance() -> None:
+    """ALMA: run k ≥ 1 starts at D(x̃⁽⁰⁾, x) = restart_distance (to the §3.2.3 search's 0.1 %);
+    ALMA prox: at ‖δ⁽⁰⁾‖∞ ≤ r, and above r/2 for this many coordinates."""
+    seen: list[StepInfo] = []
+    _attack("l2", steps=20, restarts=2, restart_distance=0.3, callback=seen.append)
+    assert seen[0].distance.abs().max() == 0  # run 0 starts from x
+    torch.testing.assert_close(seen[10].distance, torch.full((8,), 0.3), rtol=1e-3, atol=0)
+    seen.clear()
+    _attack("linf", steps=20, restarts=2, restart_distance=0.05, callback=seen.append)
+    assert seen[0].distance.max() == 0
+    assert (seen[10].distance <= 0.05 + 1e-7).all() and (seen[10].distance > 0.025).all()
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_seeded_restarts_are_deterministic_and_the_seed_matters(distance: str) -> None:
+    def starts(seed: int) -> torch.Tensor:
+        seen: list[StepInfo] = []
+        _attack(distance, steps=10, restarts=2, seed=seed, callback=seen.append)
+        return torch.stack([info.constraint for info in seen[5:]])  # run 1's iterates
+
+    assert torch.equal(starts(0), starts(0))
+    assert not torch.equal(starts(0), starts(1))
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+def test_one_run_ignores_the_restart_options(distance: str) -> None:
+    """R = 1 is the published algorithm: restart_distance and (ALMA prox) the seed change
+    nothing."""
+    plain = _attack(distance, steps=15)
+    other = _attack(distance, steps=15, restarts=1, restart_distance=0.7)
+    assert torch.equal(plain.adversarials, other.adversarials)
+    if distance == "linf":
+        assert torch.equal(plain.adversarials, _attack(distance, steps=15, seed=5).adversarials)
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_early_stop_counts_the_samples_earlier_runs_solved(distance: str) -> None:
+    """A threshold every sample meets in run 0 ends the attack at run 0's first check; the
+    later runs do not run."""
+    model = CountingModel(_model())
+    result = _attack(distance, model=model, steps=40, restarts=2, early_stop=100.0)
+    assert result.steps_run == 10 and model.forwards == 10  # M = check_steps = 10
+    assert result.success.all()
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_a_run_stops_early_for_samples_earlier_runs_solved(distance: str) -> None:
+    """A later run is told which samples earlier runs brought below ``early_stop``: with all of
+    them solved, it stops at its first check (M = 10 steps) although its own iterates never get
+    below the threshold; with none solved, it runs to the end."""
+    import eagerpy as ep
+
+    from alma_plugin.core.params import ALMAParams
+    from alma_plugin.core.prox_solver import _prox_run
+    from alma_plugin.core.solver import _alma_run
+    from alma_plugin.distances import l2
+
+    x, y = (ep.astensor(t) for t in _batch())
+    model = _model()
+
+    def run(solved: bool) -> int:
+        common = {"early_stop": 1e-9, "callback": None, "seed": 0, "restart": 1,
+                  "step_offset": 30, "solved": ep.full(y, (8,), solved) > 0.5,
+                  "bounds": (0.0, 1.0), "targeted": False, "is_adversarial": None}  # fmt: skip
+        if distance == "linf":
+            params = ProxParams(restarts=2).for_task("classification")
+            result = _prox_run(lambda u: model(u.raw), x, y, params=params, steps=30, masks=None,
+                               adv_threshold=1.0, **common)  # fmt: skip
+        else:
+            params = ALMAParams(restarts=2).for_budget(60, 0.1)
+            result = _alma_run(lambda u: model(u.raw), x, y, distance=l2, params=params,
+                               steps=30, **common)  # fmt: skip
+        return result.steps_run
+
+    assert (run(solved=True), run(solved=False)) == (10, 30)
+
+
+def test_restarts_return_the_prox_apsr_of_the_chosen_run() -> None:
+    """Dense ALMA prox: the APSR reported is that of the returned adversarial."""
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+    images = torch.rand(2, 3, 6, 6, generator=gen)
+    labels = net(images).argmax(1).detach()
+    result = alma_prox(net, images, labels, steps=12, params=ProxParams(restarts=3))
+    with torch.no_grad():
+        fooled = (net(result.adversarials).argmax(1) != labels).float().flatten(1).mean(1)
+    success = result.success
+    torch.testing.assert_close(result.apsr[success], fooled[success])
+    assert np.isfinite(result.distances[success].numpy()).all()
