@@ -35,7 +35,7 @@ from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
 from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
-from .restarts import restart_rng, run_restarts, uniform_noise
+from .restarts import Place, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .tensors import expand, finite_rows, nan_to_zero
 from .validation import as_model_output, as_tensor, check_success, working_dtype
@@ -61,6 +61,7 @@ def alma_prox_solve(
     early_stop: float | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     seed: int = 0,
+    place: Place | None = None,
 ) -> AttackResult[ep.Tensor]:
     """Run ALMA prox on a validated batch within ``bounds``.
 
@@ -83,39 +84,20 @@ def alma_prox_solve(
 
     ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from
     δ = 0, run k ≥ 1 from δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ (r = ``params.restart_distance``, generator
-    ``restart_rng(seed, k)``); each sample keeps its best adversarial.
+    ``restart_rng(seed, k)``); each sample keeps its best adversarial. ``place`` (given by
+    :func:`.restarts.run_restarts` only) makes this call one run of ``place.steps`` steps.
     """
+    if place is None:
 
-    def run(restart: int, budget: int, offset: int, solved: ep.Tensor | None) -> AttackResult:
-        return _prox_run(model, inputs, labels, params=params, steps=budget, bounds=bounds,
-                         targeted=targeted, masks=masks, adv_threshold=adv_threshold,
-                         is_adversarial=is_adversarial, early_stop=early_stop, callback=callback,
-                         seed=seed, restart=restart, step_offset=offset, solved=solved)  # fmt: skip
+        def run(place: Place) -> AttackResult[ep.Tensor]:
+            return alma_prox_solve(model, inputs, labels, params=params, steps=place.steps,
+                                   bounds=bounds, targeted=targeted, masks=masks,
+                                   adv_threshold=adv_threshold, is_adversarial=is_adversarial,
+                                   early_stop=early_stop, callback=callback, seed=seed,
+                                   place=place)  # fmt: skip
 
-    return run_restarts(run, steps, params.restarts, early_stop)
-
-
-def _prox_run(
-    model: ModelFn,
-    inputs: ep.Tensor,
-    labels: ep.Tensor,
-    *,
-    params: ProxParams,
-    steps: int,
-    bounds: tuple[float, float],
-    targeted: bool,
-    masks: ep.Tensor | None,
-    adv_threshold: float,
-    is_adversarial: SuccessFn | None,
-    early_stop: float | None,
-    callback: Callable[[StepInfo], None] | None,
-    seed: int,
-    restart: int,
-    step_offset: int,
-    solved: ep.Tensor | None,
-) -> AttackResult[ep.Tensor]:
-    """One run of Algorithm IV-2 with ``steps`` steps: from δ = 0 for ``restart`` 0, else from
-    a random start; ``solved`` samples count as below ``early_stop`` (found by earlier runs)."""
+        return run_restarts(run, steps, params.restarts, early_stop)
+    restart, step_offset, solved = place.index, place.offset, place.solved
     p = params
     assert p.init_lr is not None and p.rho_init is not None
     lower, upper = bounds

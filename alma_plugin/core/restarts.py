@@ -15,6 +15,7 @@ settled in a worse one; a second run from elsewhere lands elsewhere (docs/bench.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import eagerpy as ep
 import numpy as np
@@ -22,11 +23,23 @@ import numpy as np
 from .result import AttackResult
 from .tensors import expand
 
-__all__ = ["best_of_runs", "restart_rng", "run_restarts", "split_budget", "uniform_noise"]
+__all__ = ["Place", "best_of_runs", "restart_rng", "run_restarts", "split_budget", "uniform_noise"]
 
-#: One run: (restart index k, its steps, the steps run before it, the samples already below
-#: ``early_stop`` (None: no early stop, or k = 0)) → its result.
-Run = Callable[[int, int, int, "ep.Tensor | None"], AttackResult[ep.Tensor]]
+
+@dataclass(frozen=True)
+class Place:
+    """Where one run sits in a restarted attack: run ``index`` (k; 0 starts from x), its
+    ``steps``, the steps run before it (``offset``) and the samples earlier runs brought below
+    ``early_stop`` (``solved``; None without early stop and for run 0)."""
+
+    index: int
+    steps: int
+    offset: int
+    solved: ep.Tensor | None
+
+
+#: One run of a solver at its place → its result.
+Run = Callable[[Place], AttackResult[ep.Tensor]]
 
 
 def split_budget(steps: int, restarts: int) -> list[int]:
@@ -92,7 +105,7 @@ def run_restarts(
             solved = result.distances < early_stop
             if bool(solved.all().item()):
                 break
-        new = run(k, budget, offset, solved)
+        new = run(Place(k, budget, offset, solved))
         result = new if result is None else best_of_runs(result, new, offset)
         offset += new.steps_run
     assert result is not None

@@ -19,7 +19,7 @@ from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus
 from .params import ALMAParams
 from .penalties import get_penalty
-from .restarts import restart_rng, run_restarts, uniform_noise
+from .restarts import Place, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
 from .tensors import expand, finite_rows, nan_to_zero
@@ -58,6 +58,7 @@ def alma_solve(
     callback: Callable[[StepInfo], None] | None = None,
     early_stop: float | None = None,
     seed: int = 0,
+    place: Place | None = None,
 ) -> AttackResult[ep.Tensor]:
     """Run ALMA on a validated batch. ``inputs`` lie in ``bounds``; ``labels`` are the true
     classes, or the targets when ``targeted``. ``params`` are resolved for the budget
@@ -75,37 +76,18 @@ def alma_solve(
     run k ≥ 1 from a random point at D = ``params.restart_distance`` from x (uniform noise
     scaled by the §3.2.3 search, with its own generator ``restart_rng(seed, k)``); each
     sample keeps its best adversarial. ``first_success_step`` and the callback's step count
-    from the start of run 0."""
+    from the start of run 0. ``place`` (given by :func:`.restarts.run_restarts` only) makes
+    this call one run of ``place.steps`` steps."""
+    if place is None:
 
-    def run(restart: int, budget: int, offset: int, solved: ep.Tensor | None) -> AttackResult:
-        return _alma_run(model, inputs, labels, distance=distance, params=params, steps=budget,
-                         bounds=bounds, targeted=targeted, is_adversarial=is_adversarial,
-                         callback=callback, early_stop=early_stop, seed=seed, restart=restart,
-                         step_offset=offset, solved=solved)  # fmt: skip
+        def run(place: Place) -> AttackResult[ep.Tensor]:
+            return alma_solve(model, inputs, labels, distance=distance, params=params,
+                              steps=place.steps, bounds=bounds, targeted=targeted,
+                              is_adversarial=is_adversarial, callback=callback,
+                              early_stop=early_stop, seed=seed, place=place)  # fmt: skip
 
-    return run_restarts(run, steps, params.restarts, early_stop)
-
-
-def _alma_run(
-    model: ModelFn,
-    inputs: ep.Tensor,
-    labels: ep.Tensor,
-    *,
-    distance: DistanceFunction,
-    params: ALMAParams,
-    steps: int,
-    bounds: Bounds,
-    targeted: bool,
-    is_adversarial: SuccessFn | None,
-    callback: Callable[[StepInfo], None] | None,
-    early_stop: float | None,
-    seed: int,
-    restart: int,
-    step_offset: int,
-    solved: ep.Tensor | None,
-) -> AttackResult[ep.Tensor]:
-    """One run of Algorithm 2 with ``steps`` steps: from x for ``restart`` 0, else from a
-    random start; ``solved`` samples count as below ``early_stop`` (found by earlier runs)."""
+        return run_restarts(run, steps, params.restarts, early_stop)
+    restart, step_offset, solved = place.index, place.offset, place.solved
     c = params
     penalty = get_penalty(c.penalty)
     assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None

@@ -132,25 +132,24 @@ def test_a_run_stops_early_for_samples_earlier_runs_solved(distance: str) -> Non
     import eagerpy as ep
 
     from alma_plugin.core.params import ALMAParams
-    from alma_plugin.core.prox_solver import _prox_run
-    from alma_plugin.core.solver import _alma_run
+    from alma_plugin.core.prox_solver import alma_prox_solve
+    from alma_plugin.core.restarts import Place
+    from alma_plugin.core.solver import alma_solve
     from alma_plugin.distances import l2
 
     x, y = (ep.astensor(t) for t in _batch())
     model = _model()
 
     def run(solved: bool) -> int:
-        common = {"early_stop": 1e-9, "callback": None, "seed": 0, "restart": 1,
-                  "step_offset": 30, "solved": ep.full(y, (8,), solved) > 0.5,
-                  "bounds": (0.0, 1.0), "targeted": False, "is_adversarial": None}  # fmt: skip
+        place = Place(index=1, steps=30, offset=30, solved=ep.full(y, (8,), solved) > 0.5)
         if distance == "linf":
             params = ProxParams(restarts=2).for_task("classification")
-            result = _prox_run(lambda u: model(u.raw), x, y, params=params, steps=30, masks=None,
-                               adv_threshold=1.0, **common)  # fmt: skip
+            result = alma_prox_solve(lambda u: model(u.raw), x, y, params=params, steps=30,
+                                     early_stop=1e-9, place=place)  # fmt: skip
         else:
             params = ALMAParams(restarts=2).for_budget(60, 0.1)
-            result = _alma_run(lambda u: model(u.raw), x, y, distance=l2, params=params,
-                               steps=30, **common)  # fmt: skip
+            result = alma_solve(lambda u: model(u.raw), x, y, distance=l2, params=params,
+                                steps=30, early_stop=1e-9, place=place)  # fmt: skip
         return result.steps_run
 
     assert (run(solved=True), run(solved=False)) == (10, 30)
