@@ -29,7 +29,8 @@ def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _attack(distance: str, **options: Any) -> Any:
     """alma() for ℓ1 / ℓ2, alma_prox() (through alma) for ℓ∞, on the same batch."""
-    x, y = _batch()
+    x, y = _batch(16 if "labels" in options else 8)
+    y = options.pop("labels", y)
     model = options.pop("model", _model())
     if distance == "linf":
         params = ProxParams(**{k: options.pop(k) for k in ("restarts", "restart_distance")
@@ -167,3 +168,19 @@ def test_restarts_return_the_prox_apsr_of_the_chosen_run() -> None:
     success = result.success
     torch.testing.assert_close(result.apsr[success], fooled[success])
     assert np.isfinite(result.distances[success].numpy()).all()
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_first_success_counts_steps_from_the_first_run(distance: str) -> None:
+    """A sample first fooled by a later run reports the step number of the whole attack: two
+    one-step runs, run 0 at x (clean, not adversarial), run 1 at a far random start."""
+    x, _ = _batch(16)
+    model = _model()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    far = 3.0 if distance == "l2" else 0.9
+    seen: list[StepInfo] = []
+    result = _attack(distance, model=model, labels=y, steps=2, restarts=2, restart_distance=far,
+                     callback=seen.append)  # fmt: skip
+    assert not seen[0].success.any() and seen[1].success.any()
+    assert torch.equal(result.first_success_step, torch.where(seen[1].success, 1, -1))
