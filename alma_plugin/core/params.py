@@ -215,9 +215,9 @@ class ProxParams:
         restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
             from δ = 0, the others from random starts; each sample keeps its best adversarial.
             The attack still costs one forward and one backward per step. 1: Algorithm IV-2.
-        restart_distance: ‖δ⁽⁰⁾‖∞ bound of a restart's random start δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ, in the
-            normalised space (0.05: below the minimal norms of MNIST/CIFAR-scale models; scale
-            it with ``init_lr`` for models whose norms are far smaller).
+        restart_distance: r, the ‖δ⁽⁰⁾‖∞ bound of a restart's random start δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ,
+            in the normalised space. None: λ⁽⁰⁾ / 4 (0.05 for classification, 2.5·10⁻⁴ for
+            segmentation), so the start follows the scale the step size is set for.
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵
@@ -243,7 +243,7 @@ class ProxParams:
     mask_decay: bool = True
     prox_precision: float | None = None
     restarts: int = 1
-    restart_distance: float = 0.05
+    restart_distance: float | None = None
 
     def __post_init__(self) -> None:
         _check(
@@ -275,11 +275,16 @@ class ProxParams:
 
     def for_task(self, task: str) -> ProxParams:
         """These params with ``init_lr`` and ``rho_init`` resolved for "classification" or
-        "segmentation" (:data:`PROX_INIT_LR`, :data:`PROX_RHO_INIT`)."""
+        "segmentation" (:data:`PROX_INIT_LR`, :data:`PROX_RHO_INIT`), ``restart_distance``
+        as λ⁽⁰⁾ / 4 where None."""
+        init_lr = PROX_INIT_LR[task] if self.init_lr is None else self.init_lr
         return replace(
             self,
-            init_lr=PROX_INIT_LR[task] if self.init_lr is None else self.init_lr,
+            init_lr=init_lr,
             rho_init=PROX_RHO_INIT[task] if self.rho_init is None else self.rho_init,
+            restart_distance=(
+                init_lr / 4 if self.restart_distance is None else self.restart_distance
+            ),
         )
 
 

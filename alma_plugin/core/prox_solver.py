@@ -116,6 +116,7 @@ def alma_prox_solve(
     box_low, box_high = -u, 1 - u
     delta, v = ep.zeros_like(x), ep.zeros_like(x)
     if restart > 0:  # a restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, projected onto Λ
+        assert p.restart_distance is not None
         noise = p.restart_distance * uniform_noise(x, restart_rng(seed, restart))
         delta = ep.minimum(ep.maximum(noise, box_low), box_high)
     mu, rho = ep.full(m, m.shape, p.mu_init), ep.full(m, m.shape, p.rho_init)

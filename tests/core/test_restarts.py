@@ -93,6 +93,19 @@ def test_a_restart_starts_at_restart_distance() -> None:
     assert (seen[10].distance <= 0.05 + 1e-7).all() and (seen[10].distance > 0.025).all()
 
 
+def test_the_prox_restart_radius_follows_the_step_size() -> None:
+    """ALMA prox's default r is λ⁽⁰⁾ / 4: 0.05 with the classification λ⁽⁰⁾ = 0.2, 0.01 with
+    ``init_lr=0.04`` (the scale a user sets λ⁽⁰⁾ for is the scale of the start)."""
+    assert ProxParams().for_task("classification").restart_distance == 0.05
+    assert ProxParams().for_task("segmentation").restart_distance == 2.5e-4
+    assert ProxParams(restart_distance=0.3).for_task("classification").restart_distance == 0.3
+    seen: list[StepInfo] = []
+    x, y = _batch()
+    alma(_model(), x, y, distance="linf", steps=20, params=ProxParams(restarts=2, init_lr=0.04),
+         callback=seen.append)  # fmt: skip
+    assert (seen[10].distance <= 0.01 + 1e-7).all() and (seen[10].distance > 0.005).all()
+
+
 @pytest.mark.parametrize("distance", ["l2", "linf"])
 def test_seeded_restarts_are_deterministic_and_the_seed_matters(distance: str) -> None:
     def starts(seed: int) -> torch.Tensor:
