@@ -322,3 +322,17 @@ def test_the_cifar_example_runs_end_to_end(
     monkeypatch.setenv("CIFAR_USER_MODEL_WEIGHTS", str(tmp_path / "absent.pt"))
     with pytest.raises(FileNotFoundError, match="no weights at"):
         load_model(f"{example}:make_model")
+
+
+def test_overhead_profile_account_separates_the_solver_operators() -> None:
+    """``overhead --profile``: per-step own CPU time of the bare loop and of ALMA (step 0
+    cancelled out), their ratio, and the operators only the solver calls (``where``: the bare
+    forward + backward has none) among the positive differences."""
+    from alma_plugin.bench.overhead import profile_account
+
+    account = profile_account(batch=4, steps=6)
+    assert account["bare_step_s"] > 0 and account["alma_step_s"] > 0
+    assert account["ratio"] == account["alma_step_s"] / account["bare_step_s"]
+    assert account["differences"]["aten::where"] > 0
+    assert list(account["differences"].values()) == sorted(account["differences"].values(),
+                                                           reverse=True)  # fmt: skip
