@@ -120,6 +120,8 @@ def alma_solve(
         noise = uniform_noise(x, rng)
         x_adv = (x - expand(initial_step_size(distance, x, noise, c.restart_distance), x)
                  * noise).clip(0, 1)  # fmt: skip
+        if c.levels is not None:  # every iterate the model judges lies on the grid
+            x_adv = _quantize(x_adv, c.levels)
     mu, rho = per_sample(c.mu_init), per_sample(c.rho_init)
     square_avg, velocity = ep.ones_like(x), ep.zeros_like(x)
     best_adv, best_distance = inputs, per_sample(np.inf)

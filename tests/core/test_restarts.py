@@ -197,3 +197,20 @@ def test_first_success_counts_steps_from_the_first_run(distance: str) -> None:
                      callback=seen.append)  # fmt: skip
     assert not seen[0].success.any() and seen[1].success.any()
     assert torch.equal(result.first_success_step, torch.where(seen[1].success, 1, -1))
+
+
+def test_a_restart_starts_on_the_grid_of_levels() -> None:
+    """With ``levels``, a restart's random start is quantised like every later iterate: a sample
+    fooled at the start of run 1 (two one-step runs, a far start, mostly inside the box) comes
+    back on the grid."""
+    x, _ = _batch(16)
+    x = (x * 255).round() / 255
+    model = _model()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    seen: list[StepInfo] = []
+    result = alma(model, x, y, steps=2, restarts=2, restart_distance=1.0, levels=256,
+                  callback=seen.append)  # fmt: skip
+    assert seen[1].success.any()
+    scaled = result.adversarials * 255
+    torch.testing.assert_close(scaled, scaled.round(), atol=1e-4, rtol=0)
