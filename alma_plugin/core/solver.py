@@ -113,9 +113,8 @@ def alma_solve(
     rng = restart_rng(seed, restart)
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
     x_adv = x
-    if (
-        restart > 0
-    ):  # a restart: x̃⁽⁰⁾ = P_[0,1](x − η n), n ~ U(−1, 1), D(x̃⁽⁰⁾, x) = restart_distance
+    if restart > 0:
+        # A restart: x̃⁽⁰⁾ = P_[0,1](x − η n), n ~ U(−1, 1)ⁿ, with D(x̃⁽⁰⁾, x) = restart_distance.
         assert c.restart_distance is not None
         noise = uniform_noise(x, rng)
         x_adv = (x - expand(initial_step_size(distance, x, noise, c.restart_distance), x)
