@@ -214,3 +214,30 @@ def test_a_restart_starts_on_the_grid_of_levels() -> None:
     assert seen[1].success.any()
     scaled = result.adversarials * 255
     torch.testing.assert_close(scaled, scaled.round(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+@pytest.mark.parametrize("early_stop", [None, 1e-9])
+def test_host_reads_only_at_the_start_of_each_run_and_every_m_steps(
+    monkeypatch: pytest.MonkeyPatch, distance: str, early_stop: float | None
+) -> None:
+    """R = 2 runs of 15 steps, M = 10: the host reads at each run's step 0 (input checks, the
+    η⁽⁰⁾ search, the random start, and between runs whether early_stop already holds) and at
+    the early-stop checks (steps 10 and 15 + 10 = 25), nowhere else."""
+    from tests.core.host_reads import HostReads
+
+    reads = HostReads(monkeypatch)
+    options: dict[str, Any] = {"steps": 30, "restarts": 2, "early_stop": early_stop,
+                               "callback": reads.callback}  # fmt: skip
+    if distance == "linf":
+        x, y = _batch()
+        alma(_model(), x, y, distance="linf", steps=30, early_stop=early_stop,
+             callback=reads.callback, params=ProxParams(restarts=2, check_steps=10))  # fmt: skip
+    else:
+        _attack(distance, check_steps=10, **options)
+    later = reads.after_step_zero()
+    assert 15 in later  # run 1's step 0
+    expected = {15} if early_stop is None else {10, 15, 25}
+    assert set(later) == expected, later
+    if early_stop is not None:
+        assert later[10] == later[25] == 1
