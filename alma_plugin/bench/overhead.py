@@ -54,16 +54,24 @@ def _alma_steps(
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
-def measure(
-    batch: int = 128, steps: int = 30, rounds: int = 5, distance: str = "l2", seed: int = 0
-) -> dict[str, float]:
-    """Per-step seconds (medians) of a bare forward+backward and of ALMA, and their ratios."""
+def _warm_setup(
+    batch: int, distance: str, seed: int
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A seeded SmallCNN and batch, after a few bare and ALMA steps (allocator, kernels)."""
     torch.manual_seed(seed)
     model = SmallCNN().eval()
     inputs = torch.rand(batch, 1, 28, 28)
     labels = torch.randint(0, 10, (batch,))
-    _bare_steps(model, inputs, 3)  # warm-up: allocator, kernels
+    _bare_steps(model, inputs, 3)
     _alma_steps(model, inputs, labels, 3, distance)
+    return model, inputs, labels
+
+
+def measure(
+    batch: int = 128, steps: int = 30, rounds: int = 5, distance: str = "l2", seed: int = 0
+) -> dict[str, float]:
+    """Per-step seconds (medians) of a bare forward+backward and of ALMA, and their ratios."""
+    model, inputs, labels = _warm_setup(batch, distance, seed)
     bare: list[float] = []
     steps_alma: list[float] = []
     per_round = []
@@ -99,12 +107,7 @@ def profile_account(
     """Per-step own CPU time of the operators (seconds) of a bare forward+backward and of an
     ALMA step on SmallCNN, their ratio, and the per-operator differences (ALMA − bare),
     largest first."""
-    torch.manual_seed(seed)
-    model = SmallCNN().eval()
-    inputs = torch.rand(batch, 1, 28, 28)
-    labels = torch.randint(0, 10, (batch,))
-    _bare_steps(model, inputs, 3)  # warm-up: allocator, kernels
-    _alma_steps(model, inputs, labels, 3, distance)
+    model, inputs, labels = _warm_setup(batch, distance, seed)
     bare = _self_times(lambda: _bare_steps(model, inputs, steps))
     short = _self_times(lambda: alma(model, inputs, labels, distance=distance, steps=1))
     long = _self_times(lambda: alma(model, inputs, labels, distance=distance, steps=steps + 1))

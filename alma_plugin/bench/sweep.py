@@ -121,8 +121,10 @@ def _specs(
     specs = [alma_variant(v, n, r) for n in ("l2", "l1") if n in norms for v in variants
              for r in restarts]  # fmt: skip
     for key in peers:
-        spec = get_attack(key)
-        specs += [prox_variant(r) for r in restarts] if key == "alma_prox-linf" else [spec]
+        if key == "alma_prox-linf":
+            specs += [prox_variant(r) for r in restarts]
+        else:
+            specs.append(get_attack(key))
     return [s for s in specs if s.norm in norms]
 
 
