@@ -241,3 +241,17 @@ def test_host_reads_only_at_the_start_of_each_run_and_every_m_steps(
     assert set(later) == expected, later
     if early_stop is not None:
         assert later[10] == later[25] == 1
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+def test_run_zero_is_the_published_algorithm_with_its_share_of_the_steps(distance: str) -> None:
+    """Run 0 of R = 2 over 2N steps is, bit for bit, the one-run attack of N steps (α and the
+    schedule follow N: α = 0.57 for 150 steps, not 0.69 for 300), so restarts never return a
+    larger distance than that attack."""
+    first: list[StepInfo] = []
+    alone = _attack(distance, steps=150, callback=first.append)
+    both: list[StepInfo] = []
+    restarted = _attack(distance, steps=300, restarts=2, callback=both.append)
+    for a, b in zip(first, both[:150], strict=True):
+        assert torch.equal(a.distance, b.distance) and torch.equal(a.constraint, b.constraint)
+    assert (restarted.distances <= alone.distances).all()
