@@ -77,10 +77,9 @@ def best_of_runs(
     apsr = None
     if best.apsr is not None and new.apsr is not None:
         apsr = ep.where(take, new.apsr, best.apsr)
+    adversarials = ep.where(expand(take, new.adversarials), new.adversarials, best.adversarials)
     return AttackResult(
-        adversarials=ep.where(
-            expand(take, best.adversarials), new.adversarials, best.adversarials
-        ),  # fmt: skip
+        adversarials=adversarials,
         distances=ep.where(take, new.distances, best.distances),
         success=ep.logical_or(best.success, new.success),
         first_success_step=ep.where(best.first_success_step >= 0, best.first_success_step, first),
