@@ -183,6 +183,26 @@ def table() -> list[tuple[Case, bool, bool]]:
           params=ProxParams(restarts=3)))  # fmt: skip
     t.add("prox-restarts-above-steps", P(prox_case, steps=2, params=ProxParams(restarts=3)),
           raises("restarts"))  # fmt: skip
+    # restarts aimed at the next classes (restart_mode="classes"): untargeted classification
+    # only, K ≥ R + 1
+    t.add("alma-torch-restarts-classes", P(b_torch, restarts=2, restart_mode="classes"))
+    t.add("alma-l1-torch-restarts-classes-k5", P(b_torch, distance="l1", k=5, restarts=4,
+          restart_mode="classes"))  # fmt: skip
+    t.add("alma-l2-jax-restarts-classes", P(b_jax, restarts=2, restart_mode="classes"), jax=True)
+    t.add("alma-torch-restarts-classes-early_stop", P(b_torch, restarts=2, early_stop=100.0,
+          restart_mode="classes"))  # fmt: skip
+    t.add("alma-torch-restarts-classes-float16", P(b_torch, restarts=2, dtype="float16",
+          restart_mode="classes"))  # fmt: skip
+    t.add("alma-torch-restarts-classes-targeted", P(b_torch, restarts=2, targeted=True,
+          restart_mode="classes"), raises("restart_mode"))  # fmt: skip
+    t.add("alma-torch-restarts-classes-above-k", P(b_torch, restarts=3, restart_mode="classes"),
+          raises("restarts"))  # fmt: skip
+    t.add("alma-torch-restart_mode-unknown", P(b_torch, restarts=2, restart_mode="target"),
+          raises("restart_mode"))  # fmt: skip
+    classes = ProxParams(restarts=2, restart_mode="classes")
+    t.add("alma-linf-torch-restarts-classes", P(b_torch, distance="linf", params=classes))
+    t.add("alma-linf-jax-restarts-classes", P(b_jax, distance="linf", params=classes), jax=True)
+    t.add("prox-restarts-classes-dense", P(prox_case, params=classes), raises("restart_mode"))
 
     # perceptual distances through alma() (PyTorch; JAX runs them through Foolbox below)
     for distance, shape in (("ciede2000", (3, 8, 8)), ("ssim", (1, 12, 12))):
@@ -265,6 +285,11 @@ def table() -> list[tuple[Case, bool, bool]]:
           restarts=2, epsilons=(100.0,)))  # fmt: skip
     t.add("fb-L2ALMA-torch-restarts-above-steps", P(foolbox_case, "L2ALMA", restarts=11),
           raises("restarts"))  # fmt: skip
+    for attack in ("L2ALMA", "LinfALMAProx"):
+        t.add(f"fb-{attack}-torch-restarts-classes", P(foolbox_case, attack, restarts=2,
+              restart_mode="classes", epsilons=(0.0, 0.5, None)))  # fmt: skip
+        targeted = P(foolbox_case, attack, restarts=2, restart_mode="classes", targeted=True)
+        t.add(f"fb-{attack}-torch-restarts-classes-targeted", targeted, raises("restart_mode"))
     for attack, shape, last in (("CIEDE2000ALMA", (3, 8, 8), (8, 8, 3)),
                                 ("SSIMALMA", (1, 12, 12), (12, 12, 1))):  # fmt: skip
         for jax in (False, True):
@@ -305,6 +330,9 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("ta-ALMA-l2-restarts", P(torchattacks_case, restarts=2))
     t.add("ta-ALMA-linf-restarts", P(torchattacks_case, distance="linf",
           params=ProxParams(restarts=2)))  # fmt: skip
+    t.add("ta-ALMA-l2-restarts-classes", P(torchattacks_case, restarts=2, restart_mode="classes"))
+    t.add("ta-ALMA-linf-restarts-classes", P(torchattacks_case, distance="linf",
+          params=ProxParams(restarts=2, restart_mode="classes")))  # fmt: skip
     b = P(torchattacks_case, distance="ssim", shape=(1, 12, 12))
     t.add("ta-ALMA-ssim-basic", b)
     t.add("ta-ALMA-ssim-padding-valid", P(b, padding="valid"))

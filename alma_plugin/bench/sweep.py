@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.params import SCHEDULES
+from ..core.params import RESTART_MODES, SCHEDULES
 from . import distributed, metrics
 from .plots import norm_label, pyplot, save_figure
 from .registry import AttackSpec, get_attack
@@ -66,21 +66,27 @@ _COLUMNS = ("model", "norm", "attack", "label", "budget", "samples", "success", 
             "optimality", "forwards", "backwards", "seconds")  # fmt: skip
 
 
-def _restarts_suffix(restarts: int) -> tuple[str, str]:
-    """The key and label suffixes of a spec with ``restarts`` runs (none for one run)."""
-    return ("", "") if restarts == 1 else (f"_r{restarts}", f", R = {restarts}")
+def _restarts_suffix(restarts: int, mode: str = "random") -> tuple[str, str]:
+    """The key and label suffixes of a spec with ``restarts`` runs (none for one run):
+    ``_r<R>`` / ", R = <R>" for random restarts, ``_r<R>c`` / ", R = <R> classes" for
+    ``restart_mode="classes"``."""
+    if restarts == 1:
+        return "", ""
+    if mode == "classes":
+        return f"_r{restarts}c", f", R = {restarts} classes"
+    return f"_r{restarts}", f", R = {restarts}"
 
 
-def alma_variant(variant: str, norm: str, restarts: int = 1) -> AttackSpec:
+def alma_variant(variant: str, norm: str, restarts: int = 1, mode: str = "random") -> AttackSpec:
     """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2)
-    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``): key
-    ``alma_<variant>[_r<R>]-<norm>``, run through the product's Foolbox class like the
+    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``):
+    key ``alma_<variant>[_r<R>[c]]-<norm>``, run through the product's Foolbox class like the
     registry's ``alma-<norm>``."""
     if variant not in ALMA_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-    options = {**ALMA_VARIANTS[variant], "restarts": restarts}
+    options = {**ALMA_VARIANTS[variant], "restarts": restarts, "restart_mode": mode}
     name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
 
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int) -> Any:
@@ -91,15 +97,15 @@ def alma_variant(variant: str, norm: str, restarts: int = 1) -> AttackSpec:
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     base = get_attack(f"alma-{norm}")
-    key, label = _restarts_suffix(restarts)
+    key, label = _restarts_suffix(restarts, mode)
     return replace(base, key=f"alma_{variant}{key}-{norm}", label=f"ALMA ({variant}{label})",
                    run=run)  # fmt: skip
 
 
-def prox_variant(restarts: int) -> AttackSpec:
+def prox_variant(restarts: int, mode: str = "random") -> AttackSpec:
     """The registry's ``alma_prox-linf`` with ``restarts`` runs sharing each budget
-    (``ProxParams.restarts``, seeded by the sweep's seed): key ``alma_prox_r<R>-linf``; the
-    registry's own spec for one run."""
+    (``ProxParams.restarts``, ``restart_mode``, seeded by the sweep's seed): key
+    ``alma_prox_r<R>[c]-linf``; the registry's own spec for one run."""
     base = get_attack("alma_prox-linf")
     if restarts == 1:
         return base
@@ -108,21 +114,26 @@ def prox_variant(restarts: int) -> AttackSpec:
         import foolbox as fb
 
         alma_fb = importlib.import_module("alma_plugin.foolbox")
-        attack = alma_fb.LinfALMAProx(steps=budget, seed=seed, restarts=restarts)
+        attack = alma_fb.LinfALMAProx(steps=budget, seed=seed, restarts=restarts,
+                                      restart_mode=mode)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
-    key, label = _restarts_suffix(restarts)
+    key, label = _restarts_suffix(restarts, mode)
     return replace(base, key=f"alma_prox{key}-linf", label=f"ALMA prox ({label[2:]})", run=run)
 
 
 def _specs(
-    variants: Sequence[str], peers: Sequence[str], norms: Sequence[str], restarts: Sequence[int]
+    variants: Sequence[str],
+    peers: Sequence[str],
+    norms: Sequence[str],
+    restarts: Sequence[int],
+    mode: str = "random",
 ) -> list[Any]:
-    specs = [alma_variant(v, n, r) for n in ("l2", "l1") if n in norms for v in variants
+    specs = [alma_variant(v, n, r, mode) for n in ("l2", "l1") if n in norms for v in variants
              for r in restarts]  # fmt: skip
     for key in peers:
         if key == "alma_prox-linf":
-            specs += [prox_variant(r) for r in restarts]
+            specs += [prox_variant(r, mode) for r in restarts]
         else:
             specs.append(get_attack(key))
     return [s for s in specs if s.norm in norms]
@@ -247,6 +258,13 @@ def _parser() -> argparse.ArgumentParser:
         "(ALMAParams / ProxParams.restarts; default: 1, the published algorithms)",
     )
     parser.add_argument(
+        "--restart-mode",
+        choices=list(RESTART_MODES),
+        default="random",
+        help="how runs k >= 1 of R > 1 differ from run 0 (ALMAParams / "
+        "ProxParams.restart_mode; default: random)",
+    )
+    parser.add_argument(
         "--peers",
         nargs="*",
         default=list(PEERS),
@@ -304,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check(parser, args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    specs = _specs(args.variants, args.peers, args.distance, args.restarts)
+    specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode)
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
     config = BenchConfig(models=tuple(args.models), samples=args.samples,

@@ -50,6 +50,23 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
     return margin / scale.maximum(_DENOMINATOR_FLOOR)
 
 
+def ranked_class(logits: ep.Tensor, labels: ep.Tensor, rank: int) -> ep.Tensor:
+    """Per constraint, the class with the ``rank``-th largest logit among the classes other
+    than its label (rank 1: the runner-up), for logits (..., K) and labels (...). The goal of a
+    targeted restart (``restart_mode="classes"``), as APGD-T and FAB-T of AutoAttack aim at
+    the top classes. Needs K > rank."""
+    num_classes = logits.shape[-1]
+    if not 1 <= rank < num_classes:
+        raise ValueError(
+            f"restart_mode='classes' aims run k at the class with the (k + 1)-th largest logit "
+            f"other than the label, so restarts=R needs at least R + 1 classes: run {rank - 1} "
+            f"needs rank {rank}, the model has K={num_classes} classes"
+        )
+    is_label = ep.arange(labels, num_classes) == labels.expand_dims(-1)
+    _, order = ep.where(is_label, -ep.inf, logits).topk(rank, sorted=True)
+    return order[..., rank - 1].astype(labels.dtype)
+
+
 def is_satisfied(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep.Tensor:
     """The default success predicate: argmax ≠ y (untargeted) or argmax = t (targeted),
     decided with the same tolerance as the constraint so ties never count as success."""

@@ -25,6 +25,7 @@ __all__ = [
     "PROX_STEPS",
     "PROX_INIT_LR",
     "PROX_RHO_INIT",
+    "RESTART_MODES",
     "SCHEDULES",
     "ALMAParams",
     "ProxParams",
@@ -36,6 +37,17 @@ R = TypeVar("R")
 
 #: The step-size schedules of ALMA (:attr:`ALMAParams.schedule`): the paper's first.
 SCHEDULES: tuple[str, ...] = ("paper", "exponential", "cosine")
+
+#: How the runs k ≥ 1 of ``restarts`` > 1 differ from run 0 (:mod:`.restarts`): "random" starts
+#: them at random points near x, "classes" starts them at x aimed at other classes.
+RESTART_MODES: tuple[str, ...] = ("random", "classes")
+
+
+def _check_restart_mode(mode: object) -> str:
+    if not isinstance(mode, str) or mode.lower() not in RESTART_MODES:
+        raise ValueError(f"restart_mode must be one of {list(RESTART_MODES)}, got {mode!r}")
+    return mode.lower()
+
 
 #: The default budgets: ALMA's 1000 steps (the paper's §4), ALMA prox's 500 (thesis §5.5.5.3).
 ALMA_STEPS = 1000
@@ -93,11 +105,17 @@ class ALMAParams:
             (not from t*), which spends short budgets better (see docs/bench.md, the budget
             sweep); only the step size differs, everything else is Algorithm 2.
         restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
-            from x, the others from random starts; each sample keeps its best adversarial. The
-            attack still costs one forward and one backward per step. 1: Algorithm 2 as
-            published. α (when None) follows the budget of one run.
-        restart_distance: D(x̃⁽⁰⁾, x) of a restart's random start x̃⁽⁰⁾ = P_[0,1](x − η n),
+            is Algorithm 2 from x, the others follow ``restart_mode``; each sample keeps its
+            best adversarial. The attack still costs one forward and one backward per step.
+            1: Algorithm 2 as published. α (when None) follows the budget of one run.
+        restart_distance: D(x̃⁽⁰⁾, x) of a random restart's start x̃⁽⁰⁾ = P_[0,1](x − η n),
             n ~ U(−1, 1)ⁿ, η found by the §3.2.3 search. None: ε (``init_lr_distance``).
+        restart_mode: one of :data:`RESTART_MODES`. "random": run k ≥ 1 starts at a random
+            point at ``restart_distance`` from x. "classes" (untargeted attacks only): run
+            k ≥ 1 starts at x and minimises D under tDLR⁺ (eq. 18) towards the class with the
+            (k + 1)-th largest logit at x other than y (run 0 mostly ends in the runner-up's
+            region), as AutoAttack's APGD-T aims at the top classes; success is still any
+            misclassification. Needs K ≥ R + 1 classes.
     """
 
     alpha: float | None = None
@@ -118,6 +136,7 @@ class ALMAParams:
     schedule: str = "paper"
     restarts: int = 1
     restart_distance: float | None = None
+    restart_mode: str = "random"
 
     def __post_init__(self) -> None:
         if not isinstance(self.penalty, str) or self.penalty.upper() not in PENALTIES:
@@ -148,6 +167,7 @@ class ALMAParams:
         if not isinstance(self.schedule, str) or self.schedule.lower() not in SCHEDULES:
             raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         object.__setattr__(self, "schedule", self.schedule.lower())
+        object.__setattr__(self, "restart_mode", _check_restart_mode(self.restart_mode))
 
     def for_budget(self, steps: int, init_lr_distance: float) -> ALMAParams:
         """These params with every None resolved for ``steps`` and a distance whose Table 3 ε
@@ -213,11 +233,18 @@ class ProxParams:
         constraint_masking: m̃⁽ᵗ⁾ of eq. 5.6 (False: the user mask m only).
         mask_decay: the masking percentile decays 100% → ν (False: ν from the first step).
         restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
-            from δ = 0, the others from random starts; each sample keeps its best adversarial.
-            The attack still costs one forward and one backward per step. 1: Algorithm IV-2.
-        restart_distance: r, the ‖δ⁽⁰⁾‖∞ bound of a restart's random start δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ,
-            in the normalised space. None: λ⁽⁰⁾ / 4 (0.05 for classification, 2.5·10⁻⁴ for
-            segmentation), so the start follows the scale the step size is set for.
+            is Algorithm IV-2 from δ = 0, the others follow ``restart_mode``; each sample keeps
+            its best adversarial. The attack still costs one forward and one backward per
+            step. 1: Algorithm IV-2.
+        restart_distance: r, the ‖δ⁽⁰⁾‖∞ bound of a random restart's start
+            δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ, in the normalised space. None: λ⁽⁰⁾ / 4 (0.05 for
+            classification, 2.5·10⁻⁴ for segmentation), so the start follows the scale the step
+            size is set for.
+        restart_mode: one of :data:`RESTART_MODES`. "random": run k ≥ 1 starts at a random δ⁽⁰⁾
+            (``restart_distance``). "classes" (untargeted classification only): run k ≥ 1
+            starts at δ = 0 under tDLR⁺ towards the class with the (k + 1)-th largest logit
+            at x other than y, as ALMA's (:class:`ALMAParams`); success is still any
+            misclassification. Needs K ≥ R + 1 classes.
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵
@@ -244,6 +271,7 @@ class ProxParams:
     prox_precision: float | None = None
     restarts: int = 1
     restart_distance: float | None = None
+    restart_mode: str = "random"
 
     def __post_init__(self) -> None:
         _check(
@@ -269,6 +297,7 @@ class ProxParams:
         )
         object.__setattr__(self, "check_steps", check_positive_int("check_steps", self.check_steps))
         object.__setattr__(self, "restarts", check_positive_int("restarts", self.restarts))
+        object.__setattr__(self, "restart_mode", _check_restart_mode(self.restart_mode))
         for name in ("constraint_masking", "mask_decay"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -29,13 +29,13 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus
+from .constraints import dlr_plus, is_satisfied, ranked_class
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
 from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
-from .restarts import Place, restart_rng, run_restarts, uniform_noise
+from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .tensors import expand, finite_rows, nan_to_zero
 from .validation import as_model_output, as_tensor, check_success, working_dtype
@@ -83,11 +83,15 @@ def alma_prox_solve(
     counts them). The masking percentiles (eq. 5.6) go to the device once, before the loop.
 
     ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from
-    δ = 0, run k ≥ 1 from δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ (r = ``params.restart_distance``, generator
-    ``restart_rng(seed, k)``); each sample keeps its best adversarial. ``place`` (given by
+    δ = 0; run k ≥ 1 with ``restart_mode="random"`` from δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ
+    (r = ``params.restart_distance``, generator ``restart_rng(seed, k)``), with ``"classes"``
+    (classification) from δ = 0 under tDLR⁺ towards the class of rank k + 1 at x; each sample
+    keeps its best adversarial. ``place`` (given by
     :func:`.restarts.run_restarts` only) makes this call one run of ``place.steps`` steps.
     """
     if place is None:
+        dense = masks is not None or labels.ndim > 1
+        check_restart_mode(params.restart_mode, params.restarts, targeted, dense)
 
         def run(place: Place) -> AttackResult[ep.Tensor]:
             return alma_prox_solve(model, inputs, labels, params=params, steps=place.steps,
@@ -115,7 +119,10 @@ def alma_prox_solve(
     u = (x - lower) / span  # the [0, 1]-normalised input; Λ = [−u, 1 − u] (eq. 5.2)
     box_low, box_high = -u, 1 - u
     delta, v = ep.zeros_like(x), ep.zeros_like(x)
-    if restart > 0:  # a restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, projected onto Λ
+    # A "classes" restart aims at the class ranked k + 1 at x, known from its first forward.
+    aims_at_class = restart > 0 and p.restart_mode == "classes"
+    goals = c.labels
+    if restart > 0 and not aims_at_class:  # a random restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, onto Λ
         assert p.restart_distance is not None
         noise = p.restart_distance * uniform_noise(x, restart_rng(seed, restart))
         delta = ep.minimum(ep.maximum(noise, box_low), box_high)
@@ -140,7 +147,7 @@ def alma_prox_solve(
         progress = progresses[t - 1]
         rank = None if ranks is None else ranks[t - 1]
         check = t % p.check_steps == 0
-        state = (mu, rho, w, d_ref, recent_sat)
+        state = (mu, rho, w, d_ref, recent_sat, goals)
 
         def loss_fn(
             delta_: ep.Tensor,
@@ -149,7 +156,7 @@ def alma_prox_solve(
             t: int = t,
             rank: ep.Tensor | None = rank,
         ) -> tuple[ep.Tensor, Any]:
-            mu_, rho_, w_, d_ref_, recent_ = state
+            mu_, rho_, w_, d_ref_, recent_, goals_ = state
             x_adv = (x + delta_ * span).clip(lower, upper)  # 3. x̃ = x + δ
             if rounds:
                 x_adv = x_adv.astype(x0.dtype)
@@ -159,10 +166,14 @@ def alma_prox_solve(
             z = constraint_logits(logits, c, check=t == 1)
             if rounds:
                 z = z.astype(x.dtype)
-            d = dlr_plus(z, c.labels, targeted)  # 4. d = DLR⁺ (tDLR⁺) per constraint
+            if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
+                goals_ = ranked_class(stop_gradient(z), c.labels, restart + 1)
+            d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             d_c = stop_gradient(d)
-            # the denominator is positive: d < 0 is the argmax test (False for NaN logits)
-            satisfied = (m * (d_c < 0).astype(m.dtype)).sum(axis=1, keepdims=True)
+            # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
+            # run aimed at a class counts any other class too
+            hit = is_satisfied(stop_gradient(z), c.labels) if aims_at_class else d_c < 0
+            satisfied = (m * hit.astype(m.dtype)).sum(axis=1, keepdims=True)
             w_new = scale_update(w_, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
             m_tilde = c.mask  # 10–11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
             if rank is not None:
@@ -185,10 +196,11 @@ def alma_prox_solve(
                 success = check_success(is_adversarial(x_adv, logits), n, like=d_c)
                 success = ep.logical_and(success, finite_rows(logits))
                 satisfied = success.astype(m.dtype).reshape((n, 1))
-            return loss, (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c)
+            aux = (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c, goals_)
+            return loss, aux
 
         _, aux, grad = value_aux_and_grad(loss_fn, delta)  # one forward, one backward
-        satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d = aux
+        satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals = aux
         if rounds:  # the perturbation the model saw, after rounding to its dtype
             delta = (x_seen.astype(x.dtype) - x) / span
 

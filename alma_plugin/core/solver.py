@@ -16,10 +16,10 @@ import numpy as np
 
 from ..distances import DistanceFunction
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus
+from .constraints import dlr_plus, is_satisfied, ranked_class
 from .params import ALMAParams
 from .penalties import get_penalty
-from .restarts import Place, restart_rng, run_restarts, uniform_noise
+from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
 from .tensors import expand, finite_rows, nan_to_zero
@@ -72,13 +72,16 @@ def alma_solve(
     step it first holds, so the result is the one of a check at every step; the run only goes
     on for up to M − 1 more steps, which ``steps_run`` counts.
 
-    ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from x,
-    run k ≥ 1 from a random point at D = ``params.restart_distance`` from x (uniform noise
-    scaled by the §3.2.3 search, with its own generator ``restart_rng(seed, k)``); each
-    sample keeps its best adversarial. ``first_success_step`` and the callback's step count
+    ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from x;
+    run k ≥ 1 with ``restart_mode="random"`` from a random point at D =
+    ``params.restart_distance`` from x (uniform noise scaled by the §3.2.3 search, with its
+    own generator ``restart_rng(seed, k)``), with ``"classes"`` from x under tDLR⁺ towards
+    the class of rank k + 1 at x (success: any misclassification); each sample keeps its best
+    adversarial. ``first_success_step`` and the callback's step count
     from the start of run 0. ``place`` (given by :func:`.restarts.run_restarts` only) makes
     this call one run of ``place.steps`` steps."""
     if place is None:
+        check_restart_mode(params.restart_mode, params.restarts, targeted)
 
         def run(place: Place) -> AttackResult[ep.Tensor]:
             return alma_solve(model, inputs, labels, distance=distance, params=params,
@@ -111,9 +114,13 @@ def alma_solve(
         return mapped.astype(inputs.dtype) if rounds else mapped
 
     rng = restart_rng(seed, restart)
+    random_start = restart > 0 and c.restart_mode == "random"
+    # A "classes" restart aims at the class ranked k + 1 at x, known from its first forward.
+    aims_at_class = restart > 0 and c.restart_mode == "classes"
+    goals = labels
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
     x_adv = x
-    if restart > 0:
+    if random_start:
         # A restart: x̃⁽⁰⁾ = P_[0,1](x − η n), n ~ U(−1, 1)ⁿ, with D(x̃⁽⁰⁾, x) = restart_distance.
         assert c.restart_distance is not None
         noise = uniform_noise(x, rng)
@@ -140,27 +147,30 @@ def alma_solve(
             check_differentiable(logits)
         if logits.dtype != dtype and "float16" in str(logits.dtype):
             logits = logits.astype(dtype)
-        d = dlr_plus(logits, labels, targeted)  # 4. d ← DLR⁺(z, y), or tDLR⁺
+        goals_ = goals
+        if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
+            goals_ = ranked_class(stop_gradient(logits), labels, restart + 1)
+        d = dlr_plus(logits, goals_, targeted or aims_at_class)  # 4. d ← DLR⁺(z, y), or tDLR⁺
         # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
         d_value = stop_gradient(d)
         mu_hat = penalty.derivative(d_value, rho, mu)
         new_mu = (alpha * mu + (1 - alpha) * mu_hat).clip(c.mu_min, c.mu_max)
         dist = distance(u, x)
         loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
-        return loss.sum(), (model_inputs, logits, d, dist, new_mu)
+        return loss.sum(), (model_inputs, logits, d, dist, new_mu, goals_)
 
     steps_run = steps
     t = 0
     for t in range(steps):
         # 8. g ← ∇L (one forward, one backward).
         _, aux, grad = value_aux_and_grad(loss_fn, x_adv)
-        model_inputs, logits, d, dist, mu = aux
+        model_inputs, logits, d, dist, mu, goals = aux
 
         # 17. Keep the adversarial iterate with the smallest D.
         if is_adversarial is None:
             # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test
-            # (and False for NaN logits).
-            success = d < 0
+            # (and False for NaN logits); a run aimed at a class counts any other class too.
+            success = is_satisfied(logits, labels) if aims_at_class else d < 0
         else:
             success = check_success(is_adversarial(model_inputs, logits), batch, like=d)
             success = ep.logical_and(success, finite_rows(logits))
@@ -181,9 +191,9 @@ def alma_solve(
         if t == 0:
             # §3.2.3 searches along g = ∇DLR⁺. At t = 0 of run 0, D ≡ 0 and ∇L = P′(d)·∇d, so
             # the constraint's gradient is ∇L / P′ per sample: no extra backward propagation.
-            # A restart starts away from x: ∇D is taken out first (D only, no model call).
+            # A random restart starts away from x: ∇D is taken out first (D only, no model call).
             search = grad
-            if restart > 0:
+            if random_start:
                 search = grad - value_aux_and_grad(lambda u: (distance(u, x).sum(), ()), x_adv)[2]
             # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).
             norms = search.flatten(start=1).square().sum(axis=1).sqrt()

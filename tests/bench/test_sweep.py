@@ -57,6 +57,11 @@ def test_variant_specs() -> None:
     assert sweep.prox_variant(1).key == "alma_prox-linf"
     spec = sweep.prox_variant(4)
     assert (spec.key, spec.label, spec.norm) == ("alma_prox_r4-linf", "ALMA prox (R = 4)", "linf")
+    spec = sweep.alma_variant("paper", "l2", restarts=2, mode="classes")
+    assert (spec.key, spec.label) == ("alma_paper_r2c-l2", "ALMA (paper, R = 2 classes)")
+    spec = sweep.prox_variant(4, "classes")
+    assert (spec.key, spec.label) == ("alma_prox_r4c-linf", "ALMA prox (R = 4 classes)")
+    assert sweep.prox_variant(1, "classes").key == "alma_prox-linf"
 
 
 @pytest.mark.parametrize(
@@ -68,6 +73,7 @@ def test_variant_specs() -> None:
         (["--samples", "5000"], "--samples"),
         (["--restarts", "0"], "--restarts"),
         (["--budgets", "2", "10", "--restarts", "3"], "--restarts"),
+        (["--restart-mode", "targets"], "--restart-mode"),
     ],
 )
 def test_argument_errors_exit_2(argv, message, capsys) -> None:
@@ -106,4 +112,20 @@ def test_restarts_run_once_per_r_with_the_budget_counted(tmp_path) -> None:
         rows = list(csv.DictReader(f))
     assert {r["attack"] for r in rows} == {"alma_paper-l1", "alma_paper_r2-l1", "alma_prox-linf",
                                            "alma_prox_r2-linf"}  # fmt: skip
+    assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
+
+
+def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
+    """``--restart-mode classes``: the R > 1 runs aim at the next classes (keys ``_r<R>c``),
+    still one forward and one backward per step."""
+    out = tmp_path / "out"
+    argv = ["--models", "mnist_regular", "--variants", "paper", "--peers", "alma_prox-linf",
+            "--distance", "l2", "linf", "--budgets", "6", "--restarts", "1", "3",
+            "--restart-mode", "classes", "--samples", "2", "--threads", "1", "--output",
+            str(out), "--quiet", "--no-plots"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    with (out / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["attack"] for r in rows} == {"alma_paper-l2", "alma_paper_r3c-l2", "alma_prox-linf",
+                                           "alma_prox_r3c-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
