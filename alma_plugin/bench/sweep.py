@@ -1,8 +1,9 @@
 """``python -m alma_plugin.bench.sweep`` (``alma-bench sweep``): quality against the step budget.
 
 Every attack runs at every budget (default 50, 100, 200, 500 and 1000 steps) on the same
-samples of both embedded models, through the comparison runner (:func:`.runner.run_shard`:
-counted model calls, re-evaluated candidates, the conventions of :mod:`.report`). ALMA ℓ1 / ℓ2
+samples of the embedded models (regular, PGD-trained, Lagrangian-trained), through the
+comparison runner (:func:`.runner.run_shard`: counted model calls, re-evaluated candidates,
+the conventions of :mod:`.report`). ALMA ℓ1 / ℓ2
 runs in each of its variants (:data:`ALMA_VARIANTS`: the step-size schedules of
 ``ALMAParams.schedule``, the paper's Algorithm 2 first), next to ALMA prox, DDN, FMN (ℓ1, ℓ2,
 ℓ∞) and APGD (ℓ2, ℓ∞).
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from ..core.params import RESTART_MODES, SCHEDULES
+from ..zoo.models import MODEL_NAMES
 from . import distributed, metrics
 from .plots import norm_label, pyplot, save_figure
 from .registry import AttackSpec, get_attack
@@ -229,9 +231,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=["mnist_regular", "mnist_adversarial"],
+        default=list(MODEL_NAMES),
         metavar="MODEL",
-        help="embedded model names or TorchScript files",
+        help=f"embedded model names or TorchScript files (default: {' '.join(MODEL_NAMES)})",
     )
     parser.add_argument(
         "--budgets",
