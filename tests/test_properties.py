@@ -38,7 +38,7 @@ SHAPES = ((1, 4, 4), (2, 3, 3), (3, 2, 5))
 @st.composite
 def problems(draw: Any) -> dict[str, Any]:
     """A random small classification problem: model seed, K, shape, bounds, batch, labels,
-    steps and restarts."""
+    steps and restarts (random, or aimed at the next classes where that is defined)."""
     k = draw(st.integers(2, 10))
     n = draw(st.integers(0, 4))
     lower = draw(st.sampled_from((-255.0, -1.0, -0.5, 0.0, 0.25, 3.0)))
@@ -46,6 +46,11 @@ def problems(draw: Any) -> dict[str, Any]:
     own_labels = draw(st.booleans())  # the model's predictions, or arbitrary classes
     labels = None if own_labels else draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
     steps = draw(st.integers(1, 8))
+    targeted = draw(st.booleans())
+    restarts = draw(st.integers(1, min(steps, 3)))  # R runs share the steps
+    # restarts aimed at the next classes: untargeted, with a class for every run (K ≥ R + 1)
+    classes_allowed = not targeted and 1 < restarts < k
+    mode = draw(st.sampled_from(("random", "classes"))) if classes_allowed else "random"
     return {
         "seed": draw(st.integers(0, 2**16)),
         "k": k,
@@ -53,10 +58,11 @@ def problems(draw: Any) -> dict[str, Any]:
         "shape": draw(st.sampled_from(SHAPES)),
         "bounds": (lower, lower + span),
         "spread": draw(st.sampled_from((0.01, 0.05, 0.3, 0.5))),  # 0.5: touches the bounds
-        "targeted": draw(st.booleans()),
+        "targeted": targeted,
         "labels": labels,
         "steps": steps,
-        "restarts": draw(st.integers(1, min(steps, 3))),  # R runs share the steps
+        "restarts": restarts,
+        "restart_mode": mode,
     }
 
 
