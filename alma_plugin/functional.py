@@ -234,7 +234,7 @@ def alma_prox(
         raise ValueError("is_adversarial applies to (N,) labels; dense labels use adv_threshold")
     stop = check_early_stop(early_stop)
     if len(x) == 0:
-        return _empty(x, y.reshape((0,)), restore, apsr=True)
+        return _empty(x, y.reshape((0,)), restore, apsr=True, predictions=not dense)
     result = alma_prox_solve(
         lambda batch: model(batch.raw),
         x,
@@ -403,9 +403,14 @@ def _converted(
 
 
 def _empty(
-    x: ep.Tensor, y: ep.Tensor, restore: Callable[[ep.Tensor], Any], apsr: bool = False
+    x: ep.Tensor,
+    y: ep.Tensor,
+    restore: Callable[[ep.Tensor], Any],
+    apsr: bool = False,
+    predictions: bool = True,
 ) -> AttackResult[Any]:
     distances = ep.zeros(x, (0,)).astype(x.dtype)
-    result = AttackResult(x, distances, distances > 0, ep.zeros(y, (0,)), 0,
-                          distances if apsr else None)  # fmt: skip
+    nothing = ep.zeros(y, (0,))
+    result = AttackResult(x, distances, distances > 0, nothing, 0, distances if apsr else None,
+                          nothing if predictions else None)  # fmt: skip
     return result.map(restore)

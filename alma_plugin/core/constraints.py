@@ -50,21 +50,26 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
     return margin / scale.maximum(_DENOMINATOR_FLOOR)
 
 
-def ranked_class(logits: ep.Tensor, labels: ep.Tensor, rank: int) -> ep.Tensor:
-    """Per constraint, the class with the ``rank``-th largest logit among the classes other
-    than its label (rank 1: the runner-up), for logits (..., K) and labels (...). The goal of a
-    targeted restart (``restart_mode="classes"``), as APGD-T and FAB-T of AutoAttack aim at
-    the top classes. Needs K > rank."""
+def unreached_class(
+    logits: ep.Tensor, labels: ep.Tensor, reached: tuple[ep.Tensor, ...]
+) -> ep.Tensor:
+    """Per constraint, the class with the largest logit among the classes other than its label
+    and than every class in ``reached`` (class indices shaped like ``labels``; −1: none), for
+    logits (..., K): the goal of a restart aimed at a class (``restart_mode="classes"``), as
+    APGD-T and FAB-T of AutoAttack aim at the top classes. Needs K ≥ len(reached) + 2, so that
+    a class is left for every constraint."""
     num_classes = logits.shape[-1]
-    if not 1 <= rank < num_classes:
+    if num_classes < len(reached) + 2:
         raise ValueError(
-            f"restart_mode='classes' aims run k at the class with the (k + 1)-th largest logit "
-            f"other than the label, so restarts=R needs at least R + 1 classes: run {rank - 1} "
-            f"needs rank {rank}, the model has K={num_classes} classes"
+            f"restart_mode='classes' aims run k at a class that neither the label nor runs "
+            f"0 … k − 1 took, so restarts=R needs at least R + 1 classes: run {len(reached)} "
+            f"has none left, the model has K={num_classes} classes"
         )
-    is_label = ep.arange(labels, num_classes) == labels.expand_dims(-1)
-    _, order = ep.where(is_label, -ep.inf, logits).topk(rank, sorted=True)
-    return order[..., rank - 1].astype(labels.dtype)
+    classes = ep.arange(labels, num_classes)
+    taken = classes == labels.expand_dims(-1)
+    for earlier in reached:
+        taken = ep.logical_or(taken, classes == earlier.expand_dims(-1))
+    return ep.where(taken, -ep.inf, logits).argmax(axis=-1).astype(labels.dtype)
 
 
 def is_satisfied(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep.Tensor:

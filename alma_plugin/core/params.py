@@ -39,7 +39,7 @@ R = TypeVar("R")
 SCHEDULES: tuple[str, ...] = ("paper", "exponential", "cosine")
 
 #: How the runs k ≥ 1 of ``restarts`` > 1 differ from run 0 (:mod:`.restarts`): "random" starts
-#: them at random points near x, "classes" starts them at x aimed at other classes.
+#: them at random points near x, "classes" starts them at x aimed at classes no earlier run took.
 RESTART_MODES: tuple[str, ...] = ("random", "classes")
 
 
@@ -112,9 +112,9 @@ class ALMAParams:
             n ~ U(−1, 1)ⁿ, η found by the §3.2.3 search. None: ε (``init_lr_distance``).
         restart_mode: one of :data:`RESTART_MODES`. "random": run k ≥ 1 starts at a random
             point at ``restart_distance`` from x. "classes" (untargeted attacks only): run
-            k ≥ 1 starts at x and minimises D under tDLR⁺ (eq. 18) towards the class with the
-            (k + 1)-th largest logit at x other than y (run 0 mostly ends in the runner-up's
-            region), as AutoAttack's APGD-T aims at the top classes; success is still any
+            k ≥ 1 starts at x and minimises D under tDLR⁺ (eq. 18) towards the most likely
+            class at x that neither y nor the adversarial of an earlier run took, as
+            AutoAttack's APGD-T aims at the top classes; success is still any
             misclassification. Needs K ≥ R + 1 classes.
     """
 
@@ -242,9 +242,9 @@ class ProxParams:
             size is set for.
         restart_mode: one of :data:`RESTART_MODES`. "random": run k ≥ 1 starts at a random δ⁽⁰⁾
             (``restart_distance``). "classes" (untargeted classification only): run k ≥ 1
-            starts at δ = 0 under tDLR⁺ towards the class with the (k + 1)-th largest logit
-            at x other than y, as ALMA's (:class:`ALMAParams`); success is still any
-            misclassification. Needs K ≥ R + 1 classes.
+            starts at δ = 0 under tDLR⁺ towards the most likely class at x that neither y nor
+            the adversarial of an earlier run took, as ALMA's (:class:`ALMAParams`); success
+            is still any misclassification. Needs K ≥ R + 1 classes.
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵

@@ -29,7 +29,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied, ranked_class
+from .constraints import dlr_plus, is_satisfied, unreached_class
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
@@ -85,8 +85,8 @@ def alma_prox_solve(
     ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from
     δ = 0; run k ≥ 1 with ``restart_mode="random"`` from δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ
     (r = ``params.restart_distance``, generator ``restart_rng(seed, k)``), with ``"classes"``
-    (classification) from δ = 0 under tDLR⁺ towards the class of rank k + 1 at x; each sample
-    keeps its best adversarial. ``place`` (given by
+    (classification) from δ = 0 under tDLR⁺ towards the most likely class at x that runs
+    0 … k − 1 did not return; each sample keeps its best adversarial. ``place`` (given by
     :func:`.restarts.run_restarts` only) makes this call one run of ``place.steps`` steps.
     """
     if place is None:
@@ -102,6 +102,7 @@ def alma_prox_solve(
 
         return run_restarts(run, steps, params.restarts, early_stop)
     restart, step_offset, solved = place.index, place.offset, place.solved
+    reached = tuple(earlier.reshape((-1, 1)) for earlier in place.reached)  # (N, M = 1)
     p = params
     assert p.init_lr is not None and p.rho_init is not None
     lower, upper = bounds
@@ -119,7 +120,8 @@ def alma_prox_solve(
     u = (x - lower) / span  # the [0, 1]-normalised input; Λ = [−u, 1 − u] (eq. 5.2)
     box_low, box_high = -u, 1 - u
     delta, v = ep.zeros_like(x), ep.zeros_like(x)
-    # A "classes" restart aims at the class ranked k + 1 at x, known from its first forward.
+    # A "classes" restart aims at the most likely class at x that no earlier run returned; the
+    # ranking comes from its own first forward, at x.
     aims_at_class = restart > 0 and p.restart_mode == "classes"
     goals = c.labels
     if restart > 0 and not aims_at_class:  # a random restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, onto Λ
@@ -132,6 +134,7 @@ def alma_prox_solve(
     best_delta, best_norm = delta, ep.full(m, (n,), math.inf)
     best_apsr = ep.zeros(m, (n,))
     first_success = ep.full(c.labels, (n,), -1)
+    best_prediction = ep.full(c.labels, (n,), -1)  # classification only
     steps_run = steps
     stopped = ep.zeros(m, ()) > 0  # the early-stop condition has held, on the device
     # Eq. 5.6's percentile rank of every step, copied to the device once (a copy per step
@@ -167,7 +170,7 @@ def alma_prox_solve(
             if rounds:
                 z = z.astype(x.dtype)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
-                goals_ = ranked_class(stop_gradient(z), c.labels, restart + 1)
+                goals_ = unreached_class(stop_gradient(z), c.labels, reached)
             d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             d_c = stop_gradient(d)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
@@ -196,11 +199,13 @@ def alma_prox_solve(
                 success = check_success(is_adversarial(x_adv, logits), n, like=d_c)
                 success = ep.logical_and(success, finite_rows(logits))
                 satisfied = success.astype(m.dtype).reshape((n, 1))
-            aux = (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c, goals_)
+            predicted = stop_gradient(z).argmax(axis=-1)
+            aux = (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c, goals_,
+                   predicted)  # fmt: skip
             return loss, aux
 
         _, aux, grad = value_aux_and_grad(loss_fn, delta)  # one forward, one backward
-        satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals = aux
+        satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals, predicted = aux
         if rounds:  # the perturbation the model saw, after rounding to its dtype
             delta = (x_seen.astype(x.dtype) - x) / span
 
@@ -217,6 +222,9 @@ def alma_prox_solve(
         best_norm = ep.where(better, norm, best_norm)
         best_apsr = ep.where(better, apsr, best_apsr)
         best_delta = ep.where(expand(better, x), delta, best_delta)
+        if not c.dense:
+            predicted = predicted.reshape((n,)).astype(best_prediction.dtype)
+            best_prediction = ep.where(better, predicted, best_prediction)
         first_success = ep.where(ep.logical_and(success, first_success < 0), t - 1, first_success)
 
         # 23–25. VMFB with the Adam-like diagonal metric (eq. 5.17–5.18). NaN gradients (a NaN
@@ -243,7 +251,9 @@ def alma_prox_solve(
                 steps_run = t
                 break
 
-    return _result(x0, x, best_delta, best_norm, best_apsr, first_success, steps_run, bounds)
+    predictions = None if c.dense else best_prediction
+    return _result(x0, x, best_delta, best_norm, best_apsr, first_success, steps_run, bounds,
+                   predictions)  # fmt: skip
 
 
 def _result(
@@ -255,6 +265,7 @@ def _result(
     first_success: ep.Tensor,
     steps_run: int,
     bounds: tuple[float, float],
+    predictions: ep.Tensor | None,
 ) -> AttackResult[ep.Tensor]:
     """The best iterate per sample (the input where none), in the inputs' dtype."""
     lower, upper = bounds
@@ -263,4 +274,5 @@ def _result(
     adversarials = ep.where(expand(success, inputs), best, inputs)
     measured = ((adversarials.astype(x.dtype) - x) / (upper - lower)).flatten(start=1)
     distances = ep.where(success, measured.abs().max(axis=1), math.inf)
-    return AttackResult(adversarials, distances, success, first_success, steps_run, best_apsr)
+    return AttackResult(adversarials, distances, success, first_success, steps_run, best_apsr,
+                        predictions)  # fmt: skip

@@ -4,19 +4,19 @@
 each, the first N mod R runs one more), so the attack still costs exactly N forward and N
 backward model propagations per sample. Run 0 starts from x, as Algorithm 2 and Algorithm IV-2
 do. Run k ≥ 1, by ``restart_mode``: "random" starts from a random point at a small distance from
-x (drawn by the solver from :func:`restart_rng`); "classes" starts from x and aims at the class
-with the (k + 1)-th largest logit other than y (:func:`~.constraints.ranked_class`, chosen from
-the logits of the run's own first step, at x: no extra model call). Each sample keeps the
-smallest adversarial of all runs.
+x (drawn by the solver from :func:`restart_rng`); "classes" starts from x and aims at the most
+likely class at x that no earlier run's adversarial fell into
+(:func:`.constraints.unreached_class`: from the logits of the run's own first step, at x, and
+the earlier runs' ``predictions``; no extra model call). Each sample keeps the smallest
+adversarial of all runs.
 
 Why: the samples whose result is far from the best known are those whose run settled in a
 worse local optimum, and ALMA prox's medians stop moving after ~200 steps; a run from elsewhere
 lands elsewhere. Measured (docs/bench.md, "Restarts inside the budget"): at 1000 steps, two
 runs of 500 beat one of 1000 for ALMA ℓ1 and ℓ2, and four runs of 250 bring ALMA prox to
 APGD's level; at 100 steps the gain is small. Most of the samples that 1000 steps improve over
-100 end in another class than at 100 steps (the runner-up at x, for 78 of 95 samples at 100
-steps): "classes" sends the later runs there directly. R = 1 is the published algorithm, bit
-for bit.
+100 end in another class than at 100 steps: "classes" sends the later runs to the classes the
+earlier ones did not reach. R = 1 is the published algorithm, bit for bit.
 """
 
 from __future__ import annotations
@@ -44,13 +44,16 @@ __all__ = [
 @dataclass(frozen=True)
 class Place:
     """Where one run sits in a restarted attack: run ``index`` (k; 0 starts from x), its
-    ``steps``, the steps run before it (``offset``) and the samples earlier runs brought below
-    ``early_stop`` (``solved``; None without early stop and for run 0)."""
+    ``steps``, the steps run before it (``offset``), the samples earlier runs brought below
+    ``early_stop`` (``solved``; None without early stop and for run 0) and the classes of the
+    adversarials earlier runs returned (``reached``: one (N,) tensor per run, −1 where it found
+    none; empty for run 0 and where the solver gives no ``predictions``)."""
 
     index: int
     steps: int
     offset: int
     solved: ep.Tensor | None
+    reached: tuple[ep.Tensor, ...] = ()
 
 
 #: One run of a solver at its place → its result.
@@ -106,9 +109,11 @@ def best_of_runs(
     the first run; ``steps_run`` adds up."""
     take = new.distances < best.distances  # +inf where a run found nothing
     first = ep.where(new.first_success_step >= 0, new.first_success_step + offset, -1)
-    apsr = None
+    apsr = predictions = None
     if best.apsr is not None and new.apsr is not None:
         apsr = ep.where(take, new.apsr, best.apsr)
+    if best.predictions is not None and new.predictions is not None:
+        predictions = ep.where(take, new.predictions, best.predictions)
     adversarials = ep.where(expand(take, new.adversarials), new.adversarials, best.adversarials)
     return AttackResult(
         adversarials=adversarials,
@@ -117,6 +122,7 @@ def best_of_runs(
         first_success_step=ep.where(best.first_success_step >= 0, best.first_success_step, first),
         steps_run=best.steps_run + new.steps_run,
         apsr=apsr,
+        predictions=predictions,
     )
 
 
@@ -131,14 +137,17 @@ def run_restarts(
     """
     result: AttackResult[ep.Tensor] | None = None
     offset = 0
+    reached: tuple[ep.Tensor, ...] = ()
     for k, budget in enumerate(split_budget(steps, restarts)):
         solved = None
         if result is not None and early_stop is not None:
             solved = result.distances < early_stop
             if bool(solved.all().item()):
                 break
-        new = run(Place(k, budget, offset, solved))
+        new = run(Place(k, budget, offset, solved, reached))
         result = new if result is None else best_of_runs(result, new, offset)
         offset += new.steps_run
+        if new.predictions is not None:
+            reached += (new.predictions,)
     assert result is not None
     return result

@@ -25,6 +25,9 @@ class AttackResult(Generic[T]):
     steps_run: the steps actually run (fewer than asked after an early stop).
     apsr: (N,) for ALMA prox, the attack pixel success rate of eq. 5.19 of the returned
         adversarials (1 or 0 in classification); None for ALMA.
+    predictions: (N,) in classification, the class the model gave each returned adversarial
+        (the argmax of the logits the attack saw for it); −1 where none was found. None for
+        dense outputs (segmentation).
     """
 
     adversarials: T
@@ -33,6 +36,7 @@ class AttackResult(Generic[T]):
     first_success_step: T
     steps_run: int
     apsr: T | None = None
+    predictions: T | None = None
 
     def map(self, convert: Callable[[Any], Any]) -> AttackResult[Any]:
         """The same result with ``convert`` applied to every tensor (e.g. eagerpy → raw)."""

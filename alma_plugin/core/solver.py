@@ -16,7 +16,7 @@ import numpy as np
 
 from ..distances import DistanceFunction
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied, ranked_class
+from .constraints import dlr_plus, is_satisfied, unreached_class
 from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
@@ -76,10 +76,10 @@ def alma_solve(
     run k ≥ 1 with ``restart_mode="random"`` from a random point at D =
     ``params.restart_distance`` from x (uniform noise scaled by the §3.2.3 search, with its
     own generator ``restart_rng(seed, k)``), with ``"classes"`` from x under tDLR⁺ towards
-    the class of rank k + 1 at x (success: any misclassification); each sample keeps its best
-    adversarial. ``first_success_step`` and the callback's step count
-    from the start of run 0. ``place`` (given by :func:`.restarts.run_restarts` only) makes
-    this call one run of ``place.steps`` steps."""
+    the most likely class at x that runs 0 … k − 1 did not return (success: any
+    misclassification); each sample keeps its best adversarial. ``first_success_step`` and the
+    callback's step count from the start of run 0. ``place`` (given by
+    :func:`.restarts.run_restarts` only) makes this call one run of ``place.steps`` steps."""
     if place is None:
         check_restart_mode(params.restart_mode, params.restarts, targeted)
 
@@ -90,7 +90,7 @@ def alma_solve(
                               early_stop=early_stop, seed=seed, place=place)  # fmt: skip
 
         return run_restarts(run, steps, params.restarts, early_stop)
-    restart, step_offset, solved = place.index, place.offset, place.solved
+    restart, step_offset, solved, reached = place.index, place.offset, place.solved, place.reached
     c = params
     penalty = get_penalty(c.penalty)
     assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None
@@ -115,7 +115,8 @@ def alma_solve(
 
     rng = restart_rng(seed, restart)
     random_start = restart > 0 and c.restart_mode == "random"
-    # A "classes" restart aims at the class ranked k + 1 at x, known from its first forward.
+    # A "classes" restart aims at the most likely class at x that no earlier run returned; the
+    # ranking comes from its own first forward, at x.
     aims_at_class = restart > 0 and c.restart_mode == "classes"
     goals = labels
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
@@ -133,6 +134,7 @@ def alma_solve(
     best_adv, best_distance = inputs, per_sample(np.inf)
     ever_adversarial = best_distance < 0  # all False
     first_success = ep.full(labels, (batch,), -1)
+    best_prediction = ep.full(labels, (batch,), -1)
     constraint_at_last_check = per_sample(np.inf)
     step_size0 = per_sample(c.init_lr or 0.0)
     stopped = ep.zeros(x, ()) > 0  # the early-stop condition has held, on the device
@@ -149,7 +151,7 @@ def alma_solve(
             logits = logits.astype(dtype)
         goals_ = goals
         if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
-            goals_ = ranked_class(stop_gradient(logits), labels, restart + 1)
+            goals_ = unreached_class(stop_gradient(logits), labels, reached)
         d = dlr_plus(logits, goals_, targeted or aims_at_class)  # 4. d ← DLR⁺(z, y), or tDLR⁺
         # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
         d_value = stop_gradient(d)
@@ -181,6 +183,8 @@ def alma_solve(
         # The tensor the model judged is the one returned: no re-mapping that could round.
         best_adv = ep.where(expand(improved, x), model_inputs, best_adv)
         best_distance = ep.where(improved, dist, best_distance)
+        best_prediction = ep.where(improved, logits.argmax(axis=-1).astype(labels.dtype),
+                                   best_prediction)  # fmt: skip
         first_success = ep.where(ep.logical_and(success, first_success < 0), t, first_success)
         ever_adversarial = ep.logical_or(ever_adversarial, success)
 
@@ -249,4 +253,5 @@ def alma_solve(
         success=ever_adversarial,
         first_success_step=first_success,
         steps_run=steps_run,
+        predictions=best_prediction,
     )

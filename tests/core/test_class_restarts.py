@@ -1,8 +1,8 @@
 """Restarts aimed at other classes (``restart_mode="classes"``): run k ≥ 1 starts at x under
-tDLR⁺ towards the class with the (k + 1)-th largest logit at x other than y, success stays any
-misclassification, the budget is shared exactly, and the mode is refused where it has no
-meaning. The class ranking (:func:`ranked_class`) is checked against a brute-force sort on
-every backend."""
+tDLR⁺ towards the most likely class at x that neither y nor an earlier run's adversarial took,
+success stays any misclassification, the budget is shared exactly, and the mode is refused
+where it has no meaning. The class choice (:func:`unreached_class`) is checked against a
+brute-force search on every backend; ``AttackResult.predictions`` against the model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ import pytest
 import torch
 
 from alma_plugin import ALMAParams, ProxParams, StepInfo, alma
-from alma_plugin.core.constraints import dlr_plus, ranked_class
+from alma_plugin.core.constraints import dlr_plus, unreached_class
+from alma_plugin.core.prox_solver import alma_prox_solve
+from alma_plugin.core.restarts import Place
+from alma_plugin.core.solver import alma_solve
+from alma_plugin.distances import l2
 from tests.utils import CountingModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -39,55 +43,124 @@ def _attack(distance: str, model: torch.nn.Module | None = None, **options: Any)
     return alma(model or _model(), x, y, distance=distance, params=params, **options)
 
 
-def _brute_force_rank(logits: np.ndarray, labels: np.ndarray, rank: int) -> np.ndarray:
+def _brute_force_unreached(logits: np.ndarray, labels: np.ndarray, reached: list) -> np.ndarray:
     out = []
-    for z, y in zip(logits, labels, strict=True):
-        others = [k for k in np.argsort(-z, kind="stable") if k != y]
-        out.append(others[rank - 1])
+    for i, (z, y) in enumerate(zip(logits, labels, strict=True)):
+        taken = {int(y)} | {int(r[i]) for r in reached}
+        out.append(max((k for k in range(len(z)) if k not in taken), key=lambda k: z[k]))
     return np.array(out)
 
 
+def _as_backend(backend: str, *arrays: np.ndarray) -> list[ep.Tensor]:
+    if backend == "torch":
+        return [ep.astensor(torch.from_numpy(a)) for a in arrays]
+    if backend == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        return [ep.astensor(jnp.asarray(a)) for a in arrays]
+    return [ep.astensor(a) for a in arrays]
+
+
 @pytest.mark.parametrize("backend", ["torch", "jax", "numpy"])
-@pytest.mark.parametrize("rank", [1, 2, K - 1])
-def test_ranked_class_matches_a_brute_force_sort(backend: str, rank: int) -> None:
-    rng = np.random.default_rng(rank)
+@pytest.mark.parametrize("runs", [0, 1, K - 2])
+def test_unreached_class_matches_a_brute_force_search(backend: str, runs: int) -> None:
+    """Earlier runs' classes (−1: that run found nothing for the sample) are skipped, as is
+    the label; among the rest, the largest logit."""
+    rng = np.random.default_rng(runs)
     logits = rng.standard_normal((32, K)).astype(np.float32)
     labels = rng.integers(0, K, 32)
-    if backend == "torch":
-        z, y = ep.astensor(torch.from_numpy(logits)), ep.astensor(torch.from_numpy(labels))
-    elif backend == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        z, y = ep.astensor(jnp.asarray(logits)), ep.astensor(jnp.asarray(labels))
-    else:
-        z, y = ep.astensor(logits), ep.astensor(labels)
-    got = ranked_class(z, y, rank).numpy()
-    np.testing.assert_array_equal(got, _brute_force_rank(logits, labels, rank))
+    reached = [rng.integers(-1, K, 32) for _ in range(runs)]
+    z, y, *earlier = _as_backend(backend, logits, labels, *reached)
+    got = unreached_class(z, y, tuple(earlier)).numpy()
+    np.testing.assert_array_equal(got, _brute_force_unreached(logits, labels, reached))
     assert got.dtype == y.numpy().dtype
 
 
-@pytest.mark.parametrize("rank", [0, K])
-def test_ranked_class_outside_the_classes_is_a_clear_error(rank: int) -> None:
+def test_unreached_class_without_a_class_left_is_a_clear_error() -> None:
     z, y = ep.astensor(torch.zeros(2, K)), ep.astensor(torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=rf"restarts=R needs at least R \+ 1 classes.*K={K}"):
-        ranked_class(z, y, rank)
+        unreached_class(z, y, (y,) * (K - 1))
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
-def test_run_k_starts_at_x_aimed_at_the_class_ranked_k_plus_one(distance: str) -> None:
-    """At the first step of run k the iterate is x (D = 0) and the constraint is tDLR⁺(z(x),
-    π_{k+1}); run 0's is DLR⁺(z(x), y)."""
+def test_run_one_starts_at_x_aimed_at_a_class_run_zero_did_not_return(distance: str) -> None:
+    """At the first step of run 1 the iterate is x (D = 0) and the constraint is tDLR⁺(z(x),
+    c₁), c₁ the most likely class other than y and than run 0's returned class (run 0 of R = 2
+    is the one-run attack with half the steps, bit for bit); run 0's constraint is DLR⁺(z(x),
+    y)."""
     seen: list[StepInfo] = []
-    _attack(distance, steps=30, restarts=3, restart_mode="classes", callback=seen.append)
+    _attack(distance, steps=20, restarts=2, restart_mode="classes", callback=seen.append)
+    first = _attack(distance, steps=10).predictions
     x, y = _batch()
     with torch.no_grad():
         z = ep.astensor(_model()(x))
     labels = ep.astensor(y)
-    expected = {0: dlr_plus(z, labels).raw}
-    for k in (1, 2):
-        expected[10 * k] = dlr_plus(z, ranked_class(z, labels, k + 1), targeted=True).raw
+    goal = unreached_class(z, labels, (ep.astensor(first),))
+    expected = {0: dlr_plus(z, labels).raw, 10: dlr_plus(z, goal, targeted=True).raw}
     for step, constraint in expected.items():
         assert seen[step].distance.abs().max() == 0, step
         torch.testing.assert_close(seen[step].constraint.reshape(-1), constraint)
+    assert (goal.raw != first).all() and (goal.raw != y).all()
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_run_k_skips_every_class_earlier_runs_returned(distance: str) -> None:
+    """The solver reads the earlier runs' classes from its place: run 2 told (p₀, p₁) aims at
+    the most likely class other than y, p₀ and p₁."""
+    x, y = (ep.astensor(t) for t in _batch())
+    model = _model()
+    rng = np.random.default_rng(0)
+    reached = tuple(ep.astensor(torch.from_numpy(rng.integers(-1, K, 8))) for _ in range(2))
+    place = Place(index=2, steps=5, offset=10, solved=None, reached=reached)
+    seen: list[StepInfo] = []
+    if distance == "linf":
+        params = ProxParams(restarts=3, restart_mode="classes").for_task("classification")
+        alma_prox_solve(lambda u: model(u.raw), x, y, params=params, steps=5, place=place,
+                        callback=seen.append)  # fmt: skip
+    else:
+        alma_params = ALMAParams(restarts=3, restart_mode="classes").for_budget(15, 0.1)
+        alma_solve(lambda u: model(u.raw), x, y, distance=l2, params=alma_params, steps=5,
+                   place=place, callback=seen.append)  # fmt: skip
+    with torch.no_grad():
+        z = ep.astensor(model(x.raw))
+    expected = dlr_plus(z, unreached_class(z, y, reached), targeted=True).raw
+    torch.testing.assert_close(seen[0].constraint.raw.reshape(-1), expected)
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_predictions_are_the_models_classes_of_the_adversarials(
+    distance: str, restarts: int
+) -> None:
+    """``AttackResult.predictions``: the model's argmax on each returned adversarial where one
+    was found, −1 elsewhere (float64: the re-evaluation is exact). With 10 classes and 64
+    samples some samples pass through several classes, so the class of the best iterate and
+    that of the last adversarial one differ (1–11 samples here when written)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10)).double().eval()
+    x, y = torch.rand(64, 1, 4, 4).double(), torch.randint(0, 10, (64,))
+    mode = "classes" if restarts > 1 else "random"
+    kind = ProxParams if distance == "linf" else ALMAParams
+    params = kind(restarts=restarts, restart_mode=mode)
+    steps = 10 if distance == "linf" else 30  # ALMA prox changes class in its first steps
+    result = alma(model, x, y, distance=distance, steps=steps, params=params)
+    with torch.no_grad():
+        predicted = model(result.adversarials).argmax(1)
+    assert torch.equal(result.predictions, torch.where(result.success, predicted, -1))
+    assert result.success.float().mean() > 0.5
+
+
+def test_predictions_of_unfooled_samples_empty_batches_and_dense_outputs() -> None:
+    x, y = _batch()
+    with torch.no_grad():
+        clean = _model()(x).argmax(1)
+    one_step = alma(_model(), x, y, steps=1)  # step 0 is at x: only the misclassified
+    assert torch.equal(one_step.predictions, torch.where(clean != y, clean, -1))
+    empty = alma(_model(), x[:0], y[:0])
+    assert empty.predictions is not None and empty.predictions.shape == (0,)
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    segmentation = alma(torch.nn.Conv2d(1, 3, 1), torch.rand(2, 1, 4, 4), labels, distance="linf",
+                        steps=3)  # fmt: skip
+    assert segmentation.predictions is None
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
