@@ -50,26 +50,40 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
     return margin / scale.maximum(_DENOMINATOR_FLOOR)
 
 
-def unreached_class(
-    logits: ep.Tensor, labels: ep.Tensor, reached: tuple[ep.Tensor, ...]
-) -> ep.Tensor:
-    """Per constraint, the class with the largest logit among the classes other than its label
-    and than every class in ``reached`` (class indices shaped like ``labels``; −1: none), for
-    logits (..., K): the goal of a restart aimed at a class (``restart_mode="classes"``), as
-    APGD-T and FAB-T of AutoAttack aim at the top classes. Needs K ≥ len(reached) + 2, so that
-    a class is left for every constraint."""
+def _most_likely_other(
+    logits: ep.Tensor, labels: ep.Tensor, excluded: tuple[ep.Tensor, ...]
+) -> tuple[ep.Tensor, ep.Tensor]:
+    """Per constraint, the class with the largest logit other than its label and the classes
+    in ``excluded`` (−1: none), and where every class is taken."""
+    classes = ep.arange(labels, logits.shape[-1])
+    taken = classes == labels.expand_dims(-1)
+    for other in excluded:
+        taken = ep.logical_or(taken, classes == other.expand_dims(-1))
+    goal = ep.where(taken, -ep.inf, logits).argmax(axis=-1).astype(labels.dtype)
+    return goal, taken.all(axis=-1)
+
+
+def restart_goal(logits: ep.Tensor, labels: ep.Tensor, reached: tuple[ep.Tensor, ...]) -> ep.Tensor:
+    """The class run k = len(reached) of ``restart_mode="classes"`` aims at, per constraint,
+    for logits (..., K) at x: the most likely class other than the label, than the goals of
+    runs 1 … k − 1 and than the classes of the adversarials runs 0 … k − 1 returned
+    (``reached``, shaped like ``labels``; −1 where a run found none). Where that leaves no
+    class, the most likely one other than the label and the earlier goals. The earlier goals
+    are recomputed from the same logits (every such run starts at x), so no run has to hand
+    its goal on. As AutoAttack's APGD-T and FAB-T aim at the top classes; needs K ≥ k + 2."""
     num_classes = logits.shape[-1]
     if num_classes < len(reached) + 2:
         raise ValueError(
             f"restart_mode='classes' aims run k at a class that neither the label nor runs "
-            f"0 … k − 1 took, so restarts=R needs at least R + 1 classes: run {len(reached)} "
-            f"has none left, the model has K={num_classes} classes"
+            f"1 … k − 1 aimed at, so restarts=R needs at least R + 1 classes: run "
+            f"{len(reached)} has none left, the model has K={num_classes} classes"
         )
-    classes = ep.arange(labels, num_classes)
-    taken = classes == labels.expand_dims(-1)
-    for earlier in reached:
-        taken = ep.logical_or(taken, classes == earlier.expand_dims(-1))
-    return ep.where(taken, -ep.inf, logits).argmax(axis=-1).astype(labels.dtype)
+    goals: tuple[ep.Tensor, ...] = ()
+    for run in range(1, len(reached) + 1):
+        preferred, none_left = _most_likely_other(logits, labels, goals + reached[:run])
+        fallback, _ = _most_likely_other(logits, labels, goals)
+        goals += (ep.where(none_left, fallback, preferred),)
+    return goals[-1]
 
 
 def is_satisfied(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep.Tensor:

@@ -29,7 +29,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied, unreached_class
+from .constraints import dlr_plus, is_satisfied, restart_goal
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
@@ -170,7 +170,7 @@ def alma_prox_solve(
             if rounds:
                 z = z.astype(x.dtype)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
-                goals_ = unreached_class(stop_gradient(z), c.labels, reached)
+                goals_ = restart_goal(stop_gradient(z), c.labels, reached)
             d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             d_c = stop_gradient(d)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a

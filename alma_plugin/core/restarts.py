@@ -5,9 +5,9 @@ each, the first N mod R runs one more), so the attack still costs exactly N forw
 backward model propagations per sample. Run 0 starts from x, as Algorithm 2 and Algorithm IV-2
 do. Run k ≥ 1, by ``restart_mode``: "random" starts from a random point at a small distance from
 x (drawn by the solver from :func:`restart_rng`); "classes" starts from x and aims at the most
-likely class at x that no earlier run's adversarial fell into
-(:func:`.constraints.unreached_class`: from the logits of the run's own first step, at x, and
-the earlier runs' ``predictions``; no extra model call). Each sample keeps the smallest
+likely class at x that no earlier run aimed at or returned (:func:`.constraints.restart_goal`:
+from the logits of the run's own first step, at x, and the earlier runs' ``predictions``; no
+extra model call). Each sample keeps the smallest
 adversarial of all runs.
 
 Why: the samples whose result is far from the best known are those whose run settled in a

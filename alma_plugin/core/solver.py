@@ -16,7 +16,7 @@ import numpy as np
 
 from ..distances import DistanceFunction
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied, unreached_class
+from .constraints import dlr_plus, is_satisfied, restart_goal
 from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
@@ -151,7 +151,7 @@ def alma_solve(
             logits = logits.astype(dtype)
         goals_ = goals
         if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
-            goals_ = unreached_class(stop_gradient(logits), labels, reached)
+            goals_ = restart_goal(stop_gradient(logits), labels, reached)
         d = dlr_plus(logits, goals_, targeted or aims_at_class)  # 4. d ← DLR⁺(z, y), or tDLR⁺
         # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
         d_value = stop_gradient(d)

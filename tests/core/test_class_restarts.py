@@ -1,7 +1,7 @@
 """Restarts aimed at other classes (``restart_mode="classes"``): run k ≥ 1 starts at x under
 tDLR⁺ towards the most likely class at x that neither y nor an earlier run's adversarial took,
 success stays any misclassification, the budget is shared exactly, and the mode is refused
-where it has no meaning. The class choice (:func:`unreached_class`) is checked against a
+where it has no meaning. The class choice (:func:`restart_goal`) is checked against a
 brute-force search on every backend; ``AttackResult.predictions`` against the model."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from alma_plugin import ALMAParams, ProxParams, StepInfo, alma
-from alma_plugin.core.constraints import dlr_plus, unreached_class
+from alma_plugin.core.constraints import dlr_plus, restart_goal
 from alma_plugin.core.prox_solver import alma_prox_solve
 from alma_plugin.core.restarts import Place
 from alma_plugin.core.solver import alma_solve
@@ -43,11 +43,18 @@ def _attack(distance: str, model: torch.nn.Module | None = None, **options: Any)
     return alma(model or _model(), x, y, distance=distance, params=params, **options)
 
 
-def _brute_force_unreached(logits: np.ndarray, labels: np.ndarray, reached: list) -> np.ndarray:
+def _brute_force_goal(logits: np.ndarray, labels: np.ndarray, reached: list) -> np.ndarray:
+    """The rule of :func:`restart_goal`, one sample at a time."""
     out = []
     for i, (z, y) in enumerate(zip(logits, labels, strict=True)):
-        taken = {int(y)} | {int(r[i]) for r in reached}
-        out.append(max((k for k in range(len(z)) if k not in taken), key=lambda k: z[k]))
+        goals: list[int] = []
+        for run in range(1, len(reached) + 1):
+            returned = {int(r[i]) for r in reached[:run]}
+            left = [k for k in range(len(z)) if k != y and k not in goals and k not in returned]
+            if not left:
+                left = [k for k in range(len(z)) if k != y and k not in goals]
+            goals.append(max(left, key=lambda k: z[k]))
+        out.append(goals[-1])
     return np.array(out)
 
 
@@ -61,24 +68,27 @@ def _as_backend(backend: str, *arrays: np.ndarray) -> list[ep.Tensor]:
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax", "numpy"])
-@pytest.mark.parametrize("runs", [0, 1, K - 2])
-def test_unreached_class_matches_a_brute_force_search(backend: str, runs: int) -> None:
-    """Earlier runs' classes (−1: that run found nothing for the sample) are skipped, as is
-    the label; among the rest, the largest logit."""
+@pytest.mark.parametrize("runs", [1, 2, K - 2])
+def test_restart_goal_matches_a_brute_force_search(backend: str, runs: int) -> None:
+    """Run k skips the label, the goals of runs 1 … k − 1 and the classes runs 0 … k − 1
+    returned (−1: that run found nothing for the sample), and takes the largest logit among
+    the rest; where nothing is left (runs = K − 2 leaves none for some samples), it skips the
+    label and the earlier goals only."""
     rng = np.random.default_rng(runs)
-    logits = rng.standard_normal((32, K)).astype(np.float32)
-    labels = rng.integers(0, K, 32)
-    reached = [rng.integers(-1, K, 32) for _ in range(runs)]
+    logits = rng.standard_normal((64, K)).astype(np.float32)
+    labels = rng.integers(0, K, 64)
+    reached = [rng.integers(-1, K, 64) for _ in range(runs)]
     z, y, *earlier = _as_backend(backend, logits, labels, *reached)
-    got = unreached_class(z, y, tuple(earlier)).numpy()
-    np.testing.assert_array_equal(got, _brute_force_unreached(logits, labels, reached))
+    got = restart_goal(z, y, tuple(earlier)).numpy()
+    np.testing.assert_array_equal(got, _brute_force_goal(logits, labels, reached))
     assert got.dtype == y.numpy().dtype
+    assert (got != labels).all()
 
 
-def test_unreached_class_without_a_class_left_is_a_clear_error() -> None:
+def test_restart_goal_without_a_class_left_is_a_clear_error() -> None:
     z, y = ep.astensor(torch.zeros(2, K)), ep.astensor(torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=rf"restarts=R needs at least R \+ 1 classes.*K={K}"):
-        unreached_class(z, y, (y,) * (K - 1))
+        restart_goal(z, y, (y,) * (K - 1))
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
@@ -94,7 +104,7 @@ def test_run_one_starts_at_x_aimed_at_a_class_run_zero_did_not_return(distance: 
     with torch.no_grad():
         z = ep.astensor(_model()(x))
     labels = ep.astensor(y)
-    goal = unreached_class(z, labels, (ep.astensor(first),))
+    goal = restart_goal(z, labels, (ep.astensor(first),))
     expected = {0: dlr_plus(z, labels).raw, 10: dlr_plus(z, goal, targeted=True).raw}
     for step, constraint in expected.items():
         assert seen[step].distance.abs().max() == 0, step
@@ -103,9 +113,10 @@ def test_run_one_starts_at_x_aimed_at_a_class_run_zero_did_not_return(distance: 
 
 
 @pytest.mark.parametrize("distance", ["l2", "linf"])
-def test_run_k_skips_every_class_earlier_runs_returned(distance: str) -> None:
+def test_run_k_skips_every_class_earlier_runs_aimed_at_or_returned(distance: str) -> None:
     """The solver reads the earlier runs' classes from its place: run 2 told (p₀, p₁) aims at
-    the most likely class other than y, p₀ and p₁."""
+    :func:`restart_goal` of them (the most likely class other than y, p₀, p₁ and run 1's
+    goal)."""
     x, y = (ep.astensor(t) for t in _batch())
     model = _model()
     rng = np.random.default_rng(0)
@@ -122,7 +133,7 @@ def test_run_k_skips_every_class_earlier_runs_returned(distance: str) -> None:
                    place=place, callback=seen.append)  # fmt: skip
     with torch.no_grad():
         z = ep.astensor(model(x.raw))
-    expected = dlr_plus(z, unreached_class(z, y, reached), targeted=True).raw
+    expected = dlr_plus(z, restart_goal(z, y, reached), targeted=True).raw
     torch.testing.assert_close(seen[0].constraint.raw.reshape(-1), expected)
 
 
