@@ -85,9 +85,10 @@ def alma_prox_solve(
     ``params.restarts`` = R > 1 splits the steps into R runs (:mod:`.restarts`): run 0 from
     δ = 0; run k ≥ 1 with ``restart_mode="random"`` from δ⁽⁰⁾ ~ U(−r, r)ⁿ ∩ Λ
     (r = ``params.restart_distance``, generator ``restart_rng(seed, k)``), with ``"classes"``
-    (classification) from δ = 0 under tDLR⁺ towards the most likely class at x that runs
-    0 … k − 1 did not return; each sample keeps its best adversarial. ``place`` (given by
-    :func:`.restarts.run_restarts` only) makes this call one run of ``place.steps`` steps.
+    (classification) from δ = 0 under tDLR⁺ towards the most likely class at x that no
+    earlier run aimed at or returned (:func:`.constraints.restart_goal`); each sample keeps
+    its best adversarial. ``place`` (given by :func:`.restarts.run_restarts` only) makes this
+    call one run of ``place.steps`` steps.
     """
     if place is None:
         dense = masks is not None or labels.ndim > 1
@@ -120,8 +121,8 @@ def alma_prox_solve(
     u = (x - lower) / span  # the [0, 1]-normalised input; Λ = [−u, 1 − u] (eq. 5.2)
     box_low, box_high = -u, 1 - u
     delta, v = ep.zeros_like(x), ep.zeros_like(x)
-    # A "classes" restart aims at the most likely class at x that no earlier run returned; the
-    # ranking comes from its own first forward, at x.
+    # A "classes" restart aims at the most likely class at x that no earlier run aimed at or
+    # returned; the ranking comes from its own first forward, at x.
     aims_at_class = restart > 0 and p.restart_mode == "classes"
     goals = c.labels
     if restart > 0 and not aims_at_class:  # a random restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, onto Λ

@@ -76,10 +76,11 @@ def alma_solve(
     run k ≥ 1 with ``restart_mode="random"`` from a random point at D =
     ``params.restart_distance`` from x (uniform noise scaled by the §3.2.3 search, with its
     own generator ``restart_rng(seed, k)``), with ``"classes"`` from x under tDLR⁺ towards
-    the most likely class at x that runs 0 … k − 1 did not return (success: any
-    misclassification); each sample keeps its best adversarial. ``first_success_step`` and the
-    callback's step count from the start of run 0. ``place`` (given by
-    :func:`.restarts.run_restarts` only) makes this call one run of ``place.steps`` steps."""
+    the most likely class at x that no earlier run aimed at or returned (success: any
+    misclassification; :func:`.constraints.restart_goal`); each sample keeps its best
+    adversarial. ``first_success_step`` and the callback's step count from the start of run
+    0. ``place`` (given by :func:`.restarts.run_restarts` only) makes this call one run of
+    ``place.steps`` steps."""
     if place is None:
         check_restart_mode(params.restart_mode, params.restarts, targeted)
 
@@ -115,8 +116,8 @@ def alma_solve(
 
     rng = restart_rng(seed, restart)
     random_start = restart > 0 and c.restart_mode == "random"
-    # A "classes" restart aims at the most likely class at x that no earlier run returned; the
-    # ranking comes from its own first forward, at x.
+    # A "classes" restart aims at the most likely class at x that no earlier run aimed at or
+    # returned; the ranking comes from its own first forward, at x.
     aims_at_class = restart > 0 and c.restart_mode == "classes"
     goals = labels
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.

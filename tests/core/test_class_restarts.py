@@ -1,5 +1,5 @@
 """Restarts aimed at other classes (``restart_mode="classes"``): run k ≥ 1 starts at x under
-tDLR⁺ towards the most likely class at x that neither y nor an earlier run's adversarial took,
+tDLR⁺ towards the most likely class at x that neither y nor an earlier run aimed at or returned,
 success stays any misclassification, the budget is shared exactly, and the mode is refused
 where it has no meaning. The class choice (:func:`restart_goal`) is checked against a
 brute-force search on every backend; ``AttackResult.predictions`` against the model."""
