@@ -10,6 +10,10 @@ and the ratio of the fastest steps and the range of the per-round ratios show ho
 load moved it. Measure as a ratio within one run: absolute times on a shared machine are not
 comparable between runs.
 
+``--paired`` adds a second estimate that load drift cannot bias: one bare forward+backward
+runs inside ALMA's callback before every step, and the median of the per-step ratios (ALMA step
+/ the bare step just before it) is reported; ``rounds × steps`` pairs.
+
 ``--profile`` adds an account by ``torch.profiler``: the operators' own CPU time per step
 (self time, summed over every ATen operator), for the bare loop and for ALMA (a run of
 ``steps`` + 1 steps minus a run of 1, so step 0 cancels out), their ratio, and the operators
@@ -31,7 +35,7 @@ import torch
 from ..functional import alma
 from ..zoo.models import SmallCNN
 
-__all__ = ["main", "measure", "profile_account"]
+__all__ = ["main", "measure", "measure_paired", "profile_account"]
 
 
 def _bare_steps(model: torch.nn.Module, inputs: torch.Tensor, steps: int) -> list[float]:
@@ -92,6 +96,35 @@ def measure(
     }
 
 
+def measure_paired(
+    batch: int = 128, steps: int = 100, distance: str = "l2", seed: int = 0
+) -> dict[str, float]:
+    """Per-step ratios of paired durations: each ALMA step against one bare forward+backward
+    run inside the callback just before it, so both see the same machine load within a few
+    milliseconds (the rounds of :func:`measure` are a second apart). Returns the medians of
+    both durations and the median of the per-step ratios."""
+    model, inputs, labels = _warm_setup(batch, distance, seed)
+    marks: list[tuple[float, float]] = []
+
+    def bare_inside(_: object) -> None:
+        start = time.perf_counter()
+        _bare_steps(model, inputs, 1)
+        marks.append((start, time.perf_counter()))
+
+    alma(model, inputs, labels, distance=distance, steps=steps + 2, callback=bare_inside)
+    # ALMA step t runs between the end of callback t − 1 and the start of callback t; the bare
+    # step of callback t − 1 ran just before it. Steps 0 (checks, η⁽⁰⁾ search) and 1 are left
+    # out.
+    bare = [end - start for start, end in marks[1:-1]]
+    steps_alma = [marks[t][0] - marks[t - 1][1] for t in range(2, len(marks))]
+    ratios = [a / b for a, b in zip(steps_alma, bare, strict=True)]
+    return {
+        "bare_step_s": statistics.median(bare),
+        "alma_step_s": statistics.median(steps_alma),
+        "paired_ratio": statistics.median(ratios),
+    }
+
+
 def _self_times(run: Callable[[], object]) -> dict[str, float]:
     """Seconds of own CPU time per ATen operator name while ``run`` runs."""
     from torch.profiler import ProfilerActivity, profile
@@ -132,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--distance", default="l2")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="also time each ALMA step against a bare step run just before it (in the callback)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also account the operators' own CPU time per step with torch.profiler",
@@ -148,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['ratio_fastest']:.3f}; per round: {result['round_ratio_min']:.3f}–"
         f"{result['round_ratio_max']:.3f})"
     )
+    if args.paired:
+        paired = measure_paired(args.batch, max(args.steps, 10) * args.rounds, args.distance)
+        print(
+            f"paired, one bare step inside each ALMA step's callback: bare "
+            f"{paired['bare_step_s'] * 1e3:.2f} ms, ALMA step {paired['alma_step_s'] * 1e3:.2f}"
+            f" ms (medians), median per-step ratio {paired['paired_ratio']:.3f}"
+        )
     if args.profile:
         account = profile_account(args.batch, args.steps, args.distance)
         top = list(account["differences"].items())[:6]

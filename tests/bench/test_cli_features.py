@@ -340,3 +340,16 @@ def test_overhead_profile_account_separates_the_solver_operators() -> None:
     assert "aten::where" in account["differences"]
     assert list(account["differences"].values()) == sorted(account["differences"].values(),
                                                            reverse=True)  # fmt: skip
+
+
+def test_overhead_paired_times_each_step_against_a_bare_step(capsys) -> None:
+    """``overhead --paired``: one bare step inside each ALMA step's callback, ``rounds ×
+    steps`` pairs; the printed ratio is the median of the per-step ratios (not the ratio of
+    the medians)."""
+    from alma_plugin.bench import overhead
+
+    paired = overhead.measure_paired(batch=4, steps=5)
+    assert set(paired) == {"bare_step_s", "alma_step_s", "paired_ratio"}
+    assert all(value > 0 for value in paired.values())
+    assert overhead.main(["--batch", "4", "--steps", "3", "--rounds", "1", "--paired"]) == 0
+    assert "median per-step ratio" in capsys.readouterr().out
