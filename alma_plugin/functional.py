@@ -210,7 +210,8 @@ def alma_prox(
             takes λ⁽⁰⁾ for the task (``PROX_INIT_LR``: classification or segmentation).
 
     Returns:
-        An :class:`~alma_plugin.AttackResult` with ``apsr`` set, of the inputs' tensor kind.
+        An :class:`~alma_plugin.AttackResult` with ``apsr`` set (and ``predictions`` in
+        classification; None for dense outputs), of the inputs' tensor kind.
 
     Example:
         >>> import torch
