@@ -170,13 +170,14 @@ def alma_prox_solve(
             z = constraint_logits(logits, c, check=t == 1)
             if rounds:
                 z = z.astype(x.dtype)
+            z_c = stop_gradient(z)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
-                goals_ = restart_goal(stop_gradient(z), c.labels, reached)
+                goals_ = restart_goal(z_c, c.labels, reached)
             d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             d_c = stop_gradient(d)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
             # run aimed at a class counts any other class too
-            hit = is_satisfied(stop_gradient(z), c.labels) if aims_at_class else d_c < 0
+            hit = is_satisfied(z_c, c.labels) if aims_at_class else d_c < 0
             satisfied = (m * hit.astype(m.dtype)).sum(axis=1, keepdims=True)
             w_new = scale_update(w_, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
             m_tilde = c.mask  # 10–11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
@@ -200,7 +201,7 @@ def alma_prox_solve(
                 success = check_success(is_adversarial(x_adv, logits), n, like=d_c)
                 success = ep.logical_and(success, finite_rows(logits))
                 satisfied = success.astype(m.dtype).reshape((n, 1))
-            predicted = stop_gradient(z).argmax(axis=-1)
+            predicted = None if c.dense else z_c.argmax(axis=-1)  # classification only
             aux = (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c, goals_,
                    predicted)  # fmt: skip
             return loss, aux
@@ -223,7 +224,7 @@ def alma_prox_solve(
         best_norm = ep.where(better, norm, best_norm)
         best_apsr = ep.where(better, apsr, best_apsr)
         best_delta = ep.where(expand(better, x), delta, best_delta)
-        if not c.dense:
+        if predicted is not None:
             predicted = predicted.reshape((n,)).astype(best_prediction.dtype)
             best_prediction = ep.where(better, predicted, best_prediction)
         first_success = ep.where(ep.logical_and(success, first_success < 0), t - 1, first_success)
