@@ -31,7 +31,7 @@ import numpy as np
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import dlr_plus, is_satisfied, restart_goal
 from .params import ProxParams
-from .penalties import p2_prox_derivative
+from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
 from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
@@ -196,10 +196,7 @@ def alma_prox_solve(
                 grown = (p.gamma * rho_).minimum(p.rho_max)
                 rho_new = ep.where(ep.logical_and(m_tilde, stalled), grown, rho_)
                 recent_new, d_ref_new = ep.zeros_like(recent_new) > 0, d_c
-            # 21. L = m̃ᵀ P(w d, ρ, μ). Only ∇L is used: m̃ᵀ diag(w P′(w d)) d has the same
-            # gradient, with P′ written out instead of differentiated through P's branches.
-            slope = mt * w_new * p2_prox_derivative(w_new * d_c, rho_new, mu_new)
-            loss = (slope * d).sum()
+            loss = (mt * p2_prox(w_new * d, rho_new, mu_new)).sum()  # 21. L = m̃ᵀ P(w d, ρ, μ)
             if is_adversarial is not None:
                 success = check_success(is_adversarial(x_adv, logits), n, like=d_c)
                 success = ep.logical_and(success, finite_rows(logits))

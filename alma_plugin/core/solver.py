@@ -22,7 +22,6 @@ from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
-from .rmsprop import rmsprop_step
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
 from .tensors import expand, finite_rows, nan_to_zero
 from .validation import (
@@ -38,6 +37,7 @@ ModelFn = Callable[[ep.Tensor], Any]
 #: success(model_inputs, logits) -> bool (N,); model_inputs are in the host's bounds.
 SuccessFn = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
+_RMS_EPSILON = 1e-8
 _VANISHING_GRADIENT = 1e-12
 
 
@@ -162,10 +162,7 @@ def alma_solve(
         mu_hat = penalty.derivative(d_value, rho, mu)
         new_mu = (alpha * mu + (1 - alpha) * mu_hat).clip(c.mu_min, c.mu_max)
         dist = objective(u, x)
-        # 7. L ← D + P(d, ρ, μ). Only ∇L is used, and ∇P(d, ρ, μ) = P′(d)·∇d: the loss below
-        # has the same gradient, with P′ written out (penalties.py) instead of differentiated
-        # through P's branches, a third of the backward's operations.
-        loss = dist + penalty.derivative(d_value, rho, new_mu) * d
+        loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
         return loss.sum(), (model_inputs, logits, d, dist, new_mu, goals_)
 
     steps_run = steps
@@ -228,9 +225,9 @@ def alma_solve(
         )
 
         # 9. RMSProp + momentum step, projection on the box, optional quantisation.
-        x_adv, square_avg, velocity = rmsprop_step(
-            x_adv, grad, square_avg, velocity, step_size, c.rmsprop_decay, c.momentum
-        )
+        square_avg = c.rmsprop_decay * square_avg + (1 - c.rmsprop_decay) * grad.square()
+        velocity = c.momentum * velocity + grad / (square_avg.sqrt() + _RMS_EPSILON)
+        x_adv = (x_adv - expand(step_size, x) * velocity).clip(0, 1)
         if c.levels is not None:
             x_adv = _quantize(x_adv, c.levels)
 

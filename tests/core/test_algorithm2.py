@@ -4,9 +4,9 @@ in float64, step by step: every quantity the callback reports and the returned a
 The transcription is written from the paper, not from the solver: L = D + P(d, ρ, μ) of step 7
 differentiated by autograd through P's written-out value (eq. 10 / 19), DLR⁺ (eq. 4) from a
 sort, D from ``torch.linalg.vector_norm``, RMSProp with momentum as three lines (§3.2.4), the
-paper's step-size schedule (Fig. 3). The solver takes shortcuts that must not change the
-algorithm (P′ written out instead of differentiating P, fused RMSProp operators, the
-distances' checks skipped inside the loop), so the two must agree to rounding.
+paper's step-size schedule (Fig. 3). The solver's own machinery (eagerpy on any backend, the
+safe ℓp primitives, the distances' checks skipped inside the loop, the best-iterate
+bookkeeping) must not change the algorithm: the two agree to rounding.
 """
 
 from __future__ import annotations
