@@ -12,7 +12,9 @@ comparable between runs.
 
 ``--paired`` adds a second estimate that load drift cannot bias: one bare forward+backward
 runs inside ALMA's callback before every step, and the median of the per-step ratios (ALMA step
-/ the bare step just before it) is reported; ``rounds × steps`` pairs.
+/ the bare step just before it) is reported; ``rounds × steps`` pairs. ``--processes K`` repeats
+that in K fresh processes, one after the other, and reports the median over them: one
+process's ratio moves by several % with the state it starts in.
 
 ``--profile`` adds an account by ``torch.profiler``: the operators' own CPU time per step
 (self time, summed over every ATen operator), for the bare loop and for ALMA (a run of
@@ -35,7 +37,7 @@ import torch
 from ..functional import alma
 from ..zoo.models import SmallCNN
 
-__all__ = ["main", "measure", "measure_paired", "profile_account"]
+__all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]
 
 
 def _bare_steps(model: torch.nn.Module, inputs: torch.Tensor, steps: int) -> list[float]:
@@ -125,6 +127,38 @@ def measure_paired(
     }
 
 
+def _paired_in_fresh_process(
+    batch: int, steps: int, distance: str, threads: int | None
+) -> dict[str, float]:
+    if threads:
+        torch.set_num_threads(threads)
+    return measure_paired(batch, steps, distance)
+
+
+def measure_paired_processes(
+    processes: int,
+    batch: int = 128,
+    steps: int = 100,
+    distance: str = "l2",
+    threads: int | None = None,
+) -> list[dict[str, float]]:
+    """:func:`measure_paired` in ``processes`` fresh interpreters, one after the other. The
+    paired ratio of one process moves by several % from process to process on the same idle
+    machine (1.01–1.09 in eight runs, docs/bench.md): the state a process starts in (where the
+    allocator puts the model's buffers) weighs more than the load, so the median over
+    processes is the estimate to quote."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for _ in range(processes):
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            job = pool.submit(_paired_in_fresh_process, batch, steps, distance, threads)
+            results.append(job.result())
+    return results
+
+
 def _self_times(run: Callable[[], object]) -> dict[str, float]:
     """Seconds of own CPU time per ATen operator name while ``run`` runs."""
     from torch.profiler import ProfilerActivity, profile
@@ -170,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time each ALMA step against a bare step run just before it (in the callback)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="with --paired: repeat it in this many fresh processes and report their median",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also account the operators' own CPU time per step with torch.profiler",
@@ -192,6 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"paired, one bare step inside each ALMA step's callback: bare "
             f"{paired['bare_step_s'] * 1e3:.2f} ms, ALMA step {paired['alma_step_s'] * 1e3:.2f}"
             f" ms (medians), median per-step ratio {paired['paired_ratio']:.3f}"
+        )
+    if args.paired and args.processes > 1:
+        runs = measure_paired_processes(args.processes, args.batch,
+                                        max(args.steps, 10) * args.rounds, args.distance,
+                                        args.threads)  # fmt: skip
+        ratios = sorted(run["paired_ratio"] for run in runs)
+        print(
+            f"paired in {args.processes} fresh processes: median per-step ratio "
+            f"{statistics.median(ratios):.3f} (per process: "
+            f"{', '.join(f'{r:.3f}' for r in ratios)})"
         )
     if args.profile:
         account = profile_account(args.batch, args.steps, args.distance)

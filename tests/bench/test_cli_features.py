@@ -353,3 +353,19 @@ def test_overhead_paired_times_each_step_against_a_bare_step(capsys) -> None:
     assert all(value > 0 for value in paired.values())
     assert overhead.main(["--batch", "4", "--steps", "3", "--rounds", "1", "--paired"]) == 0
     assert "median per-step ratio" in capsys.readouterr().out
+
+
+def test_overhead_paired_in_fresh_processes(capsys) -> None:
+    """``overhead --paired --processes K``: the paired measurement in K spawned interpreters,
+    their median and each process's ratio printed."""
+    from alma_plugin.bench import overhead
+
+    runs = overhead.measure_paired_processes(2, batch=4, steps=3, threads=1)
+    assert len(runs) == 2
+    assert all(set(run) == {"bare_step_s", "alma_step_s", "paired_ratio"} for run in runs)
+    argv = ["--batch", "4", "--steps", "3", "--rounds", "1", "--paired", "--processes", "2"]
+    assert overhead.main([*argv, "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "fresh processes" in line)
+    assert line.startswith("paired in 2 fresh processes: median per-step ratio ")
+    assert len(line.split("(per process: ")[1].split(",")) == 2
