@@ -215,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also account the operators' own CPU time per step with torch.profiler",
     )
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes must be a positive integer, got {args.processes}")
+    if args.processes > 1 and not args.paired:
+        parser.error("--processes repeats the paired measurement: it needs --paired")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = measure(args.batch, args.steps, args.rounds, args.distance)

@@ -369,3 +369,19 @@ def test_overhead_paired_in_fresh_processes(capsys) -> None:
     line = next(line for line in out.splitlines() if "fresh processes" in line)
     assert line.startswith("paired in 2 fresh processes: median per-step ratio ")
     assert len(line.split("(per process: ")[1].split(",")) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--processes", "0", "--paired"], "--processes must be a positive integer, got 0"),
+        (["--processes", "3"], "--processes repeats the paired measurement: it needs --paired"),
+    ],
+)
+def test_overhead_processes_is_checked(argv: list[str], message: str, capsys) -> None:
+    from alma_plugin.bench import overhead
+
+    with pytest.raises(SystemExit) as raised:
+        overhead.main(argv)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
