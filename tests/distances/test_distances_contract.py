@@ -16,8 +16,10 @@ instance with seeded random weights, the registry's default weights may be absen
   on JAX without x64) matches the float64 value of the same (rounded) inputs, and the result is
   float32 for 16-bit inputs, the input dtype otherwise.
 
-Plus the bad-input errors, NumPy arrays, and the ℓ1 / ℓ2 sub-gradients at zero on both
-backends (``jax.grad(jnp.abs)(0.)`` is 1, which made ℓ1 attacks weak on JAX).
+Plus the bad-input errors, NumPy arrays, the ℓ1 / ℓ2 sub-gradients at zero on both
+backends (``jax.grad(jnp.abs)(0.)`` is 1, which made ℓ1 attacks weak on JAX), and the
+function ALMA's loop calls without the contract (``_common.unchecked``): the same values and
+gradients on finite inputs, on both backends.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 
 from alma_plugin import distances
 from alma_plugin.distances import LPIPS
-from alma_plugin.distances._common import finite_rows
+from alma_plugin.distances._common import finite_rows, unchecked
 from tests.distances.test_lpips import _random_backbone, _random_linear
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -379,3 +381,30 @@ def test_nan_to_zero_keeps_everything_but_nan(backend: str, dtype: str) -> None:
     np.testing.assert_array_equal(
         b.numpy(out.raw), np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf)
     )
+
+
+# ALMA's loop calls the function behind a distance without the contract (its iterates are
+# finite and in the box): on finite inputs both must give the same values and gradients.
+@pytest.mark.parametrize(
+    ("name", "backend"),
+    [
+        pytest.param(name, backend, marks=_marks(name, backend, "unchecked"))
+        for name in NAMES
+        if name != "lpips"  # the registry's default weights may be absent
+        for backend in BACKENDS
+    ],
+)
+def test_unchecked_objective_matches_the_checked_one_on_finite_inputs(
+    name: str, backend: str
+) -> None:
+    b = BACKENDS[backend]
+    registered = name in distances.DISTANCES  # ℓ∞ is ALMA prox's, outside the registry
+    objective = distances.get_distance(name).objective if registered else _distance(name)
+    fast = unchecked(objective)
+    assert fast is not objective  # the solver really skips the contract for this distance
+    x_adv, x = _images(name)
+    a, c = b.tensor(x_adv), b.tensor(x)
+    values = fast(ep.astensor(a), ep.astensor(c)).raw
+    np.testing.assert_array_equal(b.numpy(values), b.numpy(objective(a, c)))
+    grad = b.grad(lambda u, v: fast(ep.astensor(u), ep.astensor(v)).raw, a, c)
+    np.testing.assert_array_equal(grad, b.grad(objective, a, c))
