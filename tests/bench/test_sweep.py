@@ -83,14 +83,20 @@ def test_argument_errors_exit_2(argv, message, capsys) -> None:
     assert message in capsys.readouterr().err
 
 
+def _run_rows(out, *argv: str) -> list[dict[str, str]]:
+    """Run a tiny sweep on mnist_regular (2 samples, 1 thread, quiet) into ``out``; its CSV
+    rows."""
+    common = ["--models", "mnist_regular", "--samples", "2", "--threads", "1", "--output",
+              str(out), "--quiet"]  # fmt: skip
+    assert sweep.main([*common, *argv]) == 0
+    with (out / "sweep.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
 def test_tiny_run_writes_csv_table_and_plot(tmp_path) -> None:
     out = tmp_path / "out"
-    argv = ["--models", "mnist_regular", "--variants", "paper", "exponential", "--peers",
-            "--distance", "l2", "--budgets", "2", "4", "--samples", "2", "--threads", "1",
-            "--output", str(out), "--quiet"]  # fmt: skip
-    assert sweep.main(argv) == 0
-    with (out / "sweep.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _run_rows(out, "--variants", "paper", "exponential", "--peers", "--distance", "l2",
+                     "--budgets", "2", "4")  # fmt: skip
     assert {(r["attack"], r["budget"]) for r in rows} == {
         (f"alma_{v}-l2", b) for v in ("paper", "exponential") for b in ("2", "4")
     }
@@ -102,14 +108,9 @@ def test_tiny_run_writes_csv_table_and_plot(tmp_path) -> None:
 def test_restarts_run_once_per_r_with_the_budget_counted(tmp_path) -> None:
     """``--restarts 1 2``: ALMA and ALMA prox once per R, each still one forward and one
     backward per step; R = 2 is a different attack (its distances differ)."""
-    out = tmp_path / "out"
-    argv = ["--models", "mnist_regular", "--variants", "paper", "--peers", "alma_prox-linf",
-            "--distance", "l1", "linf", "--budgets", "6", "--restarts", "1", "2",
-            "--samples", "2", "--threads", "1", "--output", str(out), "--quiet",
-            "--no-plots"]  # fmt: skip
-    assert sweep.main(argv) == 0
-    with (out / "sweep.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
+                     "--distance", "l1", "linf", "--budgets", "6", "--restarts", "1", "2",
+                     "--no-plots")  # fmt: skip
     assert {r["attack"] for r in rows} == {"alma_paper-l1", "alma_paper_r2-l1", "alma_prox-linf",
                                            "alma_prox_r2-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
@@ -118,14 +119,9 @@ def test_restarts_run_once_per_r_with_the_budget_counted(tmp_path) -> None:
 def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
     """``--restart-mode classes``: the R > 1 runs aim at the next classes (keys ``_r<R>c``),
     still one forward and one backward per step."""
-    out = tmp_path / "out"
-    argv = ["--models", "mnist_regular", "--variants", "paper", "--peers", "alma_prox-linf",
-            "--distance", "l2", "linf", "--budgets", "6", "--restarts", "1", "3",
-            "--restart-mode", "classes", "--samples", "2", "--threads", "1", "--output",
-            str(out), "--quiet", "--no-plots"]  # fmt: skip
-    assert sweep.main(argv) == 0
-    with (out / "sweep.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
+                     "--distance", "l2", "linf", "--budgets", "6", "--restarts", "1", "3",
+                     "--restart-mode", "classes", "--no-plots")  # fmt: skip
     assert {r["attack"] for r in rows} == {"alma_paper-l2", "alma_paper_r3c-l2", "alma_prox-linf",
                                            "alma_prox_r3c-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
