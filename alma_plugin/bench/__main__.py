@@ -31,7 +31,15 @@ from . import distributed
 from .registry import ATTACKS, NORMS
 from .report import format_table, merge, summarize, write_files
 from .resume import library_versions
-from .runner import DEFAULT_SAMPLES, EMBEDDED_DATA, BenchConfig, load_data, plan, run_shard
+from .runner import (
+    DEFAULT_SAMPLES,
+    EMBEDDED_DATA,
+    BenchConfig,
+    device_argument,
+    load_data,
+    plan,
+    run_shard,
+)
 
 __all__ = ["SUBCOMMANDS", "main", "parse_args"]
 
@@ -139,13 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     naming the argument, the value and what was expected."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"argument --device: expected a torch device such as 'cpu', got "
-                     f"{args.device!r}")  # fmt: skip
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"argument --device: {args.device!r} requested but CUDA is not available")
+    device_argument(parser, args.device)
     if (args.mean is None) != (args.std is None):
         parser.error(f"arguments --mean/--std: give both or neither, got --mean {args.mean} "
                      f"and --std {args.std}")  # fmt: skip

@@ -9,6 +9,7 @@ to the original is measured on images in [0, 1]. Conventions: see :mod:`.report`
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +26,32 @@ from .registry import ATTACKS, NORMS, AttackSpec, get_attack
 from .report import Record, merge
 from .resume import BatchStore, batch_fingerprint
 
-__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "attack_batch", "load_data", "load_model", "plan",
-           "run_shard"]  # fmt: skip
+__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "attack_batch", "device_argument", "load_data",
+           "load_model", "plan", "run_shard"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
 #: The embedded data set (MNIST test images 9000–9999, held out from the models' training).
 EMBEDDED_DATA = "mnist_heldout"
+
+
+def device_argument(parser: argparse.ArgumentParser, value: str) -> torch.device:
+    """The ``--device`` of every benchmark command: a torch device of type ``cpu`` or ``cuda``
+    (``cuda:N``) that this machine has. Anything else is an argument error (``parser.error``:
+    exit status 2, a message naming ``--device``, the value and what was expected)."""
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        parser.error(f"argument --device: expected a torch device such as 'cpu' or 'cuda:0', "
+                     f"got {value!r}")  # fmt: skip
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"argument --device: expected 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"argument --device: {value!r} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"argument --device: {value!r} requested but this machine has "
+                     f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
+    return device
 
 
 @dataclass(frozen=True)

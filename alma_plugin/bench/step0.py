@@ -25,7 +25,8 @@ import torch
 
 from ..core import schedules, solver
 from ..distances import DistanceFunction
-from .throughput import make_distance, make_model, parse_device, timed_run
+from .runner import device_argument
+from .throughput import make_distance, make_model, timed_run
 
 __all__ = ["main", "measure"]
 
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--steps must be at least 2, got {args.steps}")
     if args.image_size < 176:
         parser.error(f"--image-size must be at least 176 (MS-SSIM), got {args.image_size}")
-    device = parse_device(args.device)
+    device = device_argument(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -41,7 +41,7 @@ from . import distributed, metrics
 from .plots import norm_label, pyplot, save_figure
 from .registry import AttackSpec, get_attack
 from .report import Record, groups
-from .runner import EMBEDDED_DATA, BenchConfig, load_data, run_shard
+from .runner import EMBEDDED_DATA, BenchConfig, device_argument, load_data, run_shard
 
 __all__ = [
     "ALMA_VARIANTS",
@@ -283,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=100, help="the first N samples")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or "
+                        "cuda:N; the models, samples and attacks all run there")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("alma-sweep-results"))
     parser.add_argument(
@@ -300,6 +302,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
     if args.seed < 0:
         parser.error(f"argument --seed: must be >= 0, got {args.seed}")
+    device_argument(parser, args.device)
     if min(args.budgets) < 1:
         parser.error(f"argument --budgets: every budget must be >= 1, got {args.budgets}")
     if min(args.restarts) < 1 or max(args.restarts) > min(args.budgets):
@@ -328,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
     config = BenchConfig(models=tuple(args.models), samples=args.samples,
-                         batch_size=args.batch_size, seed=args.seed, output=args.output,
+                         batch_size=args.batch_size, seed=args.seed, device=args.device,
+                         output=args.output,
                          quiet=args.quiet, batches=args.output / "batches",
                          resume=args.resume)  # fmt: skip
     start = time.perf_counter()
@@ -345,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_plots:
         plot(rows, args.output)
     print(table)
-    print(f"Samples per model: {args.samples}. Total wall time: "
+    print(f"Samples per model: {args.samples}. Device: {args.device}. Total wall time: "
           f"{time.perf_counter() - start:.1f} s.", file=sys.stderr)  # fmt: skip
     return 0
 

@@ -12,6 +12,11 @@ which are never downloaded). The model is the embedded SmallCNN (28 px, 1 channe
 ``--image-size 224``, :class:`SmallImageNetCNN` (3 channels, 4 stride-2 convolutions, about a
 tenth of ResNet-18's multiply-adds).
 
+Next to each configuration, the same loop without the attack: ``--steps`` bare forward +
+backward passes of the model (gradient w.r.t. the input, as ALMA's step needs), timed the same
+way. ``ALMA / bare`` is the per-step overhead of the solver on that device: on a GPU, where the
+solver's elementwise operations are kernel launches, it can differ a lot from the CPU's.
+
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` of each configuration; on CPU, the
 process's peak resident set size so far (``ru_maxrss``, a high-water mark that never goes
 down: the first configurations that reach it tell). Timings on a shared machine: the fastest
@@ -36,8 +41,17 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
+from .runner import device_argument
 
-__all__ = ["SmallImageNetCNN", "main", "make_distance", "make_model", "measure", "timed_run"]
+__all__ = [
+    "SmallImageNetCNN",
+    "bare_run",
+    "main",
+    "make_distance",
+    "make_model",
+    "measure",
+    "timed_run",
+]
 
 #: Distances measured by default (``linf``: ALMA prox).
 DEFAULT_DISTANCES = ("l2", "l1", "linf")
@@ -131,6 +145,19 @@ def timed_run(
     return time.perf_counter() - start, result
 
 
+def bare_run(model: nn.Module, inputs: torch.Tensor, steps: int) -> float:
+    """Seconds of ``steps`` bare forward + backward passes (the gradient of the summed logits
+    w.r.t. the input), the device synchronised before and after: one ALMA step without the
+    solver."""
+    _synchronize(inputs.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        x = inputs.detach().requires_grad_(True)
+        torch.autograd.grad(model(x).sum(), x)
+    _synchronize(inputs.device)
+    return time.perf_counter() - start
+
+
 def peak_memory(device: torch.device) -> str:
     """CUDA: the peak allocated since the last reset; CPU: the process's peak RSS."""
     if device.type == "cuda":
@@ -147,7 +174,8 @@ def measure(
     steps: int = 20,
     repeats: int = 2,
 ) -> dict[str, Any]:
-    """steps/s (step 0 excluded) and peak memory of one configuration."""
+    """steps/s (step 0 excluded), the bare model's forward + backward passes per second, their
+    ratio and the peak memory of one configuration, after one untimed warm-up run of each."""
     model = make_model(image_size, device)
     channels = 1 if image_size == 28 else 3
     gen = torch.Generator().manual_seed(1)
@@ -157,11 +185,15 @@ def measure(
     fn = None if distance == "linf" else make_distance(distance, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    one, full = [], []
+    timed_run(model, inputs, labels, distance, 2, fn)  # warm-up: allocator, kernels, cuDNN
+    bare_run(model, inputs, 2)
+    one, full, bare = [], [], []
     for _ in range(repeats):
         one.append(timed_run(model, inputs, labels, distance, 1, fn)[0])
         full.append(timed_run(model, inputs, labels, distance, steps, fn)[0])
+        bare.append(bare_run(model, inputs, steps))
     per_step = (min(full) - min(one)) / (steps - 1)
+    bare_step = min(bare) / steps
     return {
         "attack": "ALMA prox" if distance == "linf" else "ALMA",
         "distance": distance,
@@ -170,32 +202,25 @@ def measure(
         "steps_per_s": 1 / per_step if per_step > 0 else float("nan"),
         "samples_steps_per_s": batch / per_step if per_step > 0 else float("nan"),
         "step0_s": min(one),
+        "bare_steps_per_s": 1 / bare_step,
+        "overhead": per_step / bare_step if per_step > 0 else float("nan"),
         "peak_memory": peak_memory(device),
     }
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| attack | distance | px | batch | steps/s | sample-steps/s | step 0 (s) | peak memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "| attack | distance | px | batch | steps/s | sample-steps/s | step 0 (s) "
+        "| bare fwd+bwd/s | ALMA / bare | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['attack']} | {r['distance']} | {r['image_size']} | {r['batch']} | "
             f"{r['steps_per_s']:.2f} | {r['samples_steps_per_s']:.0f} | {r['step0_s']:.3f} | "
-            f"{r['peak_memory']} |"
+            f"{r['bare_steps_per_s']:.2f} | {r['overhead']:.2f} | {r['peak_memory']} |"
         )
     return "\n".join(lines)
-
-
-def parse_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; a clear error where CUDA is not available."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device must be cpu or cuda[:N], got {name!r}")
-    return device
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--steps must be at least 2, got {args.steps}")
     if args.image_size != 28 and args.image_size < 176:
         parser.error(f"--image-size must be 28 or at least 176, got {args.image_size}")
-    device = parse_device(args.device)
+    device = device_argument(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
