@@ -191,15 +191,49 @@ def _gaussian_filter(x: ep.Tensor, rows: ep.Tensor, cols_t: ep.Tensor) -> ep.Ten
     return x.transpose((1, 2, 0, 3))
 
 
+_TORCH_MATRICES: dict[tuple[object, ...], tuple[ep.Tensor, ep.Tensor]] = {}
+_TORCH_MATRICES_MAX = 64
+
+
+def _filter_matrices(x: ep.Tensor, padding: str) -> tuple[ep.Tensor, ep.Tensor]:
+    """The filter matrices of :func:`_gaussian_filter` for images like ``x``: rows (H' × H) and
+    the transposed columns (W × W'), in x's framework, dtype and device.
+
+    PyTorch's are kept per (device, dtype, size, padding): on a GPU a host → device copy is a
+    synchronisation, and SSIM copied four matrices per call (twenty per MS-SSIM call), every
+    step of the attack. Other frameworks build them at each call: a JAX or TensorFlow tensor made
+    while tracing a compiled function must not outlive that trace."""
+    height, width = x.shape[2], x.shape[3]
+    key: tuple[object, ...] | None = None
+    if isinstance(x, ep.PyTorchTensor):
+        key = (x.raw.device, x.raw.dtype, height, width, padding)
+        if key in _TORCH_MATRICES:
+            return _TORCH_MATRICES[key]
+    matrix = _valid_filter_matrix if padding == "valid" else _symmetric_filter_matrix
+
+    def build() -> tuple[ep.Tensor, ep.Tensor]:
+        rows = ep.from_numpy(x, matrix(height, SIGMA, RADIUS)).astype(x.dtype)
+        cols_t = ep.from_numpy(x, matrix(width, SIGMA, RADIUS).T.copy()).astype(x.dtype)
+        return rows, cols_t
+
+    if key is None:
+        return build()
+    import torch
+
+    with torch.inference_mode(False):  # kept tensors must serve later calls under autograd too
+        built = build()
+    if len(_TORCH_MATRICES) >= _TORCH_MATRICES_MAX:
+        _TORCH_MATRICES.clear()
+    _TORCH_MATRICES[key] = built
+    return built
+
+
 def _ssim_terms(
     x_adv: ep.Tensor, x: ep.Tensor, data_range: float, padding: str = "valid"
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """Luminance l and contrast-structure cs maps, shape (N, C, H − 10, W − 10) for valid
     windows, (N, C, H, W) for symmetric padding."""
-    height, width = x.shape[2], x.shape[3]
-    matrix = _valid_filter_matrix if padding == "valid" else _symmetric_filter_matrix
-    rows = ep.from_numpy(x, matrix(height, SIGMA, RADIUS)).astype(x.dtype)
-    cols_t = ep.from_numpy(x, matrix(width, SIGMA, RADIUS).T.copy()).astype(x.dtype)
+    rows, cols_t = _filter_matrices(x, padding)
 
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2

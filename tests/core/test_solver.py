@@ -123,6 +123,32 @@ def test_no_cuda_synchronisation_after_step_zero() -> None:
     assert result.adversarials.is_cuda
 
 
+#: Every distance of ``alma()`` with an image side it accepts (MS-SSIM: five scales).
+DISTANCE_SIZES = [("l1", 4), ("l2", 4), ("linf", 4), ("ciede2000", 12), ("ssim", 12),
+                  ("msssim", 176), ("lpips", 32)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("distance", "size"), DISTANCE_SIZES)
+def test_no_host_reads_after_step_zero_for_every_distance(
+    monkeypatch: pytest.MonkeyPatch, distance: str, size: int
+) -> None:
+    """The table of the test above, over every distance, without early stop: nothing the
+    distance computes reaches the host after step 0. Before, SSIM and MS-SSIM copied their
+    filter matrices host → device at every call (4 and 20 copies per step; on a GPU each one a
+    synchronisation, caught by ``tests/core/test_cuda.py``)."""
+    from alma_plugin.bench.throughput import make_distance
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 5)).eval()
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1).detach()
+    lpips = make_distance("lpips", x.device) if distance == "lpips" else None
+    reads = HostReads(monkeypatch)
+    alma(model, x, y, distance=distance, steps=4, lpips=lpips, callback=reads.callback)
+    assert reads.reads[0] > 0  # step 0 checks the inputs (and may fill caches)
+    assert reads.after_step_zero() == {}
+
+
 def test_early_stop_checked_every_m_steps_returns_the_every_step_result() -> None:
     """The stop condition is read every M steps but tracked at every step: the result is the
     best iterate up to the first step t where every sample is below ``early_stop``, and

@@ -390,3 +390,29 @@ def test_ssim_attacks_measure_with_the_exact_distance() -> None:
             assert attack.distance.function is DISTANCES[attack.distance_name].function
             assert f"padding={padding!r}" in repr(attack)
     assert SSIMALMA().padding == "symmetric"
+
+
+def test_kept_filter_matrices_serve_every_later_call() -> None:
+    """PyTorch's filter matrices are built once per (device, dtype, size, padding) and kept (on a
+    GPU each host → device copy was a synchronisation). A call under ``torch.inference_mode``
+    must not leave inference tensors behind that a later differentiated call would reject; each
+    dtype gets its own matrices and the values stay scikit-image's."""
+    from alma_plugin.distances import _ssim
+
+    _ssim._TORCH_MATRICES.clear()
+    gen = torch.Generator().manual_seed(3)
+    x, x_adv = torch.rand(2, 3, 17, 19, generator=gen), torch.rand(2, 3, 17, 19, generator=gen)
+    with torch.inference_mode():
+        first = ssim(x_adv, x)
+    assert len(_ssim._TORCH_MATRICES) == 1
+    leaf = x_adv.clone().requires_grad_(True)
+    second = ssim(leaf, x)
+    second.sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    assert torch.equal(first, second.detach())
+    ssim(x_adv.double(), x.double())
+    ssim(x_adv, x, padding="symmetric")
+    assert len(_ssim._TORCH_MATRICES) == 3
+    pairs = zip(x_adv.double().numpy(), x.double().numpy(), strict=True)
+    expected = [_skimage_ssim(a, b) for a, b in pairs]
+    np.testing.assert_allclose(1 - ssim(x_adv.double(), x.double()).numpy(), expected, atol=1e-12)
