@@ -22,6 +22,12 @@ process's ratio moves by several % with the state it starts in.
 whose time differs most. Time the host spends outside operators (the machine's other jobs,
 the Python between calls) counts less there than in the wall clock; what the attack's own
 tensors do to the caches still counts, through the model's operators.
+
+``--device cuda`` runs the model and the attack on a GPU. Each timed step then ends with a
+device synchronisation (in ALMA's callback and after each bare step), so a step's time is the
+device's, not the time to enqueue it. ``--profile`` there also reports the kernels' own device
+time and the kernel launches per step: a small model at a small batch leaves the GPU waiting
+for the host, and the ratio of wall-clock to device time shows by how much.
 """
 
 from __future__ import annotations
@@ -36,8 +42,14 @@ import torch
 
 from ..functional import alma
 from ..zoo.models import SmallCNN
+from .runner import device_argument
 
 __all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _bare_steps(model: torch.nn.Module, inputs: torch.Tensor, steps: int) -> list[float]:
@@ -46,6 +58,7 @@ def _bare_steps(model: torch.nn.Module, inputs: torch.Tensor, steps: int) -> lis
         start = time.perf_counter()
         x = inputs.clone().requires_grad_(True)
         torch.autograd.grad(model(x).sum(), x)
+        _synchronize(inputs.device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -55,29 +68,39 @@ def _alma_steps(
 ) -> list[float]:
     """Durations of steps 1 … ``steps`` (between the callbacks of consecutive steps)."""
     stamps: list[float] = []
-    alma(model, inputs, labels, distance=distance, steps=steps + 1,
-         callback=lambda _: stamps.append(time.perf_counter()))  # fmt: skip
+
+    def stamp(_: object) -> None:
+        _synchronize(inputs.device)
+        stamps.append(time.perf_counter())
+
+    alma(model, inputs, labels, distance=distance, steps=steps + 1, callback=stamp)
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def _warm_setup(
-    batch: int, distance: str, seed: int
+    batch: int, distance: str, seed: int, device: str = "cpu"
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """A seeded SmallCNN and batch, after a few bare and ALMA steps (allocator, kernels)."""
+    """A seeded SmallCNN and batch on ``device``, after a few bare and ALMA steps (allocator,
+    kernels)."""
     torch.manual_seed(seed)
-    model = SmallCNN().eval()
-    inputs = torch.rand(batch, 1, 28, 28)
-    labels = torch.randint(0, 10, (batch,))
+    model = SmallCNN().eval().to(device)
+    inputs = torch.rand(batch, 1, 28, 28).to(device)
+    labels = torch.randint(0, 10, (batch,)).to(device)
     _bare_steps(model, inputs, 3)
     _alma_steps(model, inputs, labels, 3, distance)
     return model, inputs, labels
 
 
 def measure(
-    batch: int = 128, steps: int = 30, rounds: int = 5, distance: str = "l2", seed: int = 0
+    batch: int = 128,
+    steps: int = 30,
+    rounds: int = 5,
+    distance: str = "l2",
+    seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Per-step seconds (medians) of a bare forward+backward and of ALMA, and their ratios."""
-    model, inputs, labels = _warm_setup(batch, distance, seed)
+    model, inputs, labels = _warm_setup(batch, distance, seed, device)
     bare: list[float] = []
     steps_alma: list[float] = []
     per_round = []
@@ -99,16 +122,17 @@ def measure(
 
 
 def measure_paired(
-    batch: int = 128, steps: int = 100, distance: str = "l2", seed: int = 0
+    batch: int = 128, steps: int = 100, distance: str = "l2", seed: int = 0, device: str = "cpu"
 ) -> dict[str, float]:
     """Per-step ratios of paired durations: each ALMA step against one bare forward+backward
     run inside the callback just before it, so both see the same machine load within a few
     milliseconds (the rounds of :func:`measure` are a second apart). Returns the medians of
     both durations and the median of the per-step ratios."""
-    model, inputs, labels = _warm_setup(batch, distance, seed)
+    model, inputs, labels = _warm_setup(batch, distance, seed, device)
     marks: list[tuple[float, float]] = []
 
     def bare_inside(_: object) -> None:
+        _synchronize(inputs.device)
         start = time.perf_counter()
         _bare_steps(model, inputs, 1)
         marks.append((start, time.perf_counter()))
@@ -128,11 +152,11 @@ def measure_paired(
 
 
 def _paired_in_fresh_process(
-    batch: int, steps: int, distance: str, threads: int | None
+    batch: int, steps: int, distance: str, threads: int | None, device: str
 ) -> dict[str, float]:
     if threads:
         torch.set_num_threads(threads)
-    return measure_paired(batch, steps, distance)
+    return measure_paired(batch, steps, distance, device=device)
 
 
 def measure_paired_processes(
@@ -141,6 +165,7 @@ def measure_paired_processes(
     steps: int = 100,
     distance: str = "l2",
     threads: int | None = None,
+    device: str = "cpu",
 ) -> list[dict[str, float]]:
     """:func:`measure_paired` in ``processes`` fresh interpreters, one after the other. The
     paired ratio of one process moves by several % from process to process on the same idle
@@ -154,41 +179,63 @@ def measure_paired_processes(
     results = []
     for _ in range(processes):
         with ProcessPoolExecutor(1, mp_context=context) as pool:
-            job = pool.submit(_paired_in_fresh_process, batch, steps, distance, threads)
+            job = pool.submit(_paired_in_fresh_process, batch, steps, distance, threads, device)
             results.append(job.result())
     return results
 
 
-def _self_times(run: Callable[[], object]) -> dict[str, float]:
-    """Seconds of own CPU time per ATen operator name while ``run`` runs."""
+def _self_times(run: Callable[[], object], device: str = "cpu") -> dict[str, Any]:
+    """Seconds of own CPU time per ATen operator name while ``run`` runs; on CUDA also the
+    kernels' own device time (``"device"``, seconds) and the kernel launches (``"launches"``)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         run()
-    return {row.key: row.self_cpu_time_total * 1e-6 for row in prof.key_averages()}
+        _synchronize(torch.device(device))
+    rows = prof.key_averages()
+    times: dict[str, Any] = {row.key: row.self_cpu_time_total * 1e-6 for row in rows}
+    if not cuda:
+        return {"cpu": times}
+    device_time = sum(getattr(row, "self_device_time_total", 0.0) for row in rows) * 1e-6
+    launches = sum(row.count for row in rows if row.key in ("cudaLaunchKernel",
+                                                             "cuLaunchKernel",
+                                                             "cudaLaunchKernelExC"))  # fmt: skip
+    return {"cpu": times, "device": device_time, "launches": launches}
 
 
 def profile_account(
-    batch: int = 128, steps: int = 30, distance: str = "l2", seed: int = 0
+    batch: int = 128, steps: int = 30, distance: str = "l2", seed: int = 0, device: str = "cpu"
 ) -> dict[str, Any]:
     """Per-step own CPU time of the operators (seconds) of a bare forward+backward and of an
     ALMA step on SmallCNN, their ratio, and the per-operator differences (ALMA − bare),
-    largest first."""
-    model, inputs, labels = _warm_setup(batch, distance, seed)
-    bare = _self_times(lambda: _bare_steps(model, inputs, steps))
-    short = _self_times(lambda: alma(model, inputs, labels, distance=distance, steps=1))
-    long = _self_times(lambda: alma(model, inputs, labels, distance=distance, steps=steps + 1))
+    largest first. On CUDA also, per step, the kernels' device time (``bare_device_s``,
+    ``alma_device_s``) and kernel launches (``bare_launches``, ``alma_launches``)."""
+    model, inputs, labels = _warm_setup(batch, distance, seed, device)
+    bare_all = _self_times(lambda: _bare_steps(model, inputs, steps), device)
+    short_all = _self_times(lambda: alma(model, inputs, labels, distance=distance, steps=1), device)
+    long_all = _self_times(
+        lambda: alma(model, inputs, labels, distance=distance, steps=steps + 1), device
+    )
+    bare, short, long = bare_all["cpu"], short_all["cpu"], long_all["cpu"]
     per_step_bare = {k: v / steps for k, v in bare.items()}
     per_step_alma = {k: (long.get(k, 0.0) - short.get(k, 0.0)) / steps for k in long}
     names = set(per_step_bare) | set(per_step_alma)
     differences = {k: per_step_alma.get(k, 0.0) - per_step_bare.get(k, 0.0) for k in names}
     bare_step, alma_step = sum(per_step_bare.values()), sum(per_step_alma.values())
-    return {
+    account = {
         "bare_step_s": bare_step,
         "alma_step_s": alma_step,
         "ratio": alma_step / bare_step,
         "differences": dict(sorted(differences.items(), key=lambda kv: -kv[1])),
     }
+    if "device" in bare_all:
+        account["bare_device_s"] = bare_all["device"] / steps
+        account["alma_device_s"] = (long_all["device"] - short_all["device"]) / steps
+        account["bare_launches"] = bare_all["launches"] / steps
+        account["alma_launches"] = (long_all["launches"] - short_all["launches"]) / steps
+    return account
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--distance", default="l2")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--paired",
         action="store_true",
@@ -219,11 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--processes must be a positive integer, got {args.processes}")
     if args.processes > 1 and not args.paired:
         parser.error("--processes repeats the paired measurement: it needs --paired")
+    device = str(device_argument(parser, args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = measure(args.batch, args.steps, args.rounds, args.distance)
+    result = measure(args.batch, args.steps, args.rounds, args.distance, device=device)
     print(
-        f"SmallCNN, batch {args.batch}, {args.distance}, {torch.get_num_threads()} threads, "
+        f"SmallCNN on {device}, batch {args.batch}, {args.distance}, "
+        f"{torch.get_num_threads()} threads, "
         f"{args.rounds} x {args.steps} steps each: bare forward+backward "
         f"{result['bare_step_s'] * 1e3:.2f} ms, ALMA step {result['alma_step_s'] * 1e3:.2f} ms "
         f"(medians), ratio {result['ratio']:.3f} (fastest steps: "
@@ -231,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result['round_ratio_max']:.3f})"
     )
     if args.paired:
-        paired = measure_paired(args.batch, max(args.steps, 10) * args.rounds, args.distance)
+        paired = measure_paired(args.batch, max(args.steps, 10) * args.rounds, args.distance,
+                                device=device)  # fmt: skip
         print(
             f"paired, one bare step inside each ALMA step's callback: bare "
             f"{paired['bare_step_s'] * 1e3:.2f} ms, ALMA step {paired['alma_step_s'] * 1e3:.2f}"
@@ -240,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.paired and args.processes > 1:
         runs = measure_paired_processes(args.processes, args.batch,
                                         max(args.steps, 10) * args.rounds, args.distance,
-                                        args.threads)  # fmt: skip
+                                        args.threads, device)  # fmt: skip
         ratios = sorted(run["paired_ratio"] for run in runs)
         print(
             f"paired in {args.processes} fresh processes: median per-step ratio "
@@ -248,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{', '.join(f'{r:.3f}' for r in ratios)})"
         )
     if args.profile:
-        account = profile_account(args.batch, args.steps, args.distance)
+        account = profile_account(args.batch, args.steps, args.distance, device=device)
         top = list(account["differences"].items())[:6]
         largest = ", ".join(f"{name} {seconds * 1e3:+.2f}" for name, seconds in top)
         print(
@@ -256,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" ms, ALMA {account['alma_step_s'] * 1e3:.2f} ms, ratio {account['ratio']:.3f}; "
             f"largest differences (ms): {largest}"
         )
+        if "alma_device_s" in account:
+            print(
+                f"kernels' own device time per step: bare {account['bare_device_s'] * 1e3:.2f} "
+                f"ms, ALMA {account['alma_device_s'] * 1e3:.2f} ms; kernel launches per step: "
+                f"bare {account['bare_launches']:.0f}, ALMA {account['alma_launches']:.0f}"
+            )
     return 0
 
 
