@@ -48,3 +48,18 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _foolbox_models_default_to_the_cpu() -> Iterator[None]:
+    """Given no device, Foolbox's ``PyTorchModel`` moves the model to CUDA (in place) whenever
+    CUDA is present. The suite's tensors are on the CPU, so on a machine with a GPU that default
+    becomes the CPU here; the CUDA tests name their device. The package itself always names it
+    (``tests/bench/test_perf_cli.py`` checks the benchmarks that build Foolbox models)."""
+    import foolbox.models.pytorch as fb_pytorch
+
+    get_device = fb_pytorch.get_device
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fb_pytorch, "get_device",
+                      lambda device: get_device("cpu" if device is None else device))  # fmt: skip
+        yield

@@ -131,7 +131,8 @@ def run_attack(
 ) -> BorderResult:
     """Run SSIMALMA or MSSSIMALMA with ``padding`` and measure its adversarials."""
     cls, exact = (SSIMALMA, ssim) if attack == "SSIM" else (MSSSIMALMA, msssim)
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    # The device named: without one, Foolbox moves the model to CUDA (in place) when present.
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
     start = time.perf_counter()
     adv = cls(steps=steps, padding=padding).run(fmodel, x, y)
     seconds = time.perf_counter() - start
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--steps, --train-steps and --threads must be positive integers")
     torch.set_num_threads(args.threads)
 
-    placeholder = fb.PyTorchModel(nn.Identity().eval(), bounds=(0, 1))
+    placeholder = fb.PyTorchModel(nn.Identity().eval(), bounds=(0, 1), device="cpu")
     images, labels = fb.utils.samples(placeholder, dataset="cifar10", batchsize=20)
     start = time.perf_counter()
     net = train_cifar_cnn(images, labels, steps=args.train_steps)

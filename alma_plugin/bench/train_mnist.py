@@ -223,7 +223,7 @@ def ddn_median_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     """Median minimal ℓ2 norm found by Foolbox's DDN (``inf`` for failures, 0 if misclassified)."""
     import foolbox as fb
 
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)  # else CUDA when present
     attack = fb.attacks.DDNAttack(steps=steps)
     _, clipped, success = attack(fmodel, x, y, epsilons=None)
     norms = (clipped - x).flatten(1).norm(dim=1)

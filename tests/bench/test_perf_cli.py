@@ -270,3 +270,29 @@ def test_device_argument_without_cuda_is_a_parser_error(
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: bench-x") and "'cuda:0' requested but CUDA" in err
+
+
+def test_benchmarks_name_the_device_of_their_foolbox_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Foolbox's ``PyTorchModel`` without a device moves the model to CUDA in place when CUDA
+    is present: on a GPU machine the SSIM border benchmark and the DDN check of the training
+    script then met CPU tensors. Here a missing device is an error."""
+    import foolbox.models.pytorch as fb_pytorch
+
+    from alma_plugin.bench import border, train_mnist
+
+    def named_only(device: Any) -> torch.device:
+        assert device is not None, "a Foolbox PyTorchModel was built without a device"
+        return torch.device(device)
+
+    monkeypatch.setattr(fb_pytorch, "get_device", named_only)
+    torch.manual_seed(0)
+    colour = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = colour(x).argmax(1).detach()
+    assert border.run_attack("SSIM", "symmetric", colour, x, y, 2, [1]).seconds >= 0
+    grey = _tiny_model()
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels = grey(images).argmax(1).detach()
+    assert train_mnist.ddn_median_l2(grey, images, labels, steps=2) >= 0
