@@ -13,7 +13,7 @@ algorithms live in :mod:`alma_plugin.core`.
 Example:
     >>> import foolbox as fb
     >>> from alma_plugin.foolbox import L2ALMA
-    >>> fmodel = fb.PyTorchModel(net.eval(), bounds=(0, 1))  # doctest: +SKIP
+    >>> fmodel = fb.PyTorchModel(net.eval(), bounds=(0, 1), device=images.device)  # doctest: +SKIP
     >>> raw, clipped, success = L2ALMA(steps=100)(fmodel, images, labels, epsilons=[0.5, 1.0])
     ... # doctest: +SKIP
 """
