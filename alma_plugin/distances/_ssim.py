@@ -68,9 +68,17 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
 import eagerpy as ep
-import numpy as np
 
 from ._common import apply_distance, distance_function, flatten, stop_gradient
+from ._gaussian import (
+    SIGMA,
+    WINDOW,
+    filter_matrices,
+    gaussian_filter,
+    gaussian_window,
+    symmetric_filter_matrix,
+    valid_filter_matrix,
+)
 
 T = TypeVar("T")
 #: An eagerpy-level distance ``(x_adv, x) -> (N,)``.
@@ -78,61 +86,11 @@ DistanceFunction = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
 K1 = 0.01
 K2 = 0.03
-SIGMA = 1.5
-RADIUS = 5  # int(3.5 σ + 0.5): scikit-image's truncation, an 11-tap window
-WINDOW = 2 * RADIUS + 1
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: The window placements: ``"valid"`` (scikit-image's mean: windows inside the image only) and
 #: ``"symmetric"`` (full coverage: one window per pixel, symmetric extension at the border).
 PADDINGS: tuple[str, ...] = ("valid", "symmetric")
 _CLAMP = 1e-8
-
-
-def gaussian_window(sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
-    """Normalised 1-D Gaussian weights wₖ ∝ exp(−k² / 2σ²), k = −radius … radius."""
-    k = np.arange(-radius, radius + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (k / sigma) ** 2)
-    return w / w.sum()
-
-
-def valid_filter_matrix(size: int, sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
-    """Banded (size − 2·radius) × size matrix A with (A v)ᵢ = Σₖ wₖ v[i + radius + k]."""
-    return _valid_filter_matrix(size, sigma, radius).copy()
-
-
-@functools.lru_cache(maxsize=64)
-def _valid_filter_matrix(size: int, sigma: float, radius: int) -> np.ndarray:
-    out = size - 2 * radius
-    if out < 1:
-        raise ValueError(f"size must be at least {2 * radius + 1}, got {size}")
-    w = gaussian_window(sigma, radius)
-    matrix = np.zeros((out, size), dtype=np.float64)
-    for i in range(out):
-        matrix[i, i : i + 2 * radius + 1] = w
-    return matrix
-
-
-def symmetric_filter_matrix(size: int, sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
-    """size × size matrix S with (S v)ᵢ = Σₖ wₖ v[m(i + k)], m the half-sample symmetric
-    extension (m(−1) = 0, m(size) = size − 1): scipy's ``gaussian_filter(mode="reflect")``.
-    Its rows radius … size − radius − 1 are :func:`valid_filter_matrix`; every row and every
-    column sums to 1."""
-    return _symmetric_filter_matrix(size, sigma, radius).copy()
-
-
-@functools.lru_cache(maxsize=64)
-def _symmetric_filter_matrix(size: int, sigma: float, radius: int) -> np.ndarray:
-    if size < 1:
-        raise ValueError(f"size must be at least 1, got {size}")
-    w = gaussian_window(sigma, radius)
-    matrix = np.zeros((size, size), dtype=np.float64)
-    for i in range(size):
-        for k in range(-radius, radius + 1):
-            j = i + k
-            while not 0 <= j < size:  # reflect (repeatedly, for sides shorter than the window)
-                j = -1 - j if j < 0 else 2 * size - 1 - j
-            matrix[i, j] += w[k + radius]
-    return matrix
 
 
 def check_padding(padding: str) -> str:
@@ -179,68 +137,19 @@ def _check_images(x_adv: ep.Tensor, x: ep.Tensor, min_size: int) -> None:
         )
 
 
-def _gaussian_filter(x: ep.Tensor, rows: ep.Tensor, cols_t: ep.Tensor) -> ep.Tensor:
-    """Separable valid filter ``rows @ x @ cols_t`` on (N, C, H, W), as 2-D matrix products."""
-    n, c, h, w = x.shape
-    h_out, w_out = rows.shape[0], cols_t.shape[1]
-    # Along W: (N·C·H, W) @ (W, W').
-    x = ep.matmul(x.reshape((n * c * h, w)), cols_t).reshape((n, c, h, w_out))
-    # Along H: (H', H) @ (H, N·C·W').
-    x = x.transpose((2, 0, 1, 3)).reshape((h, n * c * w_out))
-    x = ep.matmul(rows, x).reshape((h_out, n, c, w_out))
-    return x.transpose((1, 2, 0, 3))
-
-
-_TORCH_MATRICES: dict[tuple[object, ...], tuple[ep.Tensor, ep.Tensor]] = {}
-_TORCH_MATRICES_MAX = 64
-
-
-def _filter_matrices(x: ep.Tensor, padding: str) -> tuple[ep.Tensor, ep.Tensor]:
-    """The filter matrices of :func:`_gaussian_filter` for images like ``x``: rows (H' × H) and
-    the transposed columns (W × W'), in x's framework, dtype and device.
-
-    PyTorch's are kept per (device, dtype, size, padding): on a GPU a host → device copy is a
-    synchronisation, and SSIM copied four matrices per call (twenty per MS-SSIM call), every
-    step of the attack. Other frameworks build them at each call: a JAX or TensorFlow tensor made
-    while tracing a compiled function must not outlive that trace."""
-    height, width = x.shape[2], x.shape[3]
-    key: tuple[object, ...] | None = None
-    if isinstance(x, ep.PyTorchTensor):
-        key = (x.raw.device, x.raw.dtype, height, width, padding)
-        if key in _TORCH_MATRICES:
-            return _TORCH_MATRICES[key]
-    matrix = _valid_filter_matrix if padding == "valid" else _symmetric_filter_matrix
-
-    def build() -> tuple[ep.Tensor, ep.Tensor]:
-        rows = ep.from_numpy(x, matrix(height, SIGMA, RADIUS)).astype(x.dtype)
-        cols_t = ep.from_numpy(x, matrix(width, SIGMA, RADIUS).T.copy()).astype(x.dtype)
-        return rows, cols_t
-
-    if key is None:
-        return build()
-    import torch
-
-    with torch.inference_mode(False):  # kept tensors must serve later calls under autograd too
-        built = build()
-    if len(_TORCH_MATRICES) >= _TORCH_MATRICES_MAX:
-        _TORCH_MATRICES.clear()
-    _TORCH_MATRICES[key] = built
-    return built
-
-
 def _ssim_terms(
     x_adv: ep.Tensor, x: ep.Tensor, data_range: float, padding: str = "valid"
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """Luminance l and contrast-structure cs maps, shape (N, C, H − 10, W − 10) for valid
     windows, (N, C, H, W) for symmetric padding."""
-    rows, cols_t = _filter_matrices(x, padding)
+    rows, cols_t = filter_matrices(x, padding)
 
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     # The five local moments in one filter pass: (5, N, C, H, W) → (5·N, C, H, W).
     n, c, h, w = x.shape
     moments = ep.stack([x_adv, x, x_adv * x_adv, x * x, x_adv * x], axis=0)
-    filtered = _gaussian_filter(moments.reshape((5 * n, c, h, w)), rows, cols_t)
+    filtered = gaussian_filter(moments.reshape((5 * n, c, h, w)), rows, cols_t)
     filtered = filtered.reshape((5, n, c, filtered.shape[2], filtered.shape[3]))
     mu_a, mu_b, e_aa, e_bb, e_ab = (filtered[k] for k in range(5))
     var_a = e_aa - mu_a * mu_a

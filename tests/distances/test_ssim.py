@@ -397,14 +397,14 @@ def test_kept_filter_matrices_serve_every_later_call() -> None:
     GPU each host → device copy was a synchronisation). A call under ``torch.inference_mode``
     must not leave inference tensors behind that a later differentiated call would reject; each
     dtype gets its own matrices and the values stay scikit-image's."""
-    from alma_plugin.distances import _ssim
+    from alma_plugin.distances import _gaussian
 
-    _ssim._TORCH_MATRICES.clear()
+    _gaussian._TORCH_MATRICES.clear()
     gen = torch.Generator().manual_seed(3)
     x, x_adv = torch.rand(2, 3, 17, 19, generator=gen), torch.rand(2, 3, 17, 19, generator=gen)
     with torch.inference_mode():
         first = ssim(x_adv, x)
-    assert len(_ssim._TORCH_MATRICES) == 1
+    assert len(_gaussian._TORCH_MATRICES) == 1
     leaf = x_adv.clone().requires_grad_(True)
     second = ssim(leaf, x)
     second.sum().backward()
@@ -412,7 +412,7 @@ def test_kept_filter_matrices_serve_every_later_call() -> None:
     assert torch.equal(first, second.detach())
     ssim(x_adv.double(), x.double())
     ssim(x_adv, x, padding="symmetric")
-    assert len(_ssim._TORCH_MATRICES) == 3
+    assert len(_gaussian._TORCH_MATRICES) == 3
     pairs = zip(x_adv.double().numpy(), x.double().numpy(), strict=True)
     expected = [_skimage_ssim(a, b) for a, b in pairs]
     np.testing.assert_allclose(1 - ssim(x_adv.double(), x.double()).numpy(), expected, atol=1e-12)
