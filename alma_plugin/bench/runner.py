@@ -36,7 +36,7 @@ EMBEDDED_DATA = "mnist_heldout"
 
 
 def device_argument(parser: argparse.ArgumentParser, value: str) -> torch.device:
-    """The ``--device`` of every benchmark command: a torch device of type ``cpu`` or ``cuda``
+    """The ``--device`` of the benchmark commands: a torch device of type ``cpu`` or ``cuda``
     (``cuda:N``) that this machine has. Anything else is an argument error (``parser.error``:
     exit status 2, a message naming ``--device``, the value and what was expected)."""
     try:
