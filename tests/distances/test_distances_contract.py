@@ -407,4 +407,9 @@ def test_unchecked_objective_matches_the_checked_one_on_finite_inputs(
     values = fast(ep.astensor(a), ep.astensor(c)).raw
     np.testing.assert_array_equal(b.numpy(values), b.numpy(objective(a, c)))
     grad = b.grad(lambda u, v: fast(ep.astensor(u), ep.astensor(v)).raw, a, c)
-    np.testing.assert_array_equal(grad, b.grad(objective, a, c))
+    reference = b.grad(objective, a, c)
+    if backend == "torch":  # op by op: the same operations give the same bits
+        np.testing.assert_array_equal(grad, reference)
+    else:  # one jitted XLA program: the contract's extra masking changes its fusion, so the
+        # last bits (MS-SSIM's gradient, a sum of cancelling terms: 5e-6 of its largest entry)
+        np.testing.assert_allclose(grad, reference, rtol=0, atol=1e-4 * np.abs(reference).max())

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from alma_plugin import alma
 from alma_plugin.distances import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
 from alma_plugin.foolbox import (
     CIEDE2000ALMA,
@@ -180,6 +181,8 @@ def test_torchattacks_perceptual(
     attack = ALMA(color_cnn, distance=distance, steps=STEPS, **kwargs)
     adv = attack(x, y)
     assert (predict(color_cnn, adv) != y).all() and adv.min() >= 0 and adv.max() <= 1
-    reference = (CIEDE2000ALMA if distance == "ciede2000" else LPIPSALMA)(steps=STEPS, **kwargs)
-    expected = reference.run(fb.PyTorchModel(color_cnn, bounds=(0, 1)), x, y)
-    torch.testing.assert_close(adv, expected)  # same core, same defaults
+    # Same core, same defaults, same success rule (a logit margin of 1e-6) as alma(): the same
+    # bits. (The Foolbox classes judge success by the caller's criterion, argmax ≠ label, and
+    # differ where a margin is below 1e-6: docs/foolbox.md, "Success".)
+    expected = alma(color_cnn, x, y, distance=distance, steps=STEPS, **kwargs).adversarials
+    assert torch.equal(adv, expected)
