@@ -67,7 +67,7 @@ def _syncs_per_step(run: Callable[[Callable[[StepInfo], None]], object]) -> list
 
 
 def test_the_counter_sees_a_synchronisation() -> None:
-    """The counter below is not blind: one ``.item()`` planted after the callback of step 3
+    """The counter is not blind: one ``.item()`` planted after the callback of step 3
     counts once, in entry 3."""
     value = torch.ones(3, device="cuda")
 
