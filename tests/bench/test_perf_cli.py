@@ -296,3 +296,23 @@ def test_benchmarks_name_the_device_of_their_foolbox_models(
     images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     labels = grey(images).argmax(1).detach()
     assert train_mnist.ddn_median_l2(grey, images, labels, steps=2) >= 0
+
+
+def test_every_foolbox_model_the_package_builds_names_its_device() -> None:
+    """The static half of the test above, for code it does not run: every
+    ``fb.PyTorchModel(...)`` call in the package passes ``device=``."""
+    import ast
+    from pathlib import Path
+
+    import alma_plugin
+
+    root = Path(alma_plugin.__file__).parent
+    calls, unnamed = 0, []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "PyTorchModel":
+                calls += 1
+                if not any(keyword.arg == "device" for keyword in node.keywords):
+                    unnamed.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert calls >= 5  # the registry's, the sweep's, the peers', border's, train_mnist's
+    assert not unnamed, f"fb.PyTorchModel without device= at {unnamed}"
