@@ -43,22 +43,17 @@ import torch
 from ..functional import alma
 from ..zoo.models import SmallCNN
 from .runner import device_argument
+from .throughput import bare_step, synchronize
 
 __all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _bare_steps(model: torch.nn.Module, inputs: torch.Tensor, steps: int) -> list[float]:
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        x = inputs.clone().requires_grad_(True)
-        torch.autograd.grad(model(x).sum(), x)
-        _synchronize(inputs.device)
+        bare_step(model, inputs)
+        synchronize(inputs.device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -70,7 +65,7 @@ def _alma_steps(
     stamps: list[float] = []
 
     def stamp(_: object) -> None:
-        _synchronize(inputs.device)
+        synchronize(inputs.device)
         stamps.append(time.perf_counter())
 
     alma(model, inputs, labels, distance=distance, steps=steps + 1, callback=stamp)
@@ -132,7 +127,7 @@ def measure_paired(
     marks: list[tuple[float, float]] = []
 
     def bare_inside(_: object) -> None:
-        _synchronize(inputs.device)
+        synchronize(inputs.device)
         start = time.perf_counter()
         _bare_steps(model, inputs, 1)
         marks.append((start, time.perf_counter()))
@@ -193,7 +188,7 @@ def _self_times(run: Callable[[], object], device: str = "cpu") -> dict[str, Any
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         run()
-        _synchronize(torch.device(device))
+        synchronize(torch.device(device))
     rows = prof.key_averages()
     times: dict[str, Any] = {row.key: row.self_cpu_time_total * 1e-6 for row in rows}
     if not cuda:

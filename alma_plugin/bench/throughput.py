@@ -46,10 +46,12 @@ from .runner import device_argument
 __all__ = [
     "SmallImageNetCNN",
     "bare_run",
+    "bare_step",
     "main",
     "make_distance",
     "make_model",
     "measure",
+    "synchronize",
     "timed_run",
 ]
 
@@ -104,7 +106,8 @@ def make_distance(name: str, device: torch.device) -> DistanceFunction:
     return metric
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -125,7 +128,7 @@ def timed_run(
         return model(batch.raw)
 
     device = inputs.device
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     if distance == "linf":
         params = ProxParams().for_task("classification")
@@ -141,7 +144,7 @@ def timed_run(
             steps=steps,
             early_stop=early_stop,
         )
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, result
 
 
@@ -149,13 +152,19 @@ def bare_run(model: nn.Module, inputs: torch.Tensor, steps: int) -> float:
     """Seconds of ``steps`` bare forward + backward passes (the gradient of the summed logits
     w.r.t. the input), the device synchronised before and after: one ALMA step without the
     solver."""
-    _synchronize(inputs.device)
+    synchronize(inputs.device)
     start = time.perf_counter()
     for _ in range(steps):
-        x = inputs.detach().requires_grad_(True)
-        torch.autograd.grad(model(x).sum(), x)
-    _synchronize(inputs.device)
+        bare_step(model, inputs)
+    synchronize(inputs.device)
     return time.perf_counter() - start
+
+
+def bare_step(model: nn.Module, inputs: torch.Tensor) -> None:
+    """One bare forward + backward pass: the gradient of the summed logits w.r.t. a copy of
+    ``inputs`` (what an ALMA step asks of the model, without the solver)."""
+    x = inputs.clone().requires_grad_(True)
+    torch.autograd.grad(model(x).sum(), x)
 
 
 def peak_memory(device: torch.device) -> str:
