@@ -104,7 +104,8 @@ def alma(
             attack). The distances, ε, ``early_stop`` and success are the exact SSIM's either
             way (see :mod:`alma_plugin.distances._ssim`). Other distances: None only.
         params: an :class:`~alma_plugin.ALMAParams` whose fields the hyperparameter keywords
-            below replace; for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword).
+            below replace; for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword:
+            an ALMA hyperparameter keyword with "linf" is a ``TypeError``, even at its default).
         **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``, …),
             with the paper's defaults, as ``inspect.signature(alma)`` shows.
@@ -131,6 +132,7 @@ def alma(
                          is_adversarial=is_adversarial, early_stop=early_stop,
                          callback=callback, seed=seed, params=params)  # fmt: skip
     spec = get_distance(distance)
+    params = ALMAParams() if params is None else params
     if not isinstance(params, ALMAParams):
         raise TypeError(f"params must be an ALMAParams for distance={distance!r}, got {params!r}")
     # The objective descended: the distance itself, except SSIM / MS-SSIM, whose exact value
@@ -333,8 +335,7 @@ def _entry(
     for name, value in (("is_adversarial", is_adversarial), ("callback", callback)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable or None, got {value!r}")
-    x = as_tensor("inputs", inputs)
-    check_inputs(x, bounds)
+    x = check_inputs(as_tensor("inputs", inputs), bounds)
     warn_if_training(model)
     if isinstance(inputs, ep.Tensor):
         return x, lambda tensor: tensor

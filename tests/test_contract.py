@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from alma_plugin import ProxParams
+from alma_plugin import ALMAParams, ProxParams
 from tests.contract_cases import (
     HAS_JAX,
     INVARIANTS,
@@ -178,6 +178,11 @@ def table() -> list[tuple[Case, bool, bool]]:
           raises("restart_distance"))  # fmt: skip
     t.add("alma-linf-torch-restarts", P(b_torch, distance="linf", restarts=2),
           raises("ProxParams", TypeError))  # fmt: skip
+    # an ALMA keyword given with "linf" is refused even at its default value (it was dropped)
+    t.add("alma-linf-torch-lr_reduction-default", P(b_torch, distance="linf", lr_reduction=0.01),
+          raises("ProxParams", TypeError))  # fmt: skip
+    t.add("alma-linf-torch-params-default", P(b_torch, distance="linf", params=ALMAParams()),
+          raises("ProxParams", TypeError))  # fmt: skip
     t.add("prox-restarts", P(prox_case, params=ProxParams(restarts=2)))
     t.add("prox-restarts-masked-targeted", P(prox_case, masked=True, targeted=True,
           params=ProxParams(restarts=3)))  # fmt: skip
@@ -328,6 +333,8 @@ def table() -> list[tuple[Case, bool, bool]]:
         t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0),
               either("early_stop") if distance == "linf" else OK)  # fmt: skip
     t.add("ta-ALMA-l2-restarts", P(torchattacks_case, restarts=2))
+    t.add("ta-ALMA-linf-mu_init-default", P(torchattacks_case, distance="linf", mu_init=1.0),
+          raises("ProxParams", TypeError))  # fmt: skip
     t.add("ta-ALMA-linf-restarts", P(torchattacks_case, distance="linf",
           params=ProxParams(restarts=2)))  # fmt: skip
     t.add("ta-ALMA-l2-restarts-classes", P(torchattacks_case, restarts=2, restart_mode="classes"))

@@ -319,16 +319,17 @@ class ProxParams:
 
 def prox_params_for_linf(params: ALMAParams | ProxParams | None) -> ProxParams:
     """The ALMA prox params of an entry point asked for ``distance="linf"``: a ProxParams as
-    given, ProxParams() for default ALMA params, and a TypeError for ALMA hyperparameters
-    (their defaults mean something else for ALMA prox)."""
+    given, ProxParams() for None, and a TypeError for any ALMAParams — ALMA hyperparameter
+    keywords included, even at their default values (their defaults mean something else for
+    ALMA prox)."""
     if params is None or isinstance(params, ProxParams):
         return params or ProxParams()
-    if params != ALMAParams():
-        raise TypeError(
-            "ALMA's hyperparameters do not apply to distance='linf' (ALMA prox): pass "
-            "params=ProxParams(...) instead"
-        )
-    return ProxParams()
+    # An ALMAParams only comes from the caller (takes_params passes None when no
+    # hyperparameter was given), so even one equal to the defaults was asked for.
+    raise TypeError(
+        "ALMA's hyperparameters do not apply to distance='linf' (ALMA prox): pass "
+        f"params=ProxParams(...) instead, got {params!r}"
+    )
 
 
 def takes_params(
@@ -342,7 +343,9 @@ def takes_params(
     is written once, in ``cls``), and hands the callable one validated ``params`` object:
     ``params`` (or ``cls()``) with the keywords given replacing its fields. An ``alternative``
     params class (ALMA prox's, for ``distance="linf"``) is passed through as is; hyperparameter
-    keywords of ``cls`` given with it are refused.
+    keywords of ``cls`` given with it are refused. With an ``alternative``, a call that gives
+    neither ``params`` nor a keyword gets ``params=None`` (the callee resolves it per task), so
+    a keyword given at its default value is still seen as given.
     """
     names = [f.name for f in fields(cls)]
 
@@ -371,6 +374,11 @@ def takes_params(
                         f"{alternative.__name__} instead"
                     )
                 kwargs["params"] = base
+                return function(*args, **kwargs)
+            if alternative is not None and base is None and not given:
+                # Nothing asked for: the callee picks the defaults of its task (ProxParams()
+                # for distance="linf"), and can tell an explicit keyword from a default.
+                kwargs["params"] = None
                 return function(*args, **kwargs)
             if base is not None and not isinstance(base, cls):
                 expected = cls.__name__ + (f" or {alternative.__name__}" if alternative else "")

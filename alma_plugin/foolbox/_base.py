@@ -18,6 +18,7 @@ from ._common import (
     check_model_and_inputs,
     empty_batch_result,
     goal,
+    host_number,
     like_caller,
     normalise_criterion,
 )
@@ -82,7 +83,7 @@ class MinimalAttack(MinimizationAttack):
         self.check_input_shape(x, model)
         _, restore_type = ep.astensor_(inputs)
         targeted, criterion_, classes = goal(criterion, x)
-        stop = check_early_stop(early_stop)
+        stop = check_early_stop(host_number(early_stop))
         if len(x) == 0:
             return restore_type(x)
         batch = Batch(model, x, classes, bounds, targeted, criterion_, stop)

@@ -7,6 +7,7 @@ of any integer dtype or container become the framework's index dtype (:func:`as_
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,15 +28,21 @@ def normalise_criterion(criterion: Any, inputs: ep.Tensor) -> Criterion:
     in the framework's index dtype, whatever their integer dtype (uint8, int16, ...) or
     container (tensor, NumPy array, list).
 
-    A bare labels container means ``Misclassification(labels)``, as in Foolbox. Other criteria
-    (e.g. a combination with ``&``) raise a TypeError naming the supported ones.
+    A bare labels container means ``Misclassification(labels)``, as in Foolbox. A subclass of
+    either criterion (e.g. one that asks for a logit margin) stays what it is: a shallow copy
+    with the converted classes, so its own ``__call__`` judges success. Other criteria (e.g. a
+    combination with ``&``) raise a TypeError naming the supported ones.
     """
     batch = (len(inputs),)
     if isinstance(criterion, Misclassification):
-        return Misclassification(as_labels("labels", criterion.labels, inputs, batch))
+        converted = copy.copy(criterion)
+        converted.labels = as_labels("labels", criterion.labels, inputs, batch)
+        return converted
     if isinstance(criterion, TargetedMisclassification):
+        converted = copy.copy(criterion)
         classes = criterion.target_classes
-        return TargetedMisclassification(as_labels("target_classes", classes, inputs, batch))
+        converted.target_classes = as_labels("target_classes", classes, inputs, batch)
+        return converted
     if isinstance(criterion, Criterion):
         raise TypeError(
             "criterion must be a labels tensor, foolbox.criteria.Misclassification or "
@@ -74,9 +81,17 @@ def check_model_and_inputs(model: Any, inputs: Any) -> tuple[Bounds, ep.Tensor]:
     if not isinstance(model, Model):
         raise TypeError(f"model must be a foolbox.models.Model, got {type(model).__name__}")
     bounds = check_bounds(model.bounds)
-    x = as_tensor("inputs", inputs)
-    check_inputs(x, bounds)
+    x = check_inputs(as_tensor("inputs", inputs), bounds)
     return bounds, x
+
+
+def host_number(value: Any) -> Any:
+    """A 0-d tensor as a Python number, anything else as it is. Foolbox passes
+    ``early_stop=min(epsilons)``, a 0-d tensor when the caller's epsilons are a tensor."""
+    raw = value.raw if isinstance(value, ep.Tensor) else value
+    if getattr(raw, "ndim", None) == 0 and hasattr(raw, "item"):
+        return raw.item()
+    return value
 
 
 def like_caller(tensor: ep.Tensor, inputs: Any) -> Any:

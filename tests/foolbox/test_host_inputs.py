@@ -1,0 +1,100 @@
+"""What Foolbox users hand Foolbox's own attacks (DDN, FMN) and ours must honour too: their own
+criterion subclasses, epsilons as a tensor, inputs a rounding error outside the bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import eagerpy as ep
+import foolbox as fb
+import pytest
+import torch
+
+from alma_plugin import alma
+from alma_plugin.foolbox import L1ALMA, L2ALMA, LinfALMAProx
+
+ATTACKS = [L2ALMA(steps=60), L1ALMA(steps=60), LinfALMAProx(steps=60)]
+MARGIN = 2.0
+
+
+class MarginMisclassification(fb.criteria.Misclassification):
+    """Adversarial only when another class beats the label by ``MARGIN`` logits."""
+
+    def __call__(self, perturbed: Any, outputs: Any) -> Any:
+        logits, restore = ep.astensor_(outputs)
+        label_logit = logits.raw.gather(1, self.labels.raw[:, None])[:, 0]
+        others = logits.raw.scatter(1, self.labels.raw[:, None], float("-inf")).amax(1)
+        return restore(ep.astensor(others - label_logit >= MARGIN))
+
+
+class MarginTargeted(fb.criteria.TargetedMisclassification):
+    """Adversarial only when the target beats every other class by ``MARGIN`` logits."""
+
+    def __call__(self, perturbed: Any, outputs: Any) -> Any:
+        logits, restore = ep.astensor_(outputs)
+        target = self.target_classes.raw[:, None]
+        others = logits.raw.scatter(1, target, float("-inf")).amax(1)
+        return restore(ep.astensor(logits.raw.gather(1, target)[:, 0] - others >= MARGIN))
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: type(a).__name__)
+def test_a_criterion_subclass_judges_success(attack: Any, fmodel: Any, few: Any) -> None:
+    """The caller's own subclass of Misclassification decides success, in the attack and in
+    Foolbox's final check (it used to be rebuilt as a plain Misclassification: every sample
+    reported successful, none meeting the margin)."""
+    x, y = few
+    criterion = MarginMisclassification(y)
+    _, clipped, success = attack(fmodel, x, criterion, epsilons=None)
+    judged = criterion(clipped, fmodel(clipped))
+    assert torch.equal(success, judged)
+    assert success.sum() >= len(y) // 2  # the attack pursues the margin, not argmax alone
+    assert torch.equal(attack.run(fmodel, x, criterion), clipped)
+
+
+def test_a_targeted_criterion_subclass_judges_success(fmodel: Any, few: Any) -> None:
+    x, y = few
+    criterion = MarginTargeted((y + 1) % 10)
+    _, clipped, success = L2ALMA(steps=60)(fmodel, x, criterion, epsilons=None)
+    assert torch.equal(success, criterion(clipped, fmodel(clipped)))
+    assert success.sum() >= len(y) // 2
+
+
+@pytest.mark.parametrize("attack", [L2ALMA(steps=20), LinfALMAProx(steps=20)],
+                         ids=lambda a: type(a).__name__)  # fmt: skip
+def test_epsilons_as_a_tensor(attack: Any, fmodel: Any, few: Any) -> None:
+    """Foolbox passes early_stop=min(epsilons): a 0-d tensor for a tensor of epsilons, which
+    DDN accepts (it was a TypeError naming early_stop)."""
+    x, y = few
+    epsilons = torch.tensor([0.5, 1.0, 3.0])
+    _, from_tensor, success = attack(fmodel, x, y, epsilons=epsilons)
+    _, from_list, expected = attack(fmodel, x, y, epsilons=epsilons.tolist())
+    assert all(torch.equal(a, b) for a, b in zip(from_tensor, from_list, strict=True))
+    assert torch.equal(success, expected)
+
+
+def test_inputs_a_rounding_error_outside_the_bounds_give_results_inside(
+    mnist_cnn: torch.nn.Module, fmodel: Any, few: Any
+) -> None:
+    """Inputs up to 1e-6 of the range outside the bounds are accepted and clipped onto them:
+    even a sample returned as it is (already misclassified) lies inside the bounds."""
+    x, y = few
+    wrong = (predict_labels(mnist_cnn, x) + 1) % 10  # every sample already "adversarial"
+    outside = x.clone()
+    outside[:, 0, 0, 0] = 1 + 5e-7
+    outside[:, 0, 0, 1] = -5e-7
+    for attack in ATTACKS:
+        _, clipped, _ = attack(fmodel, outside, wrong, epsilons=None)
+        raw = attack.run(fmodel, outside, wrong)
+        for result in (clipped, raw):
+            assert result.min() >= 0 and result.max() <= 1, type(attack).__name__
+    for distance in ("l2", "linf"):
+        result = alma(mnist_cnn, outside, wrong, distance=distance, steps=5)
+        assert result.adversarials.min() >= 0 and result.adversarials.max() <= 1
+        assert result.success.all() and (result.distances == 0).all()
+    with pytest.raises(ValueError, match="within bounds"):
+        alma(mnist_cnn, outside + 1e-3, y, steps=5)
+
+
+def predict_labels(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
