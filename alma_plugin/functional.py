@@ -31,10 +31,12 @@ from .core.validation import (
     as_tensor,
     check_bounds,
     check_early_stop,
+    check_flag,
     check_in_range,
     check_inputs,
     check_positive_int,
     warn_if_training,
+    working_dtype,
 )
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
 from .distances._ssim import check_padding_for, descent_objective
@@ -85,7 +87,8 @@ def alma(
         steps: N, the number of iterations (one forward + one backward each).
         targeted: use tDLR⁺ (eq. 18) towards ``labels`` instead of DLR⁺ (eq. 4).
         bounds: the model's input range; ε and distances live in the [0, 1]-normalised space.
-        is_adversarial: optional success predicate (model_inputs, logits) → bool (N,); default
+        is_adversarial: optional success predicate (model_inputs, logits) → bool (N,), given
+            tensors of the inputs' kind (raw, or eagerpy if eagerpy tensors were given); default
             argmax ≠ y (or = t when targeted). A sample whose logits or distance are not
             finite never counts as a success, whatever the predicate says.
         early_stop: stop once every sample has an adversarial with D below this value (0:
@@ -145,6 +148,7 @@ def alma(
     steps = check_positive_int("steps", steps)
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
+    targeted = check_flag("targeted", targeted)
     x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
     _check_distance_inputs(spec.name, x)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
@@ -160,7 +164,7 @@ def alma(
         steps=steps,
         bounds=bounds,
         targeted=targeted,
-        is_adversarial=is_adversarial,
+        is_adversarial=_judging(is_adversarial, restore),
         callback=None if callback is None else _converted(callback, restore),
         early_stop=stop,
         seed=seed,
@@ -229,10 +233,14 @@ def alma_prox(
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     nu = check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
+    targeted = check_flag("targeted", targeted)
     x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
     y = _label_maps(labels, x)
-    m = None if masks is None else _masks(masks, y)
     dense = y.ndim > 1
+    if masks is not None and not dense:
+        raise ValueError(f"masks select pixels of (N, H, W) label maps (segmentation); with "
+                         f"(N,) labels, of shape {tuple(y.shape)}, leave masks=None")  # fmt: skip
+    m = None if masks is None else _masks(masks, y)
     if is_adversarial is not None and dense:
         raise ValueError("is_adversarial applies to (N,) labels; dense labels use adv_threshold")
     stop = check_early_stop(early_stop)
@@ -248,7 +256,7 @@ def alma_prox(
         targeted=targeted,
         masks=m,
         adv_threshold=nu if dense else 1.0,
-        is_adversarial=is_adversarial,
+        is_adversarial=_judging(is_adversarial, restore),
         early_stop=stop,
         callback=None if callback is None else _converted(callback, restore),
         seed=seed,
@@ -308,6 +316,7 @@ def lagrangian(
     if seed is not None:
         check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
+    targeted = check_flag("targeted", targeted)
     x, restore = _entry(model, inputs, bounds, None, None)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     if len(x) == 0:
@@ -349,8 +358,8 @@ def _check_distance_inputs(name: str, x: ep.Tensor) -> None:
         raise ValueError(
             f"distance={name!r} needs RGB inputs of shape (N, 3, H, W), got shape {tuple(x.shape)}"
         )
-    if name in ("ssim", "msssim"):
-        needed = ms_ssim_min_size(len(MS_SSIM_WEIGHTS)) if name == "msssim" else 11
+    if name in ("ssim", "msssim", "lpips"):
+        needed = {"ssim": 11, "msssim": ms_ssim_min_size(len(MS_SSIM_WEIGHTS)), "lpips": 31}[name]
         if x.ndim != 4 or min(x.shape[2:]) < needed:
             raise ValueError(
                 f"distance={name!r} needs inputs of shape (N, C, H, W) with H, W >= {needed}, "
@@ -389,7 +398,16 @@ def _checked_lpips(lpips: Any, distance: str) -> DistanceFunction:
             "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
             f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
         )
-    return lpips
+
+    def checked(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+        value = lpips(x_adv, x)
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != (len(x),):
+            raise ValueError(f"lpips must return one distance per sample, shape ({len(x)},), "
+                             f"got {type(value).__name__} of shape {shape}")  # fmt: skip
+        return value
+
+    return checked
 
 
 def _converted(
@@ -404,6 +422,18 @@ def _converted(
     return call
 
 
+def _judging(predicate: SuccessFn | None, restore: Callable[[ep.Tensor], Any]) -> SuccessFn | None:
+    """The caller's success predicate, fed tensors of the caller's kind (as ``callback``); the
+    solver checks its answer (raw or eagerpy) with :func:`.core.validation.check_success`."""
+    if predicate is None:
+        return None
+
+    def judge(model_inputs: ep.Tensor, logits: ep.Tensor) -> Any:
+        return predicate(restore(model_inputs), restore(logits))
+
+    return judge
+
+
 def _empty(
     x: ep.Tensor,
     y: ep.Tensor,
@@ -411,7 +441,7 @@ def _empty(
     apsr: bool = False,
     predictions: bool = True,
 ) -> AttackResult[Any]:
-    distances = ep.zeros(x, (0,)).astype(x.dtype)
+    distances = ep.zeros(x, (0,)).astype(working_dtype(x))  # as for a non-empty batch
     nothing = ep.zeros(y, (0,))
     result = AttackResult(x, distances, distances > 0, nothing, 0, distances if apsr else None,
                           nothing if predictions else None)  # fmt: skip

@@ -26,8 +26,8 @@ from .schedules import initial_step_size, random_unit_directions, scheduled_step
 from .tensors import expand, finite_rows, nan_to_zero
 from .validation import (
     Bounds,
-    as_model_output,
     as_tensor,
+    call_model,
     check_logits,
     check_success,
     working_dtype,
@@ -147,12 +147,12 @@ def alma_solve(
         model_inputs = to_model_space(u)
         if rounds:  # D measures what the model sees, rounded to the model's dtype
             u = (model_inputs.astype(dtype) - lower) / scale
-        logits = as_model_output(model(model_inputs), model_inputs)  # 3. z ← f(x̃)
+        logits = call_model(model, model_inputs)  # 3. z ← f(x̃)
         if t == 0:  # the class count K is only known once the model has answered
             check_logits(logits, labels, "targets" if targeted else "labels")
             check_differentiable(logits)
-        if logits.dtype != dtype and "float16" in str(logits.dtype):
-            logits = logits.astype(dtype)
+        if logits.dtype != dtype:  # float16 logits, or float64 ones of a float32 batch: the
+            logits = logits.astype(dtype)  # state's dtype, or d would promote the iterate
         goals_ = goals
         if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
             goals_ = restart_goal(stop_gradient(logits), labels, reached)

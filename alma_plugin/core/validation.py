@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
@@ -15,6 +16,8 @@ Bounds = tuple[float, float]
 
 def check_bounds(bounds: Any) -> Bounds:
     try:
+        if isinstance(bounds, str | bytes):  # "01" would be read as the pair (0, 1)
+            raise TypeError
         lower, upper = (float(b) for b in bounds)
     except (TypeError, ValueError):
         raise TypeError(
@@ -23,6 +26,14 @@ def check_bounds(bounds: Any) -> Bounds:
     if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
         raise ValueError(f"bounds must be finite with lower < upper, got {bounds!r}")
     return lower, upper
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A yes/no argument (``targeted``): a bool, not a string or a number that would be read
+    as one (``targeted="False"`` is true)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -244,6 +255,29 @@ def check_success(
             f"{tuple(tensor.shape)}"
         )
     return tensor
+
+
+_WRITES_INPUT = (
+    "model wrote into its input tensor in place (e.g. nn.ReLU(inplace=True) as its first "
+    "layer, or x.sub_(mean)): ALMA returns the very tensor the model judged, so the model must "
+    "leave its input unchanged; make its first operation out of place (nn.ReLU(), x - mean)"
+)
+
+
+def call_model(model: Callable[[ep.Tensor], Any], inputs: ep.Tensor) -> ep.Tensor:
+    """``model(inputs)`` as logits (:func:`as_model_output`), refusing a PyTorch model that
+    writes into ``inputs``: the attack would otherwise return (and measure) a tensor the model
+    changed after judging it. Free: a version counter, no copy."""
+    version = inputs.raw._version if isinstance(inputs, ep.PyTorchTensor) else None
+    try:
+        output = model(inputs)
+    except RuntimeError as error:  # the iterate itself is a leaf that requires grad
+        if "leaf Variable that requires grad" in str(error) and "in-place" in str(error):
+            raise ValueError(_WRITES_INPUT) from error
+        raise
+    if version is not None and inputs.raw._version != version:
+        raise ValueError(_WRITES_INPUT)
+    return as_model_output(output, inputs)
 
 
 def as_model_output(output: Any, inputs: ep.Tensor) -> ep.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin import alma
+from alma_plugin import alma, alma_prox
 
 
 @pytest.fixture
@@ -44,6 +44,10 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"gamma": 0.5}, ValueError, "gamma must lie in"),
         (X, Y, {"bounds": (1, 0)}, ValueError, "bounds must be finite with lower < upper"),
         (X, Y, {"bounds": 1.0}, TypeError, "bounds must be a pair"),
+        (X, Y, {"bounds": "01"}, TypeError, "bounds must be a pair"),  # was read as (0, 1)
+        (X, Y, {"targeted": "False"}, TypeError, "targeted must be a bool, got 'False'"),
+        (X, Y, {"targeted": 1}, TypeError, "targeted must be a bool"),
+        (X, Y, {"targeted": np.bool_(False), "steps": 1}, None, None),
         (X, Y, {"init_lr_distance": -1.0}, ValueError, "init_lr_distance must lie in"),
         (X, Y, {"levels": 1}, ValueError, "levels must be >= 2"),
         (X, Y, {"early_stop": -1.0}, ValueError, "early_stop must be None or a number >= 0"),
@@ -140,3 +144,75 @@ def test_success_predicate_of_wrong_dtype_or_shape(model: nn.Module, answer) -> 
 
     with pytest.raises(ValueError, match=r"is_adversarial must return a boolean tensor of shape"):
         alma(model, X, Y, steps=3, is_adversarial=predicate)
+
+
+def test_the_success_predicate_gets_the_callers_kind_of_tensor(model: nn.Module) -> None:
+    """Like ``callback``: torch tensors for torch inputs, so torch code (``dim=``) works."""
+    seen = []
+
+    def predicate(inputs, logits):
+        seen.append((type(inputs), type(logits)))
+        return logits.argmax(dim=1) != Y
+
+    result = alma(model, X, Y, steps=5, is_adversarial=predicate)
+    assert set(seen) == {(torch.Tensor, torch.Tensor)}
+    assert isinstance(result.distances, torch.Tensor)
+    prox = alma(model, X, Y, distance="linf", steps=5, is_adversarial=predicate)
+    assert isinstance(prox.distances, torch.Tensor) and len(seen) == 10
+
+
+def test_lpips_inputs_and_outputs_are_checked_before_any_model_call() -> None:
+    calls = []
+
+    def counting(x):
+        calls.append(1)
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)[:, :2]
+
+    with pytest.raises(ValueError, match=r"distance='lpips' needs .*H, W >= 31.*\(2, 3, 30, 30\)"):
+        alma(counting, torch.rand(2, 3, 30, 30), torch.tensor([0, 1]), distance="lpips")
+    assert not calls
+
+    def scalar_lpips(x_adv, x):
+        return (x_adv - x).abs().sum()
+
+    with pytest.raises(
+        ValueError, match=r"lpips must return one distance per sample, shape \(2,\)"
+    ):
+        alma(counting, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), distance="lpips",
+             lpips=scalar_lpips, steps=2)  # fmt: skip
+
+
+def test_an_empty_float16_batch_has_the_dtypes_of_a_non_empty_one(model: nn.Module) -> None:
+    half = model.half()
+    empty = alma(half, X[:0].half(), Y[:0], steps=2)
+    full = alma(half, X.half(), Y, steps=2)
+    assert empty.distances.dtype == full.distances.dtype == torch.float32
+    assert empty.adversarials.dtype == full.adversarials.dtype == torch.float16
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-1.0, 2.0)])
+def test_a_model_that_writes_into_its_input_is_refused(model: nn.Module, bounds) -> None:
+    """ALMA returns the tensor the model judged: a model that changes it in place would make
+    the reported distances and successes wrong (with bounds (0, 1) autograd refused it with an
+    obscure leaf error)."""
+
+    class Normalising(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return model(x.sub_(0.5).mul_(2))
+
+    for writer in (nn.Sequential(nn.ReLU(inplace=True), model), Normalising()):
+        with pytest.raises(ValueError, match="model wrote into its input tensor in place"):
+            alma(writer, X, Y, steps=3, bounds=bounds)
+
+
+def test_float64_logits_of_a_float32_batch(model: nn.Module) -> None:
+    """The logits are cast to the solver's dtype: float64 ones used to promote the iterate,
+    and the model's second call failed on float64 inputs."""
+    for distance in ("l2", "l1", "linf"):
+        result = alma(lambda x: model(x).double(), X, Y, distance=distance, steps=10)
+        assert result.adversarials.dtype == result.distances.dtype == torch.float32
+
+
+def test_masks_with_class_labels_are_refused(model: nn.Module) -> None:
+    with pytest.raises(ValueError, match=r"masks select pixels of \(N, H, W\) label maps"):
+        alma_prox(model, X, Y, masks=torch.ones(3, dtype=torch.bool), steps=2)
