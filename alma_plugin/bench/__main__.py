@@ -51,6 +51,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "overhead": ("overhead", "one ALMA step vs one bare forward + backward"),
     "border": ("border", "where the SSIM / MS-SSIM attacks put their perturbation"),
     "step0": ("step0", "the cost of step 0 (η⁽⁰⁾ search) vs a later step, per distance"),
+    "noise": ("noise", "how far a median moves when the inputs move by one ulp"),
 }
 
 
