@@ -94,7 +94,8 @@ def lpips(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """LPIPS-AlexNet (v0.1) per sample with the default weights, loaded on first call.
 
     The weights are looked for, never downloaded (see :class:`LPIPS`); without them this raises
-    :class:`LPIPSWeightsNotFoundError`. PyTorch tensors only.
+    :class:`LPIPSWeightsNotFoundError`. PyTorch tensors only, RGB images of at least 31×31
+    pixels (``ValueError`` otherwise, before the weights are looked for).
     """
     from ._lpips import check_lpips_input, default_lpips
 

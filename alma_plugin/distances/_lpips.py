@@ -22,7 +22,8 @@ Weights are never downloaded:
   imports torchvision).
 
 If a file is found nowhere, :class:`LPIPSWeightsNotFoundError` lists every place looked.
-The network needs inputs of at least 31×31 pixels (relu5 of a 32×32 image is 1×1).
+The network needs inputs of at least 31×31 pixels (relu5 of a 32×32 image is 1×1): smaller
+ones raise ``ValueError`` (:data:`LPIPS_MIN_SIZE`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ LPIPS_LINEAR_FILE = ("weights", "v0.1", "alex.pth")
 SHIFT: tuple[float, float, float] = (-0.030, -0.088, -0.188)
 SCALE: tuple[float, float, float] = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10
+#: Smallest height and width AlexNet's taps accept: conv1 (11×11, stride 4, padding 2) must
+#: leave 7 rows, so that its 3×3 / stride-2 max pool leaves the 3 that the next one needs.
+LPIPS_MIN_SIZE = 31
 
 T = TypeVar("T")
 WeightsSource = Union[str, "os.PathLike[str]", Mapping[str, torch.Tensor], None]
@@ -125,13 +129,20 @@ def _safe_unit_normalize(y: torch.Tensor) -> torch.Tensor:
 
 
 def check_lpips_input(x_adv: ep.Tensor) -> None:
-    """Raise unless ``x_adv`` is an eagerpy PyTorch RGB batch (``x`` matches it already)."""
+    """Raise unless ``x_adv`` is an eagerpy PyTorch RGB batch of at least
+    :data:`LPIPS_MIN_SIZE` pixels a side (``x`` matches it already)."""
     if not isinstance(x_adv, ep.PyTorchTensor):
         raise TypeError(
             "LPIPS needs PyTorch tensors (its network is a torch module), got "
             f"{type(x_adv.raw).__module__}.{type(x_adv.raw).__qualname__}"
         )
     check_color_input(x_adv, "x_adv")
+    # Smaller images fail deep inside torch ("Calculated output size: (192x0x0)").
+    if min(x_adv.shape[2], x_adv.shape[3]) < LPIPS_MIN_SIZE:
+        raise ValueError(
+            f"x_adv must be images of at least {LPIPS_MIN_SIZE}×{LPIPS_MIN_SIZE} pixels for "
+            f"LPIPS (AlexNet's feature maps vanish below), got x_adv.shape={tuple(x_adv.shape)}"
+        )
 
 
 class LPIPSNetwork(nn.Module):

@@ -161,6 +161,24 @@ def test_non_rgb_and_non_torch_inputs_raise(weights: Weights) -> None:
         metric(array, array)
 
 
+@pytest.mark.parametrize("size", [(30, 30), (64, 16), (31, 30)])
+def test_images_smaller_than_31_pixels_raise_a_clear_error(
+    weights: Weights, size: tuple[int, int]
+) -> None:
+    """Below 31 px a side AlexNet's feature maps vanish: torch failed deep inside the network
+    ("Calculated output size: (192x0x0)"); now a ValueError names the argument and the size."""
+    metric = LPIPS(*weights)
+    small = torch.rand(2, 3, *size)
+    shape = rf"x_adv\.shape=\(2, 3, {size[0]}, {size[1]}\)"
+    with pytest.raises(ValueError, match=rf"x_adv must be .*at least 31×31 pixels.*{shape}"):
+        metric(small, small)
+    with pytest.raises(ValueError, match=rf"at least 31×31 pixels.*{shape}"):
+        lpips(small, small)  # before looking for the default weights
+    assert lpips_module.LPIPS_MIN_SIZE == 31
+    smallest = torch.rand(2, 3, 31, 31)
+    assert torch.isfinite(metric(smallest, smallest.flip(3))).all()
+
+
 def test_missing_weights_error_lists_places(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
