@@ -39,10 +39,10 @@ def normalise_criterion(criterion: Any, inputs: ep.Tensor) -> Criterion:
         converted.labels = as_labels("labels", criterion.labels, inputs, batch)
         return converted
     if isinstance(criterion, TargetedMisclassification):
-        converted = copy.copy(criterion)
+        targeted = copy.copy(criterion)
         classes = criterion.target_classes
-        converted.target_classes = as_labels("target_classes", classes, inputs, batch)
-        return converted
+        targeted.target_classes = as_labels("target_classes", classes, inputs, batch)
+        return targeted
     if isinstance(criterion, Criterion):
         raise TypeError(
             "criterion must be a labels tensor, foolbox.criteria.Misclassification or "

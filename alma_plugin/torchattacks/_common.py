@@ -9,6 +9,8 @@ from typing import Any
 
 import eagerpy as ep
 import torch
+from torch.nn.parameter import is_lazy
+from torch.utils.hooks import RemovableHandle
 from torchattacks.attack import Attack
 
 from ..core.validation import as_labels, as_tensor, check_inputs
@@ -82,6 +84,37 @@ def target_labels(attack: Attack, images: torch.Tensor, labels: torch.Tensor) ->
     return as_labels("target labels", targets, ep.astensor(images), (len(images),)).raw
 
 
+def _snapshot_on_materialisation(
+    modules: list[torch.nn.Module], buffers: list[torch.Tensor], values: list[torch.Tensor | None]
+) -> list[RemovableHandle]:
+    """Forward pre-hooks that fill ``values`` for the lazy buffers of ``buffers`` (None there)
+    once a lazy module materialises them on its first forward. The module's own pre-hook,
+    registered at its construction, runs first and gives them their initial values; saving
+    them before the forward lets the restore undo what the call does to them afterwards
+    (running statistics updated with ``batchnorm_training=True``), as for other buffers."""
+    lazy = [i for i, value in enumerate(values) if value is None]
+
+    def snapshot(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        with torch.no_grad():
+            for i in lazy:
+                if values[i] is None and not is_lazy(buffers[i]):
+                    values[i] = buffers[i].clone()
+
+    owners = [m for m in modules if any(is_lazy(b) for b in m.buffers(recurse=False))]
+    return [module.register_forward_pre_hook(snapshot) for module in owners]
+
+
+def _put_back_grad(
+    parameter: torch.Tensor, grad: torch.Tensor | None, value: torch.Tensor | None
+) -> None:
+    """Make ``grad`` the ``.grad`` of ``parameter`` again, holding ``value``: the same tensor
+    object, written into only where the call changed it."""
+    if grad is not None and value is not None and not torch.equal(grad, value):
+        grad.copy_(value)
+    if parameter.grad is not grad:
+        parameter.grad = grad
+
+
 @contextmanager
 def restored_state(attack: Attack) -> Iterator[None]:
     """Run a call with autograd available and leave the model as it was.
@@ -90,19 +123,30 @@ def restored_state(attack: Attack) -> Iterator[None]:
     ``torch.inference_mode()`` (as in evaluation loops): both are lifted for the call.
     Afterwards, even after an error, each module's ``training`` flag is restored exactly
     (torchattacks only calls ``train()`` again on a model that was training), and so are the
-    parameters' ``requires_grad`` and ``.grad``, the buffers (batch norm running statistics,
-    which ``set_model_training_mode(batchnorm_training=True)`` would otherwise update at every
-    step) and the normalisation flag."""
+    parameters' ``requires_grad`` and ``.grad`` (the same tensor, with its values), the buffers
+    (batch norm running statistics, which ``set_model_training_mode(batchnorm_training=True)``
+    would otherwise update at every step) and the normalisation flag.
+
+    Lazy modules (``nn.LazyLinear``, ...) that have not run yet hold uninitialised tensors,
+    which cannot be copied: a module the call materialises stays materialised, as after
+    torchattacks' PGD, and its buffers are restored to their values right after
+    materialisation (its initial running statistics); its flags and ``requires_grad`` are
+    restored as for any module, and its parameters, which had no ``.grad``, get none."""
     model = attack.model
     is_module = isinstance(model, torch.nn.Module)
     modules = list(model.modules()) if is_module else []
     flags = [m.training for m in modules]
     parameters = list(model.parameters()) if is_module else []
+    requires_grad = [p.requires_grad for p in parameters]
     # Members of an ensemble may backpropagate into the parameters (torchattacks' DeepFool).
-    saved = [(p.requires_grad, None if p.grad is None else p.grad.clone()) for p in parameters]
+    # The .grad tensors themselves are put back, not copies: code may hold them (DDP's
+    # gradient_as_bucket_view, hooks); the copies only restore their values.
+    grads = [p.grad for p in parameters]
     buffers = list(model.buffers()) if is_module else []
     with torch.no_grad():
-        values = [b.clone() for b in buffers]
+        grad_values = [None if g is None else g.clone() for g in grads]
+        values = [None if is_lazy(b) else b.clone() for b in buffers]
+    hooks = _snapshot_on_materialisation(modules, buffers, values)
     applied = attack._normalization_applied
     try:
         with ExitStack() as stack:
@@ -110,14 +154,19 @@ def restored_state(attack: Attack) -> Iterator[None]:
             stack.enter_context(torch.enable_grad())
             yield
     finally:
+        for hook in hooks:
+            hook.remove()
         for module, flag in zip(modules, flags, strict=True):
             module.training = flag
-        for parameter, (requires_grad, grad) in zip(parameters, saved, strict=True):
-            parameter.requires_grad_(requires_grad)
-            parameter.grad = grad
         with torch.no_grad():
+            for parameter, flag, grad, value in zip(
+                parameters, requires_grad, grads, grad_values, strict=True
+            ):
+                parameter.requires_grad_(flag)
+                _put_back_grad(parameter, grad, value)
             for buffer, value in zip(buffers, values, strict=True):
-                if not torch.equal(buffer, value):
+                # None: still lazy, or materialised outside a forward (nothing to restore).
+                if value is not None and not torch.equal(buffer, value):
                     buffer.copy_(value)
         if attack._normalization_applied != applied:
             attack._set_normalization_applied(applied)

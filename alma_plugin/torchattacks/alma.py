@@ -41,7 +41,9 @@ class ALMA(StateRestoringAttack):
         seed (int): seeds the random directions used where a gradient vanishes and the
             random starts of ``restarts`` > 1 (ALMA and ALMA prox). A seeded
             attack is deterministic: calling it again on the same batch returns the same
-            result (there is no ``repeat``); set ``attack.seed`` to another value to vary it.
+            result (there is no ``repeat``), except after ``set_mode_targeted_random``,
+            whose targets come from torch's global generator as in torchattacks (the same
+            after the same ``torch.manual_seed``); set ``attack.seed`` to vary it.
         lpips (LPIPS): for "lpips", the network to use, e.g.
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``;
             None: the default weights, looked for locally on first use (never downloaded).
@@ -53,7 +55,9 @@ class ALMA(StateRestoringAttack):
             stronger worst-case attack). Distances and success are the exact SSIM's either
             way. Other distances: None only. (Default: None)
         params (ALMAParams): the hyperparameters, whose fields the keywords below replace;
-            for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword).
+            for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword: an ALMA keyword
+            with "linf" is a ``TypeError``, even at its default). Kept as None when neither
+            ``params`` nor a keyword is given: the defaults of the distance at each call.
         **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ...) with the paper's defaults, as ``inspect.signature(ALMA)`` shows.
@@ -118,10 +122,13 @@ class ALMA(StateRestoringAttack):
         r"""
         Overridden.
         """
-        images, labels = prepare(self, images, labels, resolve_distance(self.distance))
+        # As in __init__: "inf" or "l_inf" set after construction is "linf", an invalid name
+        # is refused here with the error naming ``distance``.
+        spec = resolve_distance(self.distance)
+        images, labels = prepare(self, images, labels, spec)
         targets = target_labels(self, images, labels) if self.targeted else labels
         # get_logits applies the normalisation of set_normalization_used, if any.
-        result = alma(self.get_logits, images, targets, distance=self.distance,
+        result = alma(self.get_logits, images, targets, distance=spec.name,
                       steps=self.steps, targeted=bool(self.targeted), early_stop=self.early_stop,
                       seed=self.seed, lpips=self.lpips, padding=self.padding,
                       params=self.params)  # fmt: skip

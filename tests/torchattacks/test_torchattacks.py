@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import torchattacks
@@ -11,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from alma_plugin import DISTANCES, ALMAParams, ProxParams
-from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+from alma_plugin.torchattacks import ALMA, Lagrangian, MinimalEnsemble
 from tests.utils import assert_unchanged, predict, snapshot
 
 MEAN, STD = (0.1307,), (0.3081,)
@@ -55,8 +53,8 @@ def test_default_mode(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) ->
     assert torch.equal(x, inputs[0]) and torch.equal(y, inputs[1])
     assert_unchanged(cnn, before)
     assert attack.get_mode() == "default"
-    assert attack.params == ALMAParams()  # as given: None means the paper's rule
-    resolved = attack.params.for_budget(attack.steps, DISTANCES["l2"].init_lr_distance)
+    assert attack.params is None  # nothing given: the distance's defaults at each call
+    resolved = ALMAParams().for_budget(attack.steps, DISTANCES["l2"].init_lr_distance)
     assert resolved.alpha == 0.5 and resolved.init_lr_distance == 0.1  # paper defaults
 
 
@@ -346,7 +344,8 @@ def test_attributes_set_after_construction_are_used(
     attack.distance = "l1"  # Table 3's ε for ℓ1, not ℓ2's 0.1
     assert torch.equal(attack(x, y), ALMA(cnn, "l1", steps=20)(x, y))
 
-    attack.params = replace(attack.params, alpha=0.7, init_lr_distance=0.3, penalty="P1")
+    assert attack.params is None  # no hyperparameter given: the distance's defaults
+    attack.params = ALMAParams(alpha=0.7, init_lr_distance=0.3, penalty="P1")
     same = ALMA(cnn, "l1", 20, alpha=0.7, init_lr_distance=0.3, penalty="P1")
     assert attack.params == same.params and repr(attack) == repr(same)
     assert torch.equal(attack(x, y), same(x, y))
@@ -354,6 +353,19 @@ def test_attributes_set_after_construction_are_used(
     linf = ALMA(cnn, steps=20)
     linf.distance = "linf"  # default ALMAParams: ALMA prox runs with its own defaults
     assert torch.equal(linf(x, y), ALMA(cnn, "linf", steps=20)(x, y))
+
+
+@pytest.mark.parametrize("name", ["inf", "l_inf", "LInf"])
+def test_linf_names_set_after_construction(
+    cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor], name: str
+) -> None:
+    """Every ℓ∞ name the constructor takes also works as ``attack.distance`` (the call used
+    to pass the raw attribute on, which only knew "linf")."""
+    x, y = few[0][:2], few[1][:2]
+    attack = ALMA(cnn, steps=5)
+    attack.distance = name
+    assert torch.equal(attack(x, y), ALMA(cnn, name, steps=5)(x, y))
+    assert ALMA(cnn, name).distance == "linf"
 
 
 @pytest.mark.parametrize(
@@ -405,7 +417,81 @@ def test_seeded_calls_repeat(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tens
     assert torch.equal(attack(x, y), ALMA(cnn, steps=10, seed=4)(x, y))
 
 
+def test_targeted_random_repeats_after_the_same_manual_seed(
+    cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """The documented exception to "a seeded attack is deterministic": random targets come
+    from torch's global generator, as in torchattacks, so only ``torch.manual_seed`` makes a
+    call repeat."""
+    x, y = few[0][:4], few[1][:4]
+    attack = ALMA(cnn, steps=10, seed=3)
+    attack.set_mode_targeted_random(quiet=True)
+    torch.manual_seed(0)
+    first = attack(x, y)
+    torch.manual_seed(0)
+    assert torch.equal(attack(x, y), first)
+    assert not torch.equal(attack(x, y), first)  # other targets from the generator's state
+
+
 def test_empty_batch(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = few[0][:0], few[1][:0]
     for attack in (ALMA(cnn, steps=5), ALMA(cnn, "linf", steps=5), MinimalEnsemble([ALMA(cnn)])):
         assert attack(x, y).shape == x.shape
+
+
+# --- the model's state: lazy modules, .grad tensors ------------------------------------------
+
+
+def lazy_model() -> nn.Module:
+    """Lazy modules that have not run: their parameters and buffers are uninitialised."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(),
+                         nn.LazyLinear(10)).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["ALMA", "Lagrangian", "MinimalEnsemble"])
+def test_lazy_modules_are_materialised(few: tuple[torch.Tensor, torch.Tensor], name: str) -> None:
+    """As torchattacks' PGD, the call materialises the lazy modules (saving the state used to
+    copy their uninitialised buffers first and fail); they stay materialised, with their
+    modes, ``requires_grad`` and initial running statistics restored as for other modules."""
+    x, y = few[0][:3], few[1][:3]
+    model = lazy_model()
+    make = {
+        "ALMA": lambda: ALMA(model, steps=5),
+        "Lagrangian": lambda: Lagrangian(model, seed=0),  # its noise off the global generator
+        "MinimalEnsemble": lambda: MinimalEnsemble(
+            [torchattacks.PGD(model, random_start=False), ALMA(model, steps=5)]
+        ),
+    }
+    attack = make[name]()
+    # batch norm in training mode updates the running statistics at each step
+    attack.set_model_training_mode(model_training=True, batchnorm_training=True)
+    assert attack(x, y).shape == x.shape
+    state = model.state_dict()
+    assert not any(nn.parameter.is_lazy(value) for value in state.values())
+    assert torch.equal(state["1.running_mean"], torch.zeros(4))
+    assert torch.equal(state["1.running_var"], torch.ones(4))
+    assert state["1.num_batches_tracked"] == 0
+    assert not any(m.training for m in model.modules())
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    reference = lazy_model()
+    reference(x)  # the same initialisation as a first forward outside an attack
+    for key, value in reference.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+def test_grad_tensors_are_kept(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Each parameter's ``.grad`` is the same tensor object after the call, with its values:
+    code holding it (DDP's gradient_as_bucket_view, hooks) is not cut off. DeepFool, as a
+    member, backpropagates into the parameters and changes their ``.grad`` in place."""
+    x, y = few[0][:3], few[1][:3]
+    nn.functional.cross_entropy(cnn(x), y).backward()
+    last = list(cnn.parameters())[-1]
+    last.grad = None  # a parameter without .grad gets none
+    grads = [p.grad for p in cnn.parameters()]
+    values = [None if g is None else g.clone() for g in grads]
+    for attack in (ALMA(cnn, steps=5), MinimalEnsemble([torchattacks.DeepFool(cnn, steps=2)])):
+        attack(x, y)
+        for parameter, grad, value in zip(cnn.parameters(), grads, values, strict=True):
+            assert parameter.grad is grad
+            assert grad is None or torch.equal(grad, value)
