@@ -69,7 +69,13 @@ from typing import TypeVar, cast
 
 import eagerpy as ep
 
-from ._common import apply_distance, distance_function, flatten, stop_gradient
+from ._common import (
+    apply_distance,
+    clean_zeros,
+    distance_function,
+    flatten,
+    stop_gradient,
+)
 from ._gaussian import (
     SIGMA,
     WINDOW,
@@ -179,7 +185,7 @@ def ssim_index(
 
 
 def _ssim_distance(x_adv: ep.Tensor, x: ep.Tensor, padding: str = "valid") -> ep.Tensor:
-    return 1 - ssim_index(x_adv, x, padding=padding)
+    return clean_zeros(1 - ssim_index(x_adv, x, padding=padding), x_adv, x)
 
 
 def ssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
@@ -249,7 +255,7 @@ def ms_ssim_index(
 
 
 def _msssim_distance(x_adv: ep.Tensor, x: ep.Tensor, padding: str = "valid") -> ep.Tensor:
-    return 1 - ms_ssim_index(x_adv, x, padding=padding)
+    return clean_zeros(1 - ms_ssim_index(x_adv, x, padding=padding), x_adv, x)
 
 
 def msssim(x_adv: T, x: T, *, padding: str = "valid") -> T:

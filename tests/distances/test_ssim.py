@@ -416,3 +416,42 @@ def test_kept_filter_matrices_serve_every_later_call() -> None:
     pairs = zip(x_adv.double().numpy(), x.double().numpy(), strict=True)
     expected = [_skimage_ssim(a, b) for a, b in pairs]
     np.testing.assert_allclose(1 - ssim(x_adv.double(), x.double()).numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("name", ["msssim"])
+def test_float32_distances_are_zero_at_identity_and_never_negative(
+    name: str, framework: str
+) -> None:
+    """1 − index rounds to ±3e-6 in float32 at or near identity (MS-SSIM): an already
+    adversarial input was reported at D = −2.5e-6. Identical samples and negative residues
+    are exactly 0; other values and all gradients are those of the plain 1 − index. (SSIM
+    goes through the same code; on these images its plain value is already exact.)"""
+    from alma_plugin.distances._ssim import ms_ssim_index, ssim_index
+
+    size = 176 if name == "msssim" else 32
+    rng = np.random.default_rng(26)
+    x = rng.random((8, 3, size, size)).astype(np.float32)
+    near = (
+        x
+        + rng.normal(0, 1e-4, x.shape).astype(np.float32) * (np.arange(8) >= 4)[:, None, None, None]
+    )
+    near = np.clip(near, 0, 1).astype(np.float32)
+    index = ms_ssim_index if name == "msssim" else ssim_index
+    distance = msssim if name == "msssim" else ssim
+    if framework == "torch":
+        wrap = lambda a: ep.astensor(torch.from_numpy(a))  # noqa: E731
+    else:
+        jnp = pytest.importorskip("jax.numpy")
+        wrap = lambda a: ep.astensor(jnp.asarray(a))  # noqa: E731
+    a, b = wrap(near), wrap(x)
+    value = distance(a, b).numpy()
+    plain = (1 - index(a, b, padding="valid")).numpy()
+    assert (value >= 0).all() and (value[:4] == 0).all()
+    kept = plain >= 0
+    np.testing.assert_array_equal(
+        value[kept & (np.arange(8) >= 4)], plain[kept & (np.arange(8) >= 4)]
+    )
+    grad = ep.value_and_grad(lambda u: distance(u, b).sum(), a)[1].numpy()
+    plain_grad = ep.value_and_grad(lambda u: (1 - index(u, b, padding="valid")).sum(), a)[1].numpy()
+    np.testing.assert_array_equal(grad, plain_grad)
