@@ -63,6 +63,18 @@ def _most_likely_other(
     return goal, taken.all(axis=-1)
 
 
+def check_class_restarts(num_classes: int, restarts: int) -> None:
+    """``restart_mode="classes"`` aims run k at a class that neither the label nor runs
+    1 … k − 1 aimed at, so R runs need K ≥ R + 1 classes. The solvers check it at run 0's
+    first forward (where K becomes known), before the other runs spend their model calls."""
+    if restarts > 1 and num_classes < restarts + 1:
+        raise ValueError(
+            f"restart_mode='classes' aims run k at a class that neither the label nor runs "
+            f"1 … k − 1 aimed at, so restarts=R needs at least R + 1 classes: got "
+            f"restarts={restarts} and a model with K={num_classes} classes"
+        )
+
+
 def restart_goal(logits: ep.Tensor, labels: ep.Tensor, reached: tuple[ep.Tensor, ...]) -> ep.Tensor:
     """The class run k = len(reached) of ``restart_mode="classes"`` aims at, per constraint,
     for logits (..., K) at x: the most likely class other than the label, than the goals of
@@ -71,13 +83,7 @@ def restart_goal(logits: ep.Tensor, labels: ep.Tensor, reached: tuple[ep.Tensor,
     class, the most likely one other than the label and the earlier goals. The earlier goals
     are recomputed from the same logits (every such run starts at x), so no run has to hand
     its goal on. As AutoAttack's APGD-T and FAB-T aim at the top classes; needs K ≥ k + 2."""
-    num_classes = logits.shape[-1]
-    if num_classes < len(reached) + 2:
-        raise ValueError(
-            f"restart_mode='classes' aims run k at a class that neither the label nor runs "
-            f"1 … k − 1 aimed at, so restarts=R needs at least R + 1 classes: run "
-            f"{len(reached)} has none left, the model has K={num_classes} classes"
-        )
+    check_class_restarts(logits.shape[-1], len(reached) + 1)
     goals: tuple[ep.Tensor, ...] = ()
     for run in range(1, len(reached) + 1):
         preferred, none_left = _most_likely_other(logits, labels, goals + reached[:run])

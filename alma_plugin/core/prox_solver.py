@@ -29,7 +29,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied, restart_goal
+from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
@@ -167,6 +167,8 @@ def alma_prox_solve(
             logits = as_model_output(model(x_adv), x_adv)
             if t == 1:
                 check_differentiable(logits)
+                if restart == 0 and p.restart_mode == "classes":
+                    check_class_restarts(logits.shape[1], p.restarts)
             z = constraint_logits(logits, c, check=t == 1)
             if rounds:
                 z = z.astype(x.dtype)

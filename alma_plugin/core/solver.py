@@ -17,7 +17,7 @@ import numpy as np
 from ..distances import DistanceFunction
 from ..distances._common import unchecked
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import dlr_plus, is_satisfied, restart_goal
+from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
 from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
@@ -151,6 +151,8 @@ def alma_solve(
         if t == 0:  # the class count K is only known once the model has answered
             check_logits(logits, labels, "targets" if targeted else "labels")
             check_differentiable(logits)
+            if restart == 0 and c.restart_mode == "classes":
+                check_class_restarts(logits.shape[-1], c.restarts)
         if logits.dtype != dtype:  # float16 logits, or float64 ones of a float32 batch: the
             logits = logits.astype(dtype)  # state's dtype, or d would promote the iterate
         goals_ = goals

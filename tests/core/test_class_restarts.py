@@ -92,6 +92,16 @@ def test_restart_goal_without_a_class_left_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+def test_too_few_classes_are_refused_at_the_first_forward(distance: str) -> None:
+    """R runs need K ≥ R + 1 classes: refused when K is first known (run 0's first forward),
+    not after runs 0 … R − 2 have spent their model calls."""
+    model = CountingModel(_model())
+    with pytest.raises(ValueError, match=rf"restarts=R needs at least R \+ 1 classes.*K={K}"):
+        _attack(distance, model, steps=40, restarts=K, restart_mode="classes")
+    assert model.forwards == 1
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
 def test_run_one_starts_at_x_aimed_at_a_class_run_zero_did_not_return(distance: str) -> None:
     """At the first step of run 1 the iterate is x (D = 0) and the constraint is tDLR⁺(z(x),
     c₁), c₁ the most likely class other than y and than run 0's returned class (run 0 of R = 2
