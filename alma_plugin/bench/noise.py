@@ -6,9 +6,9 @@ alma_prox-linf] [--budgets 100] [--samples 100] [--first 0] [--replicates 6]``
 
 A minimal-norm attack is a non-convex optimisation: a last-bit difference (another thread
 count, another PyTorch build, a reordered sum, a rounding-level change of the code) can send a
-sample to another local optimum, and ALMA's step size decays from the step of the first
-success, so moving that step by one changes every later step. A difference between two
-medians of the comparison tables means something only beyond this floor.
+sample to another local optimum or change which of its iterates end on the adversarial side.
+A difference between two medians of the comparison tables means something only beyond this
+floor.
 
 Replicate 0 runs the attack on the images as they are; replicate k ≥ 1 on the images with
 every pixel strictly inside (0, 1) moved to the next or the previous representable number of
