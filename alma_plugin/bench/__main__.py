@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import platform
 import shlex
 import sys
@@ -40,6 +41,7 @@ from .runner import (
     plan,
     run_shard,
 )
+from .usermodels import model_label
 
 __all__ = ["SUBCOMMANDS", "main", "parse_args"]
 
@@ -80,9 +82,12 @@ _seed = _integer("seed", 0)
 def _real(name: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value):  # a NaN std passed every check and made NaN logits
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
+        return value
 
     return parse
 
@@ -155,8 +160,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     if args.std is not None and (len(args.std) != len(args.mean) or min(args.std) <= 0):
         parser.error(f"arguments --mean/--std: expected as many values each (one per channel) "
                      f"and std > 0, got --mean {args.mean} and --std {args.std}")  # fmt: skip
+    keys = [("--models", [model_label(m) for m in args.models]),
+            ("--attacks", args.attacks or []), ("--budgets", args.budgets or [])]  # fmt: skip
+    for option, values in keys:
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:  # rows are keyed by (model, attack, budget): two runs would be pooled
+            parser.error(f"argument {option}: each value once (rows of the table are keyed by "
+                         f"them), got {repeated} more than once")  # fmt: skip
     try:
-        images, _ = load_data(args.data)
+        images, labels = load_data(args.data)
     except ValueError as error:
         parser.error(f"argument --data: {error}")
     if args.samples > len(images):
@@ -195,6 +207,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
         if logits.ndim != 2:
             parser.error(f"argument --models: {name!r} must return logits (N, classes), got "
                          f"shape {tuple(logits.shape)}")  # fmt: skip
+        chosen = labels[: args.samples]
+        if len(chosen) and (chosen.min() < 0 or chosen.max() >= logits.shape[1]):
+            parser.error(f"argument --data: labels must lie in [0, {logits.shape[1]}) (the "
+                         f"classes of {name!r}), got [{int(chosen.min())}, "
+                         f"{int(chosen.max())}]")  # fmt: skip
     if not plan(config)[0]:
         parser.error("arguments --attacks/--distance/--budgets: no attack left to run for "
                      f"attacks={args.attacks} and distances={args.distance}")  # fmt: skip

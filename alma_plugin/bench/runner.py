@@ -117,6 +117,12 @@ def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if "images" not in arrays or "labels" not in arrays:
             raise ValueError(f"data file {name!r} must hold arrays 'images' and 'labels'")
         images, labels = arrays["images"], arrays["labels"]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"data file {name!r}: expected integer labels (N,), got "
+                         f"{labels.dtype} of shape {tuple(labels.shape)}")  # fmt: skip
+    if images.size == 0 or not np.isfinite(images).all():
+        raise ValueError(f"data file {name!r}: expected a non-empty array of finite images, "
+                         f"got shape {tuple(images.shape)}")  # fmt: skip
     x = torch.from_numpy(images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1))
     if x.ndim != 4 or len(labels) != len(x) or x.min() < 0 or x.max() > 1:
         raise ValueError(

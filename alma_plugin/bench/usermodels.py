@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from collections.abc import Sequence
@@ -66,6 +67,11 @@ def _split(spec: str) -> tuple[str, str] | None:
     return source, attribute
 
 
+def _is_module_name(source: str) -> bool:
+    """``package.module`` (dotted identifiers), as opposed to a file name."""
+    return all(part.isidentifier() for part in source.split("."))
+
+
 def _import_source(source: str, spec: str) -> object:
     if source.endswith(".py"):
         path = Path(source)
@@ -85,7 +91,7 @@ def _import_source(source: str, spec: str) -> object:
             del sys.modules[name]
             raise
         return module
-    if not all(part.isidentifier() for part in source.split(".")):
+    if not _is_module_name(source):
         raise ValueError(
             f"model {spec!r}: expected 'file.py:callable' or 'package.module:callable', got "
             f"the source {source!r}"
@@ -136,7 +142,7 @@ def load_model(
         model: nn.Module = load_smallcnn(spec)
     elif Path(spec).is_file():
         model = torch.jit.load(spec, map_location="cpu")
-    elif split is not None and (split[0].endswith(".py") or not Path(split[0]).suffix):
+    elif split is not None and (split[0].endswith(".py") or _is_module_name(split[0])):
         model = _from_factory(spec, *split)
     else:
         raise ValueError(
@@ -166,10 +172,28 @@ def safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", label)
 
 
+def _module_code(module: nn.Module) -> str:
+    """The code behind a module's forward: TorchScript's ``code``, else its class's source
+    (its qualified name where the source cannot be read)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        try:
+            return str(module.code)
+        except RuntimeError:  # a ScriptModule without a forward of its own
+            return type(module).__qualname__
+    try:
+        return inspect.getsource(type(module))
+    except (OSError, TypeError):
+        return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
 def model_fingerprint(model: nn.Module) -> str:
-    """A SHA-256 of the model's parameters and buffers (names, shapes, values): what the
-    resumable runner checks before reusing a finished batch."""
+    """A SHA-256 of the model's code (each module's forward: its class's source, or
+    TorchScript's code) and of its parameters and buffers (names, shapes, values): what the
+    resumable runner checks before reusing a finished batch, so an edited forward with the
+    same weights is recomputed too."""
     digest = hashlib.sha256()
+    for module in model.modules():
+        digest.update(_module_code(module).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())

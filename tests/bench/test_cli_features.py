@@ -21,7 +21,7 @@ from alma_plugin.bench.distributed import Context, batches
 from alma_plugin.bench.registry import AttackSpec
 from alma_plugin.bench.resume import batch_fingerprint
 from alma_plugin.bench.runner import BenchConfig, run_shard
-from alma_plugin.bench.usermodels import Normalized, load_model, model_label
+from alma_plugin.bench.usermodels import Normalized, load_model, model_fingerprint, model_label
 
 USER_FILE = textwrap.dedent(
     """
@@ -109,6 +109,10 @@ def test_a_module_callable_with_normalisation(
         ("no_such_module_xyz:make", [], "cannot import module 'no_such_module_xyz'"),
         ("{dir}/user_net.py:make_model", ["--mean", "0.5"], "give both or neither"),
         ("{dir}/user_net.py:make_model", ["--mean", "0.5", "--std", "0"], "std > 0"),
+        ("{dir}/user_net.py:make_model", ["--mean", "0.5", "--std", "nan"], "finite number"),
+        ("mnist_regular mnist_regular", [], "--models: each value once"),
+        ("mnist_regular", ["--attacks", "ddn-l2", "ddn-l2"], "--attacks: each value once"),
+        ("mnist_regular", ["--budgets", "5", "5"], "--budgets: each value once"),
     ],
 )
 def test_user_model_errors_are_clear(
@@ -116,9 +120,63 @@ def test_user_model_errors_are_clear(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     with pytest.raises(SystemExit) as error:
-        cli.main(["--models", model.format(dir=user_file.parent), *extra])
+        cli.main(["--models", *model.format(dir=user_file.parent).split(), *extra])
     assert error.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def test_a_dotted_module_callable(user_file: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """``package.module:callable`` as documented (a dotted name was taken for a file)."""
+    package = tmp_path / "userpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(user_file.read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = load_model("userpkg.nets:make_model", "cpu")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert model_label("userpkg.nets:make_model") == "userpkg.nets:make_model"
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "expected"),
+    [
+        (np.full((2, 1, 28, 28), np.nan, np.float32), [0, 1], "finite images"),
+        (np.zeros((0, 1, 28, 28), np.float32), np.zeros(0, np.int64), "non-empty"),
+        (np.zeros((2, 1, 28, 28), np.float32), [0.0, 1.5], "integer labels"),
+        (np.zeros((2, 1, 28, 28), np.float32), [0, 27], "labels must lie in [0, 10)"),
+        (np.zeros((2, 1, 28, 28), np.float32), [-1, 0], "labels must lie in [0, 10)"),
+    ],
+)
+def test_data_errors_are_clear(
+    images: np.ndarray, labels: list, expected: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    path = tmp_path / "data.npz"
+    np.savez(path, images=images, labels=np.asarray(labels))
+    with pytest.raises(SystemExit) as error:
+        cli.main(["--data", str(path), "--samples", str(max(len(images), 1))])
+    assert error.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_the_model_fingerprint_covers_its_code() -> None:
+    """Same weights, another forward: the finished batches of the first must not be reused."""
+
+    class Plain(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x)
+
+    class Flipped(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x).flip(1)
+
+    torch.manual_seed(0)
+    plain = Plain(4, 3)
+    flipped = Flipped(4, 3)
+    flipped.load_state_dict(plain.state_dict())
+    assert model_fingerprint(plain) != model_fingerprint(flipped)
+    assert model_fingerprint(plain) == model_fingerprint(plain)
 
 
 # --- resumable runs ------------------------------------------------------------------------
