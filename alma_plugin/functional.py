@@ -320,7 +320,8 @@ def lagrangian(
     x, restore = _entry(model, inputs, bounds, None, None)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     if len(x) == 0:
-        return LagrangianResult(x, ep.zeros(x, (0,)).astype(x.dtype)).map(restore)
+        norms = ep.zeros(x, (0,)).astype(working_dtype(x))  # as for a non-empty batch
+        return LagrangianResult(x, norms).map(restore)
     result = lagrangian_solve(
         lambda batch: model(batch.raw),
         x,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.validation import check_positive_int
+from .core.validation import check_in_range, check_positive_int
 
 __all__ = ["EpochLog", "adversarial_training"]
 
@@ -113,10 +113,11 @@ def adversarial_training(
         epochs: total number of epochs, warm-up included.
         warmup_epochs: leading epochs on clean data.
         optimizer: the optimizer of ``model``'s parameters; None: Adam with learning rate ``lr``
-            and a cosine decay to 0 over all the steps (then ``scheduler`` must be None).
+            and a cosine decay to 0 over all the steps (then ``scheduler`` must be None and
+            ``loader`` must have a ``len()``).
         scheduler: a learning-rate scheduler stepped after every batch (None: none, or the
             cosine decay when ``optimizer`` is None).
-        lr: the learning rate of the default optimizer.
+        lr: the learning rate of the default optimizer (finite, > 0).
         progress: show a tqdm progress bar per epoch (if tqdm is installed).
         log: called with one line per epoch (:class:`EpochLog` as text); None: silent.
 
@@ -132,58 +133,130 @@ def adversarial_training(
         raise ValueError(f"warmup_epochs must be <= epochs ({epochs}), got {warmup_epochs}")
     if attack is not None and not callable(attack):
         raise TypeError(f"attack must be callable or None, got {type(attack).__name__}")
+    if log is not None and not callable(log):  # checked now, not after an epoch of training
+        raise TypeError(f"log must be callable or None, got {log!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {progress!r}")
+    parameters = list(model.parameters())
+    if not parameters:
+        raise ValueError("model has no parameters to train")
     if optimizer is None:
         if scheduler is not None:
             raise ValueError("scheduler is only used with an optimizer of your own")
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        steps = epochs * len(loader) if isinstance(loader, Sized) else None
-        if steps:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
+        lr = check_in_range("lr", lr, 0.0, math.inf, open_low=True, open_high=True)
+        if not isinstance(loader, Sized):
+            raise TypeError(
+                "loader must have a len() (a DataLoader or a list of batches) for the default "
+                f"optimizer's cosine decay over all the steps, got {type(loader).__name__}; "
+                "pass an optimizer of your own to train on an iterable without one"
             )
-    device = next(model.parameters()).device
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        steps = max(epochs * len(loader), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
+        )
+    else:
+        _check_optimizer(optimizer, parameters)
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"scheduler must have a step() method or be None, got {scheduler!r}")
+    device = parameters[0].device
     logs = []
-    for epoch in range(epochs):
-        adversarial = attack is not None and epoch >= warmup_epochs
-        start = time.perf_counter()
-        totals = _Totals()
-        description = f"epoch {epoch + 1}/{epochs}" + ("" if adversarial else " (warm-up)")
-        for images, labels in _progress(loader, progress, description):
-            x, y = images.to(device), labels.to(device)
-            model.eval()
-            inputs = x
-            if adversarial:
-                assert attack is not None
-                inputs = attack(x, y).detach()
-            with torch.no_grad():  # one eval forward judges the clean and perturbed batches
-                judged = model(torch.cat([x, inputs]) if adversarial else x).argmax(1)
-            correct = judged[: len(x)] == y
-            totals.samples += len(x)
-            totals.correct += int(correct.sum())
-            if adversarial:
-                totals.fooled += int((correct & (judged[len(x) :] != y)).sum())
-                totals.clean_correct += int(correct.sum())
-                totals.norms += float((inputs - x).flatten(1).norm(dim=1).sum())
-            model.train()
+    try:
+        for epoch in range(epochs):
+            logs.append(_epoch(model, loader, attack, epoch, epochs, warmup_epochs, optimizer,
+                               scheduler, device, progress))  # fmt: skip
+            if log is not None:
+                log(str(logs[-1]))
+    finally:
+        model.eval()  # as documented, also after an error
+    return logs
+
+
+def _check_optimizer(optimizer: Any, parameters: list[nn.Parameter]) -> None:
+    """An optimizer of ``model``'s parameters (one over another model's would leave it
+    untrained without a word)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {optimizer!r}")
+    mine = {id(p) for p in parameters}
+    if not any(id(p) in mine for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("optimizer must hold parameters of model, got one that holds none")
+
+
+def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (images, labels) batch on ``device``, labels as int64 (cross-entropy's index
+    dtype; the attacks take any integer dtype)."""
+    if not (isinstance(batch, tuple | list) and len(batch) == 2
+            and all(isinstance(t, torch.Tensor) for t in batch)):  # fmt: skip
+        raise TypeError(f"loader must yield (images, labels) pairs of torch tensors, got "
+                        f"{type(batch).__name__}{_shapes(batch)}")  # fmt: skip
+    images, labels = batch
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"loader's labels must be an integer tensor, got dtype {labels.dtype}")
+    return images.to(device), labels.to(device, torch.int64)
+
+
+def _shapes(batch: Any) -> str:
+    if isinstance(batch, tuple | list):
+        return " of " + str([tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
+                             for t in batch])  # fmt: skip
+    return ""
+
+
+def _epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    attack: AttackFn | None,
+    epoch: int,
+    epochs: int,
+    warmup_epochs: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    progress: bool,
+) -> EpochLog:
+    """One epoch of :func:`adversarial_training`."""
+    adversarial = attack is not None and epoch >= warmup_epochs
+    start = time.perf_counter()
+    totals = _Totals()
+    description = f"epoch {epoch + 1}/{epochs}" + ("" if adversarial else " (warm-up)")
+    for batch in _progress(loader, progress, description):
+        x, y = _batch(batch, device)
+        model.eval()
+        inputs = x
+        if adversarial:
+            assert attack is not None
+            inputs = attack(x, y).detach()
+        with torch.no_grad():  # one eval forward judges the clean and perturbed batches
+            judged = model(torch.cat([x, inputs]) if adversarial else x).argmax(1)
+        correct = judged[: len(x)] == y
+        totals.samples += len(x)
+        totals.correct += int(correct.sum())
+        if adversarial:
+            totals.fooled += int((correct & (judged[len(x) :] != y)).sum())
+            totals.clean_correct += int(correct.sum())
+            totals.norms += float((inputs - x).flatten(1).norm(dim=1).sum())
+        model.train()
+        with torch.enable_grad():  # also under a caller's no_grad()
             loss = F.cross_entropy(model(inputs), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            totals.loss += float(loss.detach()) * len(x)
-        model.eval()
-        n = max(totals.samples, 1)
-        entry = EpochLog(
-            epoch=epoch + 1,
-            adversarial=adversarial,
-            loss=totals.loss / n,
-            clean_accuracy=totals.correct / n,
-            mean_norm=totals.norms / n if adversarial else math.nan,
-            fooled=totals.fooled / max(totals.clean_correct, 1) if adversarial else math.nan,
-            seconds=time.perf_counter() - start,
-        )
-        logs.append(entry)
-        if log is not None:
-            log(str(entry))
-    return logs
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        totals.loss += float(loss.detach()) * len(x)
+    model.eval()
+    if totals.samples == 0:  # an empty loader, or an iterator spent by an earlier epoch
+        raise ValueError(f"loader yielded no batch in epoch {epoch + 1}: it must be "
+                         "non-empty and re-iterable (a DataLoader or a list)")  # fmt: skip
+    n = totals.samples
+    return EpochLog(
+        epoch=epoch + 1,
+        adversarial=adversarial,
+        loss=totals.loss / n,
+        clean_accuracy=totals.correct / n,
+        mean_norm=totals.norms / n if adversarial else math.nan,
+        fooled=totals.fooled / totals.clean_correct
+        if adversarial and totals.clean_correct
+        else math.nan,
+        seconds=time.perf_counter() - start,
+    )

@@ -104,9 +104,60 @@ def test_own_optimizer_and_scheduler(loader: list[tuple[torch.Tensor, torch.Tens
         ({"epochs": 1, "warmup_epochs": 2}, "warmup_epochs"),
         ({"epochs": 1, "attack": "pgd"}, "attack"),
         ({"epochs": 1, "scheduler": object()}, "scheduler"),
+        ({"epochs": 1, "lr": math.inf}, "lr"),
+        ({"epochs": 1, "lr": "0.1"}, "lr"),
+        ({"epochs": 1, "lr": -1.0}, "lr"),
+        ({"epochs": 1, "log": 5}, "log"),
+        ({"epochs": 1, "progress": "no"}, "progress"),
+        ({"epochs": 1, "optimizer": "adam"}, "optimizer"),
+        ({"epochs": 1, "optimizer": "other model"}, "optimizer must hold parameters of model"),
+        ({"epochs": 1, "optimizer": "own", "scheduler": 5}, "scheduler"),
     ],
 )
 def test_invalid_arguments_are_named(kwargs: dict[str, object], name: str) -> None:
+    """Refused before any training (a bad log used to fail after a whole epoch)."""
+    model = tiny_mnist_cnn()
+    if kwargs.get("optimizer") == "other model":
+        kwargs = {**kwargs, "optimizer": torch.optim.SGD(tiny_mnist_cnn().parameters(), lr=1)}
+    elif kwargs.get("optimizer") == "own":
+        kwargs = {**kwargs, "optimizer": torch.optim.SGD(model.parameters(), lr=1)}
     options: dict[str, object] = {"attack": None, "progress": False, "log": None, **kwargs}
+    before = [p.clone() for p in model.parameters()]
     with pytest.raises((ValueError, TypeError), match=name):
-        adversarial_training(tiny_mnist_cnn(), [], **options)  # type: ignore[arg-type]
+        adversarial_training(model, [(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))],
+                             **options)  # type: ignore[arg-type]  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def _quiet(model: torch.nn.Module, loader: object, **kwargs: object) -> list[EpochLog]:
+    options: dict[str, object] = {"attack": None, "epochs": 1, "progress": False, "log": None}
+    return adversarial_training(model, loader, **{**options, **kwargs})  # type: ignore[arg-type]
+
+
+def test_loader_errors_are_clear(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    model = tiny_mnist_cnn()
+    with pytest.raises(ValueError, match="loader yielded no batch in epoch 1"):
+        _quiet(model, [])  # was a log of zeros
+    with pytest.raises(TypeError, match="loader must have a len"):
+        _quiet(model, iter(loader[:1]))  # the documented cosine decay needs the step count
+    own = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="loader yielded no batch in epoch 2"):
+        _quiet(model, iter(loader[:1]), epochs=2, optimizer=own)  # spent after one epoch
+    images, labels = loader[0]
+    with pytest.raises(TypeError, match=r"loader must yield \(images, labels\) pairs"):
+        _quiet(model, [(images, labels, labels)])
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        _quiet(model, [(images, labels.float())])
+    assert not model.training  # left in eval mode after every error
+
+
+def test_integer_labels_of_any_dtype_and_a_callers_no_grad(
+    loader: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """int32 labels (the attacks take them) and a caller's torch.no_grad() train as usual."""
+    torch.manual_seed(0)
+    reference = _quiet(tiny_mnist_cnn(), loader[:1])[0].loss
+    torch.manual_seed(0)
+    with torch.no_grad():
+        log = _quiet(tiny_mnist_cnn(), [(loader[0][0], loader[0][1].int())])
+    assert log[0].loss == reference

@@ -69,7 +69,7 @@ class Lagrangian(StateRestoringAttack):
         seed: int | None = None,
         params: LagrangianParams | None = None,
     ) -> None:
-        if not callable(model):
+        if not isinstance(model, torch.nn.Module):  # torchattacks reads its mode and device
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         super().__init__("Lagrangian", model)
         self.steps = check_positive_int("steps", steps)

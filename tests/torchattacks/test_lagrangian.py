@@ -103,3 +103,19 @@ def test_attributes_are_read_at_each_call() -> None:
     attack.steps = 0
     with pytest.raises(ValueError, match="steps"):
         attack(x, y)
+
+
+def test_a_plain_function_is_refused_at_construction() -> None:
+    """torchattacks reads the model's mode and device: a function failed only at the call."""
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
+        Lagrangian(lambda x: x.flatten(1))
+
+
+def test_an_empty_float16_batch_has_the_norms_dtype_of_a_non_empty_one() -> None:
+    from alma_plugin import lagrangian
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).half()
+    x = torch.rand(2, 1, 2, 2).half()
+    empty = lagrangian(model, x[:0], torch.tensor([], dtype=torch.long), seed=0)
+    full = lagrangian(model, x, torch.tensor([0, 1]), seed=0)
+    assert empty.norms.dtype == full.norms.dtype == torch.float32
