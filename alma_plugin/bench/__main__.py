@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,8 +36,10 @@ from .runner import (
     EMBEDDED_DATA,
     BenchConfig,
     device_argument,
+    integer_option,
     load_data,
     plan,
+    real_option,
     run_shard,
 )
 from .usermodels import model_label
@@ -55,41 +56,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "step0": ("step0", "the cost of step 0 (η⁽⁰⁾ search) vs a later step, per distance"),
     "noise": ("noise", "how far a median moves when the inputs move by one ulp"),
 }
-
-
-def _integer(name: str, minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``, with an error naming the option."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive(name: str) -> Callable[[str], int]:
-    return _integer(name, 1)
-
-
-_seed = _integer("seed", 0)
-
-
-def _real(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value):  # a NaN std passed every check and made NaN logits
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
-        return value
-
-    return parse
 
 
 def _epilog() -> str:
@@ -113,10 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                         "mnist_adversarial), TorchScript files, 'path/to/file.py:factory' or "
                         "'package.module:factory' (a callable returning a torch.nn.Module); "
                         "inputs in [0, 1] unless --mean/--std are given")  # fmt: skip
-    parser.add_argument("--mean", nargs="+", type=_real("mean"), metavar="M",
+    parser.add_argument("--mean", nargs="+", type=real_option("mean"), metavar="M",
                         help="per-channel input mean of the non-embedded models: they are "
                         "called on (x - mean) / std, x in [0, 1]")  # fmt: skip
-    parser.add_argument("--std", nargs="+", type=_real("std"), metavar="S",
+    parser.add_argument("--std", nargs="+", type=real_option("std"), metavar="S",
                         help="per-channel input std, with --mean")  # fmt: skip
     parser.add_argument("--resume", action="store_true",
                         help="reuse the finished batches in OUTPUT/batches (same model, data, "
@@ -128,21 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), metavar="ATTACK",
                         help="attacks to run (default: every available one with default "
                         f"budgets); choices: {', '.join(ATTACKS)}")  # fmt: skip
-    parser.add_argument("--budgets", nargs="+", type=_positive("budget"), metavar="STEPS",
+    parser.add_argument("--budgets", nargs="+", type=integer_option("budget"), metavar="STEPS",
                         help="budgets for every selected attack (default: ALMA 100 and 1000, "
                         "peers 100)")  # fmt: skip
     parser.add_argument("--distance", nargs="+", choices=NORMS, default=list(NORMS),
                         help="norms to evaluate (default: all)")  # fmt: skip
-    parser.add_argument("--samples", type=_positive("samples"), default=DEFAULT_SAMPLES,
+    parser.add_argument("--samples", type=integer_option("samples"), default=DEFAULT_SAMPLES,
                         help=f"samples per model, the first N of the data (default "
                         f"{DEFAULT_SAMPLES})")  # fmt: skip
-    parser.add_argument("--batch-size", type=_positive("batch-size"), default=32)
+    parser.add_argument("--batch-size", type=integer_option("batch-size"), default=32)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--threads", type=_positive("threads"),
+    parser.add_argument("--threads", type=integer_option("threads"),
                         help="torch CPU threads per process (default: torch's choice)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("alma-bench-results"),
                         help="folder for the CSV, JSON, table and PNG files")  # fmt: skip
-    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     return parser

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..distances import msssim, ssim
 from ..foolbox import MSSSIMALMA, SSIMALMA
+from .runner import integer_option
 
 __all__ = ["BorderResult", "border_ratio", "main", "train_cifar_cnn"]
 
@@ -188,8 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="alma-bench border", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument("--steps", type=int, default=300, help="ALMA steps (default 300)")
-    parser.add_argument("--samples", type=int, default=20, help="CIFAR samples (at most 20)")
+    parser.add_argument(
+        "--steps", type=integer_option("steps", 1), default=300, help="ALMA steps (default 300)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=integer_option("samples", 1),
+        default=20,
+        help="CIFAR samples (at most 20)",
+    )
     parser.add_argument(
         "--msssim-samples",
         type=int,
@@ -199,8 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--attacks", nargs="+", choices=("SSIM", "MS-SSIM"), default=["SSIM", "MS-SSIM"]
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--train-steps", type=int, default=150, help="CNN training steps")
+    parser.add_argument(
+        "--threads", type=integer_option("threads", 1), default=1, help="torch threads (default 1)"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=integer_option("train-steps", 1),
+        default=150,
+        help="CNN training steps",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.samples <= 20:
         parser.error(f"--samples must be between 1 and 20, got {args.samples}")

@@ -29,8 +29,16 @@ from typing import Any
 
 import torch
 
+from ..zoo.models import MODEL_NAMES
 from .registry import ATTACKS, get_attack
-from .runner import EMBEDDED_DATA, attack_batch, device_argument, load_data, load_model
+from .runner import (
+    EMBEDDED_DATA,
+    attack_batch,
+    device_argument,
+    integer_option,
+    load_data,
+    load_model,
+)
 
 __all__ = ["main", "noise_floor", "nudge"]
 
@@ -104,26 +112,35 @@ def _percent(value: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mnist_adversarial"])
+    parser = argparse.ArgumentParser(
+        prog="alma-bench noise", description=" ".join((__doc__ or "").split("\n\n")[0].split())
+    )
+    parser.add_argument("--models", nargs="+", default=["mnist_adversarial"], choices=MODEL_NAMES)
     parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
                         help=f"registry keys, among: {', '.join(ATTACKS)}")  # fmt: skip
-    parser.add_argument("--budgets", nargs="+", type=int, default=[100])
-    parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--first", type=int, default=0, help="index of the first sample")
-    parser.add_argument("--replicates", type=int, default=6, help="runs, the first un-nudged")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0, help="the attacks' seed (all runs)")
+    parser.add_argument("--budgets", nargs="+", type=integer_option("budgets", 1), default=[100])
+    parser.add_argument("--samples", type=integer_option("samples", 1), default=100)
+    parser.add_argument(
+        "--first", type=integer_option("first", 0), default=0, help="index of the first sample"
+    )
+    parser.add_argument(
+        "--replicates",
+        type=integer_option("replicates", 2),
+        default=6,
+        help="runs, the first un-nudged",
+    )
+    parser.add_argument("--batch-size", type=integer_option("batch-size", 1), default=100)
+    parser.add_argument(
+        "--seed", type=integer_option("seed", 0), default=0, help="the attacks' seed (all runs)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--threads",
+        type=integer_option("threads", 1),
+        default=None,
+        help="torch threads (default: all)",
+    )
     args = parser.parse_args(argv)
-    minimums = [("--replicates", args.replicates, 2), ("--samples", args.samples, 1),
-                ("--batch-size", args.batch_size, 1), ("--first", args.first, 0)]  # fmt: skip
-    for name, value, least in minimums:
-        if value < least:
-            parser.error(f"argument {name}: expected an integer >= {least}, got {value}")
-    if any(budget < 1 for budget in args.budgets):
-        parser.error(f"argument --budgets: expected integers >= 1, got {args.budgets}")
     unknown = [key for key in args.attacks if key not in ATTACKS]
     if unknown:
         parser.error(f"argument --attacks: unknown {unknown}; known: {', '.join(ATTACKS)}")

@@ -40,9 +40,10 @@ from typing import Any
 
 import torch
 
+from ..distances import DISTANCES
 from ..functional import alma
 from ..zoo.models import SmallCNN
-from .runner import device_argument
+from .runner import device_argument, integer_option
 from .throughput import bare_step, synchronize
 
 __all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]
@@ -234,12 +235,24 @@ def profile_account(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per round and side")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--distance", default="l2")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="alma-bench overhead", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--batch", type=integer_option("batch", 1), default=128)
+    parser.add_argument(
+        "--steps",
+        type=integer_option("steps", 1),
+        default=30,
+        help="timed steps per round and side",
+    )
+    parser.add_argument("--rounds", type=integer_option("rounds", 1), default=5)
+    parser.add_argument("--distance", default="l2", choices=[*DISTANCES, "linf"])
+    parser.add_argument(
+        "--threads",
+        type=integer_option("threads", 1),
+        default=None,
+        help="torch threads (default: all)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--paired",

@@ -10,6 +10,7 @@ to the original is measured on images in [0, 1]. Conventions: see :mod:`.report`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,13 +27,45 @@ from .registry import ATTACKS, NORMS, AttackSpec, get_attack
 from .report import Record, merge
 from .resume import BatchStore, batch_fingerprint
 
-__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "attack_batch", "device_argument", "load_data",
-           "load_model", "plan", "run_shard"]  # fmt: skip
+__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "attack_batch", "device_argument", "integer_option",
+           "load_data", "load_model", "plan", "real_option", "run_shard"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
 #: The embedded data set (MNIST test images 9000–9999, held out from the models' training).
 EMBEDDED_DATA = "mnist_heldout"
+
+
+def integer_option(name: str, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type of the benchmark commands: an integer >= ``minimum`` (default 1), with
+    an error naming the option and the value (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def real_option(name: str, minimum: float = -math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number >= ``minimum`` (a NaN passes every comparison)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            bound = "" if minimum == -math.inf else f" >= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number{bound}, got {text!r}")
+        return value
+
+    return parse
 
 
 def device_argument(parser: argparse.ArgumentParser, value: str) -> torch.device:

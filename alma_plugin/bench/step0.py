@@ -24,8 +24,8 @@ import eagerpy as ep
 import torch
 
 from ..core import schedules, solver
-from ..distances import DistanceFunction
-from .runner import device_argument
+from ..distances import DISTANCES, DistanceFunction
+from .runner import device_argument, integer_option
 from .throughput import make_distance, make_model, timed_run
 
 __all__ = ["main", "measure"]
@@ -108,16 +108,24 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="alma-bench step0", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES))
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
+                        choices=list(DISTANCES))  # fmt: skip
+    parser.add_argument("--batch", type=integer_option("batch", 1), default=4)
+    parser.add_argument("--image-size", type=integer_option("image-size", 1), default=224)
+    parser.add_argument("--steps", type=integer_option("steps", 1), default=4)
+    parser.add_argument("--repeats", type=integer_option("repeats", 1), default=2)
     parser.add_argument("--compare-bracket", action="store_true",
                         help="also measure the previous bracketing search")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--threads",
+        type=integer_option("threads", 1),
+        default=None,
+        help="torch threads (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")

@@ -41,7 +41,15 @@ from . import distributed, metrics
 from .plots import norm_label, pyplot, save_figure
 from .registry import AttackSpec, get_attack
 from .report import Record, groups
-from .runner import EMBEDDED_DATA, BenchConfig, device_argument, load_data, run_shard
+from .runner import (
+    EMBEDDED_DATA,
+    BenchConfig,
+    device_argument,
+    integer_option,
+    load_data,
+    load_model,
+    run_shard,
+)
 
 __all__ = [
     "ALMA_VARIANTS",
@@ -280,12 +288,16 @@ def _parser() -> argparse.ArgumentParser:
         default=["l1", "l2", "linf"],
         help="norms to keep (default: all)",
     )
-    parser.add_argument("--samples", type=int, default=100, help="the first N samples")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--samples", type=integer_option("samples", 1), default=100, help="the first N samples"
+    )
+    parser.add_argument("--batch-size", type=integer_option("batch-size", 1), default=50)
+    parser.add_argument(
+        "--threads", type=integer_option("threads", 1), help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or "
                         "cuda:N; the models, samples and attacks all run there")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
     parser.add_argument("--output", type=Path, default=Path("alma-sweep-results"))
     parser.add_argument(
         "--resume", action="store_true", help="reuse the finished batches in OUTPUT/batches"
@@ -318,6 +330,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     images, _ = load_data(EMBEDDED_DATA)
     if args.samples > len(images):
         parser.error(f"argument --samples: at most {len(images)}, got {args.samples}")
+    for name in args.models:  # before any attack runs (a bad name used to be a traceback)
+        try:
+            load_model(name, "cpu")
+        except ValueError as error:
+            parser.error(f"argument --models: {error}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,9 +39,9 @@ from torch import nn
 from ..core.params import ALMAParams, ProxParams
 from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
-from ..distances import DistanceFunction, get_distance
+from ..distances import DISTANCES, DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
-from .runner import device_argument
+from .runner import device_argument, integer_option
 
 __all__ = [
     "SmallImageNetCNN",
@@ -233,14 +233,29 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="alma-bench throughput", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
-    parser.add_argument("--image-size", type=int, default=28, help="28 (SmallCNN) or 224")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
+                        choices=[*DISTANCES, "linf"])  # fmt: skip
+    parser.add_argument(
+        "--batch-sizes", nargs="+", type=integer_option("batch-sizes", 1), default=[32, 128]
+    )
+    parser.add_argument(
+        "--image-size",
+        type=integer_option("image-size", 1),
+        default=28,
+        help="28 (SmallCNN) or 224",
+    )
+    parser.add_argument("--steps", type=integer_option("steps", 1), default=20)
+    parser.add_argument("--repeats", type=integer_option("repeats", 1), default=2)
+    parser.add_argument(
+        "--threads",
+        type=integer_option("threads", 1),
+        default=None,
+        help="torch threads (default: all)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")

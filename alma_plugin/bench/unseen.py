@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .runner import integer_option, real_option
+
 __all__ = ["DEFAULT_EPSILONS", "TRAINING", "UNSEEN", "Row", "compare", "format_table", "main"]
 
 #: ε per threat model, in the [0, 1] pixel space.
@@ -207,14 +209,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..zoo import MODEL_NAMES, load_mnist_heldout, load_smallcnn
 
     parser = argparse.ArgumentParser(prog="alma-bench unseen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=100, help="held-out images (<= 1000)")
-    parser.add_argument("--steps", type=int, default=100, help="steps of each minimal attack")
-    parser.add_argument("--pgd-steps", type=int, default=40, help="steps of PGD-linf")
+    parser.add_argument(
+        "--samples",
+        type=integer_option("samples", 1),
+        default=100,
+        help="held-out images (<= 1000)",
+    )
+    parser.add_argument(
+        "--steps", type=integer_option("steps", 1), default=100, help="steps of each minimal attack"
+    )
+    parser.add_argument(
+        "--pgd-steps", type=integer_option("pgd-steps", 1), default=40, help="steps of PGD-linf"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     for threat, value in DEFAULT_EPSILONS.items():
-        parser.add_argument(f"--eps-{threat}", type=float, default=value)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+        parser.add_argument(
+            f"--eps-{threat}", type=real_option(f"eps-{threat}", 0.0), default=value
+        )
+    parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
+    parser.add_argument(
+        "--threads", type=integer_option("threads", 1), default=None, help="torch.set_num_threads"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

@@ -443,3 +443,33 @@ def test_overhead_processes_is_checked(argv: list[str], message: str, capsys) ->
         overhead.main(argv)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["throughput", "--batch-sizes", "0"], "--batch-sizes: batch-sizes must be >= 1"),
+        (["throughput", "--threads", "0"], "--threads: threads must be >= 1"),
+        (["throughput", "--distances", "l7"], "--distances: invalid choice"),
+        (["step0", "--repeats", "0"], "--repeats: repeats must be >= 1"),
+        (["step0", "--batch", "0"], "--batch: batch must be >= 1"),
+        (["overhead", "--distance", "l7"], "--distance: invalid choice"),
+        (["overhead", "--rounds", "0"], "--rounds: rounds must be >= 1"),
+        (["unseen", "--threads", "0"], "--threads: threads must be >= 1"),
+        (["unseen", "--eps-l2", "-1"], "--eps-l2: eps-l2 must be a finite number >= 0"),
+        (["unseen", "--eps-linf", "nan"], "--eps-linf: eps-linf must be a finite number"),
+        (["sweep", "--models", "foo"], "--models: model must be one of"),
+        (["border", "--steps", "0"], "--steps: steps must be >= 1"),
+        (["noise", "--replicates", "1"], "--replicates: replicates must be >= 2"),
+    ],
+)
+def test_subcommand_argument_errors_are_clear(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit status 2, the subcommand's own name and the option in the message (these were
+    tracebacks, or silently meant "all threads")."""
+    with pytest.raises(SystemExit) as error:
+        cli.main(argv)
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert f"alma-bench {argv[0]}: error: argument {expected}" in err, err

@@ -65,10 +65,12 @@ def test_the_command_prints_one_row_per_attack_and_budget(capsys: pytest.Capture
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--replicates", "1"], "--replicates: expected an integer >= 2"),
+        (["--replicates", "1"], "--replicates: replicates must be >= 2, got 1"),
         (["--attacks", "pgd-l9"], "--attacks: unknown"),
         (["--first", "990", "--samples", "20"], "--first/--samples"),
-        (["--budgets", "0"], "--budgets"),
+        (["--budgets", "0"], "--budgets: budgets must be >= 1"),
+        (["--threads", "0"], "--threads: threads must be >= 1"),
+        (["--models", "foo"], "--models: invalid choice"),
     ],
 )
 def test_argument_errors(argv: list[str], match: str, capsys: pytest.CaptureFixture) -> None:
