@@ -37,7 +37,7 @@ from torch import nn
 
 from ..distances import msssim, ssim
 from ..foolbox import MSSSIMALMA, SSIMALMA
-from .runner import integer_option
+from .runner import add_threads_option, integer_option
 
 __all__ = ["BorderResult", "border_ratio", "main", "train_cifar_cnn"]
 
@@ -207,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--attacks", nargs="+", choices=("SSIM", "MS-SSIM"), default=["SSIM", "MS-SSIM"]
     )
-    parser.add_argument(
-        "--threads", type=integer_option("threads", 1), default=1, help="torch threads (default 1)"
-    )
+    add_threads_option(parser, default=1)
     parser.add_argument(
         "--train-steps",
         type=integer_option("train-steps", 1),

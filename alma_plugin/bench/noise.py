@@ -33,6 +33,7 @@ from ..zoo.models import MODEL_NAMES
 from .registry import ATTACKS, get_attack
 from .runner import (
     EMBEDDED_DATA,
+    add_threads_option,
     attack_batch,
     device_argument,
     integer_option,
@@ -134,12 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seed", type=integer_option("seed", 0), default=0, help="the attacks' seed (all runs)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument(
-        "--threads",
-        type=integer_option("threads", 1),
-        default=None,
-        help="torch threads (default: all)",
-    )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     unknown = [key for key in args.attacks if key not in ATTACKS]
     if unknown:

@@ -43,7 +43,7 @@ import torch
 from ..distances import DISTANCES
 from ..functional import alma
 from ..zoo.models import SmallCNN
-from .runner import device_argument, integer_option
+from .runner import add_threads_option, device_argument, integer_option
 from .throughput import bare_step, synchronize
 
 __all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]
@@ -247,12 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=integer_option("rounds", 1), default=5)
     parser.add_argument("--distance", default="l2", choices=[*DISTANCES, "linf"])
-    parser.add_argument(
-        "--threads",
-        type=integer_option("threads", 1),
-        default=None,
-        help="torch threads (default: all)",
-    )
+    add_threads_option(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--paired",

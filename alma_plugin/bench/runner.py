@@ -27,8 +27,9 @@ from .registry import ATTACKS, NORMS, AttackSpec, get_attack
 from .report import Record, merge
 from .resume import BatchStore, batch_fingerprint
 
-__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "attack_batch", "device_argument", "integer_option",
-           "load_data", "load_model", "plan", "real_option", "run_shard"]  # fmt: skip
+__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "add_threads_option", "attack_batch",
+           "device_argument", "integer_option", "load_data", "load_model", "plan", "real_option",
+           "run_shard"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
@@ -66,6 +67,14 @@ def real_option(name: str, minimum: float = -math.inf) -> Callable[[str], float]
         return value
 
     return parse
+
+
+def add_threads_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--threads N`` (torch's CPU threads, N >= 1; default: torch's own), as every benchmark
+    command spells it."""
+    shown = "torch's" if default is None else str(default)
+    parser.add_argument("--threads", type=integer_option("threads", 1), default=default,
+                        help=f"torch CPU threads (default: {shown})")  # fmt: skip
 
 
 def device_argument(parser: argparse.ArgumentParser, value: str) -> torch.device:

@@ -25,7 +25,7 @@ import torch
 
 from ..core import schedules, solver
 from ..distances import DISTANCES, DistanceFunction
-from .runner import device_argument, integer_option
+from .runner import add_threads_option, device_argument, integer_option
 from .throughput import make_distance, make_model, timed_run
 
 __all__ = ["main", "measure"]
@@ -120,12 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=integer_option("repeats", 1), default=2)
     parser.add_argument("--compare-bracket", action="store_true",
                         help="also measure the previous bracketing search")  # fmt: skip
-    parser.add_argument(
-        "--threads",
-        type=integer_option("threads", 1),
-        default=None,
-        help="torch threads (default: all)",
-    )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")

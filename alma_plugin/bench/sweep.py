@@ -44,6 +44,7 @@ from .report import Record, groups
 from .runner import (
     EMBEDDED_DATA,
     BenchConfig,
+    add_threads_option,
     device_argument,
     integer_option,
     load_data,
@@ -292,9 +293,7 @@ def _parser() -> argparse.ArgumentParser:
         "--samples", type=integer_option("samples", 1), default=100, help="the first N samples"
     )
     parser.add_argument("--batch-size", type=integer_option("batch-size", 1), default=50)
-    parser.add_argument(
-        "--threads", type=integer_option("threads", 1), help="torch CPU threads (default: torch's)"
-    )
+    add_threads_option(parser)
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or "
                         "cuda:N; the models, samples and attacks all run there")  # fmt: skip
     parser.add_argument("--seed", type=integer_option("seed", 0), default=0)

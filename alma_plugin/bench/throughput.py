@@ -41,7 +41,7 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DISTANCES, DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
-from .runner import device_argument, integer_option
+from .runner import add_threads_option, device_argument, integer_option
 
 __all__ = [
     "SmallImageNetCNN",
@@ -250,12 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=integer_option("steps", 1), default=20)
     parser.add_argument("--repeats", type=integer_option("repeats", 1), default=2)
-    parser.add_argument(
-        "--threads",
-        type=integer_option("threads", 1),
-        default=None,
-        help="torch threads (default: all)",
-    )
+    add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runner import integer_option, real_option
+from .runner import add_threads_option, integer_option, real_option
 
 __all__ = ["DEFAULT_EPSILONS", "TRAINING", "UNSEEN", "Row", "compare", "format_table", "main"]
 
@@ -227,9 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--eps-{threat}", type=real_option(f"eps-{threat}", 0.0), default=value
         )
     parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
-    parser.add_argument(
-        "--threads", type=integer_option("threads", 1), default=None, help="torch.set_num_threads"
-    )
+    add_threads_option(parser)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
