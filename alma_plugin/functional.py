@@ -4,11 +4,21 @@ Foolbox or torchattacks, on PyTorch, JAX or TensorFlow tensors (or eagerpy tenso
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, replace
 from typing import Any
 
 import eagerpy as ep
 
+from ._entry import (
+    SuccessFn,
+    check_distance_inputs,
+    checked_lpips,
+    checked_masks,
+    converted,
+    empty,
+    entry,
+    judging,
+    label_maps,
+)
 from .core.lagrangian import (
     LAGRANGIAN_STEPS,
     LagrangianParams,
@@ -28,25 +38,20 @@ from .core.result import AttackResult, StepInfo
 from .core.solver import alma_solve
 from .core.validation import (
     as_labels,
-    as_tensor,
     check_bounds,
     check_early_stop,
     check_flag,
     check_in_range,
-    check_inputs,
     check_positive_int,
-    warn_if_training,
     working_dtype,
 )
-from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+from .distances import DistanceFunction, get_distance
 from .distances._ssim import check_padding_for, descent_objective
 
 __all__ = ["alma", "alma_prox", "lagrangian"]
 
 #: The names of the ℓ∞ distance, minimised by ALMA prox rather than by ALMA.
 LINF = "linf"
-
-SuccessFn = Callable[[Any, Any], Any]
 
 
 @takes_params(ALMAParams, alternative=ProxParams)
@@ -141,7 +146,7 @@ def alma(
     # The objective descended: the distance itself, except SSIM / MS-SSIM, whose exact value
     # is kept with the full-coverage gradient (no perturbation pushed into the borders) unless
     # padding="valid" asks for the exact SSIM's own gradient.
-    function = spec.objective if lpips is None else _checked_lpips(lpips, spec.name)
+    function = spec.objective if lpips is None else checked_lpips(lpips, spec.name)
     windows = check_padding_for(spec.name, padding)
     if windows is not None:
         function = descent_objective(spec.name, windows)
@@ -149,12 +154,12 @@ def alma(
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     targeted = check_flag("targeted", targeted)
-    x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
-    _check_distance_inputs(spec.name, x)
+    x, restore = entry(model, inputs, bounds, is_adversarial, callback)
+    check_distance_inputs(spec.name, x)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     stop = check_early_stop(early_stop)
     if len(x) == 0:
-        return _empty(x, y, restore)
+        return empty(x, y, restore)
     result = alma_solve(
         lambda batch: model(batch.raw),
         x,
@@ -164,8 +169,8 @@ def alma(
         steps=steps,
         bounds=bounds,
         targeted=targeted,
-        is_adversarial=_judging(is_adversarial, restore),
-        callback=None if callback is None else _converted(callback, restore),
+        is_adversarial=judging(is_adversarial, restore),
+        callback=None if callback is None else converted(callback, restore),
         early_stop=stop,
         seed=seed,
     )
@@ -234,18 +239,18 @@ def alma_prox(
     bounds = check_bounds(bounds)
     nu = check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
     targeted = check_flag("targeted", targeted)
-    x, restore = _entry(model, inputs, bounds, is_adversarial, callback)
-    y = _label_maps(labels, x)
+    x, restore = entry(model, inputs, bounds, is_adversarial, callback)
+    y = label_maps(labels, x)
     dense = y.ndim > 1
     if masks is not None and not dense:
         raise ValueError(f"masks select pixels of (N, H, W) label maps (segmentation); with "
                          f"(N,) labels, of shape {tuple(y.shape)}, leave masks=None")  # fmt: skip
-    m = None if masks is None else _masks(masks, y)
+    m = None if masks is None else checked_masks(masks, y)
     if is_adversarial is not None and dense:
         raise ValueError("is_adversarial applies to (N,) labels; dense labels use adv_threshold")
     stop = check_early_stop(early_stop)
     if len(x) == 0:
-        return _empty(x, y.reshape((0,)), restore, apsr=True, predictions=not dense)
+        return empty(x, y.reshape((0,)), restore, apsr=True, predictions=not dense)
     result = alma_prox_solve(
         lambda batch: model(batch.raw),
         x,
@@ -256,9 +261,9 @@ def alma_prox(
         targeted=targeted,
         masks=m,
         adv_threshold=nu if dense else 1.0,
-        is_adversarial=_judging(is_adversarial, restore),
+        is_adversarial=judging(is_adversarial, restore),
         early_stop=stop,
-        callback=None if callback is None else _converted(callback, restore),
+        callback=None if callback is None else converted(callback, restore),
         seed=seed,
     )
     return result.map(restore)
@@ -317,7 +322,7 @@ def lagrangian(
         check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     targeted = check_flag("targeted", targeted)
-    x, restore = _entry(model, inputs, bounds, None, None)
+    x, restore = entry(model, inputs, bounds, None, None)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     if len(x) == 0:
         norms = ep.zeros(x, (0,)).astype(working_dtype(x))  # as for a non-empty batch
@@ -332,118 +337,4 @@ def lagrangian(
         targeted=targeted,
         seed=seed,
     )
-    return result.map(restore)
-
-
-def _entry(
-    model: Any, inputs: Any, bounds: tuple[float, float], is_adversarial: Any, callback: Any
-) -> tuple[ep.Tensor, Callable[[ep.Tensor], Any]]:
-    """Checks shared by both entry points; the inputs and the function that gives results
-    back in the caller's kind of tensor."""
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
-    for name, value in (("is_adversarial", is_adversarial), ("callback", callback)):
-        if value is not None and not callable(value):
-            raise TypeError(f"{name} must be callable or None, got {value!r}")
-    x = check_inputs(as_tensor("inputs", inputs), bounds)
-    warn_if_training(model)
-    if isinstance(inputs, ep.Tensor):
-        return x, lambda tensor: tensor
-    return x, lambda tensor: tensor.raw
-
-
-def _check_distance_inputs(name: str, x: ep.Tensor) -> None:
-    """Inputs the distance cannot measure get an error naming ``inputs`` before any model call."""
-    spec = get_distance(name)
-    if spec.needs_color and (x.ndim != 4 or x.shape[1] != 3):
-        raise ValueError(
-            f"distance={name!r} needs RGB inputs of shape (N, 3, H, W), got shape {tuple(x.shape)}"
-        )
-    if name in ("ssim", "msssim", "lpips"):
-        needed = {"ssim": 11, "msssim": ms_ssim_min_size(len(MS_SSIM_WEIGHTS)), "lpips": 31}[name]
-        if x.ndim != 4 or min(x.shape[2:]) < needed:
-            raise ValueError(
-                f"distance={name!r} needs inputs of shape (N, C, H, W) with H, W >= {needed}, "
-                f"got shape {tuple(x.shape)}"
-            )
-
-
-def _label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
-    """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
-    shape = tuple(getattr(labels, "shape", ()))
-    if len(shape) <= 1:
-        return as_labels("labels", labels, x, (len(x),))
-    expected = (len(x), *x.shape[2:])
-    if x.ndim != 4 or shape != expected:
-        raise ValueError(
-            f"labels must have shape (N,) or (N, H, W) = {expected} for inputs of shape "
-            f"{tuple(x.shape)}, got shape {shape}"
-        )
-    return as_labels("labels", labels, x, expected)
-
-
-def _masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:
-    m = as_tensor("masks", masks)
-    if tuple(m.shape) != tuple(labels.shape):
-        raise ValueError(
-            f"masks must have the labels' shape {tuple(labels.shape)}, got {tuple(m.shape)}"
-        )
-    return m
-
-
-def _checked_lpips(lpips: Any, distance: str) -> DistanceFunction:
-    if distance != "lpips":
-        raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
-    if not callable(lpips):
-        raise TypeError(
-            "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
-            f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
-        )
-
-    def checked(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-        value = lpips(x_adv, x)
-        shape = tuple(getattr(value, "shape", ()))
-        if shape != (len(x),):
-            raise ValueError(f"lpips must return one distance per sample, shape ({len(x)},), "
-                             f"got {type(value).__name__} of shape {shape}")  # fmt: skip
-        return value
-
-    return checked
-
-
-def _converted(
-    callback: Callable[[StepInfo], None], restore: Callable[[ep.Tensor], Any]
-) -> Callable[[StepInfo], None]:
-    """The caller's callback, fed tensors of the caller's kind."""
-    tensors = [f.name for f in fields(StepInfo) if f.name != "step"]
-
-    def call(info: StepInfo) -> None:
-        callback(replace(info, **{name: restore(getattr(info, name)) for name in tensors}))
-
-    return call
-
-
-def _judging(predicate: SuccessFn | None, restore: Callable[[ep.Tensor], Any]) -> SuccessFn | None:
-    """The caller's success predicate, fed tensors of the caller's kind (as ``callback``); the
-    solver checks its answer (raw or eagerpy) with :func:`.core.validation.check_success`."""
-    if predicate is None:
-        return None
-
-    def judge(model_inputs: ep.Tensor, logits: ep.Tensor) -> Any:
-        return predicate(restore(model_inputs), restore(logits))
-
-    return judge
-
-
-def _empty(
-    x: ep.Tensor,
-    y: ep.Tensor,
-    restore: Callable[[ep.Tensor], Any],
-    apsr: bool = False,
-    predictions: bool = True,
-) -> AttackResult[Any]:
-    distances = ep.zeros(x, (0,)).astype(working_dtype(x))  # as for a non-empty batch
-    nothing = ep.zeros(y, (0,))
-    result = AttackResult(x, distances, distances > 0, nothing, 0, distances if apsr else None,
-                          nothing if predictions else None)  # fmt: skip
     return result.map(restore)

@@ -1,0 +1,131 @@
+"""The checks and conversions shared by the functional entry points (:mod:`alma_plugin.functional`):
+inputs, labels and label maps, masks, the distance's input shape, a custom LPIPS, and the
+callables (success predicate, callback) fed tensors of the caller's kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, replace
+from typing import Any
+
+import eagerpy as ep
+
+from .core.result import AttackResult, StepInfo
+from .core.validation import as_labels, as_tensor, check_inputs, warn_if_training, working_dtype
+from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+
+SuccessFn = Callable[[Any, Any], Any]
+
+
+def entry(
+    model: Any, inputs: Any, bounds: tuple[float, float], is_adversarial: Any, callback: Any
+) -> tuple[ep.Tensor, Callable[[ep.Tensor], Any]]:
+    """Checks shared by both entry points; the inputs and the function that gives results
+    back in the caller's kind of tensor."""
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    for name, value in (("is_adversarial", is_adversarial), ("callback", callback)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable or None, got {value!r}")
+    x = check_inputs(as_tensor("inputs", inputs), bounds)
+    warn_if_training(model)
+    if isinstance(inputs, ep.Tensor):
+        return x, lambda tensor: tensor
+    return x, lambda tensor: tensor.raw
+
+
+def check_distance_inputs(name: str, x: ep.Tensor) -> None:
+    """Inputs the distance cannot measure get an error naming ``inputs`` before any model call."""
+    spec = get_distance(name)
+    if spec.needs_color and (x.ndim != 4 or x.shape[1] != 3):
+        raise ValueError(
+            f"distance={name!r} needs RGB inputs of shape (N, 3, H, W), got shape {tuple(x.shape)}"
+        )
+    if name in ("ssim", "msssim", "lpips"):
+        needed = {"ssim": 11, "msssim": ms_ssim_min_size(len(MS_SSIM_WEIGHTS)), "lpips": 31}[name]
+        if x.ndim != 4 or min(x.shape[2:]) < needed:
+            raise ValueError(
+                f"distance={name!r} needs inputs of shape (N, C, H, W) with H, W >= {needed}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+
+def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
+    """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
+    shape = tuple(getattr(labels, "shape", ()))
+    if len(shape) <= 1:
+        return as_labels("labels", labels, x, (len(x),))
+    expected = (len(x), *x.shape[2:])
+    if x.ndim != 4 or shape != expected:
+        raise ValueError(
+            f"labels must have shape (N,) or (N, H, W) = {expected} for inputs of shape "
+            f"{tuple(x.shape)}, got shape {shape}"
+        )
+    return as_labels("labels", labels, x, expected)
+
+
+def checked_masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:
+    m = as_tensor("masks", masks)
+    if tuple(m.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"masks must have the labels' shape {tuple(labels.shape)}, got {tuple(m.shape)}"
+        )
+    return m
+
+
+def checked_lpips(lpips: Any, distance: str) -> DistanceFunction:
+    if distance != "lpips":
+        raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
+    if not callable(lpips):
+        raise TypeError(
+            "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
+            f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
+        )
+
+    def checked(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+        value = lpips(x_adv, x)
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != (len(x),):
+            raise ValueError(f"lpips must return one distance per sample, shape ({len(x)},), "
+                             f"got {type(value).__name__} of shape {shape}")  # fmt: skip
+        return value
+
+    return checked
+
+
+def converted(
+    callback: Callable[[StepInfo], None], restore: Callable[[ep.Tensor], Any]
+) -> Callable[[StepInfo], None]:
+    """The caller's callback, fed tensors of the caller's kind."""
+    tensors = [f.name for f in fields(StepInfo) if f.name != "step"]
+
+    def call(info: StepInfo) -> None:
+        callback(replace(info, **{name: restore(getattr(info, name)) for name in tensors}))
+
+    return call
+
+
+def judging(predicate: SuccessFn | None, restore: Callable[[ep.Tensor], Any]) -> SuccessFn | None:
+    """The caller's success predicate, fed tensors of the caller's kind (as ``callback``); the
+    solver checks its answer (raw or eagerpy) with :func:`.core.validation.check_success`."""
+    if predicate is None:
+        return None
+
+    def judge(model_inputs: ep.Tensor, logits: ep.Tensor) -> Any:
+        return predicate(restore(model_inputs), restore(logits))
+
+    return judge
+
+
+def empty(
+    x: ep.Tensor,
+    y: ep.Tensor,
+    restore: Callable[[ep.Tensor], Any],
+    apsr: bool = False,
+    predictions: bool = True,
+) -> AttackResult[Any]:
+    distances = ep.zeros(x, (0,)).astype(working_dtype(x))  # as for a non-empty batch
+    nothing = ep.zeros(y, (0,))
+    result = AttackResult(x, distances, distances > 0, nothing, 0, distances if apsr else None,
+                          nothing if predictions else None)  # fmt: skip
+    return result.map(restore)
