@@ -42,7 +42,7 @@ from typing import Any
 
 import eagerpy as ep
 
-from ._common import distance_function, flatten, framework_op, safe_sqrt
+from ._common import distance_function, flatten, safe_sqrt
 
 # sRGB primaries, D65 (ALMA paper eq. 13; IEC 61966-2-1).
 RGB_TO_XYZ: tuple[tuple[float, float, float], ...] = (
@@ -84,19 +84,39 @@ def check_color_input(x: Any, argument: str = "x") -> None:
 # Element-wise functions eagerpy lacks (sin, cos, atan2), dispatched to the tensor's framework.
 
 
+def _framework_op(x: ep.Tensor, name: str) -> Any:
+    if isinstance(x, ep.PyTorchTensor):
+        import torch
+
+        return getattr(torch, name)
+    if isinstance(x, ep.NumPyTensor):
+        import numpy
+
+        return getattr(numpy, {"atan2": "arctan2"}.get(name, name))
+    if isinstance(x, ep.JAXTensor):
+        import jax.numpy as jnp
+
+        return getattr(jnp, {"atan2": "arctan2"}.get(name, name))
+    if isinstance(x, ep.TensorFlowTensor):
+        import tensorflow as tf
+
+        return getattr(tf.math, name)
+    raise TypeError(f"unsupported tensor type {type(x).__name__}")  # pragma: no cover
+
+
 def _sin(x: ep.Tensor) -> ep.Tensor:
-    return ep.astensor(framework_op(x, "sin")(x.raw))
+    return ep.astensor(_framework_op(x, "sin")(x.raw))
 
 
 def _cos(x: ep.Tensor) -> ep.Tensor:
-    return ep.astensor(framework_op(x, "cos")(x.raw))
+    return ep.astensor(_framework_op(x, "cos")(x.raw))
 
 
 def _atan2(y: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """atan2(y, x) in [0, 2π), 0 (with gradient 0) at the origin."""
     origin = ep.logical_and(x == 0, y == 0)
     angle = ep.astensor(
-        framework_op(y, "atan2")(ep.where(origin, 0, y).raw, ep.where(origin, 1, x).raw)
+        _framework_op(y, "atan2")(ep.where(origin, 0, y).raw, ep.where(origin, 1, x).raw)
     )
     angle = ep.where(angle < 0, angle + 2 * math.pi, angle)
     return ep.where(origin, 0, angle)

@@ -15,8 +15,7 @@
 
 The primitives :func:`safe_sqrt` and :func:`abs0` keep the gradients finite and
 framework-independent at zero (``√`` has an infinite derivative there, and ``|·|``'s
-sub-gradient at 0 is 0 on PyTorch but 1 on JAX); :func:`framework_op` reaches the element-wise
-functions eagerpy lacks (``sin``, ``atan2`` …) in the tensor's own framework.
+sub-gradient at 0 is 0 on PyTorch but 1 on JAX).
 """
 
 from __future__ import annotations
@@ -170,28 +169,6 @@ def safe_sqrt(x: ep.Tensor) -> ep.Tensor:
 def abs0(x: ep.Tensor) -> ep.Tensor:
     """|x| with sub-gradient 0 at x = 0 on every backend (``x · sign(x)``)."""
     return x * x.sign()
-
-
-def framework_op(x: ep.Tensor, name: str) -> Any:
-    """The element-wise function ``name`` of x's framework, for functions eagerpy lacks (NumPy's
-    and JAX's names where they differ: ``atan2`` → ``arctan2``)."""
-    if isinstance(x, ep.PyTorchTensor):
-        import torch
-
-        return getattr(torch, name)
-    if isinstance(x, ep.NumPyTensor):
-        import numpy
-
-        return getattr(numpy, {"atan2": "arctan2"}.get(name, name))
-    if isinstance(x, ep.JAXTensor):
-        import jax.numpy as jnp
-
-        return getattr(jnp, {"atan2": "arctan2"}.get(name, name))
-    if isinstance(x, ep.TensorFlowTensor):
-        import tensorflow as tf
-
-        return getattr(tf.math, name)
-    raise TypeError(f"unsupported tensor type {type(x).__name__}")  # pragma: no cover
 
 
 def clean_zeros(value: ep.Tensor, x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
