@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.validation import check_in_range, check_positive_int
+from .core.validation import check_flag, check_in_range, check_positive_int
 
 __all__ = ["EpochLog", "adversarial_training"]
 
@@ -135,8 +135,7 @@ def adversarial_training(
         raise TypeError(f"attack must be callable or None, got {type(attack).__name__}")
     if log is not None and not callable(log):  # checked now, not after an epoch of training
         raise TypeError(f"log must be callable or None, got {log!r}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be a bool, got {progress!r}")
+    progress = check_flag("progress", progress)
     parameters = list(model.parameters())
     if not parameters:
         raise ValueError("model has no parameters to train")
