@@ -19,6 +19,7 @@ from ._entry import (
     judging,
     label_maps,
 )
+from .core.graphs import check_cuda_graphs
 from .core.lagrangian import (
     LAGRANGIAN_STEPS,
     LagrangianParams,
@@ -70,6 +71,7 @@ def alma(
     seed: int = 0,
     lpips: DistanceFunction | None = None,
     padding: str | None = None,
+    cuda_graphs: bool = False,
     params: ALMAParams | ProxParams | None = None,
 ) -> AttackResult[Any]:
     """Minimal adversarial examples by the Augmented Lagrangian Method (Rony et al., ICCV 2021).
@@ -111,6 +113,12 @@ def alma(
             exact scikit-image SSIM itself (border artefact included, the stronger worst-case
             attack). The distances, ε, ``early_stop`` and success are the exact SSIM's either
             way (see :mod:`alma_plugin.distances._ssim`). Other distances: None only.
+        cuda_graphs: PyTorch models on a CUDA device only: after 3 warm-up steps, replay each
+            step as a CUDA graph (one launch instead of ~200 kernel launches; 2–3× the steps
+            per second at small batches, docs/bench.md). The same kernels, so the same results
+            for the default schedule; but the model's Python code (hooks, counters, Python
+            side effects of ``is_adversarial``) runs only for the warm-up and the capture, and
+            a model that reads values back to the host during a step is a ``ValueError``.
         params: an :class:`~alma_plugin.ALMAParams` whose fields the hyperparameter keywords
             below replace; for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword:
             an ALMA hyperparameter keyword with "linf" is a ``TypeError``, even at its default).
@@ -138,7 +146,8 @@ def alma(
         check_padding_for(LINF, padding)
         return alma_prox(model, inputs, labels, steps=steps, targeted=targeted, bounds=bounds,
                          is_adversarial=is_adversarial, early_stop=early_stop,
-                         callback=callback, seed=seed, params=params)  # fmt: skip
+                         callback=callback, seed=seed, cuda_graphs=cuda_graphs,
+                         params=params)  # fmt: skip
     spec = get_distance(distance)
     params = ALMAParams() if params is None else params
     if not isinstance(params, ALMAParams):
@@ -155,6 +164,7 @@ def alma(
     bounds = check_bounds(bounds)
     targeted = check_flag("targeted", targeted)
     x, restore = entry(model, inputs, bounds, is_adversarial, callback)
+    graphs = check_cuda_graphs(cuda_graphs, x)
     check_distance_inputs(spec.name, x)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     stop = check_early_stop(early_stop)
@@ -173,6 +183,7 @@ def alma(
         callback=None if callback is None else converted(callback, restore),
         early_stop=stop,
         seed=seed,
+        cuda_graphs=graphs,
     )
     return result.map(restore)
 
@@ -192,6 +203,7 @@ def alma_prox(
     early_stop: float | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     seed: int = 0,
+    cuda_graphs: bool = False,
     params: ProxParams | None = None,
 ) -> AttackResult[Any]:
     """Minimal ℓ∞ adversarial examples by ALMA prox (Rony, Pesquet & Ben Ayed, CVPR 2023;
@@ -216,6 +228,7 @@ def alma_prox(
         steps: N, the number of iterations (one forward and one backward each).
         seed: seeds the random starts of ``restarts`` > 1 (run 0 starts at δ = 0 and draws
             nothing: with one run, the attack is deterministic whatever the seed).
+        cuda_graphs: as :func:`alma`.
         params: a :class:`~alma_plugin.ProxParams` whose fields the keywords below replace.
         **hyperparameters: every field of :class:`~alma_plugin.ProxParams`; ``init_lr=None``
             takes λ⁽⁰⁾ for the task (``PROX_INIT_LR``: classification or segmentation).
@@ -240,6 +253,7 @@ def alma_prox(
     nu = check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
     targeted = check_flag("targeted", targeted)
     x, restore = entry(model, inputs, bounds, is_adversarial, callback)
+    graphs = check_cuda_graphs(cuda_graphs, x)
     y = label_maps(labels, x)
     dense = y.ndim > 1
     if masks is not None and not dense:
@@ -265,6 +279,7 @@ def alma_prox(
         early_stop=stop,
         callback=None if callback is None else converted(callback, restore),
         seed=seed,
+        cuda_graphs=graphs,
     )
     return result.map(restore)
 

@@ -1,16 +1,20 @@
 """Steps per second and peak memory of ALMA and ALMA prox, per distance and batch size.
 
 ``python -m alma_plugin.bench.throughput [--device cpu|cuda] [--batch-sizes 32 128]
-[--distances l2 linf ssim ...] [--image-size 28|224] [--steps 20] [--repeats 2]``
+[--distances l2 linf ssim ...] [--image-size 28|224] [--steps 20] [--repeats 2]
+[--cuda-graphs]``
 
 Each configuration runs the solver twice, for ``--steps`` steps and for 1 step, and reports
 (steps − 1) / (T_steps − T_1) steps/s: the one-off step 0 (input checks, the η⁽⁰⁾ search) is
 excluded, and the device is synchronised only at the start and end of each run, so the loop runs
-as it would for a user (no callback, no per-step read). ``linf`` is ALMA prox; the other
-distances ALMA (``lpips`` with seeded random AlexNet weights: the same cost as the real ones,
-which are never downloaded). The model is the embedded SmallCNN (28 px, 1 channel) or, at
-``--image-size 224``, :class:`SmallImageNetCNN` (3 channels, 4 stride-2 convolutions, about a
-tenth of ResNet-18's multiply-adds).
+as it would for a user (no callback, no per-step read). ``--cuda-graphs`` (CUDA) measures every
+configuration a second time with ``cuda_graphs=True``; there the short run has
+:data:`GRAPH_SETUP_STEPS` steps (step 0, the warm-up steps and the captures of both kinds of
+step), so steps/s is the replayed rate, and "setup (s)" is what the short run cost beyond it.
+``linf`` is ALMA prox; the other distances ALMA (``lpips`` with seeded random AlexNet
+weights: the same cost as the real ones, which are never downloaded). The model is the
+embedded SmallCNN (28 px, 1 channel) or, at ``--image-size 224``, :class:`SmallImageNetCNN`
+(3 channels, 4 stride-2 convolutions, about a tenth of ResNet-18's multiply-adds).
 
 Next to each configuration, the same loop without the attack: ``--steps`` bare forward +
 backward passes of the model (gradient w.r.t. the input, as ALMA's step needs), timed the same
@@ -54,6 +58,10 @@ __all__ = [
     "synchronize",
     "timed_run",
 ]
+
+#: The short run of ``--cuda-graphs``: steps 0 … 10 hold the warm-up (steps 0–2) and the
+#: captures of a plain step (3) and of a ρ-check step (9, the first t with (t + 1) % M = 0).
+GRAPH_SETUP_STEPS = 11
 
 #: Distances measured by default (``linf``: ALMA prox).
 DEFAULT_DISTANCES = ("l2", "l1", "linf")
@@ -120,6 +128,7 @@ def timed_run(
     steps: int,
     distance_fn: DistanceFunction | None = None,
     early_stop: float | None = None,
+    cuda_graphs: bool = False,
 ) -> tuple[float, Any]:
     """Seconds of one solver run (device synchronised before and after) and its result."""
     x, y = ep.astensor(inputs), ep.astensor(labels)
@@ -132,7 +141,8 @@ def timed_run(
     start = time.perf_counter()
     if distance == "linf":
         params = ProxParams().for_task("classification")
-        result = alma_prox_solve(model_fn, x, y, params=params, steps=steps, early_stop=early_stop)
+        result = alma_prox_solve(model_fn, x, y, params=params, steps=steps,
+                                 early_stop=early_stop, cuda_graphs=cuda_graphs)  # fmt: skip
     else:
         spec = get_distance(distance)
         result = alma_solve(
@@ -143,6 +153,7 @@ def timed_run(
             params=ALMAParams().for_budget(steps, spec.init_lr_distance),
             steps=steps,
             early_stop=early_stop,
+            cuda_graphs=cuda_graphs,
         )
     synchronize(device)
     return time.perf_counter() - start, result
@@ -182,9 +193,15 @@ def measure(
     device: torch.device,
     steps: int = 20,
     repeats: int = 2,
+    cuda_graphs: bool = False,
 ) -> dict[str, Any]:
     """steps/s (step 0 excluded), the bare model's forward + backward passes per second, their
-    ratio and the peak memory of one configuration, after one untimed warm-up run of each."""
+    ratio and the peak memory of one configuration, after one untimed warm-up run of each.
+    ``cuda_graphs``: the solver replays its steps as CUDA graphs, and the short run has
+    :data:`GRAPH_SETUP_STEPS` steps instead of 1 (``steps`` must be larger)."""
+    short = GRAPH_SETUP_STEPS if cuda_graphs else 1
+    if steps <= short:
+        raise ValueError(f"steps must be larger than {short}, got {steps}")
     model = make_model(image_size, device)
     channels = 1 if image_size == 28 else 3
     gen = torch.Generator().manual_seed(1)
@@ -194,23 +211,26 @@ def measure(
     fn = None if distance == "linf" else make_distance(distance, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timed_run(model, inputs, labels, distance, 2, fn)  # warm-up: allocator, kernels, cuDNN
+    graphs = {"cuda_graphs": True} if cuda_graphs else {}
+    # warm-up: allocator, kernels, cuDNN
+    timed_run(model, inputs, labels, distance, short + 1, fn, **graphs)
     bare_run(model, inputs, 2)
     one, full, bare = [], [], []
     for _ in range(repeats):
-        one.append(timed_run(model, inputs, labels, distance, 1, fn)[0])
-        full.append(timed_run(model, inputs, labels, distance, steps, fn)[0])
+        one.append(timed_run(model, inputs, labels, distance, short, fn, **graphs)[0])
+        full.append(timed_run(model, inputs, labels, distance, steps, fn, **graphs)[0])
         bare.append(bare_run(model, inputs, steps))
-    per_step = (min(full) - min(one)) / (steps - 1)
+    per_step = (min(full) - min(one)) / (steps - short)
     bare_step = min(bare) / steps
     return {
         "attack": "ALMA prox" if distance == "linf" else "ALMA",
         "distance": distance,
         "batch": batch,
         "image_size": image_size,
+        "cuda_graphs": cuda_graphs,
         "steps_per_s": 1 / per_step if per_step > 0 else float("nan"),
         "samples_steps_per_s": batch / per_step if per_step > 0 else float("nan"),
-        "step0_s": min(one),
+        "step0_s": min(one) - (short - 1) * per_step,
         "bare_steps_per_s": 1 / bare_step,
         "overhead": per_step / bare_step if per_step > 0 else float("nan"),
         "peak_memory": peak_memory(device),
@@ -219,13 +239,14 @@ def measure(
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| attack | distance | px | batch | steps/s | sample-steps/s | step 0 (s) "
-        "| bare fwd+bwd/s | ALMA / bare | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | distance | px | batch | CUDA graphs | steps/s | sample-steps/s "
+        "| step 0 / setup (s) | bare fwd+bwd/s | ALMA / bare | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['attack']} | {r['distance']} | {r['image_size']} | {r['batch']} | "
+            f"{'yes' if r['cuda_graphs'] else 'no'} | "
             f"{r['steps_per_s']:.2f} | {r['samples_steps_per_s']:.0f} | {r['step0_s']:.3f} | "
             f"{r['bare_steps_per_s']:.2f} | {r['overhead']:.2f} | {r['peak_memory']} |"
         )
@@ -250,13 +271,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=integer_option("steps", 1), default=20)
     parser.add_argument("--repeats", type=integer_option("repeats", 1), default=2)
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also measure every configuration with cuda_graphs=True (CUDA only)",
+    )
     add_threads_option(parser)
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")
+    if args.cuda_graphs and args.steps <= GRAPH_SETUP_STEPS:
+        parser.error(
+            f"--steps must be larger than {GRAPH_SETUP_STEPS} with --cuda-graphs, got {args.steps}"
+        )
     if args.image_size != 28 and args.image_size < 176:
         parser.error(f"--image-size must be 28 or at least 176, got {args.image_size}")
     device = device_argument(parser, args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error(f"--cuda-graphs needs a CUDA --device, got {args.device}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -264,8 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distance != "linf":
             get_distance(distance)  # a clear error for an unknown name
         for batch in args.batch_sizes:
-            rows.append(measure(distance, batch, args.image_size, device, args.steps, args.repeats))
-            print(f"{rows[-1]}", file=sys.stderr, flush=True)
+            for graphs in (False, True) if args.cuda_graphs else (False,):
+                rows.append(measure(distance, batch, args.image_size, device, args.steps,
+                                    args.repeats, cuda_graphs=graphs))  # fmt: skip
+                print(f"{rows[-1]}", file=sys.stderr, flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, {torch.get_num_threads()} threads, {args.steps} steps, best of "
           f"{args.repeats}; step 0 excluded from steps/s\n")  # fmt: skip

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
+from .graphs import Steps, pick
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
@@ -41,6 +42,26 @@ from .tensors import expand, finite_rows, nan_to_zero
 from .validation import as_model_output, as_tensor, check_success, working_dtype
 
 __all__ = ["alma_prox_solve"]
+
+
+class _State(NamedTuple):
+    """What one step of Algorithm IV-2 hands to the next."""
+
+    delta: ep.Tensor  # δ in the [0, 1]-normalised space
+    v: ep.Tensor  # the Adam-like average of g² (β₁ = 0)
+    mu: ep.Tensor  # μ, one per constraint (N, M)
+    rho: ep.Tensor  # ρ, one per constraint
+    w: ep.Tensor  # the constraint scale w (N, 1), eq. 5.8
+    d_ref: ep.Tensor  # d at the last ρ check
+    recent_sat: ep.Tensor  # satisfied since the last ρ check
+    goals: ep.Tensor  # the labels (a "classes" restart's class from the first step on)
+    best_delta: ep.Tensor
+    best_norm: ep.Tensor  # its ‖δ‖∞ (+inf where none)
+    best_apsr: ep.Tensor
+    first_success: ep.Tensor  # −1 where none yet
+    best_prediction: ep.Tensor  # classification only
+    stopped: ep.Tensor  # 0-d: the early-stop condition has held
+
 
 ModelFn = Callable[[ep.Tensor], Any]
 SuccessFn = Callable[[ep.Tensor, ep.Tensor], Any]
@@ -62,6 +83,7 @@ def alma_prox_solve(
     callback: Callable[[StepInfo], None] | None = None,
     seed: int = 0,
     place: Place | None = None,
+    cuda_graphs: bool = False,
 ) -> AttackResult[ep.Tensor]:
     """Run ALMA prox on a validated batch within ``bounds``.
 
@@ -88,7 +110,9 @@ def alma_prox_solve(
     (classification) from δ = 0 under tDLR⁺ towards the most likely class at x that no
     earlier run aimed at or returned (:func:`.constraints.restart_goal`); each sample keeps
     its best adversarial. ``place`` (given by :func:`.restarts.run_restarts` only) makes this
-    call one run of ``place.steps`` steps.
+    call one run of ``place.steps`` steps. ``cuda_graphs``: as in
+    :func:`~alma_plugin.core.solver.alma_solve` (the replayed steps divide by 1 − αᵗ read from
+    the device rather than by a host number: results equal to the last bits).
     """
     if place is None:
         dense = masks is not None or labels.ndim > 1
@@ -99,7 +123,7 @@ def alma_prox_solve(
                                    bounds=bounds, targeted=targeted, masks=masks,
                                    adv_threshold=adv_threshold, is_adversarial=is_adversarial,
                                    early_stop=early_stop, callback=callback, seed=seed,
-                                   place=place)  # fmt: skip
+                                   place=place, cuda_graphs=cuda_graphs)  # fmt: skip
 
         return run_restarts(run, steps, params.restarts, early_stop)
     restart, step_offset, solved = place.index, place.offset, place.solved
@@ -120,24 +144,32 @@ def alma_prox_solve(
 
     u = (x - lower) / span  # the [0, 1]-normalised input; Λ = [−u, 1 − u] (eq. 5.2)
     box_low, box_high = -u, 1 - u
-    delta, v = ep.zeros_like(x), ep.zeros_like(x)
+    delta = ep.zeros_like(x)
     # A "classes" restart aims at the most likely class at x that no earlier run aimed at or
     # returned; the ranking comes from its own first forward, at x.
     aims_at_class = restart > 0 and p.restart_mode == "classes"
-    goals = c.labels
     if restart > 0 and not aims_at_class:  # a random restart: δ⁽⁰⁾ ~ U(−r, r)ⁿ, onto Λ
         assert p.restart_distance is not None
         noise = p.restart_distance * uniform_noise(x, restart_rng(seed, restart))
         delta = ep.minimum(ep.maximum(noise, box_low), box_high)
-    mu, rho = ep.full(m, m.shape, p.mu_init), ep.full(m, m.shape, p.rho_init)
-    w = ep.full(m, (n, 1), p.scale_init)
-    d_ref, recent_sat = ep.zeros_like(m), ep.zeros_like(m) > 0
-    best_delta, best_norm = delta, ep.full(m, (n,), math.inf)
-    best_apsr = ep.zeros(m, (n,))
-    first_success = ep.full(c.labels, (n,), -1)
-    best_prediction = ep.full(c.labels, (n,), -1)  # classification only
-    steps_run = steps
-    stopped = ep.zeros(m, ()) > 0  # the early-stop condition has held, on the device
+    # Carried from step to step; a NamedTuple so that :class:`.graphs.Steps` can keep it in
+    # buffers of its own when the steps are replayed as CUDA graphs.
+    state = _State(
+        delta=delta,
+        v=ep.zeros_like(x),
+        mu=ep.full(m, m.shape, p.mu_init),
+        rho=ep.full(m, m.shape, p.rho_init),
+        w=ep.full(m, (n, 1), p.scale_init),
+        d_ref=ep.zeros_like(m),
+        recent_sat=ep.zeros_like(m) > 0,
+        goals=c.labels,
+        best_delta=delta,
+        best_norm=ep.full(m, (n,), math.inf),
+        best_apsr=ep.zeros(m, (n,)),
+        first_success=ep.full(c.labels, (n,), -1),
+        best_prediction=ep.full(c.labels, (n,), -1),  # classification only
+        stopped=ep.zeros(m, ()) > 0,  # the early-stop condition has held, on the device
+    )
     # Eq. 5.6's percentile rank of every step, copied to the device once (a copy per step
     # would synchronise); only dense outputs have more than one constraint to mask.
     progresses = [(t - 1) / (steps - 1) if steps > 1 else 0.0 for t in range(1, steps + 1)]
@@ -146,21 +178,32 @@ def alma_prox_solve(
         ranks = ep.from_numpy(c.labels, np.stack(
             [masking_rank(c.counts, adv_threshold, q, p.mask_decay) for q in progresses]
         ))  # fmt: skip
+    step_sizes = [step_size(p.init_lr, p.lr_reduction, q) for q in progresses]  # λ⁽ᵗ⁾
+    corrections = [1 - p.alpha**t for t in range(1, steps + 1)]  # Adam's 1 − αᵗ
+    if cuda_graphs:  # a replayed step reads its numbers from the device
+        tables = [ep.from_numpy(x, np.asarray(v)).astype(x.dtype)
+                  for v in (step_sizes, corrections)]  # fmt: skip
 
-    for t in range(1, steps + 1):
-        progress = progresses[t - 1]
-        rank = None if ranks is None else ranks[t - 1]
+    def advance(s_: _State, i: int, clock: Any) -> tuple[_State, tuple[ep.Tensor, ...]]:
+        """Step t = i + 1 of Algorithm IV-2 from ``s_``. ``i`` takes the decisions made in
+        Python (the first step, a ρ check); ``clock`` is i for the arithmetic (a device tensor
+        in a graph, from which the step's λ⁽ᵗ⁾, 1 − αᵗ and masking rank are read)."""
+        t = i + 1
         check = t % p.check_steps == 0
-        state = (mu, rho, w, d_ref, recent_sat, goals)
+        lr: float | ep.Tensor
+        correction: float | ep.Tensor
+        if isinstance(clock, int):
+            lr, correction = step_sizes[i], corrections[i]
+            rank = None if ranks is None else ranks[i]
+        else:
+            lr, correction = (pick(table, clock) for table in tables)
+            rank = None if ranks is None else pick(ranks, clock)
+        mu, rho, w, d_ref, recent_sat, goals = (s_.mu, s_.rho, s_.w, s_.d_ref, s_.recent_sat,
+                                                s_.goals)  # fmt: skip
+        delta = s_.delta
 
-        def loss_fn(
-            delta_: ep.Tensor,
-            state: tuple[ep.Tensor, ...] = state,
-            check: bool = check,
-            t: int = t,
-            rank: ep.Tensor | None = rank,
-        ) -> tuple[ep.Tensor, Any]:
-            mu_, rho_, w_, d_ref_, recent_, goals_ = state
+        def loss_fn(delta_: ep.Tensor) -> tuple[ep.Tensor, Any]:
+            goals_ = goals
             x_adv = (x + delta_ * span).clip(lower, upper)  # 3. x̃ = x + δ
             if rounds:
                 x_adv = x_adv.astype(x0.dtype)
@@ -181,22 +224,22 @@ def alma_prox_solve(
             # run aimed at a class counts any other class too
             hit = is_satisfied(z_c, c.labels) if aims_at_class else d_c < 0
             satisfied = (m * hit.astype(m.dtype)).sum(axis=1, keepdims=True)
-            w_new = scale_update(w_, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
+            w_new = scale_update(w, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
             m_tilde = c.mask  # 10–11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
             if rank is not None:
                 m_tilde = constraint_mask(d_c, c.mask, rank)
             mt = m_tilde.astype(m.dtype)
             # 12–13. μ ← P_[μmin, μmax](α μ + (1 − α) ∂/∂d m̃ᵀP(w d, ρ, μ))
-            mu_hat = mt * w_new * p2_prox_derivative(w_new * d_c, rho_, mu_)
-            mu_new = (p.alpha * mu_ + (1 - p.alpha) * mu_hat).clip(p.mu_min, p.mu_max)
+            mu_hat = mt * w_new * p2_prox_derivative(w_new * d_c, rho, mu)
+            mu_new = (p.alpha * mu + (1 - p.alpha) * mu_hat).clip(p.mu_min, p.mu_max)
             # 14–19. At check steps, ρ ← γρ for the constraints of m̃ neither satisfied in the
             # last M steps nor improved by the factor τ; d⁽¹⁾ is the first reference.
-            recent_new = ep.logical_or(recent_, d_c <= 0)
-            rho_new, d_ref_new = rho_, (d_c if t == 1 else d_ref_)
+            recent_new = ep.logical_or(recent_sat, d_c <= 0)
+            rho_new, d_ref_new = rho, (d_c if t == 1 else d_ref)
             if check:
                 stalled = ep.logical_not(ep.logical_or(recent_new, d_c <= p.tau * d_ref_new))
-                grown = (p.gamma * rho_).minimum(p.rho_max)
-                rho_new = ep.where(ep.logical_and(m_tilde, stalled), grown, rho_)
+                grown = (p.gamma * rho).minimum(p.rho_max)
+                rho_new = ep.where(ep.logical_and(m_tilde, stalled), grown, rho)
                 recent_new, d_ref_new = ep.zeros_like(recent_new) > 0, d_c
             loss = (mt * p2_prox(w_new * d, rho_new, mu_new)).sum()  # 21. L = m̃ᵀ P(w d, ρ, μ)
             if is_adversarial is not None:
@@ -218,43 +261,62 @@ def alma_prox_solve(
         apsr = satisfied / count
         norm = delta.flatten(start=1).abs().max(axis=1)
         success = satisfied >= c.needed
-        if t == 1:
-            best_apsr = apsr
-        better = ep.logical_and(success, norm < best_norm)
+        best_apsr = apsr if t == 1 else s_.best_apsr
+        better = ep.logical_and(success, norm < s_.best_norm)
         if early_stop is not None:  # nothing changes once the early-stop condition held
-            better = ep.logical_and(better, stopped.logical_not())
-        best_norm = ep.where(better, norm, best_norm)
+            better = ep.logical_and(better, s_.stopped.logical_not())
+        best_norm = ep.where(better, norm, s_.best_norm)
         best_apsr = ep.where(better, apsr, best_apsr)
-        best_delta = ep.where(expand(better, x), delta, best_delta)
+        best_delta = ep.where(expand(better, x), delta, s_.best_delta)
+        best_prediction = s_.best_prediction
         if predicted is not None:
             predicted = predicted.reshape((n,)).astype(best_prediction.dtype)
             best_prediction = ep.where(better, predicted, best_prediction)
-        first_success = ep.where(ep.logical_and(success, first_success < 0), t - 1, first_success)
+        first_success = ep.where(ep.logical_and(success, s_.first_success < 0), clock,
+                                 s_.first_success)  # fmt: skip
 
         # 23–25. VMFB with the Adam-like diagonal metric (eq. 5.17–5.18). NaN gradients (a NaN
         # region of the model) take no step; |g| ≤ 10¹⁸ (not in the thesis) keeps g² finite in
         # float32 once μ and ρ have grown large.
         grad = nan_to_zero(grad).clip(-1e18, 1e18)
-        lr = step_size(p.init_lr, p.lr_reduction, progress)
-        v = p.alpha * v + (1 - p.alpha) * grad.square()
-        s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps
+        v = p.alpha * s_.v + (1 - p.alpha) * grad.square()
+        metric = (v / correction).sqrt() + p.metric_eps
         # Λ = [−u, 1 − u] ⊂ [−1, 1]: ‖P_Λ(·)‖∞ ≤ 1 fixes the ternary iteration count on the host.
-        delta, _ = linf_box_prox(delta - lr * grad / s, lr, box_low, box_high, s, p.prox_precision,
-                                 radius=1.0)  # fmt: skip
+        delta, _ = linf_box_prox(delta - lr * grad / metric, lr, box_low, box_high, metric,
+                                 p.prox_precision, radius=1.0)  # fmt: skip
 
-        if callback is not None:
-            shape = (n,) if not c.dense else (n, -1)
-            callback(StepInfo(step_offset + t - 1, norm, d.reshape(shape), mu.reshape(shape),
-                              rho.reshape(shape), ep.full(norm, (n,), lr), success))  # fmt: skip
+        stopped = s_.stopped
         if early_stop is not None:
             below = best_norm < early_stop
             if solved is not None:  # found below early_stop by an earlier run
                 below = ep.logical_or(below, solved)
             stopped = ep.logical_or(stopped, below.all())
-            if check and bool(stopped.item()):  # one read every M steps
-                steps_run = t
-                break
+        new_state = _State(delta, v, mu, rho, w, d_ref, recent_sat, goals, best_delta,
+                           best_norm, best_apsr, first_success, best_prediction,
+                           stopped)  # fmt: skip
+        shape = (n,) if not c.dense else (n, -1)
+        lrs = lr + ep.zeros_like(norm) if isinstance(lr, ep.Tensor) else ep.full(norm, (n,), lr)
+        return new_state, (norm, d.reshape(shape), mu.reshape(shape), rho.reshape(shape), lrs,
+                           success)  # fmt: skip
 
+    def is_check_step(i: int) -> bool:
+        return (i + 1) % p.check_steps == 0
+
+    steps_run = steps
+    stepper = Steps(advance, state, graphs=cuda_graphs, kind=is_check_step,
+                    copy_outputs=callback is not None)  # fmt: skip
+    for i in range(steps):
+        outputs = stepper.run(i)
+        if callback is not None:
+            callback(StepInfo(step_offset + i, *outputs))
+        # One read every M steps: the condition itself is tracked on the device at every step.
+        if early_stop is not None and is_check_step(i) and bool(stepper.state.stopped.item()):
+            steps_run = i + 1
+            break
+
+    final = stepper.state
+    best_delta, best_norm, best_apsr = final.best_delta, final.best_norm, final.best_apsr
+    first_success, best_prediction = final.first_success, final.best_prediction
     predictions = None if c.dense else best_prediction
     return _result(x0, x, best_delta, best_norm, best_apsr, first_success, steps_run, bounds,
                    predictions)  # fmt: skip

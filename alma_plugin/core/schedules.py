@@ -14,6 +14,7 @@ adversarial it decays exponentially to η⁽⁰⁾·r at the last step (Fig. 3; 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import eagerpy as ep
 import numpy as np
@@ -208,7 +209,7 @@ def bracket_step_size(
 
 def decayed_step_size(
     initial: ep.Tensor,
-    step: int,
+    step: int | ep.Tensor,
     first_success_step: ep.Tensor,
     steps: int,
     final_ratio: float,
@@ -225,7 +226,7 @@ def decayed_step_size(
 def scheduled_step_size(
     schedule: str,
     initial: ep.Tensor,
-    step: int,
+    step: int | ep.Tensor,
     first_success_step: ep.Tensor,
     steps: int,
     final_ratio: float,
@@ -235,14 +236,27 @@ def scheduled_step_size(
     "paper": :func:`decayed_step_size` (constant until the first success t*, Fig. 3).
     "exponential": η⁽⁰⁾·r^(t/(N−1)); "cosine": η⁽⁰⁾·(r + (1 − r)(1 + cos(πt/(N−1)))/2). These two
     decay from the first step whatever the samples do, and end at η⁽⁰⁾·r at t = N − 1.
+
+    ``step`` is t, or a 0-d tensor holding t (a step replayed as a CUDA graph, :mod:`.graphs`):
+    the factor of "exponential" / "cosine" is then computed on the device in float64, which
+    gives the Python float's float32 rounding except at a float32 rounding tie.
     """
     if schedule == "paper":
         return decayed_step_size(initial, step, first_success_step, steps, final_ratio)
-    progress = min(step / max(steps - 1, 1), 1.0)
-    if schedule == "exponential":
-        factor = final_ratio**progress
-    elif schedule == "cosine":
-        factor = final_ratio + (1 - final_ratio) * (1 + math.cos(math.pi * progress)) / 2
-    else:
+    if schedule not in ("exponential", "cosine"):
         raise ValueError(f"schedule must be 'paper', 'exponential' or 'cosine', got {schedule!r}")
-    return initial * factor
+    if isinstance(step, ep.Tensor):  # only in a CUDA graph, so a PyTorch tensor
+        import torch
+
+        progress_t = (step.raw.double() / max(steps - 1, 1)).clamp(max=1.0)
+        factor_t = _decay_factor(schedule, progress_t, final_ratio, torch.cos)
+        return initial * ep.astensor(factor_t).astype(initial.dtype)
+    progress = min(step / max(steps - 1, 1), 1.0)
+    return initial * _decay_factor(schedule, progress, final_ratio, math.cos)
+
+
+def _decay_factor(schedule: str, progress: Any, final_ratio: float, cos: Any) -> Any:
+    """r^p ("exponential") or r + (1 − r)(1 + cos πp)/2 ("cosine") at progress p ∈ [0, 1]."""
+    if schedule == "exponential":
+        return final_ratio**progress
+    return final_ratio + (1 - final_ratio) * (1 + cos(math.pi * progress)) / 2

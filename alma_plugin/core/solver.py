@@ -9,7 +9,7 @@ Each step costs exactly one forward and one backward model propagation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import eagerpy as ep
 import numpy as np
@@ -18,6 +18,7 @@ from ..distances import DistanceFunction
 from ..distances._common import unchecked
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
+from .graphs import Steps
 from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
@@ -41,6 +42,25 @@ _RMS_EPSILON = 1e-8
 _VANISHING_GRADIENT = 1e-12
 
 
+class _State(NamedTuple):
+    """What one step of Algorithm 2 hands to the next, per sample."""
+
+    x_adv: ep.Tensor  # x̃⁽ᵗ⁾ in [0, 1]
+    mu: ep.Tensor  # μ, the multiplier (eq. 9)
+    rho: ep.Tensor  # ρ, the penalty parameter
+    square_avg: ep.Tensor  # RMSProp's average of g² (starts at 1, §3.2.4)
+    velocity: ep.Tensor  # the momentum buffer
+    step_size0: ep.Tensor  # η⁽⁰⁾, set by the §3.2.3 search at step 0
+    goals: ep.Tensor  # the labels (or targets; a "classes" restart's class from step 0 on)
+    constraint_at_last_check: ep.Tensor  # d at the last ρ check (steps 10–14)
+    best_adv: ep.Tensor  # the smallest adversarial so far, in the host's bounds
+    best_distance: ep.Tensor  # its D (+inf where none)
+    best_prediction: ep.Tensor  # its class (−1 where none)
+    first_success: ep.Tensor  # t* (−1 where none yet)
+    ever_adversarial: ep.Tensor
+    stopped: ep.Tensor  # 0-d: the early-stop condition has held
+
+
 def _quantize(x: ep.Tensor, levels: int) -> ep.Tensor:
     return ((x * (levels - 1) + 0.5) // 1) / (levels - 1)
 
@@ -60,6 +80,7 @@ def alma_solve(
     early_stop: float | None = None,
     seed: int = 0,
     place: Place | None = None,
+    cuda_graphs: bool = False,
 ) -> AttackResult[ep.Tensor]:
     """Run ALMA on a validated batch. ``inputs`` lie in ``bounds``; ``labels`` are the true
     classes, or the targets when ``targeted``. ``params`` are resolved for the budget
@@ -81,7 +102,11 @@ def alma_solve(
     misclassification; :func:`.constraints.restart_goal`); each sample keeps its best
     adversarial. ``first_success_step`` and the callback's step count from the start of run
     0. ``place`` (given by :func:`.restarts.run_restarts` only) makes this call one run of
-    ``place.steps`` steps."""
+    ``place.steps`` steps.
+
+    ``cuda_graphs`` (PyTorch on CUDA): after 3 warm-up steps, each step is replayed as a CUDA
+    graph (:mod:`.graphs`): the same kernels, launched at once. The model's Python code then
+    runs for the warm-up and the capture only."""
     if place is None:
         check_restart_mode(params.restart_mode, params.restarts, targeted)
 
@@ -89,14 +114,15 @@ def alma_solve(
             return alma_solve(model, inputs, labels, distance=distance, params=params,
                               steps=place.steps, bounds=bounds, targeted=targeted,
                               is_adversarial=is_adversarial, callback=callback,
-                              early_stop=early_stop, seed=seed, place=place)  # fmt: skip
+                              early_stop=early_stop, seed=seed, place=place,
+                              cuda_graphs=cuda_graphs)  # fmt: skip
 
         return run_restarts(run, steps, params.restarts, early_stop)
     restart, step_offset, solved, reached = place.index, place.offset, place.solved, place.reached
     c = params
     penalty = get_penalty(c.penalty)
     assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None
-    alpha = c.alpha
+    alpha, rmsprop_decay, momentum = c.alpha, c.rmsprop_decay, c.momentum
     lower, upper = bounds
     scale = upper - lower
     inputs = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
@@ -122,7 +148,6 @@ def alma_solve(
     # A "classes" restart aims at the most likely class at x that no earlier run aimed at or
     # returned; the ranking comes from its own first forward, at x.
     aims_at_class = restart > 0 and c.restart_mode == "classes"
-    goals = labels
     # 1. x̃⁽⁰⁾ ← x; μ⁽⁰⁾, ρ⁽⁰⁾; RMSProp average at 1 (§3.2.4); empty momentum.
     x_adv = x
     if random_start:
@@ -133,43 +158,55 @@ def alma_solve(
                  * noise).clip(0, 1)  # fmt: skip
         if c.levels is not None:  # every iterate the model judges lies on the grid
             x_adv = _quantize(x_adv, c.levels)
-    mu, rho = per_sample(c.mu_init), per_sample(c.rho_init)
-    square_avg, velocity = ep.ones_like(x), ep.zeros_like(x)
-    best_adv, best_distance = inputs, per_sample(np.inf)
-    ever_adversarial = best_distance < 0  # all False
-    first_success = ep.full(labels, (batch,), -1)
-    best_prediction = ep.full(labels, (batch,), -1)
-    constraint_at_last_check = per_sample(np.inf)
-    step_size0 = per_sample(c.init_lr or 0.0)
-    stopped = ep.zeros(x, ()) > 0  # the early-stop condition has held, on the device
+    # Carried from step to step; a NamedTuple so that :class:`.graphs.Steps` can keep it in
+    # buffers of its own when the steps are replayed as CUDA graphs.
+    state = _State(
+        x_adv=x_adv,
+        mu=per_sample(c.mu_init),
+        rho=per_sample(c.rho_init),
+        square_avg=ep.ones_like(x),
+        velocity=ep.zeros_like(x),
+        step_size0=per_sample(c.init_lr or 0.0),
+        goals=labels,
+        constraint_at_last_check=per_sample(np.inf),
+        best_adv=inputs,
+        best_distance=per_sample(np.inf),
+        best_prediction=ep.full(labels, (batch,), -1),
+        first_success=ep.full(labels, (batch,), -1),
+        ever_adversarial=ep.zeros(x, (batch,)) > 0,  # all False
+        stopped=ep.zeros(x, ()) > 0,  # the early-stop condition has held, on the device
+    )
 
-    def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
-        model_inputs = to_model_space(u)
-        if rounds:  # D measures what the model sees, rounded to the model's dtype
-            u = (model_inputs.astype(dtype) - lower) / scale
-        logits = call_model(model, model_inputs)  # 3. z ← f(x̃)
-        if t == 0:  # the class count K is only known once the model has answered
-            check_logits(logits, labels, "targets" if targeted else "labels")
-            check_differentiable(logits)
-            if restart == 0 and c.restart_mode == "classes":
-                check_class_restarts(logits.shape[-1], c.restarts)
-        if logits.dtype != dtype:  # float16 logits, or float64 ones of a float32 batch: the
-            logits = logits.astype(dtype)  # state's dtype, or d would promote the iterate
-        goals_ = goals
-        if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
-            goals_ = restart_goal(stop_gradient(logits), labels, reached)
-        d = dlr_plus(logits, goals_, targeted or aims_at_class)  # 4. d ← DLR⁺(z, y), or tDLR⁺
-        # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
-        d_value = stop_gradient(d)
-        mu_hat = penalty.derivative(d_value, rho, mu)
-        new_mu = (alpha * mu + (1 - alpha) * mu_hat).clip(c.mu_min, c.mu_max)
-        dist = objective(u, x)
-        loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
-        return loss.sum(), (model_inputs, logits, d, dist, new_mu, goals_)
+    def advance(s: _State, t: int, clock: Any) -> tuple[_State, tuple[ep.Tensor, ...]]:
+        """Iteration t of Algorithm 2 from ``s``. ``t`` takes the decisions made in Python
+        (step 0, a ρ check); ``clock`` is t for the arithmetic (a device tensor in a graph)."""
+        x_adv, mu, rho, square_avg, velocity = s.x_adv, s.mu, s.rho, s.square_avg, s.velocity
+        step_size0, constraint_at_last_check = s.step_size0, s.constraint_at_last_check
 
-    steps_run = steps
-    t = 0
-    for t in range(steps):
+        def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
+            model_inputs = to_model_space(u)
+            if rounds:  # D measures what the model sees, rounded to the model's dtype
+                u = (model_inputs.astype(dtype) - lower) / scale
+            logits = call_model(model, model_inputs)  # 3. z ← f(x̃)
+            if t == 0:  # the class count K is only known once the model has answered
+                check_logits(logits, labels, "targets" if targeted else "labels")
+                check_differentiable(logits)
+                if restart == 0 and c.restart_mode == "classes":
+                    check_class_restarts(logits.shape[-1], c.restarts)
+            if logits.dtype != dtype:  # float16 logits, or float64 ones of a float32 batch:
+                logits = logits.astype(dtype)  # the state's dtype, or d would promote x̃
+            goals = s.goals
+            if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
+                goals = restart_goal(stop_gradient(logits), labels, reached)
+            d = dlr_plus(logits, goals, targeted or aims_at_class)  # 4. d ← DLR⁺(z, y), or tDLR⁺
+            # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
+            d_value = stop_gradient(d)
+            mu_hat = penalty.derivative(d_value, rho, mu)
+            new_mu = (alpha * mu + (1 - alpha) * mu_hat).clip(c.mu_min, c.mu_max)
+            dist = objective(u, x)
+            loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
+            return loss.sum(), (model_inputs, logits, d, dist, new_mu, goals)
+
         # 8. g ← ∇L (one forward, one backward).
         _, aux, grad = value_aux_and_grad(loss_fn, x_adv)
         model_inputs, logits, d, dist, mu, goals = aux
@@ -183,16 +220,17 @@ def alma_solve(
             success = check_success(is_adversarial(model_inputs, logits), batch, like=d)
             success = ep.logical_and(success, finite_rows(logits))
         success = ep.logical_and(success, finite_rows(dist))
-        improved = ep.logical_and(success, dist < best_distance)
+        improved = ep.logical_and(success, dist < s.best_distance)
         if early_stop is not None:  # nothing changes once the early-stop condition held
-            improved = ep.logical_and(improved, stopped.logical_not())
+            improved = ep.logical_and(improved, s.stopped.logical_not())
         # The tensor the model judged is the one returned: no re-mapping that could round.
-        best_adv = ep.where(expand(improved, x), model_inputs, best_adv)
-        best_distance = ep.where(improved, dist, best_distance)
+        best_adv = ep.where(expand(improved, x), model_inputs, s.best_adv)
+        best_distance = ep.where(improved, dist, s.best_distance)
         best_prediction = ep.where(improved, logits.argmax(axis=-1).astype(labels.dtype),
-                                   best_prediction)  # fmt: skip
-        first_success = ep.where(ep.logical_and(success, first_success < 0), t, first_success)
-        ever_adversarial = ep.logical_or(ever_adversarial, success)
+                                   s.best_prediction)  # fmt: skip
+        first_success = ep.where(ep.logical_and(success, s.first_success < 0), clock,
+                                 s.first_success)  # fmt: skip
+        ever_adversarial = ep.logical_or(s.ever_adversarial, success)
 
         # A NaN region of the model (e.g. logits overflowing beyond some radius) gives NaN
         # gradients: no step from them, so the iterate stays finite.
@@ -223,41 +261,57 @@ def alma_solve(
         # Constant η while exploring, exponential decay after the first success (Fig. 3).
         # (schedule="paper"; "exponential" / "cosine" decay from the first step instead.)
         step_size = scheduled_step_size(
-            c.schedule, step_size0, t, first_success, steps, c.lr_reduction
+            c.schedule, step_size0, clock, first_success, steps, c.lr_reduction
         )
 
         # 9. RMSProp + momentum step, projection on the box, optional quantisation.
-        square_avg = c.rmsprop_decay * square_avg + (1 - c.rmsprop_decay) * grad.square()
-        velocity = c.momentum * velocity + grad / (square_avg.sqrt() + _RMS_EPSILON)
+        square_avg = rmsprop_decay * square_avg + (1 - rmsprop_decay) * grad.square()
+        velocity = momentum * velocity + grad / (square_avg.sqrt() + _RMS_EPSILON)
         x_adv = (x_adv - expand(step_size, x) * velocity).clip(0, 1)
         if c.levels is not None:
             x_adv = _quantize(x_adv, c.levels)
 
         # 10–14. Every M steps: ρ ← γρ where no adversarial was ever found and d did not drop
         # below τ times its value at the previous check.
-        if (t + 1) % c.check_steps == 0:
+        if is_check_step(t):
             stalled = ep.logical_and(
                 ever_adversarial.logical_not(), d > c.tau * constraint_at_last_check
             )
             rho = ep.where(stalled, c.gamma * rho, rho)
             constraint_at_last_check = d
 
-        if callback is not None:
-            callback(StepInfo(step_offset + t, dist, d, mu, rho, step_size, success))
+        stopped = s.stopped
         if early_stop is not None:
             below = best_distance < early_stop
             if solved is not None:  # found below early_stop by an earlier run
                 below = ep.logical_or(below, solved)
             stopped = ep.logical_or(stopped, below.all())
-            if (t + 1) % c.check_steps == 0 and bool(stopped.item()):  # one read every M steps
-                steps_run = t + 1
-                break
+        new_state = _State(x_adv, mu, rho, square_avg, velocity, step_size0, goals,
+                           constraint_at_last_check, best_adv, best_distance, best_prediction,
+                           first_success, ever_adversarial, stopped)  # fmt: skip
+        return new_state, (dist, d, mu, rho, step_size, success)
 
+    def is_check_step(t: int) -> bool:
+        return (t + 1) % c.check_steps == 0
+
+    steps_run = steps
+    stepper = Steps(advance, state, graphs=cuda_graphs, kind=is_check_step,
+                    copy_outputs=callback is not None)  # fmt: skip
+    for t in range(steps):
+        outputs = stepper.run(t)
+        if callback is not None:
+            callback(StepInfo(step_offset + t, *outputs))
+        # One read every M steps: the condition itself is tracked on the device at every step.
+        if early_stop is not None and is_check_step(t) and bool(stepper.state.stopped.item()):
+            steps_run = t + 1
+            break
+
+    s = stepper.state
     return AttackResult(
-        adversarials=best_adv,
-        distances=best_distance,
-        success=ever_adversarial,
-        first_success_step=first_success,
+        adversarials=s.best_adv,
+        distances=s.best_distance,
+        success=s.ever_adversarial,
+        first_success_step=s.first_success,
         steps_run=steps_run,
-        predictions=best_prediction,
+        predictions=s.best_prediction,
     )

@@ -24,9 +24,10 @@ from foolbox.attacks.base import Attack, Repeated, T
 from foolbox.distances import Distance, l1, l2
 from foolbox.models import Model
 
+from ..core.graphs import check_cuda_graphs
 from ..core.params import ALMA_STEPS, ALMAParams, takes_params
 from ..core.solver import alma_solve
-from ..core.validation import Bounds, check_bounds, check_positive_int
+from ..core.validation import Bounds, check_bounds, check_flag, check_positive_int
 from ..distances import DistanceFunction, get_distance
 from ._base import Batch, MinimalAttack
 from ._common import (
@@ -90,12 +91,18 @@ class ALMAAttack(MinimalAttack):
 
     @takes_params(ALMAParams)
     def __init__(
-        self, *, steps: int = ALMA_STEPS, seed: int = 0, params: ALMAParams | None = None
+        self,
+        *,
+        steps: int = ALMA_STEPS,
+        seed: int = 0,
+        cuda_graphs: bool = False,
+        params: ALMAParams | None = None,
     ) -> None:
         assert params is not None
         spec = get_distance(self.distance_name)
         self.steps = check_positive_int("steps", steps)
         self.seed = check_positive_int("seed", seed, minimum=0)
+        self.cuda_graphs = check_flag("cuda_graphs", cuda_graphs)
         #: The hyperparameters as given (None: the paper's rule for the budget and distance).
         self.params = params
         self._resolved = params.for_budget(self.steps, spec.init_lr_distance)
@@ -105,8 +112,10 @@ class ALMAAttack(MinimalAttack):
         self._measured_as: tuple[Bounds, str] = ((0.0, 1.0), CHANNELS_FIRST)
 
     def __repr__(self) -> str:
+        graphs = ", cuda_graphs=True" if self.cuda_graphs else ""
         return (
-            f"{type(self).__name__}(steps={self.steps}, seed={self.seed}, params={self.params!r})"
+            f"{type(self).__name__}(steps={self.steps}, seed={self.seed}{graphs}, "
+            f"params={self.params!r})"
         )
 
     @property
@@ -206,6 +215,7 @@ class ALMAAttack(MinimalAttack):
             is_adversarial=success_fn(batch.criterion, to_caller),
             early_stop=stop,
             seed=self.seed,
+            cuda_graphs=check_cuda_graphs(self.cuda_graphs, x),
         )
         adversarials = result.adversarials
         return adversarials if to_caller is None else to_caller(adversarials)
@@ -253,6 +263,9 @@ class L2ALMA(ALMAAttack):
         steps : Number of optimization steps N.
         seed : Seed of the random directions used where a gradient vanishes and of the random
             starts of ``restarts`` > 1.
+        cuda_graphs : PyTorch models on a CUDA device: replay each step as a CUDA graph after
+            3 warm-up steps (as :func:`alma_plugin.alma`: same results, fewer kernel launches;
+            the model's Python code runs for the warm-up and the capture only).
         params : An :class:`~alma_plugin.ALMAParams`, whose fields the keywords below replace.
         **hyperparameters : Every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,

@@ -59,9 +59,10 @@ class _SSIMFamily(ALMAAttack):
         steps: int = ALMA_STEPS,
         seed: int = 0,
         padding: str = "symmetric",
+        cuda_graphs: bool = False,
         params: ALMAParams | None = None,
     ) -> None:
-        super().__init__(steps=steps, seed=seed, params=params)
+        super().__init__(steps=steps, seed=seed, cuda_graphs=cuda_graphs, params=params)
         self.padding = check_padding(padding)
 
     def __repr__(self) -> str:
@@ -81,7 +82,7 @@ class SSIMALMA(_SSIMFamily):
     Args:
         padding : ``"symmetric"`` (default) or ``"valid"``: the windows whose SSIM gradient
             the attack descends (see "Window coverage" below).
-        steps, seed, params, **hyperparameters : as :class:`L2ALMA`.
+        steps, seed, cuda_graphs, params, **hyperparameters : as :class:`L2ALMA`.
 """
         + _PADDING
         + _CONVENTIONS
@@ -131,7 +132,7 @@ class LPIPSALMA(ALMAAttack):
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``
             (any callable (x_adv, x) → (N,) on eagerpy tensors in [0, 1]). None: the default
             weights, looked for locally on first use (nothing is downloaded).
-        steps, seed, params, **hyperparameters : as :class:`L2ALMA`.
+        steps, seed, cuda_graphs, params, **hyperparameters : as :class:`L2ALMA`.
 """
         + _CONVENTIONS
         + _REFERENCE
@@ -147,9 +148,10 @@ class LPIPSALMA(ALMAAttack):
         steps: int = ALMA_STEPS,
         seed: int = 0,
         lpips: DistanceFunction | None = None,
+        cuda_graphs: bool = False,
         params: ALMAParams | None = None,
     ) -> None:
-        super().__init__(steps=steps, seed=seed, params=params)
+        super().__init__(steps=steps, seed=seed, cuda_graphs=cuda_graphs, params=params)
         self.lpips = lpips
         if lpips is not None:
             if not callable(lpips):

@@ -7,9 +7,10 @@ from __future__ import annotations
 import eagerpy as ep
 from foolbox.distances import linf
 
+from ..core.graphs import check_cuda_graphs
 from ..core.params import PROX_STEPS, ProxParams, takes_params
 from ..core.prox_solver import alma_prox_solve
-from ..core.validation import check_positive_int
+from ..core.validation import check_flag, check_positive_int
 from ._base import Batch, MinimalAttack
 from ._common import model_function, success_fn
 
@@ -31,6 +32,7 @@ class LinfALMAProx(MinimalAttack):
     Args:
         steps : Number of iterations N. The thesis' defaults are tuned for 500 (§5.5.5.3).
         seed : Seed of the random starts of ``restarts`` > 1 (one run draws nothing).
+        cuda_graphs : as :class:`L2ALMA`.
         params : A :class:`~alma_plugin.ProxParams`, whose fields the keywords below replace.
         **hyperparameters : Every field of :class:`~alma_plugin.ProxParams` (``init_lr``,
             ``lr_reduction``, ``alpha``, ``rho_init``, ``gamma``, ``scale_rate``, ...), with
@@ -65,15 +67,25 @@ class LinfALMAProx(MinimalAttack):
 
     @takes_params(ProxParams)
     def __init__(
-        self, *, steps: int = PROX_STEPS, seed: int = 0, params: ProxParams | None = None
+        self,
+        *,
+        steps: int = PROX_STEPS,
+        seed: int = 0,
+        cuda_graphs: bool = False,
+        params: ProxParams | None = None,
     ) -> None:
         assert params is not None
         self.steps = check_positive_int("steps", steps)
         self.seed = check_positive_int("seed", seed, minimum=0)
+        self.cuda_graphs = check_flag("cuda_graphs", cuda_graphs)
         self.params = params
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps}, seed={self.seed}, params={self.params})"
+        graphs = ", cuda_graphs=True" if self.cuda_graphs else ""
+        return (
+            f"{type(self).__name__}(steps={self.steps}, seed={self.seed}{graphs}, "
+            f"params={self.params})"
+        )
 
     def solve(self, batch: Batch) -> ep.Tensor:
         """ALMA prox on a checked batch; ``early_stop`` in raw units of ``model.bounds`` (‖δ‖∞
@@ -91,5 +103,6 @@ class LinfALMAProx(MinimalAttack):
             params=self.params.for_task("classification"),
             early_stop=stop,
             seed=self.seed,
+            cuda_graphs=check_cuda_graphs(self.cuda_graphs, batch.inputs),
         )
         return result.adversarials

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..core.params import ALMA_STEPS, ALMAParams, ProxParams, prox_params_for_linf, takes_params
-from ..core.validation import check_early_stop, check_positive_int
+from ..core.validation import check_early_stop, check_flag, check_positive_int
 from ..distances import DistanceFunction
 from ..distances._ssim import check_padding_for
 from ..functional import alma
@@ -54,6 +54,10 @@ class ALMA(StateRestoringAttack):
             "valid": the exact scikit-image SSIM itself (border artefact included, the
             stronger worst-case attack). Distances and success are the exact SSIM's either
             way. Other distances: None only. (Default: None)
+        cuda_graphs (bool): for a model on a CUDA device, replay each step as a CUDA graph
+            after 3 warm-up steps (as ``alma_plugin.alma``: same results, fewer kernel
+            launches; the model's Python code runs for the warm-up and the capture only).
+            (Default: False)
         params (ALMAParams): the hyperparameters, whose fields the keywords below replace;
             for "linf", a :class:`~alma_plugin.ProxParams` (then no keyword: an ALMA keyword
             with "linf" is a ``TypeError``, even at its default). Kept as None when neither
@@ -62,11 +66,12 @@ class ALMA(StateRestoringAttack):
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ...) with the paper's defaults, as ``inspect.signature(ALMA)`` shows.
 
-    ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips``, ``padding`` and ``params``
-    are kept as attributes of the same name and read at each call: ``attack.steps = 100`` or
-    ``attack.distance = "l1"`` after construction then picks α and ε for the new values
-    (``params`` keeps None for "the paper's rule"), exactly as ``ALMA(model, steps=100)``
-    would; an invalid value set later is refused at the next call, naming the attribute.
+    ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips``, ``padding``, ``cuda_graphs``
+    and ``params`` are kept as attributes of the same name and read at each call:
+    ``attack.steps = 100`` or ``attack.distance = "l1"`` after construction then picks α and ε
+    for the new values (``params`` keeps None for "the paper's rule"), exactly as
+    ``ALMA(model, steps=100)`` would; an invalid value set later is refused at the next call,
+    naming the attribute.
 
     Shape:
         - images: (N, C, H, W), values in [0, 1] (normalised values after
@@ -100,6 +105,7 @@ class ALMA(StateRestoringAttack):
         seed: int = 0,
         lpips: DistanceFunction | None = None,
         padding: str | None = None,
+        cuda_graphs: bool = False,
         params: ALMAParams | ProxParams | None = None,
     ) -> None:
         if not callable(model):
@@ -111,6 +117,7 @@ class ALMA(StateRestoringAttack):
         self.seed = check_positive_int("seed", seed, minimum=0)
         self.lpips = lpips
         self.padding = check_padding_for(self.distance, padding)
+        self.cuda_graphs = check_flag("cuda_graphs", cuda_graphs)
         self.params = params
         if self.distance == "linf":
             prox_params_for_linf(params)  # ALMA keywords for ALMA prox: refused now
@@ -131,6 +138,6 @@ class ALMA(StateRestoringAttack):
         result = alma(self.get_logits, images, targets, distance=spec.name,
                       steps=self.steps, targeted=bool(self.targeted), early_stop=self.early_stop,
                       seed=self.seed, lpips=self.lpips, padding=self.padding,
-                      params=self.params)  # fmt: skip
+                      cuda_graphs=self.cuda_graphs, params=self.params)  # fmt: skip
         adversarials: torch.Tensor = result.adversarials
         return adversarials

@@ -83,9 +83,9 @@ def test_measure_reports_the_ratio_of_its_two_rates() -> None:
     """A real (tiny) configuration: the documented keys, and ``overhead`` (ALMA / bare) is the
     bare rate over ALMA's, i.e. how many bare forward + backward passes one ALMA step costs."""
     result = throughput.measure("l2", batch=4, image_size=28, device=CPU, steps=3, repeats=2)
-    assert set(result) == {"attack", "distance", "batch", "image_size", "steps_per_s",
-                           "samples_steps_per_s", "step0_s", "bare_steps_per_s", "overhead",
-                           "peak_memory"}  # fmt: skip
+    assert set(result) == {"attack", "distance", "batch", "image_size", "cuda_graphs",
+                           "steps_per_s", "samples_steps_per_s", "step0_s",
+                           "bare_steps_per_s", "overhead", "peak_memory"}  # fmt: skip
     assert (result["attack"], result["distance"], result["batch"]) == ("ALMA", "l2", 4)
     assert result["steps_per_s"] > 0 and result["bare_steps_per_s"] > 0
     expected = result["bare_steps_per_s"] / result["steps_per_s"]
@@ -106,7 +106,7 @@ def test_measure_excludes_step_0_and_keeps_the_fastest_repeat(
     repeat = -1  # a 1-step run starts each repeat; the warm-ups (2 steps) come before
 
     def fake_timed(model: Any, inputs: Any, labels: Any, distance: str, steps: int,
-                   fn: Any = None) -> tuple[float, None]:  # fmt: skip
+                   fn: Any = None, **graphs: Any) -> tuple[float, None]:  # fmt: skip
         nonlocal repeat
         seconds = step0_s + later_s * (steps - 1)
         if steps == 1:
@@ -236,6 +236,12 @@ def test_bad_device_exits_2_naming_the_argument_and_value(
     [
         ("throughput", ["--steps", "1"], "--steps must be at least 2, got 1"),
         ("throughput", ["--image-size", "64"], "--image-size must be 28 or at least 176, got 64"),
+        (
+            "throughput",
+            ["--cuda-graphs", "--steps", "11"],
+            "--steps must be larger than 11 with --cuda-graphs, got 11",
+        ),
+        ("throughput", ["--cuda-graphs"], "--cuda-graphs needs a CUDA --device, got cpu"),
         ("step0", ["--image-size", "100"], "--image-size must be at least 176 (MS-SSIM), got 100"),
         ("step0", ["--steps", "1"], "--steps must be at least 2, got 1"),
         ("step0", ["--image-size", "28"], "--image-size must be at least 176 (MS-SSIM), got 28"),
