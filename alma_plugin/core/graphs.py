@@ -92,7 +92,6 @@ class Steps(Generic[S]):
         self._replays: dict[Hashable, Callable[[], Outputs]] = {}
         self._pool: Any = None
         self._clock: ep.Tensor | None = None
-        self._side: Any = None
 
     def run(self, t: int) -> Outputs:
         """Step ``t`` (called with t = 0, 1, 2, … in order): the new state goes to
@@ -115,14 +114,13 @@ class Steps(Generic[S]):
         return outputs
 
     def _warm(self, t: int) -> Outputs:
-        """Step ``t`` run one by one, on a side stream."""
+        """Step ``t`` run one by one, on the device's warm-up stream."""
         torch = _torch()
-        if self._side is None:
-            self._side = torch.cuda.Stream()
-        self._side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._side):
+        side = _warmup_stream(_device(self.state))
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
             self.state, outputs = self.step(self.state, t, t)
-        torch.cuda.current_stream().wait_stream(self._side)
+        torch.cuda.current_stream().wait_stream(side)
         return outputs
 
     def _record(self, t: int) -> Callable[[], Outputs]:
@@ -156,6 +154,18 @@ class Steps(Generic[S]):
             buffer.raw.copy_(value)
         self._clock.raw.add_(1)
         return outputs
+
+
+#: One warm-up stream per device for the whole process: PyTorch keeps a cuBLAS workspace
+#: (tens of MiB) for every stream that ran a matrix product, so a new stream per attack would
+#: leak one workspace per call.
+_WARMUP_STREAMS: dict[Any, Any] = {}
+
+
+def _warmup_stream(device: Any) -> Any:
+    if device not in _WARMUP_STREAMS:
+        _WARMUP_STREAMS[device] = _torch().cuda.Stream(device)
+    return _WARMUP_STREAMS[device]
 
 
 def _torch() -> Any:

@@ -291,14 +291,22 @@ def test_a_model_that_synchronises_is_refused_clearly() -> None:
 
 
 @needs_cuda
-def test_graph_memory_does_not_grow_with_steps() -> None:
+@pytest.mark.parametrize("attack", [alma, alma_prox])
+def test_graph_memory_does_not_grow_with_steps_or_calls(attack) -> None:
+    """Nothing stays allocated after a call (the graphs, their memory pool, the warm-up
+    stream's cuBLAS workspace: one stream per device, not one per call), and 200 steps need
+    no more memory than 20."""
     model, x, y = _classifier(device="cuda")
+    attack(model, x, y, steps=20, cuda_graphs=True)  # the process's one-off allocations
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
     peaks = []
-    for steps in (20, 200):
-        torch.cuda.synchronize()
+    for steps in (20, 200, 20, 20):
         torch.cuda.reset_peak_memory_stats()
-        alma(model, x, y, steps=steps, cuda_graphs=True)
+        attack(model, x, y, steps=steps, cuda_graphs=True)
+        torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated())
+        assert torch.cuda.memory_allocated() == before, steps
     assert peaks[1] <= peaks[0]
 
 
@@ -309,7 +317,7 @@ def test_host_classes_on_cuda() -> None:
     from alma_plugin.torchattacks import ALMA
 
     model, x, y = _classifier(device="cuda")
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device="cuda")
     for cls in (L2ALMA, LinfALMAProx):
         runs = [cls(steps=30, cuda_graphs=g)(fmodel, x, y, epsilons=None)[0] for g in (True, False)]
         assert torch.allclose(runs[0], runs[1], rtol=0, atol=1e-6)
