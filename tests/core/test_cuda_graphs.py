@@ -12,6 +12,7 @@ synchronises refused.
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -295,9 +296,11 @@ def test_a_model_that_synchronises_is_refused_clearly() -> None:
 def test_graph_memory_does_not_grow_with_steps_or_calls(attack) -> None:
     """Nothing stays allocated after a call (the graphs, their memory pool, the warm-up
     stream's cuBLAS workspace: one stream per device, not one per call), and 200 steps need
-    no more memory than 20."""
+    no more memory than 20, but for the per-step tables (ALMA prox: λ⁽ᵗ⁾ and 1 − αᵗ, a few
+    bytes per step)."""
     model, x, y = _classifier(device="cuda")
     attack(model, x, y, steps=20, cuda_graphs=True)  # the process's one-off allocations
+    gc.collect()
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     peaks = []
@@ -307,7 +310,7 @@ def test_graph_memory_does_not_grow_with_steps_or_calls(attack) -> None:
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated())
         assert torch.cuda.memory_allocated() == before, steps
-    assert peaks[1] <= peaks[0]
+    assert peaks[1] <= peaks[0] + 2 * 4 * 200 + 2**10
 
 
 @needs_cuda
@@ -318,8 +321,11 @@ def test_host_classes_on_cuda() -> None:
 
     model, x, y = _classifier(device="cuda")
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device="cuda")
-    for cls in (L2ALMA, LinfALMAProx):
-        runs = [cls(steps=30, cuda_graphs=g)(fmodel, x, y, epsilons=None)[0] for g in (True, False)]
-        assert torch.allclose(runs[0], runs[1], rtol=0, atol=1e-6)
+    runs = [L2ALMA(steps=30, cuda_graphs=g)(fmodel, x, y, epsilons=None)[0] for g in (True, False)]
+    assert torch.equal(runs[0], runs[1])  # ALMA: the same kernels, the same numbers
+    runs = [LinfALMAProx(steps=30, cuda_graphs=g)(fmodel, x, y, epsilons=None)[0]
+            for g in (True, False)]  # fmt: skip
+    norms = [(r - x).flatten(1).abs().amax(1) for r in runs]
+    assert torch.allclose(norms[0], norms[1], rtol=1e-4, atol=1e-7)
     runs = [ALMA(model, "l2", 30, cuda_graphs=g)(x, y) for g in (True, False)]
     assert torch.equal(runs[0], runs[1])
