@@ -116,7 +116,9 @@ def test_device_memory_does_not_grow_with_steps(distance: str) -> None:
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated() - base)
         assert torch.cuda.memory_allocated() == base  # nothing left behind
-    assert peaks[1] <= peaks[0] * 1.05 + 2**16
+    # A leak grows with the steps (180 more here); one input-sized tensor more or less at the
+    # peak was seen between two runs on an H100 (when Python frees the previous step's state).
+    assert peaks[1] <= peaks[0] * 1.05 + x.numel() * x.element_size() + 2**16
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -185,29 +185,41 @@ def test_replayed_steps_report_the_same_step_info(rerun) -> None:
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_replayed_prox_steps_give_the_plain_loop_s_result(rerun, task: str) -> None:
+    """Results, and every step's μ (which the masking of eq. 5.6 zeroes outside m̃⁽ᵗ⁾, so a
+    wrong rank shows) and λ⁽ᵗ⁾."""
     model, x, y = _classifier() if task == "classification" else _segmenter()
-    replayed = _prox_core(model, x, y, graphs=True, task=task)
-    plain = _prox_core(model, x, y, graphs=False, task=task)
+    logs: dict[bool, list] = {True: [], False: []}
+    runs = {}
+    for g in (True, False):
+
+        def callback(info, log=logs[g]) -> None:
+            log.append((info.mu.raw.clone(), info.step_size.raw.clone()))
+
+        runs[g] = _prox_core(model, x, y, graphs=g, task=task, callback=callback)
+    replayed, plain = runs[True], runs[False]
     assert torch.equal(replayed.success.raw, plain.success.raw)
     assert torch.allclose(replayed.distances.raw, plain.distances.raw, rtol=1e-4, atol=1e-7)
     assert torch.equal(replayed.first_success_step.raw, plain.first_success_step.raw)
+    for (mu, lr), (mu_plain, lr_plain) in zip(logs[True], logs[False], strict=True):
+        assert torch.allclose(mu, mu_plain, rtol=1e-3, atol=1e-6)
+        assert torch.equal(lr, lr_plain)
 
 
 def test_unaliased_copies_a_value_moved_between_slots() -> None:
-    """A step that hands slot 1's value to slot 0 while slot 1 gets a new one: slot 0 must
-    receive the old value, not the new one written first."""
+    """A step that hands slot 0's value to slot 1 while slot 0 gets a new one: slot 1 must
+    receive the old value, not the new one written into slot 0 first."""
     a, b = ep.astensor(torch.zeros(3)), ep.astensor(torch.ones(3))
     state = (a, b)
 
     def step(s, t, clock):
-        return (s[1], s[1] + 1), ()
+        return (s[0] + 1, s[0]), ()
 
     stepper = Rerun(step, state, graphs=True, warmup=1)
-    stepper.run(0)  # (1, 2)
-    stepper.run(1)  # replayed: (2, 3)
+    stepper.run(0)  # (1, 0)
+    stepper.run(1)  # replayed: (2, 1), slot 1 copied from slot 0 before slot 0 is written
     stepper.run(2)
     assert stepper.state[0].raw.tolist() == [3.0] * 3
-    assert stepper.state[1].raw.tolist() == [4.0] * 3
+    assert stepper.state[1].raw.tolist() == [2.0] * 3
 
 
 # --- CUDA -----------------------------------------------------------------------------------
