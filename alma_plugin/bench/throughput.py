@@ -19,7 +19,9 @@ embedded SmallCNN (28 px, 1 channel) or, at ``--image-size 224``, :class:`SmallI
 Next to each configuration, the same loop without the attack: ``--steps`` bare forward +
 backward passes of the model (gradient w.r.t. the input, as ALMA's step needs), timed the same
 way. ``ALMA / bare`` is the per-step overhead of the solver on that device: on a GPU, where the
-solver's elementwise operations are kernel launches, it can differ a lot from the CPU's.
+solver's elementwise operations are kernel launches, it can differ a lot from the CPU's. In the
+``--cuda-graphs`` rows the bare pass is replayed as a CUDA graph too, so the ratio compares
+replayed steps with replayed passes.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` of each configuration; on CPU, the
 process's peak resident set size so far (``ru_maxrss``, a high-water mark that never goes
@@ -159,16 +161,37 @@ def timed_run(
     return time.perf_counter() - start, result
 
 
-def bare_run(model: nn.Module, inputs: torch.Tensor, steps: int) -> float:
+def bare_run(
+    model: nn.Module, inputs: torch.Tensor, steps: int, cuda_graphs: bool = False
+) -> float:
     """Seconds of ``steps`` bare forward + backward passes (the gradient of the summed logits
     w.r.t. the input), the device synchronised before and after: one ALMA step without the
-    solver."""
+    solver. ``cuda_graphs``: one pass captured as a CUDA graph (after warm-up passes on a side
+    stream) and replayed ``steps`` times, to compare with ALMA's replayed steps."""
+    replay = _graphed_bare_step(model, inputs) if cuda_graphs else None
     synchronize(inputs.device)
     start = time.perf_counter()
     for _ in range(steps):
-        bare_step(model, inputs)
+        if replay is None:
+            bare_step(model, inputs)
+        else:
+            replay()
     synchronize(inputs.device)
     return time.perf_counter() - start
+
+
+def _graphed_bare_step(model: nn.Module, inputs: torch.Tensor) -> Any:
+    static = inputs.clone()
+    side = torch.cuda.Stream(inputs.device)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            bare_step(model, static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        bare_step(model, static)
+    return graph.replay
 
 
 def bare_step(model: nn.Module, inputs: torch.Tensor) -> None:
@@ -214,12 +237,12 @@ def measure(
     graphs = {"cuda_graphs": True} if cuda_graphs else {}
     # warm-up: allocator, kernels, cuDNN
     timed_run(model, inputs, labels, distance, short + 1, fn, **graphs)
-    bare_run(model, inputs, 2)
+    bare_run(model, inputs, 2, **graphs)
     one, full, bare = [], [], []
     for _ in range(repeats):
         one.append(timed_run(model, inputs, labels, distance, short, fn, **graphs)[0])
         full.append(timed_run(model, inputs, labels, distance, steps, fn, **graphs)[0])
-        bare.append(bare_run(model, inputs, steps))
+        bare.append(bare_run(model, inputs, steps, **graphs))
     per_step = (min(full) - min(one)) / (steps - short)
     bare_step = min(bare) / steps
     return {

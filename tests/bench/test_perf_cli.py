@@ -114,7 +114,7 @@ def test_measure_excludes_step_0_and_keeps_the_fastest_repeat(
             return seconds * one_slowdown[repeat], None
         return seconds * (full_slowdown[repeat] if repeat >= 0 else 1.0), None
 
-    def fake_bare(model: Any, inputs: Any, steps: int) -> float:
+    def fake_bare(model: Any, inputs: Any, steps: int, **graphs: Any) -> float:
         return bare_s * steps * (bare_slowdown[repeat] if repeat >= 0 else 1.0)
 
     monkeypatch.setattr(throughput, "timed_run", fake_timed)
