@@ -42,6 +42,7 @@ import eagerpy as ep
 import torch
 from torch import nn
 
+from ..core.graphs import warmup_stream
 from ..core.params import ALMAParams, ProxParams
 from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
@@ -182,7 +183,7 @@ def bare_run(
 
 def _graphed_bare_step(model: nn.Module, inputs: torch.Tensor) -> Any:
     static = inputs.clone()
-    side = torch.cuda.Stream(inputs.device)
+    side = warmup_stream(inputs.device)  # one per process: each new stream keeps a cuBLAS workspace
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):

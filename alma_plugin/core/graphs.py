@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import eagerpy as ep
 
-__all__ = ["Steps", "check_cuda_graphs", "pick"]
+__all__ = ["Steps", "check_cuda_graphs", "pick", "warmup_stream"]
 
 S = TypeVar("S", bound=tuple[Any, ...])
 Outputs = tuple[ep.Tensor, ...]
@@ -116,7 +116,7 @@ class Steps(Generic[S]):
     def _warm(self, t: int) -> Outputs:
         """Step ``t`` run one by one, on the device's warm-up stream."""
         torch = _torch()
-        side = _warmup_stream(_device(self.state))
+        side = warmup_stream(_device(self.state))
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self.state, outputs = self.step(self.state, t, t)
@@ -162,7 +162,8 @@ class Steps(Generic[S]):
 _WARMUP_STREAMS: dict[Any, Any] = {}
 
 
-def _warmup_stream(device: Any) -> Any:
+def warmup_stream(device: Any) -> Any:
+    """The process's side stream for warm-up work on ``device`` before a CUDA-graph capture."""
     if device not in _WARMUP_STREAMS:
         _WARMUP_STREAMS[device] = _torch().cuda.Stream(device)
     return _WARMUP_STREAMS[device]
