@@ -248,6 +248,21 @@ def test_graphs_give_the_plain_loop_s_result_on_cuda(distance, size, early_stop)
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_graphs_with_half_precision_models(dtype: torch.dtype) -> None:
+    """The model called in its dtype, the state in float32: replayed as in the plain loop."""
+    model, x, y = _classifier(device="cuda")
+    model = model.to(dtype)
+    x = x.to(dtype)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    runs = [alma(model, x, y, steps=40, restarts=2, cuda_graphs=g) for g in (True, False)]
+    for field in ("adversarials", "distances", "first_success_step"):
+        assert torch.equal(getattr(runs[0], field), getattr(runs[1], field)), field
+    assert runs[0].adversarials.dtype == dtype
+
+
+@needs_cuda
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_prox_graphs_match_the_plain_loop_on_cuda(task: str) -> None:
     model, x, y = _classifier(device="cuda") if task == "classification" else _segmenter(
