@@ -55,6 +55,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "border": ("border", "where the SSIM / MS-SSIM attacks put their perturbation"),
     "step0": ("step0", "the cost of step 0 (η⁽⁰⁾ search) vs a later step, per distance"),
     "noise": ("noise", "how far a median moves when the inputs move by one ulp"),
+    "graphs": ("graphs", "wall time and results with and without cuda_graphs (CUDA)"),
 }
 
 
