@@ -95,8 +95,11 @@ def _classifier_cases(
     t.add(f"{prefix}-model-raises", P(b, variant="raise_train"), MIDWAY, jax=jax,
           warns=warns and not jax)  # fmt: skip
     t.add(f"{prefix}-steps-float", P(b, steps=100.0), raises("steps", TypeError), jax=jax)
+    # CUDA graphs need PyTorch on a CUDA device: refused on these CPU (and JAX) tensors
+    t.add(f"{prefix}-cuda_graphs-cpu", P(b, cuda_graphs=True), raises("cuda_graphs"), jax=jax)
     if jax:
         return
+    t.add(f"{prefix}-cuda_graphs-str", P(b, cuda_graphs="yes"), raises("cuda_graphs", TypeError))
     t.add(f"{prefix}-batch1", P(b, n=1))
     t.add(f"{prefix}-targeted", P(b, targeted=True))
     for k in (2, 10):
@@ -262,6 +265,8 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("prox-requires_grad", P(b, mode="requires_grad"))
     t.add("prox-inference_mode", P(b, mode="inference"))
     t.add("prox-steps-float", P(b, steps=100.0), raises("steps", TypeError))
+    t.add("prox-cuda_graphs-cpu", P(b, cuda_graphs=True), raises("cuda_graphs"))
+    t.add("prox-cuda_graphs-str", P(b, cuda_graphs="yes"), raises("cuda_graphs", TypeError))
     t.add("prox-steps-np.int64", P(b, steps=np.int64(5)))
 
     # Foolbox attacks
