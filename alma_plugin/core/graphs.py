@@ -35,6 +35,8 @@ from typing import Any, Generic, TypeVar, cast
 
 import eagerpy as ep
 
+from .result import StepInfo
+
 __all__ = ["Steps", "check_cuda_graphs", "pick", "warmup_stream"]
 
 S = TypeVar("S", bound=tuple[Any, ...])
@@ -113,6 +115,26 @@ class Steps(Generic[S]):
             return tuple(ep.astensor(o.raw.clone()) for o in outputs)
         return outputs
 
+    def run_all(
+        self,
+        steps: int,
+        *,
+        offset: int = 0,
+        callback: Callable[[StepInfo], None] | None = None,
+        stop_after: Callable[[int], bool] | None = None,
+    ) -> int:
+        """Steps 0 … ``steps`` − 1; returns how many ran. The callback gets
+        ``StepInfo(offset + t, *outputs)``. With ``stop_after``, the state's 0-d ``stopped``
+        flag (kept on the device by the step) is read after each step t where
+        ``stop_after(t)`` (one read every M steps) and ends the run where it holds."""
+        for t in range(steps):
+            outputs = self.run(t)
+            if callback is not None:
+                callback(StepInfo(offset + t, *outputs))
+            if stop_after is not None and stop_after(t) and _stopped(self.state):
+                return t + 1
+        return steps
+
     def _warm(self, t: int) -> Outputs:
         """Step ``t`` run one by one, on the device's warm-up stream."""
         torch = _torch()
@@ -167,6 +189,11 @@ def warmup_stream(device: Any) -> Any:
     if device not in _WARMUP_STREAMS:
         _WARMUP_STREAMS[device] = _torch().cuda.Stream(device)
     return _WARMUP_STREAMS[device]
+
+
+def _stopped(state: Any) -> bool:
+    """The state's 0-d ``stopped`` flag, read back from the device."""
+    return bool(state.stopped.item())
 
 
 def _torch() -> Any:

@@ -302,18 +302,11 @@ def alma_prox_solve(
     def is_check_step(i: int) -> bool:
         return (i + 1) % p.check_steps == 0
 
-    steps_run = steps
     stepper = Steps(advance, state, graphs=cuda_graphs, kind=is_check_step,
                     copy_outputs=callback is not None)  # fmt: skip
-    for i in range(steps):
-        outputs = stepper.run(i)
-        if callback is not None:
-            callback(StepInfo(step_offset + i, *outputs))
-        # One read every M steps: the condition itself is tracked on the device at every step.
-        if early_stop is not None and is_check_step(i) and bool(stepper.state.stopped.item()):
-            steps_run = i + 1
-            break
-
+    # The early-stop condition is tracked on the device at every step and read every M steps.
+    stop_after = None if early_stop is None else is_check_step
+    steps_run = stepper.run_all(steps, offset=step_offset, callback=callback, stop_after=stop_after)
     final = stepper.state
     best_delta, best_norm, best_apsr = final.best_delta, final.best_norm, final.best_apsr
     first_success, best_prediction = final.first_success, final.best_prediction

@@ -294,18 +294,11 @@ def alma_solve(
     def is_check_step(t: int) -> bool:
         return (t + 1) % c.check_steps == 0
 
-    steps_run = steps
     stepper = Steps(advance, state, graphs=cuda_graphs, kind=is_check_step,
                     copy_outputs=callback is not None)  # fmt: skip
-    for t in range(steps):
-        outputs = stepper.run(t)
-        if callback is not None:
-            callback(StepInfo(step_offset + t, *outputs))
-        # One read every M steps: the condition itself is tracked on the device at every step.
-        if early_stop is not None and is_check_step(t) and bool(stepper.state.stopped.item()):
-            steps_run = t + 1
-            break
-
+    # The early-stop condition is tracked on the device at every step and read every M steps.
+    stop_after = None if early_stop is None else is_check_step
+    steps_run = stepper.run_all(steps, offset=step_offset, callback=callback, stop_after=stop_after)
     s = stepper.state
     return AttackResult(
         adversarials=s.best_adv,
