@@ -37,7 +37,7 @@ import eagerpy as ep
 
 from .result import StepInfo
 
-__all__ = ["Steps", "check_cuda_graphs", "pick", "warmup_stream"]
+__all__ = ["Steps", "check_cuda_graphs", "pick", "run_steps", "warmup_stream"]
 
 S = TypeVar("S", bound=tuple[Any, ...])
 Outputs = tuple[ep.Tensor, ...]
@@ -200,6 +200,31 @@ def _torch() -> Any:
     import torch
 
     return torch
+
+
+def run_steps(
+    step: Step[S],
+    state: S,
+    steps: int,
+    *,
+    check_steps: int,
+    graphs: bool = False,
+    offset: int = 0,
+    callback: Callable[[StepInfo], None] | None = None,
+    early_stop: bool = False,
+) -> tuple[S, int]:
+    """A solver's loop: ``step`` for t = 0 … ``steps`` − 1 (:class:`Steps`), whose kinds are
+    the ρ-check steps ((t + 1) % M = 0, M = ``check_steps``) and the others; with
+    ``early_stop``, the state's ``stopped`` flag is read after each check step. Returns the
+    final state and the number of steps run."""
+
+    def is_check(t: int) -> bool:
+        return (t + 1) % check_steps == 0
+
+    stepper = Steps(step, state, graphs=graphs, kind=is_check, copy_outputs=callback is not None)
+    ran = stepper.run_all(steps, offset=offset, callback=callback,
+                          stop_after=is_check if early_stop else None)  # fmt: skip
+    return stepper.state, ran
 
 
 def pick(table: ep.Tensor, clock: ep.Tensor) -> ep.Tensor:

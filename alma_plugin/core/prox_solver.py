@@ -30,7 +30,7 @@ import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
-from .graphs import Steps, pick
+from .graphs import pick, run_steps
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
@@ -299,15 +299,9 @@ def alma_prox_solve(
         return new_state, (norm, d.reshape(shape), mu.reshape(shape), rho.reshape(shape), lrs,
                            success)  # fmt: skip
 
-    def is_check_step(i: int) -> bool:
-        return (i + 1) % p.check_steps == 0
-
-    stepper = Steps(advance, state, graphs=cuda_graphs, kind=is_check_step,
-                    copy_outputs=callback is not None)  # fmt: skip
-    # The early-stop condition is tracked on the device at every step and read every M steps.
-    stop_after = None if early_stop is None else is_check_step
-    steps_run = stepper.run_all(steps, offset=step_offset, callback=callback, stop_after=stop_after)
-    final = stepper.state
+    final, steps_run = run_steps(advance, state, steps, check_steps=p.check_steps,
+                                 graphs=cuda_graphs, offset=step_offset, callback=callback,
+                                 early_stop=early_stop is not None)  # fmt: skip
     best_delta, best_norm, best_apsr = final.best_delta, final.best_norm, final.best_apsr
     first_success, best_prediction = final.first_success, final.best_prediction
     predictions = None if c.dense else best_prediction

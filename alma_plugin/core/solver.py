@@ -18,7 +18,7 @@ from ..distances import DistanceFunction
 from ..distances._common import unchecked
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
-from .graphs import Steps
+from .graphs import run_steps
 from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
@@ -273,7 +273,7 @@ def alma_solve(
 
         # 10–14. Every M steps: ρ ← γρ where no adversarial was ever found and d did not drop
         # below τ times its value at the previous check.
-        if is_check_step(t):
+        if (t + 1) % c.check_steps == 0:
             stalled = ep.logical_and(
                 ever_adversarial.logical_not(), d > c.tau * constraint_at_last_check
             )
@@ -291,15 +291,9 @@ def alma_solve(
                            first_success, ever_adversarial, stopped)  # fmt: skip
         return new_state, (dist, d, mu, rho, step_size, success)
 
-    def is_check_step(t: int) -> bool:
-        return (t + 1) % c.check_steps == 0
-
-    stepper = Steps(advance, state, graphs=cuda_graphs, kind=is_check_step,
-                    copy_outputs=callback is not None)  # fmt: skip
-    # The early-stop condition is tracked on the device at every step and read every M steps.
-    stop_after = None if early_stop is None else is_check_step
-    steps_run = stepper.run_all(steps, offset=step_offset, callback=callback, stop_after=stop_after)
-    s = stepper.state
+    s, steps_run = run_steps(advance, state, steps, check_steps=c.check_steps, graphs=cuda_graphs,
+                             offset=step_offset, callback=callback,
+                             early_stop=early_stop is not None)  # fmt: skip
     return AttackResult(
         adversarials=s.best_adv,
         distances=s.best_distance,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from alma_plugin import ALMAParams, ProxParams, alma, alma_prox
-from alma_plugin.core import prox_solver, solver
+from alma_plugin.core import graphs, prox_solver, solver
 from alma_plugin.core.graphs import WARMUP_STEPS, Steps
 from alma_plugin.distances import get_distance
 
@@ -134,8 +134,7 @@ def test_host_classes_check_cuda_graphs() -> None:
 
 @pytest.fixture
 def rerun(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(solver, "Steps", Rerun)
-    monkeypatch.setattr(prox_solver, "Steps", Rerun)
+    monkeypatch.setattr(graphs, "Steps", Rerun)  # what run_steps builds
 
 
 ALMA_CASES = [
