@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Sized
@@ -156,8 +157,8 @@ def adversarial_training(
         )
     else:
         _check_optimizer(optimizer, parameters)
-    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
-        raise TypeError(f"scheduler must have a step() method or be None, got {scheduler!r}")
+    if scheduler is not None:
+        _check_scheduler(scheduler)
     device = parameters[0].device
     logs = []
     try:
@@ -199,6 +200,25 @@ def _shapes(batch: Any) -> str:
         return " of " + str([tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
                              for t in batch])  # fmt: skip
     return ""
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    """The loop calls ``scheduler.step()`` with no argument after every batch: refuse, before
+    any training, a scheduler that cannot take that call (``ReduceLROnPlateau`` needs a metric
+    and would fail after the first optimizer step had changed the weights)."""
+    step = getattr(scheduler, "step", None)
+    if not callable(step):
+        raise TypeError(f"scheduler must have a step() method or be None, got {scheduler!r}")
+    try:
+        inspect.signature(step).bind()
+    except TypeError:
+        raise TypeError(
+            f"scheduler.step() is called with no argument after every batch, but "
+            f"{type(scheduler).__name__}.step needs one (ReduceLROnPlateau needs a metric): pass "
+            f"scheduler=None and step it yourself, or use a scheduler stepped without arguments"
+        ) from None
+    except ValueError:  # no signature (a builtin): leave the call to tell
+        pass
 
 
 def _epoch(

@@ -112,6 +112,10 @@ def test_own_optimizer_and_scheduler(loader: list[tuple[torch.Tensor, torch.Tens
         ({"epochs": 1, "optimizer": "adam"}, "optimizer"),
         ({"epochs": 1, "optimizer": "other model"}, "optimizer must hold parameters of model"),
         ({"epochs": 1, "optimizer": "own", "scheduler": 5}, "scheduler"),
+        (
+            {"epochs": 1, "optimizer": "own", "scheduler": "plateau"},
+            r"scheduler.step\(\) is called with no argument .*ReduceLROnPlateau needs a metric",
+        ),
     ],
 )
 def test_invalid_arguments_are_named(kwargs: dict[str, object], name: str) -> None:
@@ -120,7 +124,10 @@ def test_invalid_arguments_are_named(kwargs: dict[str, object], name: str) -> No
     if kwargs.get("optimizer") == "other model":
         kwargs = {**kwargs, "optimizer": torch.optim.SGD(tiny_mnist_cnn().parameters(), lr=1)}
     elif kwargs.get("optimizer") == "own":
-        kwargs = {**kwargs, "optimizer": torch.optim.SGD(model.parameters(), lr=1)}
+        optimizer = torch.optim.SGD(model.parameters(), lr=1)
+        kwargs = {**kwargs, "optimizer": optimizer}
+        if kwargs.get("scheduler") == "plateau":
+            kwargs["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
     options: dict[str, object] = {"attack": None, "progress": False, "log": None, **kwargs}
     before = [p.clone() for p in model.parameters()]
     with pytest.raises((ValueError, TypeError), match=name):
