@@ -138,11 +138,13 @@ class Steps(Generic[S]):
     def _warm(self, t: int) -> Outputs:
         """Step ``t`` run one by one, on the device's warm-up stream."""
         torch = _torch()
-        side = warmup_stream(_device(self.state))
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.state, outputs = self.step(self.state, t, t)
-        torch.cuda.current_stream().wait_stream(side)
+        device = _device(self.state)
+        with torch.cuda.device(device):  # the inputs' GPU, whichever is current
+            side = warmup_stream(device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.state, outputs = self.step(self.state, t, t)
+            torch.cuda.current_stream().wait_stream(side)
         return outputs
 
     def _record(self, t: int) -> Callable[[], Outputs]:
@@ -150,7 +152,7 @@ class Steps(Generic[S]):
         torch = _torch()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.device(_device(self.state)), torch.cuda.graph(graph, pool=self._pool):
                 outputs = self._body(t)
         except RuntimeError as error:
             raise ValueError(
