@@ -294,6 +294,8 @@ def alma_prox_solve(
         new_state = _State(delta, v, mu, rho, w, d_ref, recent_sat, goals, best_delta,
                            best_norm, best_apsr, first_success, best_prediction,
                            stopped)  # fmt: skip
+        if callback is None:  # no StepInfo to report: no per-step λ tensor to fill
+            return new_state, ()
         shape = (n,) if not c.dense else (n, -1)
         lrs = lr + ep.zeros_like(norm) if isinstance(lr, ep.Tensor) else ep.full(norm, (n,), lr)
         return new_state, (norm, d.reshape(shape), mu.reshape(shape), rho.reshape(shape), lrs,
