@@ -171,16 +171,6 @@ def abs0(x: ep.Tensor) -> ep.Tensor:
     return x * x.sign()
 
 
-def clean_zeros(value: ep.Tensor, x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """``value`` (N,) of a distance computed as 1 − an index, with exactly 0 for the samples
-    whose x̃ equals x and for a negative rounding residue; every other value and every
-    gradient bit for bit as they were. In float32, 1 − MS-SSIM rounds to ±3e-6 at or near
-    identity, and a minimal attack reports D(x, x) for an input already adversarial (it
-    reported −2.5e-6). Near identity the value keeps float32's absolute error (~1e-6)."""
-    zero = ep.logical_or((flatten(x_adv) == flatten(x)).all(axis=1), value < 0)
-    return value - ep.where(zero, stop_gradient(value), 0)
-
-
 def stop_gradient(x: ep.Tensor) -> ep.Tensor:
     """The value of ``x`` as a constant for differentiation, in any eagerpy framework."""
     if isinstance(x, ep.PyTorchTensor):

@@ -31,6 +31,11 @@ The coarsest scale must still hold one 11×11 window, so images need
 raise ``ValueError`` (the internal :func:`ms_ssim_index` takes fewer ``weights`` for fewer
 scales, e.g. three weights need 44).
 
+Both dissimilarities are formed from the maps 1 − l and 1 − cs, written with the moments of the
+difference x̃ − x, and from log1p and 1 − exp (as −2 tanh(L/2) / (1 − tanh(L/2))) for MS-SSIM —
+never as 1 minus a number close to 1: they are ≥ 0, exactly 0 for identical images, and keep
+their relative precision in float32 for nearly identical ones.
+
 **Window coverage and the attacks.** Valid windows do not weigh all pixels alike: pixel i of a
 side of length n lies in the windows centred at i − 5 … i + 5 that fit, so its total Gaussian
 weight is Σ wₖ over those windows: 1 in the interior, 0.63 five pixels in, w₋₅ ≈ 0.001 at an
@@ -64,18 +69,13 @@ analogue (measured on the 20 CIFAR samples: border ratio 0.92 against 0.81, medi
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
 import eagerpy as ep
 
-from ._common import (
-    apply_distance,
-    clean_zeros,
-    distance_function,
-    flatten,
-    stop_gradient,
-)
+from ._common import apply_distance, distance_function, flatten, stop_gradient
 from ._gaussian import (
     SIGMA,
     WINDOW,
@@ -97,6 +97,7 @@ MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: ``"symmetric"`` (full coverage: one window per pixel, symmetric extension at the border).
 PADDINGS: tuple[str, ...] = ("valid", "symmetric")
 _CLAMP = 1e-8
+_LOG_CLAMP = math.log(_CLAMP)
 
 
 def check_padding(padding: str) -> str:
@@ -143,27 +144,50 @@ def _check_images(x_adv: ep.Tensor, x: ep.Tensor, min_size: int) -> None:
         )
 
 
-def _ssim_terms(
+def _ssim_gaps(
     x_adv: ep.Tensor, x: ep.Tensor, data_range: float, padding: str = "valid"
 ) -> tuple[ep.Tensor, ep.Tensor]:
-    """Luminance l and contrast-structure cs maps, shape (N, C, H − 10, W − 10) for valid
-    windows, (N, C, H, W) for symmetric padding."""
+    """The maps 1 − l and 1 − cs, shape (N, C, H − 10, W − 10) for valid windows, (N, C, H, W)
+    for symmetric padding; ≥ 0, and exactly 0 where x̃ = x.
+
+    With d = x̃ − x they are differences of squares written as squares:
+
+        1 − l  = μ_d² / (μ_x̃² + μₓ² + C₁),     1 − cs = σ_d² / (σ_x̃² + σₓ² + C₂),
+
+    (σ_d² = σ_x̃² + σₓ² − 2σ_x̃ₓ). Forming l and cs and subtracting them from 1 cancels the
+    digits of a small distance: in float32, 1 − MS-SSIM of images 10⁻⁴ apart was 7× its value,
+    at D ≈ 3·10⁻⁵ (the ε of ALMA's first step) 14 % off. The moments of d keep them.
+    """
     rows, cols_t = filter_matrices(x, padding)
 
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     # The five local moments in one filter pass: (5, N, C, H, W) → (5·N, C, H, W).
     n, c, h, w = x.shape
-    moments = ep.stack([x_adv, x, x_adv * x_adv, x * x, x_adv * x], axis=0)
+    d = x_adv - x
+    moments = ep.stack([x_adv, d, x_adv * x_adv, d * d, x_adv * d], axis=0)
     filtered = gaussian_filter(moments.reshape((5 * n, c, h, w)), rows, cols_t)
     filtered = filtered.reshape((5, n, c, filtered.shape[2], filtered.shape[3]))
-    mu_a, mu_b, e_aa, e_bb, e_ab = (filtered[k] for k in range(5))
+    mu_a, mu_d, e_aa, e_dd, e_ad = (filtered[k] for k in range(5))
+    mu_x = mu_a - mu_d
     var_a = e_aa - mu_a * mu_a
-    var_b = e_bb - mu_b * mu_b
-    cov = e_ab - mu_a * mu_b
-    luminance = (2 * mu_a * mu_b + c1) / (mu_a * mu_a + mu_b * mu_b + c1)
-    contrast_structure = (2 * cov + c2) / (var_a + var_b + c2)
-    return luminance, contrast_structure
+    var_d = e_dd - mu_d * mu_d
+    var_d = ep.where(var_d < 0, 0, var_d)  # a variance (≥ 0); rounding can dip below
+    var_x = var_a - 2 * (e_ad - mu_a * mu_d) + var_d  # Var(x̃ − d)
+    one_minus_l = mu_d * mu_d / (mu_a * mu_a + mu_x * mu_x + c1)
+    one_minus_cs = var_d / (var_a + var_x + c2)
+    return one_minus_l, one_minus_cs
+
+
+def _ssim_gap(
+    x_adv: ep.Tensor, x: ep.Tensor, data_range: float = 1.0, padding: str = "valid"
+) -> ep.Tensor:
+    """1 − SSIM(x̃, x) per sample, shape (N,), without cancellation: ≥ 0, 0 where x̃ = x."""
+    check_padding(padding)
+    _check_images(x_adv, x, WINDOW)
+    one_minus_l, one_minus_cs = _ssim_gaps(x_adv, x, data_range, padding)
+    # 1 − l·cs = (1 − l) + l·(1 − cs)
+    return flatten(one_minus_l + (1 - one_minus_l) * one_minus_cs).mean(axis=1)
 
 
 def ssim_index(
@@ -178,14 +202,11 @@ def ssim_index(
         padding: ``"valid"`` (scikit-image's value) or ``"symmetric"`` (full coverage: the
             mean of scikit-image's full SSIM map), see the module docstring.
     """
-    check_padding(padding)
-    _check_images(x_adv, x, WINDOW)
-    luminance, contrast_structure = _ssim_terms(x_adv, x, data_range, padding)
-    return flatten(luminance * contrast_structure).mean(axis=1)
+    return 1 - _ssim_gap(x_adv, x, data_range, padding)
 
 
 def _ssim_distance(x_adv: ep.Tensor, x: ep.Tensor, padding: str = "valid") -> ep.Tensor:
-    return clean_zeros(1 - ssim_index(x_adv, x, padding=padding), x_adv, x)
+    return _ssim_gap(x_adv, x, padding=padding)
 
 
 def ssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
@@ -227,6 +248,25 @@ def ms_ssim_index(
         padding: the windows of every scale, ``"valid"`` or ``"symmetric"`` (full coverage);
             the size requirement is the same for both.
     """
+    return 1 - _ms_ssim_gap(x_adv, x, weights, data_range, padding)
+
+
+def _one_minus_exp(log: ep.Tensor) -> ep.Tensor:
+    """1 − eᴸ for L ≤ 0, to full relative precision near 0 (−expm1, which eagerpy lacks):
+    −2t / (1 − t) with t = tanh(L / 2) ∈ (−1, 0], a quotient without cancellation."""
+    t = (log / 2).tanh()
+    return -2 * t / (1 - t)
+
+
+def _ms_ssim_gap(
+    x_adv: ep.Tensor,
+    x: ep.Tensor,
+    weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    data_range: float = 1.0,
+    padding: str = "valid",
+) -> ep.Tensor:
+    """1 − MS-SSIM(x̃, x) per sample, shape (N,), without cancellation (arguments as for
+    :func:`ms_ssim_index`): ≥ 0, 0 where x̃ = x."""
     check_padding(padding)
     if len(weights) < 1:
         raise ValueError("weights must hold at least one exponent")
@@ -242,20 +282,24 @@ def ms_ssim_index(
         ) from None
     log_index: ep.Tensor | None = None
     for scale, beta in enumerate(weights):
-        luminance, contrast_structure = _ssim_terms(x_adv, x, data_range, padding)
+        one_minus_l, one_minus_cs = _ssim_gaps(x_adv, x, data_range, padding)
         last = scale == len(weights) - 1
-        term = luminance * contrast_structure if last else contrast_structure
-        per_channel = ep.maximum(flatten(term, 2).mean(axis=2), _CLAMP)  # (N, C)
-        weighted = beta * per_channel.log()
+        # 1 − l·cs = (1 − l) + l·(1 − cs) at the coarsest scale, 1 − cs at the others.
+        term = one_minus_l + (1 - one_minus_l) * one_minus_cs if last else one_minus_cs
+        gap = flatten(term, 2).mean(axis=2)  # (N, C): 1 − the scale's factor
+        # log of the factor, clamped below at 1e-8; log1p keeps the digits of a factor near 1.
+        clamped = gap >= 1 - _CLAMP  # False for NaN, which stays NaN
+        log_factor = ep.where(clamped, _LOG_CLAMP, (-ep.where(clamped, 0, gap)).log1p())
+        weighted = beta * log_factor
         log_index = weighted if log_index is None else log_index + weighted
         if not last:
             x_adv, x = _average_pool2(x_adv), _average_pool2(x)
     assert log_index is not None
-    return log_index.exp().mean(axis=1)
+    return _one_minus_exp(log_index).mean(axis=1)
 
 
 def _msssim_distance(x_adv: ep.Tensor, x: ep.Tensor, padding: str = "valid") -> ep.Tensor:
-    return clean_zeros(1 - ms_ssim_index(x_adv, x, padding=padding), x_adv, x)
+    return _ms_ssim_gap(x_adv, x, padding=padding)
 
 
 def msssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
