@@ -120,9 +120,9 @@ def secant_step_size(
     5 % of ε, once an evaluation no longer halves its error; the search stops when every sample
     is done or after 5 evaluations, and returns the evaluated η closest to ε (done within 5 %
     of ε). That looser tolerance is for distances computed in float32 that cannot resolve
-    0.1 % of a small ε: 1 − SSIM at ε = 3·10⁻⁵ moves in steps of 0.4 % of ε (one
-    float32 ulp of SSIM ≈ 1), 1 − MS-SSIM at 224 px varies by a few % between nearby η; the
-    bracketing search did not meet 0.1 % on those either (it stopped after 40 bisections).
+    0.1 % of a small ε, such as a user's 1 − index formed by subtraction (one float32 ulp of an
+    index ≈ 1 is 0.4 % of ε = 3·10⁻⁵); the bracketing search cannot meet 0.1 % there either.
+    The package's SSIM and MS-SSIM are formed without that cancellation and resolve it.
     """
     log_target = math.log(target_distance)
     norms = direction.flatten(start=1).square().sum(axis=1).sqrt()
