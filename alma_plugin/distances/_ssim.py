@@ -145,10 +145,12 @@ def _check_images(x_adv: ep.Tensor, x: ep.Tensor, min_size: int) -> None:
 
 
 def _ssim_gaps(
-    x_adv: ep.Tensor, x: ep.Tensor, data_range: float, padding: str = "valid"
+    x_adv: ep.Tensor, d: ep.Tensor, data_range: float, padding: str = "valid"
 ) -> tuple[ep.Tensor, ep.Tensor]:
-    """The maps 1 − l and 1 − cs, shape (N, C, H − 10, W − 10) for valid windows, (N, C, H, W)
-    for symmetric padding; ≥ 0, and exactly 0 where x̃ = x.
+    """The maps 1 − l and 1 − cs of x̃ and x = x̃ − d, from x̃ and the difference d (given, so
+    that MS-SSIM's coarser scales pool d itself rather than subtract two pooled images); shape
+    (N, C, H − 10, W − 10) for valid windows, (N, C, H, W) for symmetric padding; ≥ 0, and
+    exactly 0 where d = 0.
 
     With d = x̃ − x they are differences of squares written as squares:
 
@@ -158,13 +160,12 @@ def _ssim_gaps(
     digits of a small distance: in float32, 1 − MS-SSIM of images 10⁻⁴ apart was 7× its value,
     at D ≈ 3·10⁻⁵ (the ε of ALMA's first step) 14 % off. The moments of d keep them.
     """
-    rows, cols_t = filter_matrices(x, padding)
+    rows, cols_t = filter_matrices(x_adv, padding)
 
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     # The five local moments in one filter pass: (5, N, C, H, W) → (5·N, C, H, W).
-    n, c, h, w = x.shape
-    d = x_adv - x
+    n, c, h, w = x_adv.shape
     moments = ep.stack([x_adv, d, x_adv * x_adv, d * d, x_adv * d], axis=0)
     filtered = gaussian_filter(moments.reshape((5 * n, c, h, w)), rows, cols_t)
     filtered = filtered.reshape((5, n, c, filtered.shape[2], filtered.shape[3]))
@@ -185,7 +186,7 @@ def _ssim_gap(
     """1 − SSIM(x̃, x) per sample, shape (N,), without cancellation: ≥ 0, 0 where x̃ = x."""
     check_padding(padding)
     _check_images(x_adv, x, WINDOW)
-    one_minus_l, one_minus_cs = _ssim_gaps(x_adv, x, data_range, padding)
+    one_minus_l, one_minus_cs = _ssim_gaps(x_adv, x_adv - x, data_range, padding)
     # 1 − l·cs = (1 − l) + l·(1 − cs)
     return flatten(one_minus_l + (1 - one_minus_l) * one_minus_cs).mean(axis=1)
 
@@ -281,8 +282,9 @@ def _ms_ssim_gap(
             "use ssim for smaller images"
         ) from None
     log_index: ep.Tensor | None = None
+    d = x_adv - x
     for scale, beta in enumerate(weights):
-        one_minus_l, one_minus_cs = _ssim_gaps(x_adv, x, data_range, padding)
+        one_minus_l, one_minus_cs = _ssim_gaps(x_adv, d, data_range, padding)
         last = scale == len(weights) - 1
         # 1 − l·cs = (1 − l) + l·(1 − cs) at the coarsest scale, 1 − cs at the others.
         term = one_minus_l + (1 - one_minus_l) * one_minus_cs if last else one_minus_cs
@@ -293,7 +295,7 @@ def _ms_ssim_gap(
         weighted = beta * log_factor
         log_index = weighted if log_index is None else log_index + weighted
         if not last:
-            x_adv, x = _average_pool2(x_adv), _average_pool2(x)
+            x_adv, d = _average_pool2(x_adv), _average_pool2(d)
     assert log_index is not None
     return _one_minus_exp(log_index).mean(axis=1)
 
