@@ -20,9 +20,11 @@ sub-gradient at 0 is 0 on PyTorch but 1 on JAX).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
 import eagerpy as ep
@@ -169,6 +171,39 @@ def safe_sqrt(x: ep.Tensor) -> ep.Tensor:
 def abs0(x: ep.Tensor) -> ep.Tensor:
     """|x| with sub-gradient 0 at x = 0 on every backend (``x · sign(x)``)."""
     return x * x.sign()
+
+
+_PRECISION_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def full_precision_cuda(*, matmul: bool = False, convolutions: bool = False) -> Iterator[None]:
+    """PyTorch's reduced-precision float32 modes lifted for the block and restored after:
+    matrix products rounded to TF32 / bfloat16 (``torch.set_float32_matmul_precision`` other
+    than "highest", ``torch.backends.cuda.matmul.allow_tf32``) with ``matmul``, cuDNN's TF32
+    convolutions (``torch.backends.cudnn.allow_tf32``, True by default) with ``convolutions``.
+
+    Nothing is touched where the setting is already full precision. The settings are
+    process-wide: the block holds a (re-entrant) lock, so that two threads of this package
+    neither restore them under each other nor take the other's lifted setting for the caller's
+    (code of other threads running meanwhile computes in full precision)."""
+    import torch
+
+    with _PRECISION_LOCK:
+        saved = torch.get_float32_matmul_precision()
+        lift_matmul = matmul and saved != "highest"
+        lift_convolutions = convolutions and torch.backends.cudnn.allow_tf32
+        if lift_matmul:
+            torch.set_float32_matmul_precision("highest")
+        if lift_convolutions:
+            torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            if lift_matmul:
+                torch.set_float32_matmul_precision(saved)
+            if lift_convolutions:
+                torch.backends.cudnn.allow_tf32 = True
 
 
 def stop_gradient(x: ep.Tensor) -> ep.Tensor:

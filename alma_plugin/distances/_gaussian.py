@@ -14,6 +14,8 @@ import functools
 import eagerpy as ep
 import numpy as np
 
+from ._common import full_precision_cuda
+
 SIGMA = 1.5
 RADIUS = 5  # int(3.5 σ + 0.5): scikit-image's truncation, an 11-tap window
 WINDOW = 2 * RADIUS + 1
@@ -73,23 +75,16 @@ def full_precision_matmul(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
     bits of mantissa: on a GPU with ``torch.set_float32_matmul_precision("high")`` (or
     ``torch.backends.cuda.matmul.allow_tf32 = True``), 1 − SSIM came out 2.5–4.5 % off at every
     size (measured on an H100), and JAX rounds float32 products so on GPUs and TPUs by default.
-    PyTorch's setting is lifted for the call on a CUDA tensor (only when it is not already
-    "highest", and restored after); JAX is asked for ``Precision.HIGHEST``. On a CPU both are
-    exact anyway: the same bits as a plain product."""
+    PyTorch's setting is lifted for the call on a CUDA tensor
+    (:func:`._common.full_precision_cuda`); JAX is asked for ``Precision.HIGHEST``. On a CPU
+    both are exact anyway: the same bits as a plain product."""
     if isinstance(a, ep.JAXTensor):
         import jax
 
         return ep.astensor(jax.numpy.matmul(a.raw, b.raw, precision=jax.lax.Precision.HIGHEST))
     if isinstance(a, ep.PyTorchTensor) and a.raw.is_cuda:
-        import torch
-
-        saved = torch.get_float32_matmul_precision()
-        if saved != "highest":
-            torch.set_float32_matmul_precision("highest")
-            try:
-                return ep.matmul(a, b)
-            finally:
-                torch.set_float32_matmul_precision(saved)
+        with full_precision_cuda(matmul=True):
+            return ep.matmul(a, b)
     return ep.matmul(a, b)
 
 

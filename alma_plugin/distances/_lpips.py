@@ -25,8 +25,9 @@ On a CUDA device the network's forward pass runs its convolutions in full float3
 default TF32 convolutions (``torch.backends.cudnn.allow_tf32``, True unless set) round the
 inputs to 10 bits of mantissa, which made LPIPS 0.05 % off at 1.6·10⁻², 0.4 % at 1.8·10⁻⁴
 and 21 % at 1.9·10⁻⁶ on an H100 (random weights, 64 px); the setting is lifted for the
-forward pass and restored after (about 1.6× the time of a TF32 forward + backward there). The
-backward pass runs later, under the caller's setting: gradients may use TF32.
+forward pass and restored after (:func:`._common.full_precision_cuda`; about 1.6× the time of
+a TF32 forward + backward there). The backward pass runs later, under the caller's setting:
+gradients may use TF32.
 
 If a file is found nowhere, :class:`LPIPSWeightsNotFoundError` lists every place looked.
 The network needs inputs of at least 31×31 pixels (relu5 of a 32×32 image is 1×1): smaller
@@ -49,7 +50,7 @@ from torch import nn
 
 from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
 from ._color import check_color_input
-from ._common import apply_distance
+from ._common import apply_distance, full_precision_cuda
 
 ALEXNET_HUB_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_LINEAR_FILE = ("weights", "v0.1", "alex.pth")
@@ -229,13 +230,10 @@ class LPIPS:
         """LPIPS on raw torch tensors (N, 3, H, W) in [0, 1] → (N,); on CUDA with full-precision
         convolutions in the forward pass (module docstring)."""
         network = self._network_for(x)
-        if not (x.is_cuda and torch.backends.cudnn.allow_tf32):
+        if not x.is_cuda:
             return network(x_adv, x)
-        torch.backends.cudnn.allow_tf32 = False
-        try:
+        with full_precision_cuda(convolutions=True):
             return network(x_adv, x)
-        finally:
-            torch.backends.cudnn.allow_tf32 = True
 
     def eager_distance(self, x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
         """LPIPS on eagerpy PyTorch tensors, without the package's input contract."""

@@ -11,6 +11,7 @@ CPU path's bits and flags) run everywhere; the device checks where there is a GP
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from alma_plugin.distances import msssim, ssim
+from alma_plugin.distances._common import full_precision_cuda
 from alma_plugin.distances._gaussian import full_precision_matmul
 from tests.distances.test_distances_contract import _distance
 
@@ -65,6 +67,64 @@ def restored_flags() -> Iterator[None]:
     yield
     torch.set_float32_matmul_precision(matmul)
     torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _flags() -> tuple[str, bool]:
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.usefixtures("restored_flags")
+@pytest.mark.parametrize("mode", ["high", "medium"])
+def test_reduced_precision_is_lifted_for_the_block_and_restored(mode: str) -> None:
+    """PyTorch's flags exist without a GPU: the CUDA path's bookkeeping is checked here."""
+    torch.set_float32_matmul_precision(mode)
+    torch.backends.cudnn.allow_tf32 = True
+    with full_precision_cuda(matmul=True, convolutions=True):
+        assert _flags() == ("highest", False)
+    assert _flags() == (mode, True)
+    with full_precision_cuda(convolutions=True):
+        assert _flags() == (mode, False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with full_precision_cuda(matmul=True):
+            assert _flags() == ("highest", True)
+            raise RuntimeError("inside")
+    assert _flags() == (mode, True)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    with full_precision_cuda(matmul=True, convolutions=True):  # nothing to lift
+        assert _flags() == ("highest", False)
+    assert _flags() == ("highest", False)
+
+
+@pytest.mark.usefixtures("restored_flags")
+def test_two_threads_do_not_restore_the_flags_under_each_other() -> None:
+    """Without the lock, a second thread entering while the first computes saw "highest" as
+    the caller's setting and the first one's exit restored TF32 under it."""
+    torch.set_float32_matmul_precision("high")
+    first_inside, release_first = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def first() -> None:
+        with full_precision_cuda(matmul=True):
+            first_inside.set()
+            release_first.wait(10)
+            seen.append(torch.get_float32_matmul_precision())
+
+    def second() -> None:
+        with full_precision_cuda(matmul=True):
+            seen.append(torch.get_float32_matmul_precision())
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert first_inside.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.2)
+    assert two.is_alive()  # waits for the first thread's block
+    release_first.set()
+    one.join(10)
+    two.join(10)
+    assert seen == ["highest", "highest"] and torch.get_float32_matmul_precision() == "high"
 
 
 @CUDA
