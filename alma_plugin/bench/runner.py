@@ -29,7 +29,7 @@ from .resume import BatchStore, batch_fingerprint
 
 __all__ = ["DEFAULT_SAMPLES", "BenchConfig", "add_threads_option", "attack_batch",
            "device_argument", "integer_option", "load_data", "load_model", "plan", "real_option",
-           "run_shard"]  # fmt: skip
+           "run_shard", "synchronize"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
@@ -212,6 +212,12 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callabl
     return advance, bar.close
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def attack_batch(
     model: nn.Module,
     spec: AttackSpec,
@@ -231,6 +237,7 @@ def attack_batch(
     torch.manual_seed(seed)
     start = time.perf_counter()
     adv = spec.run(counter, x, y, budget, seed)
+    synchronize(x.device)  # on a GPU the attack's last kernels may still be queued
     seconds = time.perf_counter() - start
     d, delta = _evaluate(model, x, y, adv, spec.norm)
     d = torch.where(clean_wrong.to(d.device), torch.zeros_like(d), d)

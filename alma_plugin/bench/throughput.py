@@ -48,7 +48,7 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DISTANCES, DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
-from .runner import add_threads_option, device_argument, integer_option
+from .runner import add_threads_option, device_argument, integer_option, synchronize
 
 __all__ = [
     "SmallImageNetCNN",
@@ -115,12 +115,6 @@ def make_distance(name: str, device: torch.device) -> DistanceFunction:
     }
     metric = LPIPS(backbone_weights=backbone, linear_weights=linear)
     return metric
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed_run(

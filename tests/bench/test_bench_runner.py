@@ -138,6 +138,26 @@ def test_conventions_failures_inf_and_misclassified_zero(tmp_path: Path) -> None
     assert (row.forwards, row.backwards) == (0.0, 0.0)
 
 
+def test_the_attack_is_timed_until_its_device_work_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the attack returns while its last kernels are still queued: the runner waits
+    for the device (``runner.synchronize``) after the attack and before reading the clock."""
+    from alma_plugin.bench import runner
+
+    events: list[str] = []
+
+    def attack(model, x, y, budget, seed):  # type: ignore[no-untyped-def]
+        events.append("attack")
+        return x
+
+    monkeypatch.setattr(runner, "synchronize", lambda device: events.append(f"sync {device}"))
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: events.append("clock") or 0.0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    spec = AttackSpec("none-l2", "identity", "l2", "test", attack)
+    runner.attack_batch(model, spec, 3, x, y, torch.zeros(2, dtype=torch.bool), 0)
+    assert events == ["clock", "attack", "sync cpu", "clock"]
+
+
 def test_merge_and_summary_of_shards() -> None:
     def record(indices: list[int], distances: list[float], forwards: int, seconds: float):  # type: ignore[no-untyped-def]
         return Record("m", "a-l2", "A", "l2", 10, "10 steps", indices, distances, forwards,
