@@ -35,6 +35,7 @@ from .runner import (
     DEFAULT_SAMPLES,
     EMBEDDED_DATA,
     BenchConfig,
+    cuda_graphs_argument,
     device_argument,
     integer_option,
     load_data,
@@ -105,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_SAMPLES})")  # fmt: skip
     parser.add_argument("--batch-size", type=integer_option("batch-size"), default=32)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="ALMA and ALMA prox replay their steps as CUDA graphs (needs a "
+                        "CUDA --device; counted exactly; the peers run as they are)")  # fmt: skip
     parser.add_argument("--threads", type=integer_option("threads"),
                         help="torch CPU threads per process (default: torch's choice)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("alma-bench-results"),
@@ -120,7 +124,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     naming the argument, the value and what was expected."""
     parser = _parser()
     args = parser.parse_args(argv)
-    device_argument(parser, args.device)
+    device = device_argument(parser, args.device)
+    cuda_graphs_argument(parser, args.cuda_graphs, device)
     if (args.mean is None) != (args.std is None):
         parser.error(f"arguments --mean/--std: give both or neither, got --mean {args.mean} "
                      f"and --std {args.std}")  # fmt: skip
@@ -157,6 +162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
         std=None if args.std is None else tuple(args.std),
         batches=args.output / "batches",
         resume=args.resume,
+        cuda_graphs=args.cuda_graphs,
     )
     from .runner import load_model
 

@@ -35,6 +35,8 @@ class AttackSpec:
     run: see :data:`RunFn`. budget_note: how the budget is spent (shown in the table).
     requires: a module that must be importable, else the attack is skipped with a note.
     default_budgets: the budgets of the no-argument run.
+    cuda_graphs: the attack takes ``cuda_graphs=True`` as a keyword of ``run`` (ALMA and ALMA
+    prox: ``--cuda-graphs``); the others never receive it.
     """
 
     key: str
@@ -45,6 +47,7 @@ class AttackSpec:
     budget_note: Callable[[int], str] = lambda budget: f"{budget} steps"
     requires: str | None = None
     default_budgets: tuple[int, ...] = (100,)
+    cuda_graphs: bool = False
 
     def unavailable(self) -> str | None:
         """None when the attack can run, else why not."""
@@ -58,12 +61,17 @@ class AttackSpec:
 
 def _alma(name: str) -> RunFn:
     def run(
-        model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        budget: int,
+        seed: int,
+        cuda_graphs: bool = False,
     ) -> torch.Tensor:
         import foolbox as fb
 
         alma_fb = importlib.import_module("alma_plugin.foolbox")
-        attack = getattr(alma_fb, name)(steps=budget, seed=seed)
+        attack = getattr(alma_fb, name)(steps=budget, seed=seed, cuda_graphs=cuda_graphs)
         # ``run`` is the attack itself; ``__call__`` would add one forward to judge epsilons.
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
@@ -71,7 +79,12 @@ def _alma(name: str) -> RunFn:
 
 
 def _alma_prox(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    budget: int,
+    seed: int,
+    cuda_graphs: bool = False,
 ) -> torch.Tensor:
     import foolbox as fb
 
@@ -79,7 +92,7 @@ def _alma_prox(
 
     # The product's defaults for classification (λ⁽⁰⁾ = PROX_INIT_LR, decaying to 0.1 λ⁽⁰⁾);
     # ``run`` as above.
-    return LinfALMAProx(steps=budget).run(
+    return LinfALMAProx(steps=budget, cuda_graphs=cuda_graphs).run(
         fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y
     )
 
@@ -87,9 +100,27 @@ def _alma_prox(
 def _entries() -> list[AttackSpec]:
     both = (100, 1000)
     return [
-        AttackSpec("alma-l1", "ALMA", "l1", "alma_plugin", _alma("L1ALMA"), default_budgets=both),
-        AttackSpec("alma-l2", "ALMA", "l2", "alma_plugin", _alma("L2ALMA"), default_budgets=both),
-        AttackSpec("alma_prox-linf", "ALMA prox", "linf", "alma_plugin", _alma_prox),
+        AttackSpec(
+            "alma-l1",
+            "ALMA",
+            "l1",
+            "alma_plugin",
+            _alma("L1ALMA"),
+            default_budgets=both,
+            cuda_graphs=True,
+        ),
+        AttackSpec(
+            "alma-l2",
+            "ALMA",
+            "l2",
+            "alma_plugin",
+            _alma("L2ALMA"),
+            default_budgets=both,
+            cuda_graphs=True,
+        ),
+        AttackSpec(
+            "alma_prox-linf", "ALMA prox", "linf", "alma_plugin", _alma_prox, cuda_graphs=True
+        ),
         *(
             AttackSpec(
                 f"adv_lib_alma-{norm}",

@@ -68,13 +68,17 @@ def batch_fingerprint(
     device: str,
     images: torch.Tensor,
     labels: torch.Tensor,
+    cuda_graphs: bool = False,
 ) -> str:
-    """SHA-256 of what one batch's result depends on (see the module doc)."""
+    """SHA-256 of what one batch's result depends on (see the module doc); ``cuda_graphs``
+    enters only when set, so the fingerprints of runs without it are those of before."""
     digest = hashlib.sha256()
     settings = {"versions": library_versions(), "code": code_fingerprint(),
                 "model": model_hash, "attack": attack,
                 "budget": budget, "seed": seed, "device": device,
                 "shape": list(images.shape), "dtype": str(images.dtype)}  # fmt: skip
+    if cuda_graphs:
+        settings["cuda_graphs"] = True
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(images.detach().cpu().contiguous().numpy().tobytes())
     digest.update(labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())

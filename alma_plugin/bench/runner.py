@@ -29,7 +29,7 @@ from .resume import BatchStore, batch_fingerprint
 
 __all__ = ["DEFAULT_SAMPLES", "BenchConfig", "add_threads_option", "attack_batch",
            "device_argument", "integer_option", "load_data", "load_model", "plan", "real_option",
-           "run_shard", "synchronize"]  # fmt: skip
+           "run_shard", "synchronize", "cuda_graphs_argument"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
@@ -101,7 +101,9 @@ class BenchConfig:
     """What to run. ``attacks`` / ``budgets`` None: every available attack at its default
     budgets (ALMA at 100 and 1000 steps, the peers at 100). ``mean`` / ``std``: input
     normalisation of the non-embedded models. ``batches``: folder of the per-batch result files
-    (None: none written); ``resume``: reuse the finished ones (see :mod:`.resume`)."""
+    (None: none written); ``resume``: reuse the finished ones (see :mod:`.resume`).
+    ``cuda_graphs``: ALMA and ALMA prox replay their steps as CUDA graphs (``device`` must be
+    CUDA; the peers run as they are; :class:`.counting.CountingModel` counts the replays)."""
 
     models: tuple[str, ...] = ("mnist_regular", "mnist_adversarial")
     data: str = EMBEDDED_DATA
@@ -118,6 +120,7 @@ class BenchConfig:
     std: tuple[float, ...] | None = None
     batches: Path | None = None
     resume: bool = False
+    cuda_graphs: bool = False
 
 
 def plan(config: BenchConfig) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
@@ -212,6 +215,17 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callabl
     return advance, bar.close
 
 
+def cuda_graphs_argument(
+    parser: argparse.ArgumentParser, cuda_graphs: bool, device: torch.device
+) -> bool:
+    """``--cuda-graphs`` as given, checked against ``--device``: graphs need a CUDA device, so
+    with another one it is an argument error (exit status 2, naming both arguments)."""
+    if cuda_graphs and device.type != "cuda":
+        parser.error(f"argument --cuda-graphs: needs a CUDA --device, got --device "
+                     f"{str(device)!r}")  # fmt: skip
+    return cuda_graphs
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
     if device.type == "cuda":
@@ -226,8 +240,10 @@ def attack_batch(
     y: torch.Tensor,
     clean_wrong: torch.Tensor,
     seed: int,
+    cuda_graphs: bool = False,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int, int, float]:
-    """Run one attack on one batch (torch seeded with ``seed`` first) and re-evaluate it.
+    """Run one attack on one batch (torch seeded with ``seed`` first) and re-evaluate it;
+    ``cuda_graphs`` is passed on to attacks that take it (``spec.cuda_graphs``).
 
     Returns: distances (0 where ``clean_wrong``, +inf for failures), soft sparsity per sample
     (NaN unless 0 < distance < inf), the |δ| histogram of the successful samples, counted
@@ -236,7 +252,8 @@ def attack_batch(
     counter = CountingModel(model)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    adv = spec.run(counter, x, y, budget, seed)
+    options = {"cuda_graphs": True} if cuda_graphs and spec.cuda_graphs else {}
+    adv = spec.run(counter, x, y, budget, seed, **options)
     synchronize(x.device)  # on a GPU the attack's last kernels may still be queued
     seconds = time.perf_counter() - start
     d, delta = _evaluate(model, x, y, adv, spec.norm)
@@ -294,6 +311,7 @@ def run_shard(
                         fingerprint = batch_fingerprint(
                             model_hash=model_hash, attack=spec.key, budget=budget,
                             seed=config.seed, device=config.device, images=x, labels=y,
+                            cuda_graphs=config.cuda_graphs and spec.cuda_graphs,
                         )  # fmt: skip
                         part = store.load(path, fingerprint)
                     if part is None:
@@ -301,7 +319,14 @@ def run_shard(
                             with torch.no_grad():
                                 clean[number] = model(x).argmax(1) != y
                         d, sparsity, histogram, forwards, backwards, seconds = attack_batch(
-                            model, spec, budget, x, y, clean[number], config.seed
+                            model,
+                            spec,
+                            budget,
+                            x,
+                            y,
+                            clean[number],
+                            config.seed,
+                            config.cuda_graphs,
                         )
                         part = Record(name, spec.key, spec.label, spec.norm, budget,
                                       spec.budget_note(budget), index.tolist(),

@@ -45,6 +45,7 @@ from .runner import (
     EMBEDDED_DATA,
     BenchConfig,
     add_threads_option,
+    cuda_graphs_argument,
     device_argument,
     integer_option,
     load_data,
@@ -100,11 +101,13 @@ def alma_variant(variant: str, norm: str, restarts: int = 1, mode: str = "random
     options = {**ALMA_VARIANTS[variant], "restarts": restarts, "restart_mode": mode}
     name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
 
-    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int) -> Any:
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int,
+            cuda_graphs: bool = False) -> Any:  # fmt: skip
         import foolbox as fb
 
         alma_fb = importlib.import_module("alma_plugin.foolbox")
-        attack = getattr(alma_fb, name)(steps=budget, seed=seed, **options)
+        attack = getattr(alma_fb, name)(steps=budget, seed=seed, cuda_graphs=cuda_graphs,
+                                        **options)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     base = get_attack(f"alma-{norm}")
@@ -121,12 +124,13 @@ def prox_variant(restarts: int, mode: str = "random") -> AttackSpec:
     if restarts == 1:
         return base
 
-    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int) -> Any:
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int,
+            cuda_graphs: bool = False) -> Any:  # fmt: skip
         import foolbox as fb
 
         alma_fb = importlib.import_module("alma_plugin.foolbox")
         attack = alma_fb.LinfALMAProx(steps=budget, seed=seed, restarts=restarts,
-                                      restart_mode=mode)  # fmt: skip
+                                      restart_mode=mode, cuda_graphs=cuda_graphs)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     key, label = _restarts_suffix(restarts, mode)
@@ -296,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
     add_threads_option(parser)
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or "
                         "cuda:N; the models, samples and attacks all run there")  # fmt: skip
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="ALMA and ALMA prox replay their steps as CUDA graphs (needs a "
+                        "CUDA --device; counted exactly; the peers run as they are)")  # fmt: skip
     parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
     parser.add_argument("--output", type=Path, default=Path("alma-sweep-results"))
     parser.add_argument(
@@ -313,7 +320,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {value}")
     if args.seed < 0:
         parser.error(f"argument --seed: must be >= 0, got {args.seed}")
-    device_argument(parser, args.device)
+    cuda_graphs_argument(parser, args.cuda_graphs, device_argument(parser, args.device))
     if min(args.budgets) < 1:
         parser.error(f"argument --budgets: every budget must be >= 1, got {args.budgets}")
     if min(args.restarts) < 1 or max(args.restarts) > min(args.budgets):
@@ -350,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          batch_size=args.batch_size, seed=args.seed, device=args.device,
                          output=args.output,
                          quiet=args.quiet, batches=args.output / "batches",
-                         resume=args.resume)  # fmt: skip
+                         resume=args.resume, cuda_graphs=args.cuda_graphs)  # fmt: skip
     start = time.perf_counter()
     records = run_shard(config, distributed.Context(), pairs)
     rows = summarize(records)

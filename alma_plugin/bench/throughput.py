@@ -48,7 +48,13 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DISTANCES, DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
-from .runner import add_threads_option, device_argument, integer_option, synchronize
+from .runner import (
+    add_threads_option,
+    cuda_graphs_argument,
+    device_argument,
+    integer_option,
+    synchronize,
+)
 
 __all__ = [
     "SmallImageNetCNN",
@@ -305,8 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.image_size != 28 and args.image_size < 176:
         parser.error(f"--image-size must be 28 or at least 176, got {args.image_size}")
     device = device_argument(parser, args.device)
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error(f"--cuda-graphs needs a CUDA --device, got {args.device}")
+    cuda_graphs_argument(parser, args.cuda_graphs, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []

@@ -158,6 +158,64 @@ def test_the_attack_is_timed_until_its_device_work_is_done(monkeypatch: pytest.M
     assert events == ["clock", "attack", "sync cpu", "clock"]
 
 
+def test_cuda_graphs_reach_only_the_attacks_that_take_them() -> None:
+    """``BenchConfig.cuda_graphs`` is passed as ``cuda_graphs=True`` to the specs that declare
+    it (ALMA, ALMA prox) and to no other: the peers' run functions do not take it."""
+    from alma_plugin.bench import runner
+
+    seen: dict[str, dict] = {}
+
+    def recording(key: str):  # type: ignore[no-untyped-def]
+        def run(model, x, y, budget, seed, **options):  # type: ignore[no-untyped-def]
+            seen[key] = options
+            return x.clone()
+
+        return run
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    wrong = torch.zeros(2, dtype=torch.bool)
+    graphs = AttackSpec("g-l2", "G", "l2", "test", recording("g"), cuda_graphs=True)
+    peer = AttackSpec("p-l2", "P", "l2", "test", recording("p"))
+    for spec in (graphs, peer):
+        runner.attack_batch(model, spec, 3, x, y, wrong, 0, cuda_graphs=True)
+    assert seen == {"g": {"cuda_graphs": True}, "p": {}}
+    runner.attack_batch(model, graphs, 3, x, y, wrong, 0)
+    assert seen["g"] == {}
+
+
+def test_the_registry_declares_cuda_graphs_for_alma_and_alma_prox_only() -> None:
+    import inspect
+
+    from alma_plugin.bench.sweep import alma_variant, prox_variant
+
+    declared = {key for key, spec in ATTACKS.items() if spec.cuda_graphs}
+    assert declared == {"alma-l1", "alma-l2", "alma_prox-linf"}
+    variants = [alma_variant("paper", "l2", 2, "classes"), prox_variant(4), ATTACKS["alma-l1"]]
+    for spec in variants:
+        assert spec.cuda_graphs and "cuda_graphs" in inspect.signature(spec.run).parameters
+
+
+def test_cuda_graphs_enter_the_batch_fingerprint_only_when_set() -> None:
+    from alma_plugin.bench.resume import batch_fingerprint
+
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    common = dict(model_hash="m", attack="alma-l2", budget=3, seed=0, device="cuda", images=x,
+                  labels=y)  # fmt: skip
+    plain = batch_fingerprint(**common)  # type: ignore[arg-type]
+    assert batch_fingerprint(**common, cuda_graphs=False) == plain  # type: ignore[arg-type]
+    assert batch_fingerprint(**common, cuda_graphs=True) != plain  # type: ignore[arg-type]
+
+
+def test_cuda_graphs_without_a_cuda_device_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["--cuda-graphs", "--samples", "2"])
+    assert raised.value.code == 2
+    assert "argument --cuda-graphs: needs a CUDA --device, got --device 'cpu'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_merge_and_summary_of_shards() -> None:
     def record(indices: list[int], distances: list[float], forwards: int, seconds: float):  # type: ignore[no-untyped-def]
         return Record("m", "a-l2", "A", "l2", 10, "10 steps", indices, distances, forwards,

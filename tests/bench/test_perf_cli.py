@@ -241,7 +241,16 @@ def test_bad_device_exits_2_naming_the_argument_and_value(
             ["--cuda-graphs", "--steps", "11"],
             "--steps must be larger than 11 with --cuda-graphs, got 11",
         ),
-        ("throughput", ["--cuda-graphs"], "--cuda-graphs needs a CUDA --device, got cpu"),
+        (
+            "throughput",
+            ["--cuda-graphs"],
+            "argument --cuda-graphs: needs a CUDA --device, got --device 'cpu'",
+        ),
+        (
+            "sweep",
+            ["--cuda-graphs"],
+            "argument --cuda-graphs: needs a CUDA --device, got --device 'cpu'",
+        ),
         ("step0", ["--image-size", "100"], "--image-size must be at least 176 (MS-SSIM), got 100"),
         ("step0", ["--steps", "1"], "--steps must be at least 2, got 1"),
         ("step0", ["--image-size", "28"], "--image-size must be at least 176 (MS-SSIM), got 28"),
