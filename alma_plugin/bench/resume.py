@@ -5,7 +5,8 @@ Every (model, attack, budget, batch) writes one small JSON file as soon as it is
 files are the same whatever the number of processes). Each file carries a fingerprint of
 everything its result depends on: the package and peer-library versions, a hash of the
 package's attack code (so that an edited working copy does not count as the same version),
-the model's weights, the batch's images and labels, the attack, budget, seed and device.
+the model's weights, the batch's images and labels, the attack, budget, seed and device, and
+``--cuda-graphs`` for the attacks it applies to.
 ``--resume`` reuses a file only when its fingerprint matches, so a changed model, data set or
 code version is recomputed, never mixed in. Files are written atomically (a temporary file,
 then a rename), so a run killed mid-write leaves no half file behind.

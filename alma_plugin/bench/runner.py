@@ -319,15 +319,9 @@ def run_shard(
                             with torch.no_grad():
                                 clean[number] = model(x).argmax(1) != y
                         d, sparsity, histogram, forwards, backwards, seconds = attack_batch(
-                            model,
-                            spec,
-                            budget,
-                            x,
-                            y,
-                            clean[number],
-                            config.seed,
+                            model, spec, budget, x, y, clean[number], config.seed,
                             config.cuda_graphs,
-                        )
+                        )  # fmt: skip
                         part = Record(name, spec.key, spec.label, spec.norm, budget,
                                       spec.budget_note(budget), index.tolist(),
                                       d.cpu().double().tolist(), forwards, backwards, seconds,
