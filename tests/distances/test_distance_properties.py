@@ -1,7 +1,8 @@
 """Property-based tests of every public distance (hypothesis): on random images of several kinds
 (random, constant, dark, smooth, binary) and perturbations from 10⁻⁵ to 0.5 (dense, one pixel,
 one channel), the float32 distance is ≥ 0, exactly +0 at x̃ = x, and within a stated tolerance
-of the float64 distance of the same (rounded) inputs.
+of the float64 distance of the same (rounded) inputs, on PyTorch and (all but LPIPS, which is
+PyTorch-only) on JAX.
 
 The tolerances say what float32 can promise for each distance:
 
@@ -17,8 +18,11 @@ The tolerances say what float32 can promise for each distance:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -41,6 +45,13 @@ TOLERANCE = {
     "lpips": (1e-3, 1e-6),
 }
 KINDS = ("random", "constant", "dark", "smooth", "binary")
+
+
+@functools.cache
+def _jitted(name: str) -> Any:
+    return jax.jit(_distance(name))
+
+
 PATTERNS = ("dense", "pixel", "channel")
 
 
@@ -80,18 +91,26 @@ def _pair(name: str, kind: str, scale: float, pattern: str, seed: int) -> tuple[
     pattern=st.sampled_from(PATTERNS),
     seed=st.integers(0, 2**16),
 )
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("name", "backend"),
+    [(name, "torch") for name in NAMES] + [(name, "jax") for name in NAMES if name != "lpips"],
+)
 def test_float32_is_nonnegative_zero_at_identity_and_close_to_float64(
-    name: str, kind: str, scale: float, pattern: str, seed: int
+    name: str, backend: str, kind: str, scale: float, pattern: str, seed: int
 ) -> None:
     x_adv, x = _pair(name, kind, scale, pattern, seed)
     distance = _distance(name)
     a, b = torch.from_numpy(x_adv), torch.from_numpy(x)
-    value: Any = distance(a, b)
-    assert value.dtype == torch.float32
-    value = value.double().numpy()
+    if backend == "jax":  # compiled once per shape; op by op, XLA would compile every operation
+        compiled = _jitted(name)
+        value: Any = np.asarray(compiled(jnp.asarray(x_adv), jnp.asarray(x)))
+        at_identity = np.asarray(compiled(jnp.asarray(x), jnp.asarray(x)))
+    else:
+        value = distance(a, b).numpy()
+        at_identity = distance(b, b).numpy()
+    assert value.dtype == np.float32
+    value = value.astype(np.float64)
     assert np.isfinite(value).all() and (value >= 0).all(), value
-    at_identity = distance(b, b).numpy()
     assert (at_identity == 0).all() and not np.signbit(at_identity).any(), at_identity
     reference = distance(a.double(), b.double()).numpy()
     rtol, atol = TOLERANCE[name]
