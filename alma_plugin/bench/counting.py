@@ -42,25 +42,22 @@ class CountingModel(nn.Module):
             self._devices[device] = counts
         return counts
 
+    def _add(self, device: torch.device, index: int, n: int) -> None:
+        """Adds n to count ``index`` (0: forwards, 1: backwards) of an output on ``device``."""
+        if device.type == "cuda":
+            self._device_counts(device)[index].add_(n)  # a kernel: replayed with the graph
+        else:
+            self._host[index] += n
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The wrapped model's output, counted."""
         out = self.model(x)
         n = int(out.shape[0]) if out.ndim else 1
-        if out.is_cuda:
-            counts = self._device_counts(out.device)
-            counts[0].add_(n)
-            if out.requires_grad:
-
-                def count_on_device(grad: torch.Tensor, n: int = n) -> None:
-                    counts[1].add_(n)
-
-                out.register_hook(count_on_device)
-            return out
-        self._host[0] += n
+        self._add(out.device, 0, n)
         if out.requires_grad:
 
-            def count(grad: torch.Tensor, n: int = n) -> None:
-                self._host[1] += n
+            def count(grad: torch.Tensor, n: int = n, device: torch.device = out.device) -> None:
+                self._add(device, 1, n)
 
             out.register_hook(count)
         return out
