@@ -9,9 +9,17 @@ from dataclasses import fields, replace
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 
 from .core.result import AttackResult, StepInfo
-from .core.validation import as_labels, as_tensor, check_inputs, warn_if_training, working_dtype
+from .core.validation import (
+    as_labels,
+    as_tensor,
+    check_inputs,
+    on_framework_of,
+    warn_if_training,
+    working_dtype,
+)
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
 
 SuccessFn = Callable[[Any, Any], Any]
@@ -65,12 +73,25 @@ def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
 
 
 def checked_masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:
-    m = as_tensor("masks", masks)
+    """The pixels to attack, from a tensor of any framework and device, a NumPy array or a
+    nested list of booleans (or 0/1), as a tensor of the (checked) labels' framework and device,
+    i.e. the inputs'. Their values are checked with the labels' (:mod:`.core.prox_constraints`)."""
+    if isinstance(masks, np.ndarray | list | tuple):
+        array = np.asarray(masks)
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"masks must hold booleans or 0/1 values, got dtype {array.dtype}")
+        m: ep.Tensor | np.ndarray = array
+    else:
+        try:
+            m = as_tensor("masks", masks)
+        except TypeError:
+            raise TypeError("masks must be a tensor, a NumPy array or a list of booleans (or 0/1),"
+                            f" got {type(masks).__name__}") from None  # fmt: skip
     if tuple(m.shape) != tuple(labels.shape):
         raise ValueError(
             f"masks must have the labels' shape {tuple(labels.shape)}, got {tuple(m.shape)}"
         )
-    return m
+    return on_framework_of(m, labels)
 
 
 def checked_lpips(lpips: Any, distance: str) -> DistanceFunction:

@@ -88,7 +88,8 @@ def alma(
             bfloat16 models are called in their dtype; the solver's state is float32). Never
             modified; a ``requires_grad`` or inference-mode tensor is fine.
         labels: y, shape (N,), true classes — or target classes t when ``targeted``: any
-            integer dtype, or a NumPy array / list of ints.
+            integer dtype, or a NumPy array / list of ints; on any device (moved to the
+            inputs').
         distance: D, a name of ``alma_plugin.DISTANCES`` ("l1", "l2", "ciede2000", "ssim",
             "msssim", "lpips") or "linf" (ALMA prox).
         steps: N, the number of iterations (one forward + one backward each).
@@ -222,10 +223,12 @@ def alma_prox(
     Args:
         model, inputs, targeted, bounds, is_adversarial, early_stop, callback: as :func:`alma`
             (the distance is the normalised ‖δ‖∞; ``is_adversarial`` applies to (N,) labels).
-        labels: (N,) classes, or (N, H, W) label maps (any integer dtype): the true classes y,
-            or the targets t when ``targeted``. Values outside ``masks`` are ignored (e.g. 255).
-        masks: optional bool (or 0/1) tensor of the labels' shape: the pixels m to attack; the
-            others count neither in the APSR nor in the objective (eq. 5.5).
+        labels: (N,) classes, or (N, H, W) label maps (any integer dtype, container and
+            device, as for :func:`alma`): the true classes y, or the targets t when
+            ``targeted``. Values outside ``masks`` are ignored (e.g. 255).
+        masks: optional booleans (or 0/1) of the labels' shape: the pixels m to attack; the
+            others count neither in the APSR nor in the objective (eq. 5.5). A tensor of any
+            framework or device, a NumPy array or a list, as for ``labels``: moved to the inputs'.
         adv_threshold: ν: success means APSR ≥ ν, in (0, 1] (dense labels only).
         steps: N, the number of iterations (one forward and one backward each).
         seed: seeds the random starts of ``restarts`` > 1 (run 0 starts at δ = 0 and draws

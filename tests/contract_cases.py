@@ -11,12 +11,13 @@ and leaves the caller's tensors, the model and the attack object untouched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import math
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,36 @@ from torch import nn
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
+#: Where the PyTorch rows put the caller's tensors and models: the CPU, or a CUDA device for the
+#: table's CUDA column (:func:`on_device`); their labels and masks may sit elsewhere.
+DEVICE = torch.device("cpu")
+LABELS_DEVICE: torch.device | None = None  # None: on DEVICE
+
+
+@contextlib.contextmanager
+def on_device(device: str, labels_device: str | None = None) -> Iterator[None]:
+    """Build (and run) the PyTorch rows on ``device`` inside the block, their labels (and
+    segmentation masks) on ``labels_device`` (default: the same device)."""
+    global DEVICE, LABELS_DEVICE
+    previous = DEVICE, LABELS_DEVICE
+    DEVICE = torch.device(device)
+    LABELS_DEVICE = None if labels_device is None else torch.device(labels_device)
+    try:
+        yield
+    finally:
+        DEVICE, LABELS_DEVICE = previous
+
+
+def _labels_device() -> torch.device:
+    return DEVICE if LABELS_DEVICE is None else LABELS_DEVICE
+
+
 #: The invariants each row asserts (the same list for every row; some are vacuous for a row,
 #: e.g. "claims" when the row must raise).
 INVARIANTS = (
     "outcome: the row's clear error (type, message naming the argument) or a result",
     "warnings: TrainingModeWarning exactly when alma/alma_prox get a model in training mode",
-    "types: each returned tensor has the caller's framework, shape and dtype",
+    "types: each returned tensor has the caller's framework, shape, dtype and device",
     "finite: returned tensors are finite (distances: NaN exactly for NaN/Inf samples)",
     "bounds: returned inputs lie within the bounds (distances: >= 0, 0 at x_adv = x)",
     "claims: every claimed success re-verifies on the returned tensor (finite logits), "
@@ -202,7 +227,7 @@ def torch_classifier(
             p.copy_(torch.randn(p.shape, generator=generator) * 4 / math.sqrt(features))
         if avoid_class0:  # argmax of NaN logits is 0 in torch and JAX: keep labels ≠ 0
             net[-1].bias[0] = -100.0
-    return net.to(dtype).eval()
+    return net.to(DEVICE, dtype).eval()
 
 
 def torch_segmenter(
@@ -214,7 +239,7 @@ def torch_segmenter(
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 4)
-    return net.eval()
+    return net.to(DEVICE).eval()
 
 
 class Wrapped(nn.Module):
@@ -241,9 +266,9 @@ class Wrapped(nn.Module):
             raise RuntimeError("model failed midway (contract test)")
         z = self.net(x)
         if self.kind == "numpy":
-            return z.detach().numpy()
+            return z.detach().cpu().numpy()
         if self.kind == "list":
-            return z.detach().tolist()
+            return z.detach().cpu().tolist()
         if self.kind == "argmax":
             return nn.functional.one_hot(z.argmax(1), z.shape[1]).movedim(-1, 1).to(z.dtype)
         if self.kind == "detached":
@@ -264,7 +289,7 @@ def train_mode(net: nn.Module, batchnorm: bool = False) -> nn.Module:
     re-verify) or preceded by a BatchNorm2d (training mode changes the model); training mode."""
     if batchnorm:
         bn = nn.BatchNorm2d(net_channels(net))
-        return nn.Sequential(bn, net).train()
+        return nn.Sequential(bn, net).to(DEVICE).train()
     return nn.Sequential(net, nn.Dropout(0.0)).train()
 
 
@@ -329,8 +354,8 @@ def torch_inputs(array: np.ndarray, dtype: str, mode: str | None) -> torch.Tenso
     """The caller's input tensor; ``mode``: None, requires_grad, inference, channels_last."""
     if mode == "inference":
         with torch.inference_mode():
-            return torch.tensor(array, dtype=TORCH_DTYPES[dtype])
-    x = torch.tensor(array, dtype=TORCH_DTYPES[dtype])
+            return torch.tensor(array, dtype=TORCH_DTYPES[dtype], device=DEVICE)
+    x = torch.tensor(array, dtype=TORCH_DTYPES[dtype], device=DEVICE)
     if mode == "requires_grad":
         x.requires_grad_(True)
     elif mode == "channels_last":
@@ -349,7 +374,7 @@ def labels_as(labels: np.ndarray, dtype: str, container: str, framework: str = "
         import jax.numpy as jnp
 
         return jnp.asarray(array)
-    return torch.from_numpy(array.copy())
+    return torch.from_numpy(array.copy()).to(_labels_device())
 
 
 def predictions(model: Callable[[Any], Any], x: Any) -> np.ndarray:
@@ -646,6 +671,7 @@ def prox_case(
     steps: Any = 10,
     seed: int = 0,
     masked: bool = False,
+    mask_container: str = "tensor",
     adv_threshold: float = 0.6,
     nan_radius: float = 0.01,
     **kwargs: Any,
@@ -664,7 +690,7 @@ def prox_case(
         mask_np[:, : size // 2] = False
         goal = np.where(mask_np, goal, 255)
     labels = labels_as(goal, labels_dtype if not masked else "int64", container)
-    masks = torch.from_numpy(mask_np) if masked else None
+    masks = _masks_as(mask_np, mask_container) if masked else None
     lower, span = bounds[0], bounds[1] - bounds[0]
 
     def apsr_of(tensor: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -713,6 +739,24 @@ def prox_case(
         run, collect, x, bounds, caller=caller, modules=[model],
         buffers_may_change=variant == "batchnorm", sanity=_nan_sanity(model),
     )  # fmt: skip
+
+
+def _masks_as(mask_np: np.ndarray, container: str) -> Any:
+    """The caller's segmentation masks: a bool tensor (on the labels' device), a uint8 0/1
+    tensor, a NumPy array, a nested list, a JAX array, or a string (refused)."""
+    if container == "tensor":
+        return torch.from_numpy(mask_np).to(_labels_device())
+    if container == "uint8":
+        return torch.from_numpy(mask_np.astype(np.uint8)).to(_labels_device())
+    if container == "numpy":
+        return mask_np
+    if container == "list":
+        return mask_np.tolist()
+    if container == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(mask_np)
+    return str(mask_np.tolist())
 
 
 def deferred(make: Callable[[], Any]) -> tuple[Any, Callable[[], Any]]:
@@ -772,7 +816,7 @@ def foolbox_case(
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Foolbox's own train-mode warning
-            fmodel = fb.PyTorchModel(model, bounds=bounds)
+            fmodel = fb.PyTorchModel(model, bounds=bounds, device=DEVICE)
     goal = goal_labels(predictions(verifier, x), k, targeted)
     if labels is not None:
         goal = np.asarray(labels, dtype=np.int64)
@@ -1151,6 +1195,12 @@ def _check_returned(row: str, setup: Setup, r: Returned) -> None:
     # graph
     if isinstance(raw, torch.Tensor) and r.graph_free:
         assert raw.grad_fn is None and not raw.requires_grad, f"{where}: carries an autograd graph"
+    # device: every returned torch tensor (results, distances, flags) where the inputs are
+    raw_inputs = inputs.raw if isinstance(inputs, ep.Tensor) else inputs
+    if isinstance(raw, torch.Tensor) and isinstance(raw_inputs, torch.Tensor):
+        assert raw.device == raw_inputs.device, (
+            f"{where}: on {raw.device}, the caller's inputs on {raw_inputs.device}"
+        )
     if r.kind == "per-sample":
         assert values.shape == (n,), f"{where}: shape {values.shape}, expected ({n},)"
         return
@@ -1171,8 +1221,6 @@ def _check_returned(row: str, setup: Setup, r: Returned) -> None:
     assert dtype_of(tensor) == dtype_of(inputs), (
         f"{where}: dtype {dtype_of(tensor)}, inputs {dtype_of(inputs)}"
     )
-    if isinstance(raw, torch.Tensor):
-        assert raw.device == inputs.device, f"{where}: device {raw.device}"
     # finite
     assert np.isfinite(values).all(), f"{where}: non-finite values in samples " + str(
         np.flatnonzero(~np.isfinite(flat(values)).all(1)).tolist()

@@ -15,12 +15,14 @@ The table is data: :func:`table` lists the rows, and one checker,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from alma_plugin import ALMAParams, ProxParams
 from tests.contract_cases import (
@@ -35,6 +37,7 @@ from tests.contract_cases import (
     either,
     foolbox_case,
     lagrangian_case,
+    on_device,
     prox_case,
     raises,
     torchattacks_case,
@@ -239,6 +242,10 @@ def table() -> list[tuple[Case, bool, bool]]:
     b = P(prox_case)
     t.add("prox-basic", b)
     t.add("prox-masked", P(b, masked=True))
+    for container in ("uint8", "numpy", "list"):
+        t.add(f"prox-masked-{container}", P(b, masked=True, mask_container=container))
+    t.add("prox-masked-jax-array", P(b, masked=True, mask_container="jax"), jax=True)
+    t.add("prox-masked-str", P(b, masked=True, mask_container="str"), raises("masks", TypeError))
     t.add("prox-targeted", P(b, targeted=True))
     t.add("prox-batch1", P(b, n=1))
     t.add("prox-empty", P(b, n=0), either("images|inputs"))
@@ -476,3 +483,40 @@ def test_entry_points_share_their_keywords() -> None:
 )
 def test_contract(case: Case) -> None:
     check(case)
+
+
+def _on_cuda(case: Case) -> Case:
+    """The row as it reads on a CUDA device: ``cuda_graphs=True`` is refused on the CPU and
+    runs there (the Lagrangian attack has no such option on either)."""
+    if case.id.endswith("-cuda_graphs-cpu") and "agrangian" not in case.id:
+        return dataclasses.replace(case, expect=OK)
+    return case
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "case", [pytest.param(case, id=case.id) for case, jax, _ in ROWS if not jax]
+)
+def test_contract_on_cuda(case: Case) -> None:
+    """The table's CUDA column: every PyTorch row with the caller's tensors and models on the
+    GPU, the same invariants (results on the caller's device among them)."""
+    with on_device("cuda"):
+        check(_on_cuda(case))
+
+
+#: Rows for a caller whose labels (and masks) stayed on the CPU while the inputs and the model
+#: are on the GPU: the entry points move them, as torchattacks does with ``labels.to(device)``.
+CPU_LABEL_ROWS = [
+    case
+    for case, jax, _ in ROWS
+    if not jax
+    and any(case.id.endswith(end) for end in ("-basic", "-targeted", "-masked", "-labels-uint8"))
+    and not case.id.startswith("dist-")
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", [pytest.param(case, id=case.id) for case in CPU_LABEL_ROWS])
+def test_contract_on_cuda_with_labels_on_the_cpu(case: Case) -> None:
+    with on_device("cuda", labels_device="cpu"):
+        check(_on_cuda(case))

@@ -181,14 +181,23 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(labels.shape)}")
     if not is_integer_dtype(labels):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
-    if type(labels) is not type(like):
-        labels = ep.from_numpy(like, labels.numpy().astype(np.int64))
-    if isinstance(labels, ep.PyTorchTensor):
-        import torch
-
-        raw = labels.raw.detach().to(device=like.raw.device, dtype=torch.int64)
-        return ep.astensor(raw.clone() if raw.is_inference() else raw)
+    labels = on_framework_of(labels.numpy().astype(np.int64) if type(labels) is not type(like)
+                             else labels, like)  # fmt: skip
     return labels.astype(ep.arange(like, 1).dtype)
+
+
+def on_framework_of(value: ep.Tensor | np.ndarray, like: ep.Tensor) -> ep.Tensor:
+    """``value`` (a tensor of any framework, or a NumPy array) as a tensor of ``like``'s
+    framework on ``like``'s device, detached, outside inference mode: a caller's labels or masks
+    may sit on another device (the CPU) or come from another framework than the inputs."""
+    if isinstance(value, ep.Tensor) and type(value) is not type(like):
+        value = value.numpy()
+    if isinstance(value, np.ndarray):
+        value = ep.from_numpy(like, value)
+    if isinstance(value, ep.PyTorchTensor):
+        raw = value.raw.detach().to(like.raw.device)
+        return ep.astensor(raw.clone() if raw.is_inference() else raw)
+    return value
 
 
 def working_dtype(inputs: ep.Tensor) -> Any:
