@@ -14,10 +14,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.contract_cases import Case, Setup, alma_case, check, foolbox_case, prox_case, to_numpy
+from tests.contract_cases import (
+    Case,
+    Setup,
+    alma_case,
+    check,
+    foolbox_case,
+    on_device,
+    prox_case,
+    to_numpy,
+)
 
 settings.register_profile(
     "ci",
@@ -30,7 +40,12 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+#: Each property on the CPU and, where there is one, on a CUDA device (the caller's tensors and
+#: model there; see ``tests.contract_cases.on_device``).
+DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")))  # fmt: skip
+
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.parametrize("device", DEVICES)]
 
 SHAPES = ((1, 4, 4), (2, 3, 3), (3, 2, 5))
 
@@ -88,29 +103,35 @@ def _check_deterministic(case: Case, setup: Setup, result: Any) -> None:
         assert first.shape == second.shape and same.all(), f"{case.id}: not deterministic"
 
 
-def _run(case_id: str, build: Any) -> None:
+def _run(case_id: str, build: Any, device: str) -> None:
     case = Case(case_id, build)
-    setup, result = check(case)
-    _check_deterministic(case, setup, result)
+    with on_device(device):
+        setup, result = check(case)
+        _check_deterministic(case, setup, result)
 
 
 @given(problem=problems(), distance=st.sampled_from(("l1", "l2")))
-def test_alma_invariants(problem: dict[str, Any], distance: str) -> None:
-    _run(f"alma-{distance}-{problem}", lambda: alma_case(distance=distance, **problem))
+def test_alma_invariants(problem: dict[str, Any], distance: str, device: str) -> None:
+    _run(f"alma-{distance}-{problem}", lambda: alma_case(distance=distance, **problem), device)
 
 
 @given(problem=problems())
-def test_linf_prox_invariants(problem: dict[str, Any]) -> None:
+def test_linf_prox_invariants(problem: dict[str, Any], device: str) -> None:
     """The ℓ∞ ALMA prox for classification, through Foolbox's ``LinfALMAProx`` (any bounds)."""
     _run(
         f"LinfALMAProx-{problem}",
         lambda: foolbox_case("LinfALMAProx", epsilons=(0.0, 0.05, None), **problem),
+        device,
     )
 
 
 @given(problem=problems(), distance=st.sampled_from(("L1ALMA", "L2ALMA")))
-def test_foolbox_alma_invariants(problem: dict[str, Any], distance: str) -> None:
-    _run(f"{distance}-{problem}", lambda: foolbox_case(distance, epsilons=(0.0, 0.5), **problem))
+def test_foolbox_alma_invariants(problem: dict[str, Any], distance: str, device: str) -> None:
+    _run(
+        f"{distance}-{problem}",
+        lambda: foolbox_case(distance, epsilons=(0.0, 0.5), **problem),
+        device,
+    )
 
 
 @given(
@@ -136,6 +157,7 @@ def test_segmentation_prox_invariants(
     masked: bool,
     steps: int,
     adv_threshold: float,
+    device: str,
 ) -> None:
     """Dense ALMA prox (``segmentation.alma_prox``): APSR re-verifies per pixel."""
     _run(
@@ -151,4 +173,5 @@ def test_segmentation_prox_invariants(
             steps=steps,
             adv_threshold=adv_threshold,
         ),  # fmt: skip
+        device,
     )
