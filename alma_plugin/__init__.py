@@ -17,6 +17,7 @@ distances in :mod:`alma_plugin.distances`, the embedded models and data in
 
 from .core.lagrangian import LagrangianParams, LagrangianResult
 from .core.params import PROX_INIT_LR, PROX_RHO_INIT, ALMAParams, ProxParams, budget_alpha
+from .core.precision import ReducedPrecisionWarning
 from .core.result import AttackResult, StepInfo
 from .core.validation import TrainingModeWarning
 from .distances import DISTANCES, DistanceSpec
@@ -34,6 +35,7 @@ __all__ = [
     "LagrangianParams",
     "LagrangianResult",
     "ProxParams",
+    "ReducedPrecisionWarning",
     "StepInfo",
     "TrainingModeWarning",
     "__version__",

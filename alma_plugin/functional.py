@@ -34,6 +34,7 @@ from .core.params import (
     prox_params_for_linf,
     takes_params,
 )
+from .core.precision import warn_if_reduced_precision
 from .core.prox_solver import alma_prox_solve
 from .core.result import AttackResult, StepInfo
 from .core.solver import alma_solve
@@ -173,6 +174,7 @@ def alma(
     stop = check_early_stop(early_stop)
     if len(x) == 0:
         return empty(x, y, restore)
+    warn_if_reduced_precision(x)
     result = alma_solve(
         lambda batch: model(batch.raw),
         x,
@@ -270,6 +272,7 @@ def alma_prox(
     stop = check_early_stop(early_stop)
     if len(x) == 0:
         return empty(x, y.reshape((0,)), restore, apsr=True, predictions=not dense)
+    warn_if_reduced_precision(x)
     result = alma_prox_solve(
         lambda batch: model(batch.raw),
         x,

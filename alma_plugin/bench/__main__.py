@@ -57,6 +57,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "step0": ("step0", "the cost of step 0 (η⁽⁰⁾ search) vs a later step, per distance"),
     "noise": ("noise", "how far a median moves when the inputs move by one ulp"),
     "graphs": ("graphs", "wall time and results with and without cuda_graphs (CUDA)"),
+    "reeval": ("reeval", "do reported successes hold in other batches? (TF32 on a GPU)"),
 }
 
 

@@ -13,6 +13,7 @@ from foolbox.attacks.base import MinimizationAttack, T, raise_if_kwargs
 from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
+from ..core.precision import warn_if_reduced_precision
 from ..core.validation import Bounds, check_early_stop
 from ._common import (
     check_model_and_inputs,
@@ -86,6 +87,7 @@ class MinimalAttack(MinimizationAttack):
         stop = check_early_stop(host_number(early_stop))
         if len(x) == 0:
             return restore_type(x)
+        warn_if_reduced_precision(x)
         batch = Batch(model, x, classes, bounds, targeted, criterion_, stop)
         return restore_type(self.solve(batch))
 

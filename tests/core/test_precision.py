@@ -1,0 +1,94 @@
+"""``ReducedPrecisionWarning``: float32 attacks judged through TF32 products on a GPU."""
+
+from __future__ import annotations
+
+import warnings
+
+import eagerpy as ep
+import pytest
+import torch
+from torch import nn
+
+from alma_plugin import ReducedPrecisionWarning, alma, alma_prox, lagrangian
+from alma_plugin.bench.reeval import tf32
+from alma_plugin.core.precision import tf32_settings, warn_if_reduced_precision
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    ("capability", "cudnn", "matmul", "expected"),
+    [
+        (7, True, "high", []),  # no TF32 before Ampere: nothing to warn about
+        (8, False, "highest", []),
+        (8, True, "highest", ["torch.backends.cudnn.allow_tf32 = True"]),
+        (9, False, "high", ["torch.get_float32_matmul_precision() = 'high'"]),
+        (9, False, "medium", ["torch.get_float32_matmul_precision() = 'medium'"]),
+        (9, True, "high", ["cudnn.allow_tf32", "precision() = 'high'"]),
+    ],
+)
+def test_the_settings_that_enable_tf32(
+    capability: int, cudnn: bool, matmul: str, expected: list[str]
+) -> None:
+    found = tf32_settings(capability, cudnn, matmul)
+    assert len(found) == len(expected)
+    for text, part in zip(found, expected, strict=True):
+        assert part in text
+
+
+def test_cpu_and_jax_inputs_never_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tf32(True):  # the flags say TF32, but the CPU has none
+            warn_if_reduced_precision(ep.astensor(torch.rand(2, 3)))
+    jnp = pytest.importorskip("jax.numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_reduced_precision(ep.astensor(jnp.ones((2, 3))))
+
+
+def _conv_model(device: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)]
+    return nn.Sequential(*layers).to(device, dtype).eval()
+
+
+def _tf32_hardware() -> bool:
+    return CUDA and torch.cuda.get_device_capability()[0] >= 8
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_attacks_warn_exactly_when_tf32_is_in_force() -> None:
+    import foolbox as fb
+
+    from alma_plugin.foolbox import L2ALMA, LinfALMAProx
+    from alma_plugin.torchattacks import ALMA
+
+    model = _conv_model("cuda")
+    x = torch.rand(4, 1, 8, 8, device="cuda")
+    y = model(x).argmax(1)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device="cuda")
+    calls = {
+        "alma": lambda: alma(model, x, y, steps=3),
+        "alma_prox": lambda: alma_prox(model, x, y, steps=3),
+        "L2ALMA": lambda: L2ALMA(steps=3)(fmodel, x, y, epsilons=None),
+        "LinfALMAProx": lambda: LinfALMAProx(steps=3)(fmodel, x, y, epsilons=None),
+        "torchattacks ALMA": lambda: ALMA(model, steps=3)(x, y),
+    }
+    for name, call in calls.items():
+        with tf32(True), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        found = [w for w in caught if issubclass(w.category, ReducedPrecisionWarning)]
+        assert len(found) == (1 if _tf32_hardware() else 0), (name, [str(w.message) for w in found])
+        if found:
+            assert "allow_tf32" in str(found[0].message), name
+        with tf32(False), warnings.catch_warnings():
+            warnings.simplefilter("error", ReducedPrecisionWarning)
+            call()
+    # a training attack claims no success; a 16-bit model's rounding is the caller's choice
+    with tf32(True), warnings.catch_warnings():
+        warnings.simplefilter("error", ReducedPrecisionWarning)
+        lagrangian(model, x, y, steps=2)
+        half = _conv_model("cuda", torch.float16)
+        alma(half, x.half(), half(x.half()).argmax(1), steps=3)
