@@ -7,9 +7,10 @@ On NVIDIA GPUs from Ampere on, PyTorch lets cuDNN run float32 convolutions with 
 rounds each product's inputs to a 10-bit mantissa, and which kernel cuDNN picks depends on the
 batch, so the same image gets logits that differ by ~1e-4 relative from one batch to another.
 A minimal attack returns points at the decision boundary, judged on its own batches: measured
-on an H100 (SmallCNN, 100 steps), 0.8–2.4 % of the reported successes were no longer
-adversarial when the images were evaluated one at a time; with TF32 off, none were, and the
-logits differed by < 3e-6 (``alma-bench reeval``).
+on an H100 (SmallCNN, 100 steps, 500 images), 0.8–2.4 % of the reported successes were no
+longer adversarial when the images were evaluated one at a time with cuDNN's default, 2–3 % with
+TF32 matmuls as well; with TF32 off, none were, and the logits differed by < 3e-6
+(``alma-bench reeval``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def warn_if_reduced_precision(inputs: ep.Tensor) -> None:
             "are computed with reduced-precision (TF32) products and change by ~1e-4 "
             "(relative) with the batch they are evaluated in. The attack judges success on "
             "its own batches; an adversarial at the decision boundary may not be adversarial "
-            "when re-evaluated in another batch (on an H100: 0.8-2.4 % of the successes, "
+            "when re-evaluated in another batch (on an H100: 1-3 % of the successes, "
             "evaluated one image at a time). For robustness evaluations set "
             "torch.backends.cudnn.allow_tf32 = False and "
             "torch.set_float32_matmul_precision('highest') before attacking and evaluating.",
