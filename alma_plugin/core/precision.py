@@ -10,7 +10,9 @@ A minimal attack returns points at the decision boundary, judged on its own batc
 on an H100 (SmallCNN, 100 steps, 500 images), 0.8–2.4 % of the reported successes were no
 longer adversarial when the images were evaluated one at a time with cuDNN's default, 2–3 % with
 TF32 matmuls as well; with TF32 off, none were, and the logits differed by < 3e-6
-(``alma-bench reeval``).
+(``alma-bench reeval``). JAX on a GPU computes float32 dots and convolutions in reduced
+precision unless ``jax_default_matmul_precision`` asks for full: a small random CNN lost 20 %
+of its successes there (none with "highest"; docs/bench.md).
 """
 
 from __future__ import annotations
@@ -41,32 +43,68 @@ def tf32_settings(
     return found
 
 
-def warn_if_reduced_precision(inputs: ep.Tensor) -> None:
-    """Warn (:class:`ReducedPrecisionWarning`) when float32 PyTorch inputs on a CUDA device
-    will be judged through TF32 products (:func:`tf32_settings`). 16-bit models are left
-    alone: their rounding is the dtype the caller chose."""
-    raw: Any = inputs.raw
-    if not isinstance(inputs, ep.PyTorchTensor) or not raw.is_cuda:
-        return
-    import torch
+#: ``jax_default_matmul_precision`` values that keep float32 products in float32.
+JAX_FULL_PRECISION = ("highest", "float32")
 
-    if raw.dtype != torch.float32:
-        return
-    found = tf32_settings(
-        torch.cuda.get_device_capability(raw.device)[0],
-        torch.backends.cudnn.allow_tf32,
-        torch.get_float32_matmul_precision(),
-    )
+
+def jax_settings(platform: str, capability_major: int | None, precision: str | None) -> list[str]:
+    """The JAX setting that lets float32 products run in reduced precision: on a GPU (from
+    compute capability 8.x; unknown counts as such), XLA's default precision for float32 dots
+    and convolutions is TF32-like unless ``jax_default_matmul_precision`` asks for full."""
+    if platform != "gpu" or (capability_major is not None and capability_major < 8):
+        return []
+    if precision is not None and precision.lower() in JAX_FULL_PRECISION:
+        return []
+    return [f"jax_default_matmul_precision = {precision!r} (JAX's default on GPUs is not float32)"]
+
+
+def _found(inputs: ep.Tensor) -> tuple[str, list[str], str]:
+    """(the device, the reduced-precision settings in force for float32 ``inputs`` there, the
+    remedy); no settings for other dtypes, the CPU and other frameworks."""
+    raw: Any = inputs.raw
+    if isinstance(inputs, ep.PyTorchTensor) and raw.is_cuda:
+        import torch
+
+        if raw.dtype != torch.float32:
+            return "", [], ""
+        found = tf32_settings(
+            torch.cuda.get_device_capability(raw.device)[0],
+            torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(),
+        )
+        remedy = ("torch.backends.cudnn.allow_tf32 = False and "
+                  "torch.set_float32_matmul_precision('highest')")  # fmt: skip
+        return str(raw.device), found, remedy
+    if isinstance(inputs, ep.JAXTensor) and str(raw.dtype) == "float32":
+        import jax
+
+        device = next(iter(raw.devices()))
+        capability = getattr(device, "compute_capability", None)
+        major = int(str(capability).split(".")[0]) if capability else None
+        found = jax_settings(
+            device.platform, major, getattr(jax.config, "jax_default_matmul_precision", None)
+        )
+        remedy = "jax.config.update('jax_default_matmul_precision', 'highest')"
+        return str(device), found, remedy
+    return "", [], ""
+
+
+def warn_if_reduced_precision(inputs: ep.Tensor) -> None:
+    """Warn (:class:`ReducedPrecisionWarning`) when float32 inputs on a GPU will be judged
+    through reduced-precision products: PyTorch with TF32 allowed (:func:`tf32_settings`),
+    JAX without full-precision matmuls (:func:`jax_settings`; a model that asks for
+    ``Precision.HIGHEST`` in every product of its own is not seen). 16-bit models are left
+    alone: their rounding is the dtype the caller chose."""
+    device, found, remedy = _found(inputs)
     if found:
         warnings.warn(
-            f"float32 inputs on {raw.device} with {' and '.join(found)}: the model's logits "
+            f"float32 inputs on {device} with {' and '.join(found)}: the model's logits "
             "are computed with reduced-precision (TF32) products and change by ~1e-4 "
             "(relative) with the batch they are evaluated in. The attack judges success on "
             "its own batches; an adversarial at the decision boundary may not be adversarial "
             "when re-evaluated in another batch (on an H100: 1-3 % of the successes, "
-            "evaluated one image at a time). For robustness evaluations set "
-            "torch.backends.cudnn.allow_tf32 = False and "
-            "torch.set_float32_matmul_precision('highest') before attacking and evaluating.",
+            "evaluated one image at a time with PyTorch, 20 % with JAX). For robustness "
+            f"evaluations set {remedy} before attacking and evaluating.",
             ReducedPrecisionWarning,
             stacklevel=3,
         )

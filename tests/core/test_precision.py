@@ -11,7 +11,7 @@ from torch import nn
 
 from alma_plugin import ReducedPrecisionWarning, alma, alma_prox, lagrangian
 from alma_plugin.bench.reeval import tf32
-from alma_plugin.core.precision import tf32_settings, warn_if_reduced_precision
+from alma_plugin.core.precision import jax_settings, tf32_settings, warn_if_reduced_precision
 
 CUDA = torch.cuda.is_available()
 
@@ -36,7 +36,31 @@ def test_the_settings_that_enable_tf32(
         assert part in text
 
 
-def test_cpu_and_jax_inputs_never_warn() -> None:
+@pytest.mark.parametrize(
+    ("platform", "capability", "precision", "warns"),
+    [
+        ("cpu", None, None, False),
+        ("gpu", 7, None, False),  # no TF32 before Ampere
+        ("gpu", 8, None, True),  # JAX's default on GPUs
+        ("gpu", None, None, True),  # capability unknown: as a recent GPU
+        ("gpu", 9, "tensorfloat32", True),
+        ("gpu", 9, "bfloat16", True),
+        ("gpu", 9, "default", True),
+        ("gpu", 9, "highest", False),
+        ("gpu", 9, "float32", False),
+        ("gpu", 9, "HIGHEST", False),
+    ],
+)
+def test_the_jax_settings_that_reduce_precision(
+    platform: str, capability: int | None, precision: str | None, warns: bool
+) -> None:
+    found = jax_settings(platform, capability, precision)
+    assert bool(found) == warns
+    if warns:
+        assert "jax_default_matmul_precision" in found[0]
+
+
+def test_cpu_inputs_never_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with tf32(True):  # the flags say TF32, but the CPU has none
@@ -92,3 +116,43 @@ def test_cuda_attacks_warn_exactly_when_tf32_is_in_force() -> None:
         lagrangian(model, x, y, steps=2)
         half = _conv_model("cuda", torch.float16)
         alma(half, x.half(), half(x.half()).argmax(1), steps=3)
+
+
+def _jax_gpu() -> bool:
+    try:
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    except Exception:  # noqa: BLE001 - no JAX, or no GPU backend
+        return False
+
+
+@pytest.mark.skipif(not _jax_gpu(), reason="needs JAX with a GPU")
+def test_jax_gpu_attacks_warn_unless_matmuls_are_full_precision() -> None:
+    import foolbox as fb
+    import jax
+
+    from alma_plugin.foolbox import L2ALMA
+
+    weights = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+
+    def model(u: jax.Array) -> jax.Array:
+        return u.reshape(u.shape[0], -1) @ weights
+
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 1, 4, 4))
+    y = model(x).argmax(1)
+    calls = {
+        "alma": lambda: alma(model, x, y, steps=3),
+        "L2ALMA": lambda: L2ALMA(steps=3)(fb.JAXModel(model, (0, 1)), x, y, epsilons=None),
+    }
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    expected = 0 if capability and int(str(capability).split(".")[0]) < 8 else 1
+    for name, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        found = [w for w in caught if issubclass(w.category, ReducedPrecisionWarning)]
+        assert len(found) == expected, (name, [str(w.message) for w in found])
+        with jax.default_matmul_precision("highest"), warnings.catch_warnings():
+            warnings.simplefilter("error", ReducedPrecisionWarning)
+            call()
