@@ -78,9 +78,12 @@ def _found(inputs: ep.Tensor) -> tuple[str, list[str], str]:
     if isinstance(inputs, ep.JAXTensor) and str(raw.dtype) == "float32":
         import jax
 
-        device = next(iter(raw.devices()))
-        capability = getattr(device, "compute_capability", None)
-        major = int(str(capability).split(".")[0]) if capability else None
+        try:
+            device = next(iter(raw.devices()))
+        except Exception:  # noqa: BLE001 - a traced value has no device: nothing to judge
+            return "", [], ""
+        capability = str(getattr(device, "compute_capability", None) or "").split(".")[0]
+        major = int(capability) if capability.isdigit() else None  # e.g. "9.0" on an H100
         found = jax_settings(
             device.platform, major, getattr(jax.config, "jax_default_matmul_precision", None)
         )
