@@ -118,7 +118,7 @@ def alma(
         cuda_graphs: PyTorch models on a CUDA device only: after 3 warm-up steps, replay each
             step as a CUDA graph (one launch instead of ~250 kernel launches: on an H100,
             SmallCNN at batch 100 runs 5.5–8.5× faster per call, at batch 1000 about 2×;
-            docs/bench.md "CUDA graphs"). The same kernels, so the same results (with cuDNN's
+            docs/performance.md "CUDA graphs"). The same kernels, so the same results (with cuDNN's
             deterministic algorithms, the same bits; ALMA prox: to the last bits of a
             division). But the model's Python code (hooks, call counters, side effects of a
             Python ``is_adversarial``) runs for the warm-up and the captures only, and a model

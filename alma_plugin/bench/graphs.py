@@ -13,7 +13,7 @@ ratio, the success rates and medians of both, and whether the two results are id
 By default cuDNN picks its algorithms freely and its convolution backward is not
 bit-reproducible, so two runs of the same mode differ too. ``--deterministic`` sets
 ``torch.backends.cudnn.deterministic``: then ALMA's two results are the same bits and ALMA
-prox's agree up to the last bits of a division (docs/bench.md, "CUDA graphs").
+prox's agree up to the last bits of a division (docs/performance.md, "CUDA graphs").
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def measure_paired_processes(
 ) -> list[dict[str, float]]:
     """:func:`measure_paired` in ``processes`` fresh interpreters, one after the other. The
     paired ratio of one process moves by several % from process to process on the same idle
-    machine (1.01–1.12 over nine runs of the same code, docs/bench.md): the state a process
+    machine (1.01–1.12 over nine runs of the same code, docs/performance.md): the state a process
     starts in weighs more than the load, so the median over processes is the estimate to
     quote."""
     import multiprocessing

@@ -3,7 +3,7 @@
 After step 0 a step of ALMA or ALMA prox reads nothing back to the host
 (``tests/core/test_cuda.py``): it is a fixed sequence of kernels on tensors of fixed shapes. On a
 GPU with a small model, launching those kernels one by one costs more than running them (about
-190 launches per ALMA step beyond the model's, docs/bench.md "Where a GPU step goes"). A CUDA
+190 launches per ALMA step beyond the model's, docs/performance.md "Where a GPU step goes"). A CUDA
 graph records the whole step once — the model's forward and backward, the distance, the
 penalty, the update — and replays it with one launch.
 

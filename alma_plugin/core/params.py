@@ -102,7 +102,7 @@ class ALMAParams:
             success t* to η⁽⁰⁾·r at the last step (Algorithm 2 as published). "exponential":
             η⁽ᵗ⁾ = η⁽⁰⁾·r^(t/(N−1)) from the first step, for every sample. "cosine":
             η⁽ᵗ⁾ = η⁽⁰⁾·(r + (1 − r)(1 + cos(πt/(N−1)))/2). The last two decay from the start
-            (not from t*), which spends short budgets better (see docs/bench.md, the budget
+            (not from t*), which spends short budgets better (see docs/performance.md, the budget
             sweep); only the step size differs, everything else is Algorithm 2.
         restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
             is Algorithm 2 from x, the others follow ``restart_mode``; each sample keeps its

@@ -12,7 +12,7 @@ longer adversarial when the images were evaluated one at a time with cuDNN's def
 TF32 matmuls as well; with TF32 off, none were, and the logits differed by < 3e-6
 (``alma-bench reeval``). JAX on a GPU computes float32 dots and convolutions in reduced
 precision unless ``jax_default_matmul_precision`` asks for full: a small random CNN lost 20 %
-of its successes there (none with "highest"; docs/bench.md).
+of its successes there (none with "highest"; docs/performance.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ adversarial of all runs.
 
 Why: the samples whose result is far from the best known are those whose run settled in a
 worse local optimum, and ALMA prox's medians stop moving after ~200 steps; a run from elsewhere
-lands elsewhere. Measured (docs/bench.md, "Restarts inside the budget"): at 1000 steps, two
+lands elsewhere. Measured (docs/performance.md, "Restarts inside the budget"): at 1000 steps, two
 runs of 500 beat one of 1000 for ALMA ℓ1 and ℓ2, and four runs of 250 bring ALMA prox to
 APGD's level; at 100 steps the gain is small. Most of the samples that 1000 steps improve over
 100 end in another class than at 100 steps: "classes" sends the later runs to the classes the

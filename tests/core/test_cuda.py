@@ -85,7 +85,7 @@ def test_the_counter_sees_a_synchronisation() -> None:
 @pytest.mark.parametrize("early_stop", [None, 1e-6])
 def test_no_synchronisation_in_the_loop(distance: str, size: int, early_stop: float | None) -> None:
     """After step 0, no step synchronises; with ``early_stop`` set, one read every
-    ``check_steps`` = M steps (docs/bench.md, "Host synchronisation in the loops")."""
+    ``check_steps`` = M steps (docs/performance.md, "Host synchronisation in the loops")."""
     model, x, y = _problem(size)
     lpips = _lpips_metric() if distance == "lpips" else None
 

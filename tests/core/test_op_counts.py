@@ -1,7 +1,7 @@
 """Tensor operations per solver step: a performance contract that does not depend on timing.
 
 On a GPU every ATen operation is a kernel launch, and on a CPU with a small model the per-step
-cost is dominated by their dispatch (docs/bench.md, "per-step overhead"). The counts are taken
+cost is dominated by their dispatch (docs/performance.md, "per-step overhead"). The counts are taken
 with a ``TorchDispatchMode`` on a linear model (forward and backward included) as the
 difference between a 12-step and a 2-step run, so step 0's one-off work (input checks, the η⁽⁰⁾
 search) cancels out. Measured with torch 2.13 (constraints.txt): ALMA ℓ2 221, ℓ1 202, ALMA
