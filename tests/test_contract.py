@@ -9,8 +9,8 @@ training mode or raise midway, channels-first/last, bounds other than (0, 1), re
 inference-mode inputs, success predicates of wrong shape or dtype).
 
 The table is data: :func:`table` lists the rows, and one checker,
-:func:`tests.contract_cases.check`, asserts the same invariants
-(:data:`tests.contract_cases.INVARIANTS`) on each.
+:func:`tests.contract.check`, asserts the same invariants
+(:data:`tests.contract.INVARIANTS`) on each.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from alma_plugin import ALMAParams, ProxParams
-from tests.contract_cases import (
+from tests.contract import (
     HAS_JAX,
     INVARIANTS,
     OK,

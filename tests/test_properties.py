@@ -1,6 +1,6 @@
 """Property-based tests (issue 10): random small models, bounds, batch sizes, labels, targeted
 or not, ℓ1 / ℓ2 ALMA and the ℓ∞ ALMA prox, checked with the contract table's one checker
-(:func:`tests.contract_cases.check`: successes re-verify, finite, in bounds, inputs, model and
+(:func:`tests.contract.check`: successes re-verify, finite, in bounds, inputs, model and
 attack untouched) plus determinism under the same seed.
 
 The hypothesis profile "ci" (registered and loaded here: fixed, derandomised, no deadline) keeps
@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.contract_cases import (
+from tests.contract import (
     Case,
     Setup,
     alma_case,
@@ -41,7 +41,7 @@ settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Each property on the CPU and, where there is one, on a CUDA device (the caller's tensors and
-#: model there; see ``tests.contract_cases.on_device``).
+#: model there; see ``tests.contract.on_device``).
 DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device")))  # fmt: skip
 

@@ -1,0 +1,114 @@
+"""Row builders for the public distances of ``alma_plugin.distances`` (LPIPS with seeded
+random weights: no weight files on CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import eagerpy as ep
+import numpy as np
+import torch
+
+from .core import Returned, Setup
+from .models import clean_inputs, jax_inputs, torch_inputs
+
+LPIPS_CHANNELS = (64, 192, 384, 256, 256)
+LPIPS_CONVS = ((0, 3, 64, 11), (3, 64, 192, 5), (6, 192, 384, 3), (8, 384, 256, 3),
+               (10, 256, 256, 3))  # fmt: skip
+
+
+def random_lpips() -> Any:
+    """An LPIPS metric with seeded random weights (no weight files on CI)."""
+    from alma_plugin import distances
+
+    lpips_class = getattr(distances, "LPIPS", None)
+    if lpips_class is None:
+        from alma_plugin.distances.lpips import LPIPS as lpips_class  # type: ignore[no-redef]
+    generator = torch.Generator().manual_seed(0)
+    backbone = {}
+    for index, c_in, c_out, size in LPIPS_CONVS:
+        scale = (2 / (c_in * size * size)) ** 0.5
+        backbone[f"features.{index}.weight"] = scale * torch.randn(
+            c_out, c_in, size, size, generator=generator
+        )
+        backbone[f"features.{index}.bias"] = 0.1 * torch.randn(c_out, generator=generator)
+    linear = {
+        f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=generator)
+        for i, c in enumerate(LPIPS_CHANNELS)
+    }
+    return lpips_class(backbone_weights=backbone, linear_weights=linear)
+
+
+DISTANCE_SHAPES = {
+    "l1": (1, 4, 4),
+    "l2": (1, 4, 4),
+    "linf": (1, 4, 4),
+    "ciede2000": (3, 4, 4),
+    "ssim": (1, 12, 12),
+    "msssim": (1, 176, 176),
+    "lpips": (3, 32, 32),
+}
+
+
+def public_distance(name: str) -> Callable[[Any, Any], Any]:
+    """``alma_plugin.distances.<name>`` (a random-weight LPIPS for "lpips": no weight files)."""
+    from alma_plugin import distances
+
+    if name == "lpips":
+        return random_lpips()
+    function = getattr(distances, name)
+    if not callable(function):
+        raise AssertionError(f"alma_plugin.distances.{name} is not callable ({function!r})")
+    return function
+
+
+def distance_case(
+    name: str,
+    *,
+    framework: str = "torch",
+    n: int = 3,
+    dtype: str = "float32",
+    nan_rows: Sequence[int] = (),
+    inf_rows: Sequence[int] = (),
+    mode: str | None = None,
+    seed: int = 0,
+) -> Setup:
+    """``alma_plugin.distances.<name>(x_adv, x)`` on raw tensors (``mode="eagerpy"``: wrapped)."""
+    shape = DISTANCE_SHAPES[name]
+    base = clean_inputs(n, shape, (0.0, 1.0), seed=seed, spread=0.3)
+    other = np.clip(base + np.random.default_rng(seed + 1).normal(0, 0.05, base.shape), 0, 1)
+    for i in nan_rows:
+        other[i].flat[0] = np.nan
+    for i in inf_rows:
+        other[i].flat[-1] = np.inf
+    if framework == "jax":
+        x, x_adv = jax_inputs(base, dtype), jax_inputs(other, dtype)
+    else:
+        x = torch_inputs(base, dtype, mode if mode != "eagerpy" else None)
+        x_adv = torch_inputs(other, dtype, mode if mode != "eagerpy" else None)
+    if mode == "eagerpy":
+        x, x_adv = ep.astensor(x), ep.astensor(x_adv)
+    function = public_distance(name)
+    broken = np.zeros(n, dtype=bool)
+    broken[list(nan_rows) + list(inf_rows)] = True
+
+    def run() -> Any:
+        return function(x_adv, x), function(x, x)
+
+    def collect(result: Any) -> list[Returned]:
+        value, identity = result
+        return [
+            Returned("D(x_adv, x)", value, kind="distance", nan=broken, graph_free=False),
+            Returned(
+                "D(x, x)",
+                identity,
+                kind="distance",
+                nan=np.zeros(n, dtype=bool),
+                graph_free=False,
+                zero=True,
+            ),  # fmt: skip
+        ]
+
+    caller = {"x_adv": x_adv, "x": x}
+    return Setup(run, collect, x, (0.0, 1.0), caller=caller)
