@@ -13,31 +13,13 @@ import torch
 from .core import Returned, Setup
 from .models import clean_inputs, jax_inputs, torch_inputs
 
-LPIPS_CHANNELS = (64, 192, 384, 256, 256)
-LPIPS_CONVS = ((0, 3, 64, 11), (3, 64, 192, 5), (6, 192, 384, 3), (8, 384, 256, 3),
-               (10, 256, 256, 3))  # fmt: skip
-
 
 def random_lpips() -> Any:
-    """An LPIPS metric with seeded random weights (no weight files on CI)."""
-    from alma_plugin import distances
+    """An LPIPS metric with seeded random weights (no weight files on CI): the benchmarks' own
+    (:func:`alma_plugin.bench.throughput.make_distance`)."""
+    from alma_plugin.bench.throughput import make_distance
 
-    lpips_class = getattr(distances, "LPIPS", None)
-    if lpips_class is None:
-        from alma_plugin.distances.lpips import LPIPS as lpips_class  # type: ignore[no-redef]
-    generator = torch.Generator().manual_seed(0)
-    backbone = {}
-    for index, c_in, c_out, size in LPIPS_CONVS:
-        scale = (2 / (c_in * size * size)) ** 0.5
-        backbone[f"features.{index}.weight"] = scale * torch.randn(
-            c_out, c_in, size, size, generator=generator
-        )
-        backbone[f"features.{index}.bias"] = 0.1 * torch.randn(c_out, generator=generator)
-    linear = {
-        f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=generator)
-        for i, c in enumerate(LPIPS_CHANNELS)
-    }
-    return lpips_class(backbone_weights=backbone, linear_weights=linear)
+    return make_distance("lpips", torch.device("cpu"))
 
 
 DISTANCE_SHAPES = {
