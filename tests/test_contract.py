@@ -157,6 +157,8 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"alma-{name}-predicate-{wrong}", P(b, predicate=wrong),
                   raises("is_adversarial"), jax=jax)  # fmt: skip
     t.add("alma-torch-predicate-numpy", P(b_torch, predicate="numpy"), either("is_adversarial"))
+    t.add("alma-torch-predicate-host", P(b_torch, predicate="host"))
+    t.add("prox-predicate-host", P(alma_case, distance="linf", predicate="host"))
     t.add("alma-torch-targeted-out-of-range", P(b_torch, targeted=True, label_offset=3),
           raises("targets|labels"))  # fmt: skip
     steps_seen: list[int] = []

@@ -248,7 +248,8 @@ def check_success(
     success: Any, batch_size: int, name: str = "is_adversarial", like: ep.Tensor | None = None
 ) -> ep.Tensor:
     """A success predicate's answer must be a boolean tensor of shape (N,), of the framework of
-    ``like`` (the logits) when given."""
+    ``like`` (the logits) when given; a PyTorch answer on another device (a predicate that
+    computed on the CPU for logits on a GPU) is moved to the logits' device."""
     expected = f"a boolean tensor of shape ({batch_size},)"
     tensor = _eagerpy_or_none(success)
     if tensor is None:
@@ -263,6 +264,9 @@ def check_success(
             f"{name} must return {expected}, got dtype {tensor.dtype} and shape "
             f"{tuple(tensor.shape)}"
         )
+    if isinstance(tensor, ep.PyTorchTensor) and like is not None:
+        if tensor.raw.device != like.raw.device:
+            return ep.astensor(tensor.raw.to(like.raw.device))
     return tensor
 
 

@@ -191,7 +191,8 @@ def alma_case(
 
 def make_predicate(kind: str, goal: np.ndarray, targeted: bool) -> Callable[[Any, Any], Any]:
     """Success predicates for ``alma(is_adversarial=...)``: "ok" (argmax test; NaN logits have
-    argmax 0, so it calls them adversarial), and wrong shapes/dtypes."""
+    argmax 0, so it calls them adversarial), "host" (its answer on the CPU whatever the logits'
+    device), and wrong shapes/dtypes."""
 
     def predicate(inputs: Any, logits: Any) -> Any:
         wrapped = isinstance(logits, ep.Tensor)
@@ -217,6 +218,8 @@ def make_predicate(kind: str, goal: np.ndarray, targeted: bool) -> Callable[[Any
             return None
         elif kind == "numpy":
             return np.asarray(to_numpy(hit), dtype=bool)
+        elif kind == "host" and isinstance(hit, torch.Tensor):  # computed on the CPU
+            hit = hit.cpu()
         return ep.astensor(hit) if wrapped else hit
 
     return predicate
