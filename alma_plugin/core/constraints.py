@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import eagerpy as ep
 
+from .tensors import class_indices
+
 #: Margin (in logits) a sample must clear to count as satisfying the constraint, so that an
 #: exact argmax tie never counts as success.
 LOGIT_TOLERANCE = 1e-6
@@ -25,7 +27,7 @@ def _margin(logits: ep.Tensor, labels: ep.Tensor, targeted: bool) -> ep.Tensor:
 
     Logits have shape (..., K) and labels (...): one constraint per sample, or per pixel."""
     label_logit = logits.take_along_axis(labels.expand_dims(-1), axis=-1).squeeze(-1)
-    is_label = ep.arange(labels, logits.shape[-1]) == labels.expand_dims(-1)
+    is_label = class_indices(labels, logits.shape[-1]) == labels.expand_dims(-1)
     others = ep.where(is_label, -ep.inf, logits).max(axis=-1)
     margin = others - label_logit if targeted else label_logit - others
     return margin + LOGIT_TOLERANCE
@@ -55,7 +57,7 @@ def _most_likely_other(
 ) -> tuple[ep.Tensor, ep.Tensor]:
     """Per constraint, the class with the largest logit other than its label and the classes
     in ``excluded`` (−1: none), and where every class is taken."""
-    classes = ep.arange(labels, logits.shape[-1])
+    classes = class_indices(labels, logits.shape[-1])
     taken = classes == labels.expand_dims(-1)
     for other in excluded:
         taken = ep.logical_or(taken, classes == other.expand_dims(-1))

@@ -34,7 +34,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, value_aux_and_grad
-from .tensors import expand
+from .tensors import class_indices, expand
 from .validation import (
     Bounds,
     as_model_output,
@@ -130,7 +130,7 @@ def margin_loss(logits: ep.Tensor, labels: ep.Tensor, targeted: bool, kappa: flo
     """C&W's margin loss, to maximise: min(max_{j≠y} z_j − z_y, κ), or min(z_t − max_{j≠t} z_j,
     κ) towards a target t; positive exactly when the goal is met. (N,)."""
     label_logit = logits.take_along_axis(labels.expand_dims(-1), axis=-1).squeeze(-1)
-    is_label = ep.arange(labels, logits.shape[-1]) == labels.expand_dims(-1)
+    is_label = class_indices(labels, logits.shape[-1]) == labels.expand_dims(-1)
     others = ep.where(is_label, -ep.inf, logits).max(axis=-1)
     margin = label_logit - others if targeted else others - label_logit
     return margin if math.isinf(kappa) else margin.minimum(kappa)

@@ -240,7 +240,7 @@ def alma_prox_solve(
                 stalled = ep.logical_not(ep.logical_or(recent_new, d_c <= p.tau * d_ref_new))
                 grown = (p.gamma * rho).minimum(p.rho_max)
                 rho_new = ep.where(ep.logical_and(m_tilde, stalled), grown, rho)
-                recent_new, d_ref_new = ep.zeros_like(recent_new) > 0, d_c
+                recent_new, d_ref_new = ep.zeros_like(d_c) > 0, d_c  # all False (of a float: TF)
             loss = (mt * p2_prox(w_new * d, rho_new, mu_new)).sum()  # 21. L = m̃ᵀ P(w d, ρ, μ)
             if is_adversarial is not None:
                 success = check_success(is_adversarial(x_adv, logits), n, like=d_c)

@@ -171,7 +171,7 @@ def alma_solve(
         constraint_at_last_check=per_sample(np.inf),
         best_adv=inputs,
         best_distance=per_sample(np.inf),
-        best_prediction=ep.full(labels, (batch,), -1),
+        best_prediction=ep.full(labels, (batch,), -1).astype(labels.dtype),  # TF fills int32
         first_success=ep.full(labels, (batch,), -1),
         ever_adversarial=ep.zeros(x, (batch,)) > 0,  # all False
         stopped=ep.zeros(x, ()) > 0,  # the early-stop condition has held, on the device

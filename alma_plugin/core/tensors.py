@@ -8,7 +8,14 @@ import eagerpy as ep
 
 from ..distances._common import finite_rows
 
-__all__ = ["expand", "finite_rows", "nan_to_zero"]
+__all__ = ["class_indices", "expand", "finite_rows", "nan_to_zero"]
+
+
+def class_indices(labels: ep.Tensor, num_classes: int) -> ep.Tensor:
+    """0 … K − 1 in the labels' framework and dtype, to compare with them: eagerpy's
+    ``arange`` is int32 in TensorFlow, whose labels (argmax's dtype) are int64, and eagerpy's
+    TensorFlow promotion of mixed dtypes calls ``np.find_common_type``, removed in NumPy 2."""
+    return ep.arange(labels, num_classes).astype(labels.dtype)
 
 
 def expand(per_sample: ep.Tensor, like: ep.Tensor) -> ep.Tensor:

@@ -183,7 +183,10 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
     labels = on_framework_of(labels.numpy().astype(np.int64) if type(labels) is not type(like)
                              else labels, like)  # fmt: skip
-    return labels.astype(ep.arange(like, 1).dtype)
+    # argmax's index dtype (int64 in PyTorch and TensorFlow, int32 in JAX), so that comparing
+    # predictions with the labels needs no promotion (eagerpy's TensorFlow promotion calls
+    # np.find_common_type, which NumPy 2 removed)
+    return labels.astype(ep.zeros(like, (1,)).argmax().dtype)
 
 
 def on_framework_of(value: ep.Tensor | np.ndarray, like: ep.Tensor) -> ep.Tensor:
