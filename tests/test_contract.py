@@ -27,6 +27,7 @@ import torch
 from alma_plugin import ALMAParams, ProxParams
 from tests.contract import (
     HAS_JAX,
+    HAS_TF,
     INVARIANTS,
     OK,
     Case,
@@ -55,7 +56,8 @@ HALF_DTYPES = ("float16", "bfloat16")
 
 class Table:
     def __init__(self) -> None:
-        self.rows: list[tuple[Case, bool, bool]] = []
+        # (row, the framework it needs beyond PyTorch: None, "jax" or "tf", slow)
+        self.rows: list[tuple[Case, str | None, bool]] = []
         self.slow = False  # mark the rows added meanwhile as slow
 
     def add(
@@ -66,11 +68,13 @@ class Table:
         *,
         warns: bool = False,
         jax: bool = False,
+        tf: bool = False,
         slow: bool = False,
     ) -> None:
         # slow: the first JAX run of a new family of primitives compiles each of them (10-30 s
         # on one core for ALMA prox, CIEDE2000, SSIM, MS-SSIM): run by CI, not by `-m "not slow"`
-        self.rows.append((Case(id, build, expect, warns), jax, slow or self.slow))
+        needs = "jax" if jax else "tf" if tf else None
+        self.rows.append((Case(id, build, expect, warns), needs, slow or self.slow))
 
 
 def _classifier_cases(
@@ -420,16 +424,57 @@ def table() -> list[tuple[Case, bool, bool]]:
     _classifier_cases(t, "ta-Lagrangian", b, bounds=False)
     t.add("ta-Lagrangian-decay-0", P(b, decay=0.0), raises("decay"))
     t.add("ta-Lagrangian-seed-None", P(b, attack_seed=None))
+    _tensorflow_rows(t)
     return t.rows
+
+
+def _tensorflow_rows(t: Table) -> None:
+    """TensorFlow tensors and models (a linear TF function, Foolbox's ``TensorFlowModel``):
+    the rows users hit most, run where TensorFlow is installed (``pip install .[tf]``)."""
+    add = functools.partial(t.add, tf=True)
+    for distance in ("l2", "l1", "linf"):
+        prefix = f"alma-{distance}-tf"
+        b = P(alma_case, distance=distance, framework="tf", steps=10)
+        add(f"{prefix}-basic", P(b))
+        add(f"{prefix}-empty", P(b, n=0))
+        add(f"{prefix}-targeted", P(b, targeted=True))
+        add(f"{prefix}-K1", P(b, k=1), MODEL)
+        add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)))
+        add(f"{prefix}-float64", P(b, dtype="float64"))
+        add(f"{prefix}-labels-uint8", P(b, labels_dtype="uint8"))
+        add(f"{prefix}-labels-list", P(b, container="list"))
+        add(f"{prefix}-model-numpy", P(b, variant="numpy"), MODEL)
+        add(f"{prefix}-model-nan-far", P(b, variant="nan_far", nan_radius=0.01))
+        add(f"{prefix}-model-raises", P(b, variant="raise"), MIDWAY)
+        classes: dict[str, Any] = {"restarts": 2, "restart_mode": "classes"}
+        if distance == "linf":  # ALMA prox takes its own params
+            classes = {"params": ProxParams(**classes)}
+        add(f"{prefix}-restarts-classes", P(b, k=5, **classes))
+    for attack in ("L2ALMA", "L1ALMA", "LinfALMAProx"):
+        prefix = f"fb-{attack}-tf"
+        b = P(foolbox_case, attack, framework="tf", steps=10)
+        add(f"{prefix}-basic", P(b))
+        add(f"{prefix}-empty", P(b, n=0))
+        add(f"{prefix}-targeted", P(b, targeted=True))
+        add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)))
+        add(f"{prefix}-labels-uint8", P(b, labels_dtype="uint8"))
+        add(f"{prefix}-epsilons-None", P(b, epsilons=[None, 0.5]))
+    add("lagrangian-tf-basic", P(lagrangian_case, framework="tf"))
+    for name in ("l1", "l2", "linf", "ciede2000", "ssim", "msssim"):
+        add(f"dist-{name}-tf-float32", P(distance_case, name, framework="tf"))
+        add(f"dist-{name}-tf-nan-inf", P(distance_case, name, framework="tf", nan_rows=(0,),
+                                         inf_rows=(2,)))  # fmt: skip
 
 
 ROWS = table()
 
 
-def _marks(jax: bool, slow: bool) -> list[Any]:
+def _marks(needs: str | None, slow: bool) -> list[Any]:
     marks: list[Any] = [pytest.mark.slow] if slow else []
-    if jax and not HAS_JAX:
+    if needs == "jax" and not HAS_JAX:
         marks.append(pytest.mark.skip(reason="jax is not installed"))
+    if needs == "tf" and not HAS_TF:
+        marks.append(pytest.mark.skip(reason="tensorflow is not installed (the tf extra)"))
     return marks
 
 
@@ -481,7 +526,7 @@ def test_entry_points_share_their_keywords() -> None:
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(case, id=case.id, marks=_marks(jax, slow)) for case, jax, slow in ROWS],
+    [pytest.param(case, id=case.id, marks=_marks(needs, slow)) for case, needs, slow in ROWS],
 )
 def test_contract(case: Case) -> None:
     check(case)
@@ -498,7 +543,7 @@ def _on_cuda(case: Case) -> Case:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
-    "case", [pytest.param(case, id=case.id) for case, jax, _ in ROWS if not jax]
+    "case", [pytest.param(case, id=case.id) for case, needs, _ in ROWS if needs is None]
 )
 def test_contract_on_cuda(case: Case) -> None:
     """The table's CUDA column: every PyTorch row with the caller's tensors and models on the
@@ -511,8 +556,8 @@ def test_contract_on_cuda(case: Case) -> None:
 #: are on the GPU: the entry points move them, as torchattacks does with ``labels.to(device)``.
 CPU_LABEL_ROWS = [
     case
-    for case, jax, _ in ROWS
-    if not jax
+    for case, needs, _ in ROWS
+    if needs is None
     and any(case.id.endswith(end) for end in ("-basic", "-targeted", "-masked", "-labels-uint8"))
     and not case.id.startswith("dist-")
 ]

@@ -30,6 +30,7 @@ import math
 import eagerpy as ep
 
 from .params import ProxParams
+from .tensors import full
 
 __all__ = ["exact_beta", "linf_box_prox", "ternary_iterations"]
 
@@ -45,7 +46,7 @@ def _per_sample(value: ep.Tensor | float, like: ep.Tensor) -> ep.Tensor:
     """A per-sample scalar (float, shape (N,) or (N, 1)) as an (N, 1) tensor of like's dtype."""
     if isinstance(value, ep.Tensor):
         return value.astype(like.dtype).reshape((-1, 1)) + ep.zeros(like, (like.shape[0], 1))
-    return ep.full(like, (like.shape[0], 1), float(value))
+    return full(like, (like.shape[0], 1), float(value))
 
 
 def _flat(value: ep.Tensor | float, like: ep.Tensor) -> ep.Tensor:

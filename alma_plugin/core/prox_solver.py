@@ -38,7 +38,7 @@ from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
-from .tensors import expand, finite_rows, nan_to_zero
+from .tensors import expand, finite_rows, full, nan_to_zero
 from .validation import as_model_output, as_tensor, check_success, working_dtype
 
 __all__ = ["alma_prox_solve"]
@@ -157,17 +157,17 @@ def alma_prox_solve(
     state = _State(
         delta=delta,
         v=ep.zeros_like(x),
-        mu=ep.full(m, m.shape, p.mu_init),
-        rho=ep.full(m, m.shape, p.rho_init),
-        w=ep.full(m, (n, 1), p.scale_init),
+        mu=full(m, m.shape, p.mu_init),
+        rho=full(m, m.shape, p.rho_init),
+        w=full(m, (n, 1), p.scale_init),
         d_ref=ep.zeros_like(m),
         recent_sat=ep.zeros_like(m) > 0,
         goals=c.labels,
         best_delta=delta,
-        best_norm=ep.full(m, (n,), math.inf),
+        best_norm=full(m, (n,), math.inf),
         best_apsr=ep.zeros(m, (n,)),
-        first_success=ep.full(c.labels, (n,), -1),
-        best_prediction=ep.full(c.labels, (n,), -1),  # classification only
+        first_success=full(c.labels, (n,), -1),
+        best_prediction=full(c.labels, (n,), -1),  # classification only
         stopped=ep.zeros(m, ()) > 0,  # the early-stop condition has held, on the device
     )
     # Eq. 5.6's percentile rank of every step, copied to the device once (a copy per step
@@ -297,7 +297,7 @@ def alma_prox_solve(
         if callback is None:  # no StepInfo to report: no per-step λ tensor to fill
             return new_state, ()
         shape = (n,) if not c.dense else (n, -1)
-        lrs = lr + ep.zeros_like(norm) if isinstance(lr, ep.Tensor) else ep.full(norm, (n,), lr)
+        lrs = lr + ep.zeros_like(norm) if isinstance(lr, ep.Tensor) else full(norm, (n,), lr)
         return new_state, (norm, d.reshape(shape), mu.reshape(shape), rho.reshape(shape), lrs,
                            success)  # fmt: skip
 

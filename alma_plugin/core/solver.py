@@ -24,7 +24,7 @@ from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
-from .tensors import expand, finite_rows, nan_to_zero
+from .tensors import expand, finite_rows, full, nan_to_zero
 from .validation import (
     Bounds,
     as_tensor,
@@ -134,7 +134,7 @@ def alma_solve(
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
 
     def per_sample(value: float) -> ep.Tensor:
-        return ep.full(x, (batch,), value).astype(dtype)
+        return full(x, (batch,), value).astype(dtype)
 
     def to_model_space(u: ep.Tensor) -> ep.Tensor:
         # Clipped so that float rounding can never leave the host's bounds.
@@ -171,8 +171,8 @@ def alma_solve(
         constraint_at_last_check=per_sample(np.inf),
         best_adv=inputs,
         best_distance=per_sample(np.inf),
-        best_prediction=ep.full(labels, (batch,), -1).astype(labels.dtype),  # TF fills int32
-        first_success=ep.full(labels, (batch,), -1),
+        best_prediction=full(labels, (batch,), -1),
+        first_success=full(labels, (batch,), -1),
         ever_adversarial=ep.zeros(x, (batch,)) > 0,  # all False
         stopped=ep.zeros(x, ()) > 0,  # the early-stop condition has held, on the device
     )

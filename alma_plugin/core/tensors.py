@@ -8,7 +8,7 @@ import eagerpy as ep
 
 from ..distances._common import finite_rows
 
-__all__ = ["class_indices", "expand", "finite_rows", "nan_to_zero"]
+__all__ = ["class_indices", "expand", "finite_rows", "full", "nan_to_zero"]
 
 
 def class_indices(labels: ep.Tensor, num_classes: int) -> ep.Tensor:
@@ -16,6 +16,13 @@ def class_indices(labels: ep.Tensor, num_classes: int) -> ep.Tensor:
     ``arange`` is int32 in TensorFlow, whose labels (argmax's dtype) are int64, and eagerpy's
     TensorFlow promotion of mixed dtypes calls ``np.find_common_type``, removed in NumPy 2."""
     return ep.arange(labels, num_classes).astype(labels.dtype)
+
+
+def full(like: ep.Tensor, shape: tuple[int, ...], value: float) -> ep.Tensor:
+    """``ep.full`` in ``like``'s dtype on every framework: eagerpy's TensorFlow ``full`` fills
+    float32 (int32 for an integer value) whatever ``like`` is, and TensorFlow does not
+    promote a float32 operand against float64 ones."""
+    return ep.full(like, shape, value).astype(like.dtype)
 
 
 def expand(per_sample: ep.Tensor, like: ep.Tensor) -> ep.Tensor:

@@ -15,7 +15,19 @@ import from here.
 """
 
 from .checker import check
-from .core import HAS_JAX, INVARIANTS, OK, Case, Expect, Returned, Setup, either, raises, to_numpy
+from .core import (
+    HAS_JAX,
+    HAS_TF,
+    INVARIANTS,
+    OK,
+    Case,
+    Expect,
+    Returned,
+    Setup,
+    either,
+    raises,
+    to_numpy,
+)
 from .distances import distance_case
 from .entry_points import alma_case, lagrangian_case, prox_case
 from .hosts import foolbox_case, torchattacks_case
@@ -23,6 +35,7 @@ from .models import on_device
 
 __all__ = [
     "HAS_JAX",
+    "HAS_TF",
     "INVARIANTS",
     "OK",
     "Case",

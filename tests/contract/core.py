@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 INVARIANTS = (
     "outcome: the row's clear error (type, message naming the argument) or a result",

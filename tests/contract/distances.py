@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .core import Returned, Setup
-from .models import clean_inputs, jax_inputs, torch_inputs
+from .models import clean_inputs, jax_inputs, tf_inputs, torch_inputs
 
 
 def random_lpips() -> Any:
@@ -66,6 +66,8 @@ def distance_case(
         other[i].flat[-1] = np.inf
     if framework == "jax":
         x, x_adv = jax_inputs(base, dtype), jax_inputs(other, dtype)
+    elif framework == "tf":
+        x, x_adv = tf_inputs(base, dtype), tf_inputs(other, dtype)
     else:
         x = torch_inputs(base, dtype, mode if mode != "eagerpy" else None)
         x_adv = torch_inputs(other, dtype, mode if mode != "eagerpy" else None)

@@ -22,6 +22,8 @@ from .models import (
     labels_as,
     labels_device,
     predictions,
+    tf_classifier,
+    tf_inputs,
     torch_classifier,
     torch_inputs,
     torch_logits,
@@ -41,6 +43,8 @@ def inputs_for(
     array = clean_inputs(n, shape, bounds, seed=seed, spread=spread)
     if framework == "jax":
         x = jax_inputs(array, dtype)
+    elif framework == "tf":
+        x = tf_inputs(array, dtype)
     else:
         x = torch_inputs(array, dtype, mode)
     return x, to_numpy(x)
@@ -52,13 +56,14 @@ def models_for(
 ) -> tuple[Any, Any, bool, list[nn.Module]]:  # fmt: skip
     """(model, verifier, verifiable, modules to watch) for a classifier."""
     avoid = variant in ("nan", "nan_far")
-    if framework == "jax":
+    if framework in ("jax", "tf"):
+        make = jax_classifier if framework == "jax" else tf_classifier
         jax_variant = {"raise_train": "raise", "train": None}.get(variant or "", variant)
-        model = jax_classifier(
+        model = make(
             shape, k, seed=seed, bounds=bounds, variant=jax_variant, avoid_class0=avoid,
             radius=radius,
         )  # fmt: skip
-        verifier = jax_classifier(
+        verifier = make(
             shape, k, seed=seed, bounds=bounds, avoid_class0=avoid, radius=radius,
             variant=variant if variant in ("nan", "nan_far") else None,
         )  # fmt: skip
@@ -72,7 +77,7 @@ def models_for(
 
 
 def logits_of(framework: str, verifier: Any, x: Any) -> np.ndarray:
-    if framework == "jax":
+    if framework in ("jax", "tf"):
         raw = x.raw if isinstance(x, ep.Tensor) else x
         return to_numpy(verifier(raw))
     return torch_logits(verifier, x)

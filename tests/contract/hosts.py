@@ -49,7 +49,9 @@ def foolbox_case(
         framework, shape, k, seed=seed, bounds=bounds, variant=variant, dtype=dtype,
         radius=nan_radius or (0.01 if attack == "LinfALMAProx" else 0.08),
     )  # fmt: skip
-    if framework == "jax":
+    if framework == "tf":
+        fmodel = fb.TensorFlowModel(model, bounds=bounds)
+    elif framework == "jax":
         fmodel = fb.JAXModel(
             model, bounds=bounds,
             data_format=data_format or ("channels_last" if channels_last else "channels_first"),

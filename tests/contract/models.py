@@ -228,6 +228,10 @@ def labels_as(labels: np.ndarray, dtype: str, container: str, framework: str = "
         import jax.numpy as jnp
 
         return jnp.asarray(array)
+    if framework == "tf":
+        import tensorflow as tf
+
+        return tf.constant(array)
     return torch.from_numpy(array.copy()).to(labels_device())
 
 
@@ -315,3 +319,57 @@ def jax_inputs(array: np.ndarray, dtype: str) -> Any:
     import jax.numpy as jnp
 
     return jnp.asarray(array, dtype=getattr(jnp, dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow models
+
+
+def tf_classifier(
+    shape: Sequence[int],
+    k: int,
+    *,
+    seed: int = 0,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    variant: str | None = None,
+    avoid_class0: bool = False,
+    radius: float = 0.08,
+) -> Callable[[Any], Any]:
+    """The linear classifier of :func:`jax_classifier` as a TensorFlow function, with the same
+    variants (numpy, argmax, nan, nan_far, raise)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    features = int(np.prod(shape))
+    weights = rng.standard_normal((features, k)) * 4 / math.sqrt(features)
+    bias = np.zeros(k)
+    if avoid_class0:
+        bias[0] = -100.0
+    lower, span = float(bounds[0]), float(bounds[1] - bounds[0])
+    calls = [0]
+
+    def model(x: Any) -> Any:
+        calls[0] += 1
+        if variant == "raise" and calls[0] >= 3:
+            raise RuntimeError("model failed midway (contract test)")
+        u = (x - lower) / span - 0.5
+        flat_u = tf.reshape(u, (-1, features))
+        z = flat_u @ tf.constant(weights, dtype=x.dtype) + tf.constant(bias, dtype=x.dtype)
+        if variant == "numpy":
+            return z.numpy()
+        if variant == "argmax":
+            return tf.one_hot(tf.argmax(z, axis=1), k, dtype=z.dtype)
+        if variant == "nan":
+            return z * float("nan")
+        if variant == "nan_far":
+            far = tf.reduce_max(tf.abs(flat_u), axis=1) > radius
+            return tf.where(far[:, None], tf.constant(float("nan"), dtype=z.dtype), z)
+        return z
+
+    return model
+
+
+def tf_inputs(array: np.ndarray, dtype: str) -> Any:
+    import tensorflow as tf
+
+    return tf.constant(array, dtype=getattr(tf, dtype))
