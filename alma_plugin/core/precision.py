@@ -58,6 +58,16 @@ def jax_settings(platform: str, capability_major: int | None, precision: str | N
     return [f"jax_default_matmul_precision = {precision!r} (JAX's default on GPUs is not float32)"]
 
 
+def tensorflow_settings(device: str, tf32_enabled: bool) -> list[str]:
+    """The TensorFlow setting that lets float32 products run in TF32: on a GPU,
+    ``tf.config.experimental.enable_tensor_float_32_execution`` (True by default; TensorFlow
+    uses TF32 only where the GPU has it)."""
+    if "GPU" not in device.upper() or not tf32_enabled:
+        return []
+    return ["TensorFlow's TF32 execution (tf.config.experimental."
+            "enable_tensor_float_32_execution, True by default)"]  # fmt: skip
+
+
 def _found(inputs: ep.Tensor) -> tuple[str, list[str], str]:
     """(the device, the reduced-precision settings in force for float32 ``inputs`` there, the
     remedy); no settings for other dtypes, the CPU and other frameworks."""
@@ -89,6 +99,13 @@ def _found(inputs: ep.Tensor) -> tuple[str, list[str], str]:
         )
         remedy = "jax.config.update('jax_default_matmul_precision', 'highest')"
         return str(device), found, remedy
+    if isinstance(inputs, ep.TensorFlowTensor) and raw.dtype.name == "float32":
+        import tensorflow as tf
+
+        enabled = tf.config.experimental.tensor_float_32_execution_enabled()
+        found = tensorflow_settings(str(raw.device), enabled)
+        remedy = "tf.config.experimental.enable_tensor_float_32_execution(False)"
+        return str(raw.device), found, remedy
     return "", [], ""
 
 
@@ -96,7 +113,8 @@ def warn_if_reduced_precision(inputs: ep.Tensor) -> None:
     """Warn (:class:`ReducedPrecisionWarning`) when float32 inputs on a GPU will be judged
     through reduced-precision products: PyTorch with TF32 allowed (:func:`tf32_settings`),
     JAX without full-precision matmuls (:func:`jax_settings`; a model that asks for
-    ``Precision.HIGHEST`` in every product of its own is not seen). 16-bit models are left
+    ``Precision.HIGHEST`` in every product of its own is not seen), TensorFlow with TF32
+    execution enabled (:func:`tensorflow_settings`; not measured on a GPU). 16-bit models are left
     alone: their rounding is the dtype the caller chose."""
     device, found, remedy = _found(inputs)
     if found:

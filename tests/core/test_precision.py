@@ -11,7 +11,12 @@ from torch import nn
 
 from alma_plugin import ReducedPrecisionWarning, alma, alma_prox, lagrangian
 from alma_plugin.bench.reeval import tf32
-from alma_plugin.core.precision import jax_settings, tf32_settings, warn_if_reduced_precision
+from alma_plugin.core.precision import (
+    jax_settings,
+    tensorflow_settings,
+    tf32_settings,
+    warn_if_reduced_precision,
+)
 
 CUDA = torch.cuda.is_available()
 
@@ -60,6 +65,20 @@ def test_the_jax_settings_that_reduce_precision(
         assert "jax_default_matmul_precision" in found[0]
 
 
+@pytest.mark.parametrize(
+    ("device", "enabled", "warns"),
+    [
+        ("/job:localhost/replica:0/task:0/device:CPU:0", True, False),
+        ("/job:localhost/replica:0/task:0/device:GPU:0", True, True),
+        ("/job:localhost/replica:0/task:0/device:GPU:0", False, False),
+    ],
+)
+def test_the_tensorflow_settings_that_reduce_precision(
+    device: str, enabled: bool, warns: bool
+) -> None:
+    assert bool(tensorflow_settings(device, enabled)) == warns
+
+
 def test_cpu_inputs_never_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -69,6 +88,11 @@ def test_cpu_inputs_never_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_reduced_precision(ep.astensor(jnp.ones((2, 3))))
+    tf = pytest.importorskip("tensorflow")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tf.device("/CPU:0"):  # TF32 execution is enabled by default, but not on a CPU
+            warn_if_reduced_precision(ep.astensor(tf.ones((2, 3))))
 
 
 def _conv_model(device: str, dtype: torch.dtype = torch.float32) -> nn.Module:
