@@ -459,6 +459,14 @@ def _tensorflow_rows(t: Table) -> None:
         add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)))
         add(f"{prefix}-labels-uint8", P(b, labels_dtype="uint8"))
         add(f"{prefix}-epsilons-None", P(b, epsilons=[None, 0.5]))
+    # fb.TensorFlowModel is channels last (Keras' default): the perceptual classes transpose
+    for attack, shape in (("CIEDE2000ALMA", (8, 8, 3)), ("SSIMALMA", (12, 12, 1))):
+        b = P(foolbox_case, attack, shape=shape, framework="tf", steps=10,
+              epsilons=(0.0, 0.01, None))  # fmt: skip
+        add(f"fb-{attack}-tf-channels_last", b)
+        add(f"fb-{attack}-tf-targeted", P(b, targeted=True))
+    add("fb-MSSSIMALMA-tf-small", P(foolbox_case, "MSSSIMALMA", shape=(12, 12, 1), framework="tf"),
+        raises("inputs"))  # fmt: skip
     add("lagrangian-tf-basic", P(lagrangian_case, framework="tf"))
     for name in ("l1", "l2", "linf", "ciede2000", "ssim", "msssim"):
         add(f"dist-{name}-tf-float32", P(distance_case, name, framework="tf"))
