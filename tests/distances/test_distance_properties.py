@@ -2,7 +2,7 @@
 (random, constant, dark, smooth, binary) and perturbations from 10⁻⁵ to 0.5 (dense, one pixel,
 one channel), the float32 distance is ≥ 0, exactly +0 at x̃ = x, and within a stated tolerance
 of the float64 distance of the same (rounded) inputs, on PyTorch and (all but LPIPS, which is
-PyTorch-only) on JAX.
+PyTorch-only) on JAX and, where it is installed, TensorFlow.
 
 The tolerances say what float32 can promise for each distance:
 
@@ -19,6 +19,7 @@ The tolerances say what float32 can promise for each distance:
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any
 
 import jax
@@ -45,6 +46,10 @@ TOLERANCE = {
     "lpips": (1e-3, 1e-6),
 }
 KINDS = ("random", "constant", "dark", "smooth", "binary")
+
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+NO_TF = pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (the tf extra)")
 
 
 @functools.cache
@@ -93,7 +98,9 @@ def _pair(name: str, kind: str, scale: float, pattern: str, seed: int) -> tuple[
 )
 @pytest.mark.parametrize(
     ("name", "backend"),
-    [(name, "torch") for name in NAMES] + [(name, "jax") for name in NAMES if name != "lpips"],
+    [(name, "torch") for name in NAMES]
+    + [(name, "jax") for name in NAMES if name != "lpips"]
+    + [pytest.param(name, "tf", marks=NO_TF) for name in NAMES if name != "lpips"],
 )
 def test_float32_is_nonnegative_zero_at_identity_and_close_to_float64(
     name: str, backend: str, kind: str, scale: float, pattern: str, seed: int
@@ -105,6 +112,11 @@ def test_float32_is_nonnegative_zero_at_identity_and_close_to_float64(
         compiled = _jitted(name)
         value: Any = np.asarray(compiled(jnp.asarray(x_adv), jnp.asarray(x)))
         at_identity = np.asarray(compiled(jnp.asarray(x), jnp.asarray(x)))
+    elif backend == "tf":
+        import tensorflow as tf
+
+        value = distance(tf.constant(x_adv), tf.constant(x)).numpy()
+        at_identity = distance(tf.constant(x), tf.constant(x)).numpy()
     else:
         value = distance(a, b).numpy()
         at_identity = distance(b, b).numpy()
