@@ -2,8 +2,8 @@
 
 Rows: every public distance of :mod:`alma_plugin.distances` (``lpips`` as an ``LPIPS``
 instance with seeded random weights, the registry's default weights may be absent) × backend
-(PyTorch, JAX) × case. LPIPS is PyTorch-only: on JAX every case must raise a clear
-``TypeError``. Cases:
+(PyTorch, JAX, and TensorFlow where it is installed: the ``tf`` extra, which CI installs) ×
+case. LPIPS is PyTorch-only: on the others every case must raise a clear ``TypeError``. Cases:
 
 * ``raw``: raw tensors in → the same raw type out, shape (N,), float32;
 * ``eagerpy``: eagerpy tensors in → the same eagerpy type out;
@@ -25,6 +25,7 @@ gradients on finite inputs, on both backends.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -120,7 +121,45 @@ class Jax:
         return np.asarray(grad(x_adv, x), dtype=np.float64)
 
 
-BACKENDS = {"torch": Torch, "jax": Jax}
+class Tf:
+    name = "tf"
+    dtypes = ("float16", "bfloat16", "float32", "float64")
+
+    @staticmethod
+    def _tf() -> Any:
+        import tensorflow as tf
+
+        return tf
+
+    @classmethod
+    def tensor(cls, array: np.ndarray, dtype: str = "float32") -> Any:
+        tf = cls._tf()
+        return tf.cast(tf.constant(array, dtype=tf.float64), getattr(tf, dtype))
+
+    @classmethod
+    def numpy(cls, t: Any) -> np.ndarray:
+        return cls._tf().cast(t, "float64").numpy()
+
+    @staticmethod
+    def dtype_name(t: Any) -> str:
+        return str(t.dtype.name)
+
+    @classmethod
+    def grad(cls, f: Callable[[Any, Any], Any], x_adv: Any, x: Any) -> np.ndarray:
+        tf = cls._tf()
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            total = tf.reduce_sum(f(x_adv, x))
+        return cls.numpy(tape.gradient(total, x_adv))
+
+
+BACKENDS: dict[str, Any] = {"torch": Torch, "jax": Jax}
+if importlib.util.find_spec("tensorflow") is not None:  # the tf extra (installed by CI)
+    import tensorflow as _tensorflow
+
+    Tf.raw_type = _tensorflow.Tensor  # type: ignore[attr-defined]
+    Tf.eager_type = ep.TensorFlowTensor  # type: ignore[attr-defined]
+    BACKENDS["tf"] = Tf
 
 
 # --- the cases: each takes (distance name, backend) and asserts -------------------------------
@@ -235,7 +274,8 @@ def test_contract(name: str, backend: str, case: str, dtype: str) -> None:
         (lambda: case_dtype(name, b, dtype)) if case == "dtype" else (lambda: CASES[case](name, b))
     )
     if name == "lpips" and backend != "torch":
-        with pytest.raises(TypeError, match=r"LPIPS needs PyTorch tensors.*jax"):
+        module = {"jax": "jax", "tf": "tensorflow"}[backend]  # the error names the type given
+        with pytest.raises(TypeError, match=rf"LPIPS needs PyTorch tensors.*{module}"):
             run()
         return
     run()
