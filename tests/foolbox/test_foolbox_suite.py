@@ -5,7 +5,8 @@ bethgelab/foolbox repository applies to every minimisation attack (``tests/test_
 untargeted and targeted success; ``tests/test_attacks_base.py``: one epsilon, tensor types,
 ``model.bounds``, ``.repeat``; ``tests/test_fast_minimum_norm_attack.py``: norms and the
 criterion; ``tests/conftest.py``: a PyTorch model and a channels-last JAX model on Foolbox's
-sample images, moved to bounds (0, 1) with ``transform_bounds``), plus what Foolbox's base
+sample images, moved to bounds (0, 1) with ``transform_bounds``; here also a channels-last
+TensorFlow model where TensorFlow is installed), plus what Foolbox's base
 classes promise about ``epsilons`` and ``early_stop``. Every check runs on every attack and
 backend, so the pass counts compare side by side. Ids are the attacks' ``repr`` (as in
 Foolbox), which must be stable across processes.
@@ -24,6 +25,7 @@ the module stays fast on one thread.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -73,7 +75,7 @@ CASES = _cases()
 IDS = [repr(case.attack) for case in CASES]
 #: Each attack's state at import: no check may change it.
 STATES = [dict(vars(case.attack)) for case in CASES]
-BACKENDS = ["pytorch", "jax"]
+BACKENDS = ["pytorch", "jax"] + (["tensorflow"] if importlib.util.find_spec("tensorflow") else [])
 
 
 def cases(**departures: str) -> Any:
@@ -138,9 +140,26 @@ def _jax_problem() -> Problem:
     return Problem(model, x, model(x).argmax(axis=-1), calls, x.numpy().copy())
 
 
+def _tensorflow_problem() -> Problem:
+    import tensorflow as tf
+
+    weights = tf.constant(_weights().transpose(1, 2, 0, 3).reshape(-1, CLASSES))
+    calls = [0]
+
+    def linear(x: Any) -> Any:  # NHWC (Keras' default layout): the same classifier
+        calls[0] += 1
+        return tf.reshape(x - 0.5, (x.shape[0], -1)) @ weights
+
+    model = fb.TensorFlowModel(linear, bounds=(0, 1))
+    images, _ = fb.samples(model, dataset="cifar10", batchsize=BATCH, data_format="channels_last")
+    x = ep.astensor(images[:, :SIZE, :SIZE, :])
+    return Problem(model, x, model(x).argmax(axis=-1), calls, x.numpy().copy())
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def problem(request: Any) -> Problem:
-    return _pytorch_problem() if request.param == "pytorch" else _jax_problem()
+    make = {"pytorch": _pytorch_problem, "jax": _jax_problem, "tensorflow": _tensorflow_problem}
+    return make[request.param]()
 
 
 # --- Results shared by the checks ---------------------------------------------------------
@@ -251,7 +270,7 @@ def test_epsilons_list(problem: Problem, case: Case) -> None:
             assert (distance(x, clipped) <= epsilon * (1 + 1e-5) + 1e-6).all().item()
         np.testing.assert_array_equal(ok.numpy(), _predict(problem, clipped) != y.numpy())
     assert not success[1].any().item()
-    assert (success[2].astype(int) <= success[3].astype(int)).all().item()
+    assert (success[2].numpy() <= success[3].numpy()).all()  # (TF casts to no Python int)
 
 
 @cases(
@@ -289,7 +308,7 @@ def test_early_stop_never_costs_success(problem: Problem, case: Case) -> None:
     within ε wherever the full run's are."""
     results = _results(problem, case)
     full = ep.astensor(results.untargeted[2])[3]
-    assert (full.astype(int) <= results.single[2].astype(int)).all().item()
+    assert (full.numpy() <= ep.astensor(results.single[2]).numpy()).all()
 
 
 @cases(foolbox="Foolbox's DDN and FMN accept early_stop and ignore it (foolbox 3.3.4)")
