@@ -28,7 +28,7 @@ class ReducedPrecisionWarning(UserWarning):
     decision boundary may not hold when the same images are evaluated in other batches."""
 
 
-def tf32_settings(
+def torch_settings(
     capability_major: int, cudnn_allow_tf32: bool, matmul_precision: str
 ) -> list[str]:
     """The PyTorch settings that let float32 products run in TF32 on a CUDA device of compute
@@ -77,7 +77,7 @@ def _found(inputs: ep.Tensor) -> tuple[str, list[str], str]:
 
         if raw.dtype != torch.float32:
             return "", [], ""
-        found = tf32_settings(
+        found = torch_settings(
             torch.cuda.get_device_capability(raw.device)[0],
             torch.backends.cudnn.allow_tf32,
             torch.get_float32_matmul_precision(),
@@ -111,7 +111,7 @@ def _found(inputs: ep.Tensor) -> tuple[str, list[str], str]:
 
 def warn_if_reduced_precision(inputs: ep.Tensor) -> None:
     """Warn (:class:`ReducedPrecisionWarning`) when float32 inputs on a GPU will be judged
-    through reduced-precision products: PyTorch with TF32 allowed (:func:`tf32_settings`),
+    through reduced-precision products: PyTorch with TF32 allowed (:func:`torch_settings`),
     JAX without full-precision matmuls (:func:`jax_settings`; a model that asks for
     ``Precision.HIGHEST`` in every product of its own is not seen), TensorFlow with TF32
     execution enabled (:func:`tensorflow_settings`; not measured on a GPU). 16-bit models are left

@@ -14,7 +14,7 @@ from alma_plugin.bench.reeval import tf32
 from alma_plugin.core.precision import (
     jax_settings,
     tensorflow_settings,
-    tf32_settings,
+    torch_settings,
     warn_if_reduced_precision,
 )
 
@@ -35,7 +35,7 @@ CUDA = torch.cuda.is_available()
 def test_the_settings_that_enable_tf32(
     capability: int, cudnn: bool, matmul: str, expected: list[str]
 ) -> None:
-    found = tf32_settings(capability, cudnn, matmul)
+    found = torch_settings(capability, cudnn, matmul)
     assert len(found) == len(expected)
     for text, part in zip(found, expected, strict=True):
         assert part in text
