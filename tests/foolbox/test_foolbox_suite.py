@@ -29,6 +29,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -176,12 +177,16 @@ class Results(NamedTuple):
     targeted: ep.Tensor  # adversarials, epsilons=None
 
 
-_CACHE: dict[tuple[str, int], Results] = {}
+#: Results per model object, then per attack. Keyed by the (weakly held) model, not by
+#: ``id(problem)``: a module-scoped problem rebuilt for another backend (tests in a shuffled
+#: order) can reuse a freed object's id and would get that backend's results.
+_CACHE: weakref.WeakKeyDictionary[Any, dict[str, Results]] = weakref.WeakKeyDictionary()
 
 
 def _results(problem: Problem, case: Case) -> Results:
-    key = (repr(case.attack), id(problem))
-    if key not in _CACHE:
+    cache = _CACHE.setdefault(problem.model, {})
+    key = repr(case.attack)
+    if key not in cache:
         fmodel, x, y, calls, _ = problem
         before = calls[0]
         untargeted = case.attack(fmodel, x.raw, y.raw, epsilons=list(case.epsilons))
@@ -191,8 +196,8 @@ def _results(problem: Problem, case: Case) -> Results:
         targets = (y + 1) % CLASSES
         criterion = fb.criteria.TargetedMisclassification(targets)
         targeted, _, _ = case.attack(fmodel, x, criterion, epsilons=None)
-        _CACHE[key] = Results(untargeted, untargeted_calls, single, single_calls, targets, targeted)
-    return _CACHE[key]
+        cache[key] = Results(untargeted, untargeted_calls, single, single_calls, targets, targeted)
+    return cache[key]
 
 
 def _distance(case: Case, model: Any) -> Any:
