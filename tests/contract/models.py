@@ -267,7 +267,21 @@ def torch_logits(verifier: nn.Module, x: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# JAX models
+# JAX and TensorFlow models: the same linear classifier
+
+
+def _linear_parameters(
+    shape: Sequence[int], k: int, seed: int, avoid_class0: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Seeded weights (features, K) and bias (K,) of the JAX / TensorFlow classifiers, and
+    their feature count; class 0 is made unreachable with ``avoid_class0``."""
+    rng = np.random.default_rng(seed)
+    features = int(np.prod(shape))
+    weights = rng.standard_normal((features, k)) * 4 / math.sqrt(features)
+    bias = np.zeros(k)
+    if avoid_class0:  # argmax of NaN logits is 0 in torch and JAX: keep labels ≠ 0
+        bias[0] = -100.0
+    return weights, bias, features
 
 
 def jax_classifier(
@@ -285,13 +299,8 @@ def jax_classifier(
     import jax
     import jax.numpy as jnp
 
-    rng = np.random.default_rng(seed)
-    features = int(np.prod(shape))
-    weights = jnp.asarray(rng.standard_normal((features, k)) * 4 / math.sqrt(features))
-    bias = np.zeros(k)
-    if avoid_class0:
-        bias[0] = -100.0
-    bias = jnp.asarray(bias)
+    weights_np, bias_np, features = _linear_parameters(shape, k, seed, avoid_class0)
+    weights, bias = jnp.asarray(weights_np), jnp.asarray(bias_np)
     lower, span = float(bounds[0]), float(bounds[1] - bounds[0])
     calls = [0]
 
@@ -321,10 +330,6 @@ def jax_inputs(array: np.ndarray, dtype: str) -> Any:
     return jnp.asarray(array, dtype=getattr(jnp, dtype))
 
 
-# --------------------------------------------------------------------------------------------
-# TensorFlow models
-
-
 def tf_classifier(
     shape: Sequence[int],
     k: int,
@@ -339,12 +344,7 @@ def tf_classifier(
     variants (numpy, argmax, nan, nan_far, raise)."""
     import tensorflow as tf
 
-    rng = np.random.default_rng(seed)
-    features = int(np.prod(shape))
-    weights = rng.standard_normal((features, k)) * 4 / math.sqrt(features)
-    bias = np.zeros(k)
-    if avoid_class0:
-        bias[0] = -100.0
+    weights, bias, features = _linear_parameters(shape, k, seed, avoid_class0)
     lower, span = float(bounds[0]), float(bounds[1] - bounds[0])
     calls = [0]
 
