@@ -80,7 +80,20 @@ def prepare(
 
 
 def target_labels(attack: Attack, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    targets = attack.get_target_label(images, labels)
+    """The targets of torchattacks' targeted mode, with the model left in the modes of the call.
+
+    torchattacks draws random and least-likely targets through ``get_output_with_eval_nograd``,
+    which ends with ``model.train()`` on a model that was training: every module, batch norm
+    and dropout included, would then train for the rest of the call, against
+    ``set_model_training_mode(model_training=True, batchnorm_training=False, ...)``. Each
+    module's flag is put back as it was before the draw."""
+    modules = list(attack.model.modules()) if isinstance(attack.model, torch.nn.Module) else []
+    modes = [module.training for module in modules]
+    try:
+        targets = attack.get_target_label(images, labels)
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.training = mode
     return as_labels("target labels", targets, ep.astensor(images), (len(images),)).raw
 
 

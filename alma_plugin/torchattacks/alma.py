@@ -108,7 +108,7 @@ class ALMA(StateRestoringAttack):
         cuda_graphs: bool = False,
         params: ALMAParams | ProxParams | None = None,
     ) -> None:
-        if not callable(model):
+        if not isinstance(model, torch.nn.Module):  # torchattacks reads its mode and device
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         super().__init__("ALMA", model)
         self.distance = resolve_distance(distance).name

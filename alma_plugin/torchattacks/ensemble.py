@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 import torch
 from torchattacks.attack import Attack
 
@@ -59,6 +60,26 @@ def _normalization_of(attack: Attack) -> tuple[list[float], list[float]] | None:
     return used["mean"].flatten().tolist(), used["std"].flatten().tolist()
 
 
+def _same_normalization(
+    a: tuple[list[float], list[float]] | None, b: tuple[list[float], list[float]] | None
+) -> bool:
+    """Equal means and stds up to float32 rounding: torchattacks keeps the dtype it was given
+    (NumPy's float64, a list's float32), so the same constants may differ in the last bits."""
+    if a is None or b is None:
+        return a is b
+    return all(
+        len(u) == len(v) and np.allclose(u, v, rtol=1e-6, atol=0.0)
+        for u, v in zip(a, b, strict=True)
+    )
+
+
+def _described(normalization: tuple[list[float], list[float]] | None) -> str:
+    if normalization is None:
+        return "none"
+    mean, std = normalization
+    return f"mean={mean}, std={std}"
+
+
 class MinimalEnsemble(StateRestoringAttack):
     r"""Per-sample best of several minimal attacks (any torchattacks ``Attack``).
 
@@ -94,9 +115,14 @@ class MinimalEnsemble(StateRestoringAttack):
                 )
         if len({id(member.model) for member in attacks}) != 1:
             raise ValueError("attacks must all reference the same model")
-        norms = {repr(_normalization_of(member)) for member in attacks}
-        if len(norms) != 1:
-            raise ValueError("attacks must all use the same set_normalization_used(mean, std)")
+        first = _normalization_of(attacks[0])
+        for index, member in enumerate(attacks[1:], start=1):
+            if not _same_normalization(first, _normalization_of(member)):
+                raise ValueError(
+                    "attacks must all use the same set_normalization_used(mean, std): "
+                    f"attacks[0] uses {_described(first)}, attacks[{index}] uses "
+                    f"{_described(_normalization_of(member))}"
+                )
         spec = resolve_distance(distance)
         super().__init__("MinimalEnsemble", attacks[0].model)
         self.attacks = list(attacks)

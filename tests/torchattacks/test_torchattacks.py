@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchattacks
@@ -167,6 +168,26 @@ def test_bad_input(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> No
         MinimalEnsemble([])
     with pytest.raises(ValueError, match="same model"):
         MinimalEnsemble([ALMA(cnn), ALMA(Normalized(cnn))])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
+        ALMA(lambda inputs: cnn(inputs))  # torchattacks reads its mode: refused at construction
+
+
+def test_minimal_ensemble_compares_normalisations_by_value(cnn: nn.Module) -> None:
+    """torchattacks keeps the dtype a normalisation was given in (NumPy float64, a list's
+    float32): the same constants must still make one ensemble; other constants must not."""
+    as_numpy, as_list, other = ALMA(cnn), ALMA(cnn), ALMA(cnn)
+    as_numpy.set_normalization_used(np.array([0.1307]), np.array([0.3081]))
+    as_list.set_normalization_used([0.1307], [0.3081])
+    assert as_numpy.normalization_used["mean"].dtype != as_list.normalization_used["mean"].dtype
+    ensemble = MinimalEnsemble([as_numpy, as_list])
+    assert torch.allclose(
+        ensemble.normalization_used["std"].double(), torch.tensor(0.3081).double()
+    )
+    other.set_normalization_used([0.1307], [0.3])
+    with pytest.raises(ValueError, match=r"same set_normalization_used.*attacks\[1\] uses mean"):
+        MinimalEnsemble([as_list, other])
+    with pytest.raises(ValueError, match=r"attacks\[0\] uses none"):
+        MinimalEnsemble([ALMA(cnn), other])
 
 
 def test_repr(cnn: nn.Module) -> None:

@@ -77,6 +77,15 @@ HOST_FAILURES: dict[tuple[str, str, str | None], str] = {
     ("no_grad", "DeepFool", None): _NO_GRAD.format("DeepFool"),
     ("no_grad", "PGDL2", None): _NO_GRAD.format("PGDL2"),
     ("no_grad", "CW", None): _NO_GRAD.format("CW"),
+    **{
+        ("training_mode", name, mode): (
+            f"torchattacks' {name} draws {mode} targets through get_output_with_eval_nograd, "
+            "which ends with model.train(): batch norm and dropout then train for the rest of "
+            "the call (running statistics updated) against set_model_training_mode"
+        )
+        for name in ("FAB-L2", "PGDL2", "CW")
+        for mode in ("random", "least_likely")
+    },
     ("label_dtype", "PGDL2", "int32"): (
         "torchattacks' PGDL2 passes the labels to cross_entropy, which needs int64 targets"
     ),
@@ -348,6 +357,46 @@ def test_set_model_training_mode(
     finally:
         handle.remove()
         model.eval()
+
+
+@pytest.mark.parametrize(("name", "mode"), cases("training_mode", ("random", "least_likely")))
+def test_set_model_training_mode_in_targeted_modes(
+    setup: tuple[nn.Module, torch.Tensor, torch.Tensor], name: str, mode: str
+) -> None:
+    """The random and least-likely targets are drawn by a forward in eval mode, after which
+    torchattacks' ``get_output_with_eval_nograd`` calls ``model.train()``: every module, batch
+    norm and dropout included, would train. The attack must still run in the modes
+    ``set_model_training_mode`` asked for (model training, batch norm and dropout in eval),
+    and the samples it changes must reach their targets in those modes."""
+    model, x, y = setup
+    attack = ATTACKS[name](model)
+    if "targeted" not in attack.supported_mode:
+        pytest.skip(f"{name} has no targeted mode")
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        seen.append((module.training, module[1].training, module[3].training))
+
+    attack.set_model_training_mode(model_training=True)
+    getattr(attack, f"set_mode_targeted_{mode}")(quiet=True)
+    model.train()
+    before = model_state(model)
+    handle = model.register_forward_hook(record)
+    try:
+        torch.manual_seed(1)
+        adv = attack(x, y)
+        assert_same_state(model, before, grads=False)
+    finally:  # a host attack updates the running statistics: later tests get them back
+        handle.remove()
+        model.load_state_dict(before["state"])
+        model.eval()
+    drawing, asked = (False, False, False), (True, False, False)  # the draw, then the attack
+    assert seen[0] == drawing and asked in seen
+    assert set(seen) <= {drawing, asked}, f"forwards in modes {sorted(set(seen))}"
+    torch.manual_seed(1)
+    targets = attack.get_target_label(x, y)
+    changed = (adv != x).flatten(1).any(1)
+    assert (predict(model, adv) == targets)[changed].all()
 
 
 # --- save(), MultiAttack, repr -------------------------------------------------------------
