@@ -34,7 +34,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, value_aux_and_grad
-from .tensors import class_indices, expand
+from .tensors import class_indices, expand, model_space
 from .validation import (
     Bounds,
     as_model_output,
@@ -160,12 +160,8 @@ def lagrangian_solve(
     scale = upper - lower
     inputs = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
     dtype = working_dtype(inputs)
-    rounds = dtype != inputs.dtype
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
-
-    def to_model_space(u: ep.Tensor) -> ep.Tensor:
-        mapped = (u * scale + lower).clip(lower, upper) if (lower, upper) != (0.0, 1.0) else u
-        return mapped.astype(inputs.dtype) if rounds else mapped
+    to_model_space, remeasures = model_space(inputs, x, bounds, dtype)
 
     # 1. δ ~ N(0, σ²), projected so that x + δ lies in the bounds.
     sigma = math.sqrt(p.init_variance)
@@ -206,5 +202,5 @@ def lagrangian_solve(
         x_adv = (x_adv + step_size * grad).clip(0, 1)
 
     perturbed = to_model_space(x_adv)
-    judged = (perturbed.astype(dtype) - lower) / scale if rounds else x_adv
+    judged = (perturbed.astype(dtype) - lower) / scale if remeasures else x_adv
     return LagrangianResult(perturbed=perturbed, norms=_per_sample_norm(judged - x))

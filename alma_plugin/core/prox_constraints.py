@@ -46,11 +46,14 @@ def make_constraints(
         raise ValueError(f"masks must select at least one pixel per sample; empty: {empty}")
     y = ep.where(mask, y, 0)  # labels of unmasked pixels (e.g. 255) are ignored
     y = y.astype(ep.arange(y, 1).dtype)  # the framework's index dtype, for the gather
-    if int(y.min().item()) < 0:
-        raise ValueError(f"labels must be >= 0 on masked pixels, got {int(y.min().item())}")
-    # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19)
-    needed = ep.from_numpy(like, np.ceil(nu * counts - 1e-9).astype(np.float32))
     dense = masks is not None or labels.ndim > 1
+    if int(y.min().item()) < 0:
+        where = " on masked pixels" if dense else ""
+        raise ValueError(f"labels must be >= 0{where}, got {int(y.min().item())}")
+    # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19); ν > 0, so at
+    # least one constraint, however small ν·‖m‖₁ is
+    needed = np.maximum(np.ceil(nu * counts - 1e-9), 1)
+    needed = ep.from_numpy(like, needed.astype(np.float32))
     return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense)
 
 

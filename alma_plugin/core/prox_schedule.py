@@ -15,7 +15,7 @@ def masking_rank(counts: np.ndarray, nu: float, progress: float, decay: bool) ->
     ν throughout when ``decay`` is False."""
     fraction = 1 - (1 - nu) * (progress if decay else 1.0)
     kept = counts - np.floor((1 - fraction) * counts + 1e-9).astype(np.int64)
-    return (kept - 1).reshape(-1, 1)
+    return (np.maximum(kept, 1) - 1).reshape(-1, 1)  # ν·‖m‖₁ < 1 still keeps one constraint
 
 
 def constraint_mask(d: ep.Tensor, mask: ep.Tensor, rank: ep.Tensor) -> ep.Tensor:

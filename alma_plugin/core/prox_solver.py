@@ -38,7 +38,7 @@ from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
-from .tensors import expand, finite_rows, full, nan_to_zero
+from .tensors import expand, finite_rows, full, nan_to_zero, representable_bounds
 from .validation import as_model_output, as_tensor, check_success, working_dtype
 
 __all__ = ["alma_prox_solve"]
@@ -143,6 +143,8 @@ def alma_prox_solve(
     count = m.sum(axis=1)
 
     u = (x - lower) / span  # the [0, 1]-normalised input; Λ = [−u, 1 − u] (eq. 5.2)
+    # Bounds a dtype cannot represent (0.3 in float32) round: clip to values inside them.
+    inner, inner_cast = representable_bounds(x, bounds), representable_bounds(x0, bounds)
     box_low, box_high = -u, 1 - u
     delta = ep.zeros_like(x)
     # A "classes" restart aims at the most likely class at x that no earlier run aimed at or
@@ -204,9 +206,11 @@ def alma_prox_solve(
 
         def loss_fn(delta_: ep.Tensor) -> tuple[ep.Tensor, Any]:
             goals_ = goals
-            x_adv = (x + delta_ * span).clip(lower, upper)  # 3. x̃ = x + δ
+            x_adv = (x + delta_ * span).clip(*inner)  # 3. x̃ = x + δ
             if rounds:
                 x_adv = x_adv.astype(x0.dtype)
+                if inner_cast != (0.0, 1.0):  # the cast may round past a bound
+                    x_adv = x_adv.clip(*inner_cast)
             logits = as_model_output(model(x_adv), x_adv)
             if t == 1:
                 check_differentiable(logits)
@@ -325,7 +329,10 @@ def _result(
     """The best iterate per sample (the input where none), in the inputs' dtype."""
     lower, upper = bounds
     success = best_norm < math.inf
-    best = (x + best_delta * (upper - lower)).clip(lower, upper).astype(inputs.dtype)
+    inner, inner_cast = representable_bounds(x, bounds), representable_bounds(inputs, bounds)
+    best = (x + best_delta * (upper - lower)).clip(*inner).astype(inputs.dtype)
+    if inner_cast != (0.0, 1.0):  # a cast to a 16-bit dtype may round past a bound
+        best = best.clip(*inner_cast)
     adversarials = ep.where(expand(success, inputs), best, inputs)
     measured = ((adversarials.astype(x.dtype) - x) / (upper - lower)).flatten(start=1)
     distances = ep.where(success, measured.abs().max(axis=1), math.inf)

@@ -24,7 +24,7 @@ from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
-from .tensors import expand, finite_rows, full, nan_to_zero
+from .tensors import expand, finite_rows, full, model_space, nan_to_zero
 from .validation import (
     Bounds,
     as_tensor,
@@ -130,16 +130,11 @@ def alma_solve(
     # The state (μ up to 1e12, RMSProp averages) needs at least float32; the model is called on
     # its own dtype (float16/bfloat16 models included) and that rounded input is what is judged.
     dtype = working_dtype(inputs)
-    rounds = dtype != inputs.dtype
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
+    to_model_space, remeasures = model_space(inputs, x, bounds, dtype)
 
     def per_sample(value: float) -> ep.Tensor:
         return full(x, (batch,), value).astype(dtype)
-
-    def to_model_space(u: ep.Tensor) -> ep.Tensor:
-        # Clipped so that float rounding can never leave the host's bounds.
-        mapped = (u * scale + lower).clip(lower, upper) if (lower, upper) != (0.0, 1.0) else u
-        return mapped.astype(inputs.dtype) if rounds else mapped
 
     # The iterates stay in the box and x was validated: D needs no finiteness checks per step.
     objective = unchecked(distance)
@@ -185,7 +180,7 @@ def alma_solve(
 
         def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
             model_inputs = to_model_space(u)
-            if rounds:  # D measures what the model sees, rounded to the model's dtype
+            if remeasures:  # D measures what the model sees, as rounded in its space and dtype
                 u = (model_inputs.astype(dtype) - lower) / scale
             logits = call_model(model, model_inputs)  # 3. z ← f(x̃)
             if t == 0:  # the class count K is only known once the model has answered

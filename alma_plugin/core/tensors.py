@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import eagerpy as ep
+import numpy as np
 
 from ..distances._common import finite_rows
 
@@ -46,3 +49,72 @@ def nan_to_zero(values: ep.Tensor) -> ep.Tensor:
 
         return ep.astensor(jnp.nan_to_num(values.raw, nan=0.0, posinf=jnp.inf, neginf=-jnp.inf))
     return ep.where(values.isnan(), ep.zeros(values, ()), values)
+
+
+#: The floating dtypes by the names every framework's dtype string contains (bfloat16 first:
+#: it contains "float16").
+_FLOAT_NAMES = ("bfloat16", "float16", "float32", "float64")
+
+
+def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
+    """The smallest value of ``like``'s dtype ≥ ``lower`` and the largest ≤ ``upper``.
+
+    A bound its dtype cannot represent (0.3 in float32 is 0.30000001…) rounds to the nearest
+    value, which may lie outside: clipping onto it, or casting a clipped float32 tensor to
+    float16, would return values outside the bounds. Computed on host scalars (NumPy; torch's
+    CPU scalars for bfloat16), never on the device; a dtype this does not know keeps the
+    bounds as given."""
+    name = next((n for n in _FLOAT_NAMES if n in str(like.dtype)), None)
+    if name is None or name == "float64":  # Python floats are float64
+        return bounds
+    if name == "bfloat16":  # not a NumPy dtype; torch is a dependency of the package
+        import torch
+
+        def scalar(value: float) -> Any:
+            return torch.tensor(value, dtype=torch.bfloat16)
+
+        def after(value: Any, toward: float) -> Any:
+            return torch.nextafter(value, scalar(toward))
+
+    else:
+        dtype = np.dtype(name).type
+
+        def scalar(value: float) -> Any:
+            return dtype(value)
+
+        def after(value: Any, toward: float) -> Any:
+            return np.nextafter(value, dtype(toward))
+
+    def inside(value: float, toward: float) -> float:
+        rounded = scalar(value)
+        if (float(rounded) - value) * (toward - value) < 0:  # rounded past the bound
+            rounded = after(rounded, toward)
+        return float(rounded)
+
+    lower, upper = bounds
+    return inside(lower, upper), inside(upper, lower)
+
+
+def model_space(
+    inputs: ep.Tensor, x: ep.Tensor, bounds: tuple[float, float], dtype: Any
+) -> tuple[Callable[[ep.Tensor], ep.Tensor], bool]:
+    """The map from an iterate u in [0, 1] (x: the inputs normalised, in the working ``dtype``)
+    to the tensor the model sees, in ``bounds`` and the inputs' dtype, and whether a distance
+    must re-measure that tensor rather than u (it rounds: other bounds, a 16-bit model).
+
+    The map is ``inputs + (u − x)·(upper − lower)``: the input itself where u = x (a sample
+    already misclassified comes back bit for bit), clipped to the bounds' representable
+    values in the working dtype and again after a cast to a 16-bit dtype, so that rounding
+    never leaves the bounds."""
+    lower, upper = bounds
+    rounds = dtype != inputs.dtype
+    if (lower, upper) == (0.0, 1.0):  # u is the model's input; 0 and 1 are exact in any dtype
+        return ((lambda u: u.astype(inputs.dtype)) if rounds else (lambda u: u)), rounds
+    start, scale = inputs.astype(dtype), upper - lower
+    inner, inner_cast = representable_bounds(x, bounds), representable_bounds(inputs, bounds)
+
+    def to_model_space(u: ep.Tensor) -> ep.Tensor:
+        mapped = (start + (u - x) * scale).clip(*inner)
+        return mapped.astype(inputs.dtype).clip(*inner_cast) if rounds else mapped
+
+    return to_model_space, True

@@ -11,6 +11,8 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
+from .tensors import representable_bounds
+
 Bounds = tuple[float, float]
 
 
@@ -105,7 +107,9 @@ def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         raise ValueError(
             f"inputs must lie within bounds {bounds}, got values in [{low:.6g}, {high:.6g}]"
         )
-    return inputs.clip(lower, upper) if low < lower or high > upper else inputs
+    if low < lower or high > upper:
+        return inputs.clip(*representable_bounds(inputs, bounds))
+    return inputs
 
 
 def _has_non_finite(x: ep.Tensor) -> bool:

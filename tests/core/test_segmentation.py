@@ -208,3 +208,23 @@ def test_train_mode_warns(scenes):
     with pytest.warns(TrainingModeWarning):
         alma_prox(net, scenes[0][:1], scenes[1][:1].clamp(max=3), steps=2)
     assert net.training
+
+
+@pytest.mark.parametrize("nu", [1e-9, 1e-11])
+def test_a_tiny_threshold_still_needs_one_fooled_pixel(nu):
+    """ν·‖m‖₁ ≤ 1e-9 rounded the pixels needed for success to 0 (success at APSR 0 < ν, at
+    distance 0) and the masking percentile's rank to −1 (an index error mid-run)."""
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 4, 1).eval()
+    for size in (1, 8):
+        x = torch.rand(4, 3, size, size)
+        with torch.no_grad():
+            labels = net(x).argmax(1)
+        result = alma_prox(net, x, labels, steps=20, adv_threshold=nu)
+        with torch.no_grad():
+            fooled = (net(result.adversarials).argmax(1) != labels).flatten(1).float().mean(1)
+        assert (fooled[result.success] > 0).all()  # APSR ≥ ν > 0: at least one pixel
+        assert torch.equal(
+            result.distances[~result.success], torch.full_like(fooled, torch.inf)[~result.success]
+        )
+        assert (result.apsr >= nu)[result.success].all()
