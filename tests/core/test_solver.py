@@ -271,3 +271,35 @@ def test_requires_grad_and_inference_mode_inputs() -> None:
     with torch.inference_mode():
         frozen = x.clone()
     assert torch.equal(alma(model, frozen, y, steps=5).adversarials, result.adversarials)
+
+
+@pytest.mark.parametrize("bounds", [(0.1, 0.9), (1000.0, 1001.0), (-0.4242129, 2.8214867)])
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_results_are_measured_on_the_returned_tensor(bounds, distance):
+    """Under bounds other than (0, 1) the model sees inputs + (u − x)·span, and D is measured
+    on that tensor: the reported distance is that of the returned adversarial, and a sample
+    already misclassified comes back bit for bit at distance 0 (before, u·span + lower came
+    back one ulp away from 42 of 64 such inputs, and ℓ1 at bounds (1000, 1001) was 0.76 % off)."""
+    torch.manual_seed(0)
+    lower, upper = bounds
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    u = torch.rand(64, 1, 4, 4)
+    x = lower + u * (upper - lower)
+    with torch.no_grad():
+        predicted = net((x - lower) / (upper - lower)).argmax(1)
+
+    def model(inputs):
+        return net((inputs - lower) / (upper - lower))
+
+    fooled = alma(model, x, (predicted + 1) % 3, distance=distance, steps=1, bounds=bounds)
+    assert fooled.success.all() and (fooled.distances == 0).all()
+    assert torch.equal(fooled.adversarials, x)
+    result = alma(model, x, predicted, distance=distance, steps=30, bounds=bounds)
+    assert result.success.float().mean() > 0.5
+    delta = ((result.adversarials.double() - lower) / (upper - lower)) - (x.double() - lower) / (
+        upper - lower
+    )
+    norm = delta.flatten(1).norm(p=1 if distance == "l1" else 2, dim=1)
+    torch.testing.assert_close(
+        result.distances[result.success].double(), norm[result.success], rtol=1e-5, atol=1e-6
+    )
