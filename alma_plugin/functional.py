@@ -19,6 +19,7 @@ from ._entry import (
     judging,
     label_maps,
 )
+from .core.autodiff import autograd_allowed
 from .core.graphs import check_cuda_graphs
 from .core.lagrangian import (
     LAGRANGIAN_STEPS,
@@ -57,6 +58,7 @@ LINF = "linf"
 
 
 @takes_params(ALMAParams, alternative=ProxParams)
+@autograd_allowed
 def alma(
     model: Callable[[Any], Any],
     inputs: Any,
@@ -87,7 +89,8 @@ def alma(
             change the model, and batch norm's running statistics are updated by every step).
         inputs: x, shape (N, ...), values within ``bounds``, any float dtype (float16 and
             bfloat16 models are called in their dtype; the solver's state is float32). Never
-            modified; a ``requires_grad`` or inference-mode tensor is fine.
+            modified; a ``requires_grad`` or inference-mode tensor is fine, and so is a call
+            under ``torch.no_grad()`` or ``torch.inference_mode()``.
         labels: y, shape (N,), true classes — or target classes t when ``targeted``: any
             integer dtype, or a NumPy array / list of ints; on any device (moved to the
             inputs').
@@ -194,6 +197,7 @@ def alma(
 
 
 @takes_params(ProxParams)
+@autograd_allowed
 def alma_prox(
     model: Callable[[Any], Any],
     inputs: Any,
@@ -293,6 +297,7 @@ def alma_prox(
 
 
 @takes_params(LagrangianParams)
+@autograd_allowed
 def lagrangian(
     model: Callable[[Any], Any],
     inputs: Any,

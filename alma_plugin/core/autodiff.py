@@ -8,14 +8,18 @@ Other frameworks (JAX, TensorFlow) go through eagerpy's own implementation.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import eagerpy as ep
 
 from ..distances._common import stop_gradient
 
-__all__ = ["check_differentiable", "stop_gradient", "value_aux_and_grad"]
+__all__ = ["autograd_allowed", "check_differentiable", "stop_gradient", "value_aux_and_grad"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 LossWithAux = Callable[[ep.Tensor], tuple[ep.Tensor, Any]]
 
@@ -55,3 +59,20 @@ def check_differentiable(outputs: ep.Tensor) -> None:
             "that does not require grad (is the model run under torch.no_grad(), detached, or "
             "piecewise constant?)"
         )
+
+
+def autograd_allowed(function: F) -> F:
+    """Run an entry point outside PyTorch's ``inference_mode``, where autograd is off and its
+    tensors cannot be differentiated: an attack called in an evaluation loop under
+    ``torch.inference_mode()`` works as under ``torch.no_grad()`` (which the gradient steps
+    lift themselves). Inference tensors given as inputs are copied by the input checks."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.is_inference_mode_enabled():
+            return function(*args, **kwargs)
+        with torch.inference_mode(False):
+            return function(*args, **kwargs)
+
+    return call  # type: ignore[return-value]

@@ -216,3 +216,29 @@ def test_float64_logits_of_a_float32_batch(model: nn.Module) -> None:
 def test_masks_with_class_labels_are_refused(model: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"masks select pixels of \(N, H, W\) label maps"):
         alma_prox(model, X, Y, masks=torch.ones(3, dtype=torch.bool), steps=2)
+
+
+@pytest.mark.parametrize("entry", ["alma-l2", "alma-linf", "alma_prox-seg", "lagrangian"])
+def test_called_under_inference_mode_as_under_no_grad(entry: str) -> None:
+    """An evaluation loop under ``torch.inference_mode()``: the call works and gives the result
+    it gives under ``torch.no_grad()`` (before: PyTorch's "Inference tensors do not track
+    version counter", or a ValueError blaming the model)."""
+    from alma_plugin import alma, alma_prox, lagrangian
+
+    torch.manual_seed(0)
+    dense = entry == "alma_prox-seg"
+    net = (nn.Conv2d(1, 3, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(16, 3))).eval()
+    x = torch.rand(4, 1, 4, 4)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    attacks = {
+        "alma-l2": lambda: alma(net, x, labels, steps=5).adversarials,
+        "alma-linf": lambda: alma(net, x, labels, distance="linf", steps=5).adversarials,
+        "alma_prox-seg": lambda: alma_prox(net, x, labels, steps=5).adversarials,
+        "lagrangian": lambda: lagrangian(net, x, labels, steps=5, seed=0).perturbed,
+    }
+    with torch.no_grad():
+        expected = attacks[entry]()
+    with torch.inference_mode():
+        result = attacks[entry]()
+    assert torch.equal(result, expected)
