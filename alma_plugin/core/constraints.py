@@ -46,10 +46,17 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
     if targeted:
         top, _ = logits.topk(4, sorted=True)
         scale = top[..., 0] - (top[..., 2] + top[..., 3]) / 2
+        lowest = top[..., 3]
     else:
         top, _ = logits.topk(3, sorted=True)
         scale = top[..., 0] - top[..., 2]
-    return margin / scale.maximum(_DENOMINATOR_FLOOR)
+        lowest = top[..., 2]
+    # A −∞ logit is a class of probability 0 (log-softmax underflowing): where π3 (π4) is one,
+    # the denominator is +∞ and d ≡ 0; such a constraint falls back to eq. 3, as for small K
+    # (its denominator set to 1 first, so that no ∞/∞ reaches the gradient through where).
+    missing = lowest == -ep.inf
+    scale = ep.where(missing, 1.0, scale).maximum(_DENOMINATOR_FLOOR)
+    return ep.where(missing, margin, margin / scale)
 
 
 def _most_likely_other(

@@ -38,7 +38,7 @@ from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
-from .tensors import expand, finite_rows, full, nan_to_zero, representable_bounds
+from .tensors import expand, full, nan_to_zero, representable_bounds, valid_logit_rows
 from .validation import as_model_output, as_tensor, check_success, working_dtype
 
 __all__ = ["alma_prox_solve"]
@@ -248,7 +248,7 @@ def alma_prox_solve(
             loss = (mt * p2_prox(w_new * d, rho_new, mu_new)).sum()  # 21. L = m̃ᵀ P(w d, ρ, μ)
             if is_adversarial is not None:
                 success = check_success(is_adversarial(x_adv, logits), n, like=d_c)
-                success = ep.logical_and(success, finite_rows(logits))
+                success = ep.logical_and(success, valid_logit_rows(logits))
                 satisfied = success.astype(m.dtype).reshape((n, 1))
             predicted = None if c.dense else z_c.argmax(axis=-1)  # classification only
             aux = (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c, goals_,

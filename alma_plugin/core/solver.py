@@ -24,7 +24,7 @@ from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
-from .tensors import expand, finite_rows, full, model_space, nan_to_zero
+from .tensors import expand, finite_rows, full, model_space, nan_to_zero, valid_logit_rows
 from .validation import (
     Bounds,
     as_tensor,
@@ -213,7 +213,7 @@ def alma_solve(
             success = is_satisfied(logits, labels) if aims_at_class else d < 0
         else:
             success = check_success(is_adversarial(model_inputs, logits), batch, like=d)
-            success = ep.logical_and(success, finite_rows(logits))
+            success = ep.logical_and(success, valid_logit_rows(logits))
         success = ep.logical_and(success, finite_rows(dist))
         improved = ep.logical_and(success, dist < s.best_distance)
         if early_stop is not None:  # nothing changes once the early-stop condition held

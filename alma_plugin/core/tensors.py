@@ -11,7 +11,16 @@ import numpy as np
 
 from ..distances._common import finite_rows
 
-__all__ = ["class_indices", "expand", "finite_rows", "full", "nan_to_zero"]
+__all__ = [
+    "class_indices",
+    "expand",
+    "finite_rows",
+    "full",
+    "model_space",
+    "nan_to_zero",
+    "representable_bounds",
+    "valid_logit_rows",
+]
 
 
 def class_indices(labels: ep.Tensor, num_classes: int) -> ep.Tensor:
@@ -118,3 +127,10 @@ def model_space(
         return mapped.astype(inputs.dtype).clip(*inner_cast) if rounds else mapped
 
     return to_model_space, True
+
+
+def valid_logit_rows(logits: ep.Tensor) -> ep.Tensor:
+    """Boolean (N,): True where no logit of sample i is NaN or +∞. A −∞ logit is valid: a class
+    of probability 0, as log-softmax gives where it underflows (DLR⁺ handles it)."""
+    values = logits.flatten(start=1)
+    return ep.logical_and(values == values, values < ep.inf).all(axis=1)

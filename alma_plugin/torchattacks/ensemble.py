@@ -90,8 +90,8 @@ class MinimalEnsemble(StateRestoringAttack):
     and shared by all members. This is the "best of" evaluation of the ALMA paper's
     comparisons (Rony et al., ICCV 2021, §4), unlike ``MultiAttack``, which keeps the first
     success. Samples no member fools are returned unchanged. A member output that is not
-    finite (any NaN or Inf in the sample), or on which the model's logits are not, is never
-    selected.
+    finite (any NaN or Inf in the sample), or on which the model's logits hold NaN or +Inf,
+    is never selected.
 
     Arguments:
         attacks (list): the member attacks, all on the same model.
@@ -185,10 +185,11 @@ class MinimalEnsemble(StateRestoringAttack):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Success (re-evaluated on the model) and D(output, image) for each sample.
 
-        An output can only succeed where it is finite, the model's logits on it are finite
-        and so is its distance: a member that returns NaN images (DeepFool on a model whose
-        gradients vanish or blow up) or reaches a region where the model answers NaN never
-        counts, whatever argmax makes of NaN logits and whatever D makes of NaN pixels."""
+        An output can only succeed where it is finite, the model's logits on it are neither
+        NaN nor +∞ and its distance is finite: a member that returns NaN images (DeepFool on a
+        model whose gradients vanish or blow up) or reaches a region where the model answers
+        NaN never counts, whatever argmax makes of NaN logits and whatever D makes of NaN
+        pixels."""
         finite = torch.isfinite(outputs).flatten(1).all(1)
         logits = self.get_logits(outputs)
         if not isinstance(logits, torch.Tensor) or logits.shape[:1] != outputs.shape[:1]:
@@ -196,7 +197,8 @@ class MinimalEnsemble(StateRestoringAttack):
                 f"the model must return logits of shape (N={len(outputs)}, K), got "
                 f"{type(logits).__name__} of shape {getattr(logits, 'shape', None)}"
             )
-        finite &= torch.isfinite(logits).flatten(1).all(1)
+        # −∞ is a valid logit (a class of probability 0), as in the solvers
+        finite &= (~torch.isnan(logits) & (logits < torch.inf)).flatten(1).all(1)
         predictions = logits.argmax(1)
         success = predictions == targets if targets is not None else predictions != labels
         # Distances in float32 whatever the images' dtype (float16 rounds small distances).

@@ -69,3 +69,35 @@ def test_targeted_three_classes_keeps_a_gradient_when_target_is_lowest() -> None
     d = dlr_plus(ep.astensor(z), ep.astensor(torch.tensor([2])), targeted=True).raw
     (grad,) = torch.autograd.grad(d.sum(), z)
     assert d.item() == pytest.approx(5.0, abs=1e-5) and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("k", [3, 4, 5, 10])
+def test_minus_infinity_logits_are_impossible_classes(k: int, targeted: bool) -> None:
+    """A −∞ logit (log-softmax underflowing) is a class of probability 0. Where it is DLR⁺'s
+    π3 (tDLR⁺'s π4) the denominator was +∞ and d ≡ 0: no success could ever be seen, not even
+    for a sample already misclassified. The sign must still give the goal, d must keep a
+    finite, non-zero gradient where it is finite (eq. 3's margin there), and be DLR⁺ itself
+    where enough classes are possible."""
+    z = _random_logits(400, k, seed=4)
+    generator = torch.Generator().manual_seed(5)
+    impossible = torch.rand(400, k, generator=generator) < 0.4
+    impossible[torch.arange(400), z.argmax(1)] = False  # the prediction stays possible
+    z = torch.where(impossible, -torch.inf, z)
+    labels = torch.randint(0, k, (400,), generator=generator)
+    d = dlr_plus(ep.astensor(z), ep.astensor(labels), targeted=targeted).raw
+    assert ((d < 0) == ((z.argmax(1) == labels) if targeted else (z.argmax(1) != labels))).all()
+    finite = torch.isfinite(d)
+    assert finite.float().mean() > 0.5
+    leaf = z[finite].clone().requires_grad_(True)
+    d_finite = dlr_plus(ep.astensor(leaf), ep.astensor(labels[finite]), targeted=targeted).raw
+    (gradient,) = torch.autograd.grad(d_finite.sum(), leaf)
+    assert torch.isfinite(gradient).all() and (gradient.abs().sum(1) > 0).all()
+    # enough possible classes, the label among them: the same d as with the impossible
+    # classes' logits far below the others
+    fewest = 4 if targeted else 3  # eq. 3 below (tDLR⁺ with K = 3 is eq. 3 throughout)
+    kept = ((~impossible).sum(1) >= fewest) & ~impossible[torch.arange(400), labels]
+    assert kept.any() or k < fewest
+    low = torch.where(impossible, -1e3, z)[kept]
+    expected = dlr_plus(ep.astensor(low), ep.astensor(labels[kept]), targeted=targeted).raw
+    assert torch.equal(d[kept], expected)

@@ -303,3 +303,33 @@ def test_results_are_measured_on_the_returned_tensor(bounds, distance):
     torch.testing.assert_close(
         result.distances[result.success].double(), norm[result.success], rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("entry", ["l2", "linf", "l2-predicate"])
+def test_a_class_of_probability_zero_is_a_valid_logit(k: int, entry: str) -> None:
+    """A log-softmax model whose last class underflows to −∞: with K = 3 that −∞ was DLR⁺'s
+    π3, d ≡ 0 and nothing, not even an already misclassified sample, was ever a success;
+    with K = 5 the default test counted successes the predicate path refused. Both paths
+    now agree: −∞ is a valid logit, and every success re-verifies."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, k)).eval()
+
+    def model(inputs: torch.Tensor) -> torch.Tensor:
+        logits = net(inputs).log_softmax(1)
+        return torch.cat([logits[:, :-1], torch.full_like(logits[:, -1:], -torch.inf)], 1)
+
+    x = torch.rand(8, 1, 4, 4)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    distance = entry.split("-")[0]
+
+    def predicate(inputs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1) != labels
+
+    for labels in ((predicted + 1) % (k - 1), predicted):  # already fooled, then not
+        options = {"is_adversarial": predicate} if entry.endswith("predicate") else {}
+        result = alma(model, x, labels, distance=distance, steps=50, **options)
+        with torch.no_grad():
+            fooled = model(result.adversarials).argmax(1) != labels
+        assert torch.equal(result.success, fooled) and result.success.float().mean() >= 0.75
