@@ -43,7 +43,11 @@ def value_aux_and_grad(loss_fn: LossWithAux, x: ep.Tensor) -> tuple[ep.Tensor, A
         leaf = x.raw.detach().requires_grad_(True)
         with torch.enable_grad():
             loss, aux = loss_fn(ep.astensor(leaf))
-            (grad,) = torch.autograd.grad(loss.raw, leaf)
+            # a loss that does not depend on x (logits that ignore the input) has gradient 0,
+            # as in JAX and TensorFlow
+            (grad,) = torch.autograd.grad(loss.raw, leaf, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(leaf)
         return ep.astensor(loss.raw.detach()), _detach_tree(aux), ep.astensor(grad)
     return ep.value_aux_and_grad(loss_fn, x)
 

@@ -37,8 +37,8 @@ from .autodiff import check_differentiable, value_aux_and_grad
 from .tensors import class_indices, expand, model_space
 from .validation import (
     Bounds,
-    as_model_output,
     as_tensor,
+    call_model,
     check_in_range,
     check_logits,
     working_dtype,
@@ -175,7 +175,7 @@ def lagrangian_solve(
     step = 0
 
     def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, ep.Tensor]:
-        logits = as_model_output(model(to_model_space(u)), u)
+        logits = call_model(model, to_model_space(u))  # a clear error if it writes into u
         if step == 0:  # the class count K is only known once the model has answered
             check_logits(logits, labels, "targets" if targeted else "labels")
             check_differentiable(logits)

@@ -279,8 +279,9 @@ def check_success(
 
 _WRITES_INPUT = (
     "model wrote into its input tensor in place (e.g. nn.ReLU(inplace=True) as its first "
-    "layer, or x.sub_(mean)): ALMA returns the very tensor the model judged, so the model must "
-    "leave its input unchanged; make its first operation out of place (nn.ReLU(), x - mean)"
+    "layer, or x.sub_(mean)): the attack measures and returns the tensors the model judged, so "
+    "the model must leave its input unchanged; make its first operation out of place "
+    "(nn.ReLU(), x - mean)"
 )
 
 
@@ -312,6 +313,8 @@ def as_model_output(output: Any, inputs: ep.Tensor) -> ep.Tensor:
             f"model must return a {type(inputs.raw).__name__} of logits (like its inputs), "
             f"got {got}"
         )
+    if "float" not in str(tensor.dtype):  # integer or bool outputs have no gradient
+        raise TypeError(f"model must return floating-point logits, got dtype {tensor.dtype}")
     return tensor
 
 

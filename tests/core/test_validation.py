@@ -123,13 +123,14 @@ def test_any_integer_label_dtype_or_container(model: nn.Module, labels) -> None:
 @pytest.mark.parametrize(
     "head, match",
     [
-        (lambda out: out.argmax(1, keepdim=True), "shape"),  # K = 1
+        (lambda out: out[:, :1], "shape"),  # K = 1
+        (lambda out: out.argmax(1, keepdim=True), "floating-point logits, got dtype torch.int64"),
         (lambda out: out.detach(), "differentiable"),
         (lambda out: out.detach().numpy(), "model must return a Tensor of logits"),
         (lambda out: out.tolist(), "model must return a Tensor of logits"),
         (lambda out: torch.nn.functional.one_hot(out.argmax(1), 5).float(), "differentiable"),
     ],
-    ids=["K=1", "detached", "numpy", "list", "one-hot argmax"],
+    ids=["K=1", "argmax", "detached", "numpy", "list", "one-hot argmax"],
 )
 def test_models_that_cannot_be_attacked_get_a_clear_error(model: nn.Module, head, match) -> None:
     with pytest.raises((TypeError, ValueError), match=match):
@@ -242,3 +243,51 @@ def test_called_under_inference_mode_as_under_no_grad(entry: str) -> None:
     with torch.inference_mode():
         result = attacks[entry]()
     assert torch.equal(result, expected)
+
+
+class _Offset(nn.Module):
+    """Logits that ignore the input: a parameter per class."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(inputs), -1)
+
+
+@pytest.mark.parametrize("entry", ["alma-l2", "alma-linf", "lagrangian"])
+def test_models_that_ignore_their_input_get_a_zero_gradient(entry: str) -> None:
+    """Before: PyTorch's raw "One of the differentiated Tensors appears to not have been used
+    in the graph" from ALMA prox and lagrangian. The gradient is 0, as in JAX: a sample the
+    constant logits already misclassify is a success at distance 0, the others fail."""
+    from alma_plugin import lagrangian
+
+    model, x = _Offset([0.0, 2.0, 1.0]), torch.rand(2, 1, 4, 4)
+    labels = torch.tensor([0, 1])  # the model says 1: sample 0 is already misclassified
+    if entry == "lagrangian":
+        result = lagrangian(model, x, labels, steps=3, seed=0)
+        assert result.perturbed.shape == x.shape
+        return
+    result = alma(model, x, labels, distance=entry.split("-")[1], steps=5)
+    assert result.success.tolist() == [True, False]
+    assert result.distances[0] == 0 and torch.equal(result.adversarials[0], x[0])
+
+
+@pytest.mark.parametrize("entry", ["alma", "alma_prox", "lagrangian"])
+def test_integer_logits_and_models_writing_into_their_input_are_named(entry: str) -> None:
+    from alma_plugin import lagrangian
+
+    attack = {
+        "alma": lambda m, x, y: alma(m, x, y, steps=2),
+        "alma_prox": lambda m, x, y: alma_prox(m, x, y, steps=2),
+        "lagrangian": lambda m, x, y: lagrangian(m, x, y, steps=2),
+    }[entry]
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    with pytest.raises(TypeError, match="floating-point logits, got dtype torch.int64"):
+        attack(lambda inputs: net(inputs).round().long(), x, y)
+    if entry != "alma_prox":  # ALMA prox gives the model x + δ, a tensor of its own
+        writes = nn.Sequential(nn.ReLU(inplace=True), net).eval()
+        with pytest.raises(ValueError, match="model wrote into its input tensor in place"):
+            attack(writes, x, y)
