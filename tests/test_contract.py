@@ -77,6 +77,12 @@ class Table:
         self.rows.append((Case(id, build, expect, warns), needs, slow or self.slow))
 
 
+#: Bounds no float dtype below float64 represents: clipping onto them, or casting a clipped
+#: float32 tensor to float16, rounds past them unless the values inside are used.
+INEXACT = (0.1, 0.3)
+NORMALISED_MNIST = ((0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081)
+
+
 def _classifier_cases(
     t: Table,
     prefix: str,
@@ -117,6 +123,10 @@ def _classifier_cases(
         t.add(f"{prefix}-labels-{labels}", P(b, labels_dtype=labels))
     if bounds:
         t.add(f"{prefix}-bounds-1to1", P(b, bounds=(-1.0, 1.0)))
+        # bounds the dtype cannot represent (0.3; MNIST's normalised range), inputs up to them
+        for dtype in ("float32",) + HALF_DTYPES:
+            t.add(f"{prefix}-bounds-inexact-{dtype}", P(b, bounds=INEXACT, dtype=dtype, spread=0.5))
+        t.add(f"{prefix}-bounds-normalised", P(b, bounds=NORMALISED_MNIST, spread=0.5))
     t.add(f"{prefix}-model-argmax", P(b, variant="argmax"), MODEL_OR_RESULT)
     t.add(f"{prefix}-model-nan", P(b, variant="nan"), MODEL_OR_RESULT)
     t.add(f"{prefix}-steps-np.int64", P(b, steps=np.int64(5)))
@@ -266,6 +276,8 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("prox-labels-list", P(b, container="list"), either("labels"))
     t.add("prox-bounds255", P(b, bounds=(0.0, 255.0)))
     t.add("prox-bounds-1to1", P(b, bounds=(-1.0, 1.0)))
+    for dtype in ("float32",) + HALF_DTYPES:
+        t.add(f"prox-bounds-inexact-{dtype}", P(b, bounds=INEXACT, dtype=dtype, spread=0.5))
     t.add("prox-model-argmax", P(b, variant="argmax"), MODEL_OR_RESULT)
     t.add("prox-model-detached", P(b, variant="detached"), MODEL_OR_RESULT)
     t.add("prox-model-numpy", P(b, variant="numpy"), MODEL)

@@ -19,7 +19,7 @@ Example:
 """
 
 from .alma import L1ALMA, L2ALMA, ALMAAttack
-from .distances import NormalisedDistance
+from .distances import NormalisedDistance, WithinSegment
 from .perceptual import CIEDE2000ALMA, LPIPSALMA, MSSSIMALMA, SSIMALMA
 from .prox import LinfALMAProx
 
@@ -32,5 +32,6 @@ __all__ = [
     "LinfALMAProx",
     "MSSSIMALMA",
     "NormalisedDistance",
+    "WithinSegment",
     "SSIMALMA",
 ]

@@ -1,6 +1,6 @@
 """What ALMA's and ALMA prox's Foolbox attacks share: the checks before Foolbox's base classes
-see a call, the criterion, Foolbox's raw-unit ``early_stop`` and empty batches. A subclass only
-says how to solve (:meth:`MinimalAttack.solve`)."""
+see a call, the criterion, ``epsilons``, Foolbox's raw-unit ``early_stop``, empty batches and
+``.repeat(n)``. A subclass only says how to solve (:meth:`MinimalAttack.solve`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import eagerpy as ep
-from foolbox.attacks.base import MinimizationAttack, T, raise_if_kwargs
+from foolbox.attacks.base import Attack, MinimizationAttack, Repeated, T, raise_if_kwargs
 from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
 from ..core.precision import warn_if_reduced_precision
 from ..core.validation import Bounds, check_early_stop
 from ._common import (
+    check_epsilons,
     check_model_and_inputs,
     empty_batch_result,
     goal,
@@ -45,8 +46,10 @@ class MinimalAttack(MinimizationAttack):
         self, model: Model, inputs: T, criterion: Any, *, epsilons: Any, **kwargs: Any
     ) -> Any:
         """Foolbox's ``MinimizationAttack.__call__`` (on :meth:`for_model`'s view of the
-        attack), after clear checks of model, inputs and criterion; an empty batch gives empty
-        results (Foolbox's own bounds check fails on it)."""
+        attack), after clear checks of epsilons, model, inputs and criterion; an empty batch
+        gives empty results (Foolbox's own bounds check fails on it)."""
+        # Here, not through early_stop: Foolbox passes none when an epsilon is None.
+        check_epsilons(epsilons)
         x, criterion_ = self.prepare(model, inputs, criterion)
         if len(x) == 0:
             return empty_batch_result(x, epsilons)
@@ -57,6 +60,12 @@ class MinimalAttack(MinimizationAttack):
         """The attack as it measures inputs of ``model`` (itself, unless its distance depends
         on the model's bounds or layout)."""
         return self
+
+    def repeat(self, times: int) -> Attack:
+        """Foolbox's ``Repeated``, comparing with the distance of the attacked model
+        (:meth:`for_model`), with the checks and empty-batch results of ``__call__``. The
+        attacks are deterministic given ``seed``: every repetition returns the same result."""
+        return _Repeated(self, times)
 
     def run(
         self,
@@ -109,3 +118,26 @@ class Batch:
     targeted: bool
     criterion: Criterion
     early_stop: float | None
+
+
+class _Repeated(Repeated):
+    """Foolbox's ``Repeated`` whose ``epsilons=None`` comparisons use the distance of the
+    attacked model (:meth:`MinimalAttack.for_model`); the wrapped attack is never changed."""
+
+    attack: MinimalAttack
+
+    def __repr__(self) -> str:
+        return f"Repeated(attack={self.attack!r}, times={self.times})"
+
+    def __call__(
+        self, model: Model, inputs: T, criterion: Any, *, epsilons: Any, **kwargs: Any
+    ) -> Any:
+        check_epsilons(epsilons)
+        x, criterion_ = self.attack.prepare(model, inputs, criterion)
+        if len(x) == 0:  # Foolbox's Repeated checks the bounds with x.min(), which fails on it
+            return empty_batch_result(x, epsilons)
+        per_model = Repeated(self.attack.for_model(model), self.times)
+        return per_model(model, x, criterion_, epsilons=epsilons, **kwargs)
+
+    def repeat(self, times: int) -> Repeated:
+        return _Repeated(self.attack, self.times * times)

@@ -8,10 +8,13 @@ of any integer dtype or container become the framework's index dtype (:func:`as_
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
@@ -83,6 +86,56 @@ def check_model_and_inputs(model: Any, inputs: Any) -> tuple[Bounds, ep.Tensor]:
     bounds = check_bounds(model.bounds)
     x = check_inputs(as_tensor("inputs", inputs), bounds)
     return bounds, x
+
+
+_EPSILONS_EXPECTED = "None, a number >= 0 (inf included) or a sequence of them"
+
+
+def check_epsilons(epsilons: Any) -> None:
+    """Raise unless every epsilon is None or a real number >= 0 (inf included), whether
+    ``epsilons`` is one value, a list or tuple, a NumPy array or a tensor of any framework.
+
+    The check of ``early_stop = min(epsilons)`` in :meth:`MinimalAttack.run` never sees them
+    when an epsilon is None (Foolbox then passes no ``early_stop``), and Foolbox's
+    ``clip_perturbation`` turns a negative ε into a flipped perturbation. An iterator (a
+    generator) is a TypeError: checking it would consume it, and Foolbox takes its ``len``.
+    """
+    for value in _epsilon_values(epsilons):
+        if value is None:
+            continue
+        where = "" if value is epsilons else f" in {epsilons!r}"
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"epsilons must be {_EPSILONS_EXPECTED}, got {value!r} "
+                f"({type(value).__name__}){where}"
+            )
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"epsilons must be {_EPSILONS_EXPECTED}, got {value!r}{where}")
+
+
+def _epsilon_values(epsilons: Any) -> list[Any]:
+    """The values of ``epsilons`` as Python objects (numbers, None, or what the caller put
+    there), flattened."""
+    if epsilons is None or isinstance(epsilons, numbers.Number | str | bytes | np.bool_):
+        return [epsilons]
+    if isinstance(epsilons, list | tuple):
+        return [value for item in epsilons for value in _epsilon_values(item)]
+    try:
+        tensor = epsilons if isinstance(epsilons, ep.Tensor) else ep.astensor(epsilons)
+    except ValueError:  # not an array or tensor
+        tensor = None
+    if tensor is not None:
+        if "float16" in str(tensor.dtype):  # NumPy has no bfloat16; float32 keeps sign and NaN
+            tensor = tensor.float32()
+        return list(tensor.numpy().ravel().tolist())
+    if isinstance(epsilons, Sized) and isinstance(epsilons, Iterable):
+        return [value for item in epsilons for value in _epsilon_values(item)]
+    if isinstance(epsilons, Iterable):
+        raise TypeError(
+            f"epsilons must be {_EPSILONS_EXPECTED} (a list, tuple, array or tensor), got "
+            f"{type(epsilons).__name__}: Foolbox needs len(epsilons); pass list(epsilons)"
+        )
+    return [epsilons]  # any other object: check_epsilons names it
 
 
 def host_number(value: Any) -> Any:

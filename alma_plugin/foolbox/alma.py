@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import eagerpy as ep
-from foolbox.attacks.base import Attack, Repeated, T
 from foolbox.distances import Distance, l1, l2
 from foolbox.models import Model
 
@@ -39,7 +38,7 @@ from ._common import (
     to_channels_first,
     to_channels_last,
 )
-from .distances import NormalisedDistance
+from .distances import NormalisedDistance, WithinSegment
 
 __all__ = ["ALMAAttack", "L1ALMA", "L2ALMA"]
 
@@ -59,14 +58,15 @@ _CONVENTIONS = """
         * ``distance``: ``fb.distances.l1`` / ``l2`` for :class:`L1ALMA` / :class:`L2ALMA`
           (raw units of the model's bounds, as Foolbox's). For the perceptual attacks, a
           :class:`~alma_plugin.foolbox.NormalisedDistance` measuring in [0, 1]: on the attack
-          itself, for inputs in (0, 1), channels first; ``attack.for_model(model).distance``
-          measures inputs of ``model`` (its bounds and ``data_format``), and ``__call__``
-          clips ``epsilons`` with exactly that distance.
+          itself, for inputs in (0, 1), channels first (others are a ValueError);
+          ``attack.for_model(model).distance`` measures inputs of ``model`` (its bounds and
+          ``data_format``), and ``__call__`` clips ``epsilons`` with exactly that distance.
         * ``model.data_format``: the perceptual distances see channels-first images; inputs of
           a channels-last model (JAX, TensorFlow) are transposed for them and the results come
           back in the caller's layout. ℓp attacks ignore the layout.
         * ``early_stop`` (Foolbox passes ``min(epsilons)`` when no epsilon is None) is in the
-          units of ``distance``; 0 is accepted and never triggers.
+          units of ``distance``; 0 is accepted and never triggers. Negative or NaN epsilons
+          are a ValueError naming ``epsilons``, whether or not a None is next to them.
         * ``.repeat(n)``: ALMA is deterministic given ``seed`` (random directions are only
           drawn where a gradient vanishes, and for the random starts of ``restarts`` > 1), so
           ``attack.repeat(n)`` runs the same attack n times at n times the cost and returns
@@ -110,6 +110,7 @@ class ALMAAttack(MinimalAttack):
         # What the perceptual distance measures: (0, 1) channels first, unless this is the
         # per-call copy made by for_model.
         self._measured_as: tuple[Bounds, str] = ((0.0, 1.0), CHANNELS_FIRST)
+        self._bound = False  # the per-call copy of for_model: clips within segments (ℓp)
 
     def __repr__(self) -> str:
         graphs = ", cuda_graphs=True" if self.cuda_graphs else ""
@@ -122,7 +123,7 @@ class ALMAAttack(MinimalAttack):
     def distance(self) -> Distance:
         """The Foolbox distance of the attack (see "Foolbox conventions" in the class doc)."""
         if self.lp_distance is not None:
-            return self.lp_distance
+            return WithinSegment(self.lp_distance) if self._bound else self.lp_distance
         bounds, layout = self._measured_as
         return NormalisedDistance(self.distance_name, bounds, self.distance_function, layout)
 
@@ -133,6 +134,7 @@ class ALMAAttack(MinimalAttack):
         measure with the right distance."""
         bound = copy.copy(self)
         bound._measured_as = (check_bounds(model.bounds), self._layout(model))
+        bound._bound = True
         return bound
 
     def _layout(self, model: Model) -> str:
@@ -182,11 +184,6 @@ class ALMAAttack(MinimalAttack):
         subclass descends another gradient with the same values (SSIM, MS-SSIM)."""
         return self.distance_function
 
-    def repeat(self, times: int) -> Attack:
-        """Foolbox's ``Repeated``; ALMA is deterministic, so every repetition returns the same
-        result: n times the cost for exactly the single-call result."""
-        return _Repeated(self, times)
-
     def solve(self, batch: Batch) -> ep.Tensor:
         """ALMA on a checked batch; a channels-last model's inputs are seen channels first by
         the perceptual distance, and come back in the caller's layout."""
@@ -219,26 +216,6 @@ class ALMAAttack(MinimalAttack):
         )
         adversarials = result.adversarials
         return adversarials if to_caller is None else to_caller(adversarials)
-
-
-class _Repeated(Repeated):
-    """Foolbox's ``Repeated`` whose ``epsilons=None`` comparisons use the distance of the
-    attacked model (:meth:`ALMAAttack.for_model`); the wrapped attack is never changed."""
-
-    attack: ALMAAttack
-
-    def __repr__(self) -> str:
-        return f"Repeated(attack={self.attack!r}, times={self.times})"
-
-    def __call__(
-        self, model: Model, inputs: T, criterion: Any, *, epsilons: Any, **kwargs: Any
-    ) -> Any:
-        x, criterion_ = self.attack.prepare(model, inputs, criterion)
-        per_model = Repeated(self.attack.for_model(model), self.times)
-        return per_model(model, x, criterion_, epsilons=epsilons, **kwargs)
-
-    def repeat(self, times: int) -> Repeated:
-        return _Repeated(self.attack, self.times * times)
 
 
 def _stable_repr(value: Any) -> str:

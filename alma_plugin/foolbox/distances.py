@@ -4,6 +4,7 @@ in which the ALMA paper (Rony et al., ICCV 2021, Table 3) states its ε."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import eagerpy as ep
@@ -15,9 +16,12 @@ from ..core.validation import Bounds, check_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
 from ._common import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first
 
-__all__ = ["NormalisedDistance"]
+__all__ = ["NormalisedDistance", "WithinSegment"]
 
 _CLIP_BISECTION_STEPS = 30
+#: Inputs may lie outside ``bounds`` by this much of the range (rounding), as the attacks'
+#: inputs (:func:`alma_plugin.core.validation.check_inputs`).
+_BOUNDS_SLACK = 1e-6
 
 
 class NormalisedDistance(Distance):
@@ -30,6 +34,9 @@ class NormalisedDistance(Distance):
     not be convex in s; the returned point always satisfies the bound), and inputs already
     within ε are returned unchanged. Distances are computed in at least float32 (float16 and
     bfloat16 inputs are measured in float32); results keep the inputs' dtype and layout.
+    Inputs outside ``bounds`` (by more than 1e-6 of the range) are a ValueError: measured as if
+    they were within them, they would give wrong values silently (e.g. raw (0, 255) images
+    given to the (0, 1) ``distance`` of an attack instead of ``attack.for_model(model)``'s).
 
     Args:
         name: a name of ``alma_plugin.distances.DISTANCES``.
@@ -84,14 +91,32 @@ class NormalisedDistance(Distance):
             x, y = to_channels_first(x), to_channels_first(y)
         return self.function((y - lower) / scale, (x - lower) / scale)
 
+    def _check_within_bounds(self, *tensors: ep.Tensor) -> None:
+        """The caller's inputs must lie within :attr:`bounds` (checked once per call, not at
+        each measurement of the bisection)."""
+        lower, upper = self.bounds
+        slack = _BOUNDS_SLACK * (upper - lower)
+        for tensor in tensors:
+            if math.prod(tensor.shape) == 0:
+                continue  # min() of an empty tensor fails; nothing to measure anyway
+            low, high = tensor.min().item(), tensor.max().item()
+            if low < lower - slack or high > upper + slack:
+                raise ValueError(
+                    f"{self!r} got inputs outside [{lower:g}, {upper:g}] (values in "
+                    f"[{low:.6g}, {high:.6g}]); it measures inputs in [{lower:g}, {upper:g}]. "
+                    "For a model with other bounds, use attack.for_model(model).distance"
+                )
+
     def __call__(self, references: T, perturbed: T) -> T:
         """D(perturbed, references) per sample, shape (N,)."""
         (x, y), restore_type = ep.astensors_(references, perturbed)
+        self._check_within_bounds(x, y)
         return restore_type(self._measure(x, y))
 
     def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
         """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon``."""
         (x, y), restore_type = ep.astensors_(references, perturbed)
+        self._check_within_bounds(x, y)
         inside = self._measure(x, y) <= epsilon
         if inside.all().item():
             return restore_type(y)
@@ -113,3 +138,36 @@ class NormalisedDistance(Distance):
             high = ep.where(feasible, high, mid)
         shrunk = candidate(low)
         return restore_type(ep.where(atleast_kd(inside, x.ndim), y, shrunk))
+
+
+class WithinSegment(Distance):
+    """A Foolbox ℓp distance whose ``clip_perturbation`` returns values between x and x̃.
+
+    Foolbox clips to ε as ``x + (x̃ − x)·min(1, ε/‖x̃ − x‖)``, which rounds: x̃ comes back an
+    ulp away from itself, and an x̃ on a bound an ulp outside it. Here a sample within ε
+    keeps x̃ exactly, and every value of a clipped one lies between those of x and x̃, so
+    inside the model's bounds. Measures exactly as the wrapped distance. :meth:`ALMAAttack
+    .for_model` gives ``__call__`` and ``repeat`` this view of ``fb.distances.l1`` / ``l2`` /
+    ``linf``; the attack's own :attr:`distance` stays Foolbox's object."""
+
+    def __init__(self, lp: Distance) -> None:
+        self.lp = lp
+
+    def __repr__(self) -> str:
+        return f"WithinSegment({self.lp!r})"
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, WithinSegment) and other.lp == self.lp
+
+    def __hash__(self) -> int:
+        return hash((WithinSegment, self.lp))
+
+    def __call__(self, references: T, perturbed: T) -> T:
+        return self.lp(references, perturbed)
+
+    def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
+        (x, x_adv), restore_type = ep.astensors_(references, perturbed)
+        clipped = ep.astensor(self.lp.clip_perturbation(x, x_adv, epsilon))
+        within = atleast_kd(ep.astensor(self.lp(x, x_adv)) <= epsilon, x.ndim)
+        between = ep.minimum(ep.maximum(clipped, ep.minimum(x, x_adv)), ep.maximum(x, x_adv))
+        return restore_type(ep.where(within, x_adv, between))

@@ -4,8 +4,11 @@ minimisation attack, :class:`LinfALMAProx`. The algorithm lives in
 
 from __future__ import annotations
 
+import copy
+
 import eagerpy as ep
-from foolbox.distances import linf
+from foolbox.distances import Distance, linf
+from foolbox.models import Model
 
 from ..core.graphs import check_cuda_graphs
 from ..core.params import PROX_STEPS, ProxParams, takes_params
@@ -13,6 +16,7 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.validation import check_flag, check_positive_int
 from ._base import Batch, MinimalAttack
 from ._common import model_function, success_fn
+from .distances import WithinSegment
 
 __all__ = ["LinfALMAProx"]
 
@@ -46,7 +50,8 @@ class LinfALMAProx(MinimalAttack):
     Foolbox conventions:
         * ``early_stop`` (Foolbox passes ``min(epsilons)`` when no epsilon is None; raw units
           of ``model.bounds``, as ``fb.distances.linf``) ends the run once every sample has an
-          adversarial with ‖δ‖∞ below it; 0 is accepted and never triggers.
+          adversarial with ‖δ‖∞ below it; 0 is accepted and never triggers. Negative or NaN
+          epsilons are a ValueError naming ``epsilons``, whether or not a None is next to them.
         * Immutable: calling or running the attack never changes it; ``repr`` lists the
           constructor's arguments (the merged ``ProxParams``), stable across processes.
         * ``.repeat(n)``: ALMA prox is deterministic given ``seed`` (only ``restarts`` > 1
@@ -63,7 +68,7 @@ class LinfALMAProx(MinimalAttack):
             https://arxiv.org/abs/2206.07179
     """
 
-    distance = linf
+    distance: Distance = linf
 
     @takes_params(ProxParams)
     def __init__(
@@ -86,6 +91,14 @@ class LinfALMAProx(MinimalAttack):
             f"{type(self).__name__}(steps={self.steps}, seed={self.seed}{graphs}, "
             f"params={self.params})"
         )
+
+    def for_model(self, model: Model) -> LinfALMAProx:
+        """A copy whose :attr:`distance` clips within segments (:class:`.WithinSegment`), so
+        that Foolbox's clipped outputs stay inside ``model.bounds``; this attack is left
+        unchanged (its ``distance`` stays ``fb.distances.linf``)."""
+        bound = copy.copy(self)
+        bound.distance = WithinSegment(linf)
+        return bound
 
     def solve(self, batch: Batch) -> ep.Tensor:
         """ALMA prox on a checked batch; ``early_stop`` in raw units of ``model.bounds`` (‖δ‖∞

@@ -249,12 +249,13 @@ def prox_case(
     mask_container: str = "tensor",
     adv_threshold: float = 0.6,
     nan_radius: float = 0.01,
+    spread: float = 0.05,
     **kwargs: Any,
 ) -> Setup:
     """``alma_plugin.alma_prox`` on per-pixel logits (N, K, H, W)."""
     from alma_plugin import alma_prox
 
-    x, x_np = inputs_for("torch", n, (channels, size, size), bounds, dtype, mode, seed)
+    x, x_np = inputs_for("torch", n, (channels, size, size), bounds, dtype, mode, seed, spread)
     net = torch_segmenter(channels, max(k, 1), seed=seed, bounds=bounds).to(TORCH_DTYPES[dtype])
     model, verifier, verifiable = wrap_model(net, variant, bounds, nan_radius)
     with torch.no_grad():
@@ -358,6 +359,7 @@ def lagrangian_case(
     label_offset: int = 0,
     call_bounds: tuple[float, float] | None = None,
     attack_seed: int | None = 0,
+    spread: float = 0.05,
     **kwargs: Any,
 ) -> Setup:
     """``alma_plugin.lagrangian`` (PyTorch or JAX) or torchattacks ``Lagrangian`` (bounds
@@ -365,7 +367,7 @@ def lagrangian_case(
     sample): its outputs must be in bounds, finite, graph-free and ``norms`` must be ‖δ‖₂."""
     if torchattacks:
         bounds = (0.0, 1.0)
-    x, x_np = inputs_for(framework, n, shape, bounds, dtype, mode, seed)
+    x, x_np = inputs_for(framework, n, shape, bounds, dtype, mode, seed, spread)
     model, verifier, _, modules = models_for(
         framework, shape, k, seed=seed, bounds=bounds, variant=variant, dtype=dtype, conv=conv,
     )  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import eagerpy as ep
 import foolbox as fb
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from alma_plugin.foolbox import (
     SSIMALMA,
     LinfALMAProx,
     NormalisedDistance,
+    WithinSegment,
 )
 from tests.utils import CountingModel, assert_unchanged, predict, snapshot
 
@@ -295,6 +297,103 @@ def test_empty_batch(fmodel: fb.PyTorchModel, few: tuple) -> None:
     assert L2ALMA(steps=5).run(fmodel, x[:0], y[:0]).shape == (0, 1, 28, 28)
 
 
+@pytest.mark.parametrize("make", [lambda: L2ALMA(steps=5), lambda: LinfALMAProx(steps=3)],
+                         ids=["L2ALMA", "LinfALMAProx"])  # fmt: skip
+def test_empty_batch_repeat_gives_the_call_results(
+    fmodel: fb.PyTorchModel, few: tuple, make: Any
+) -> None:
+    """``.repeat(n)`` on an empty batch returns what ``__call__`` does (Foolbox's Repeated
+    checks the bounds with x.min(), a RuntimeError on an empty tensor)."""
+    x, y = few[0][:0], few[1][:0]
+    attack = make()
+    for epsilons in (None, 0.5, [None, 0.5], []):
+        expected = attack(fmodel, x, y, epsilons=epsilons)
+        for repeated in (attack.repeat(2), attack.repeat(2).repeat(2)):
+            got = repeated(fmodel, x, y, epsilons=epsilons)
+            assert type(got[0]) is type(expected[0]) and len(got[0]) == len(expected[0])
+            assert torch.equal(got[2], expected[2]) and got[2].shape == expected[2].shape
+    raw, clipped, success = attack.repeat(2)(fmodel, ep.astensor(x), ep.astensor(y),
+                                             epsilons=[None])  # fmt: skip
+    assert isinstance(raw[0], ep.PyTorchTensor) and raw[0].shape == (0, 1, 28, 28)
+    assert isinstance(success, ep.PyTorchTensor) and success.shape == (1, 0)
+    with pytest.raises(ValueError, match="epsilons"):
+        attack.repeat(2)(fmodel, x, y, epsilons=[None, -1.0])
+
+
+BAD_EPSILONS = [
+    pytest.param(-0.5, "-0.5", id="negative"),
+    pytest.param(float("nan"), "nan", id="nan"),
+    pytest.param([None, -0.5], r"-0\.5 in \[None, -0\.5\]", id="list-with-None"),
+    pytest.param([None, float("nan")], "nan", id="nan-with-None"),
+    pytest.param((None, float("-inf")), "-inf", id="-inf-in-tuple"),
+    pytest.param(np.array([0.1, -0.5]), "-0.5", id="numpy"),
+    pytest.param(np.float32(-0.5), r"(np\.float32\()?-0\.5", id="numpy-float"),
+    pytest.param(torch.tensor([0.5, -0.5]), "-0.5", id="torch"),
+    pytest.param(torch.tensor(-0.5), "-0.5", id="torch-0d"),
+    pytest.param(torch.tensor([0.5, -0.5], dtype=torch.bfloat16), "-0.5", id="torch-bfloat16"),
+]
+
+
+@pytest.mark.parametrize("epsilons, value", BAD_EPSILONS)
+@pytest.mark.parametrize("make", [lambda: L2ALMA(steps=5), lambda: LinfALMAProx(steps=3)],
+                         ids=["L2ALMA", "LinfALMAProx"])  # fmt: skip
+def test_negative_or_nan_epsilons_are_refused(
+    mnist_cnn: torch.nn.Module, few: tuple, make: Any, epsilons: Any, value: str
+) -> None:
+    """Every epsilon must be None or a number >= 0, in any container, None or not in it: with a
+    None, Foolbox passes no early_stop (our other check) and its clipping flips a negative ε.
+    The error comes before any model call, on empty batches and through ``.repeat`` too."""
+    x, y = few
+    counting, model = _counting(mnist_cnn)
+    attack = make()
+    for inputs, labels in ((x, y), (x[:0], y[:0])):
+        for call in (attack, attack.repeat(2)):
+            with pytest.raises(ValueError, match=rf"epsilons must be .*>= 0.*got {value}"):
+                call(model, inputs, labels, epsilons=epsilons)
+    assert counting.forwards == 0
+
+
+@pytest.mark.parametrize("make", [lambda: L2ALMA(steps=5), lambda: LinfALMAProx(steps=3)],
+                         ids=["L2ALMA", "LinfALMAProx"])  # fmt: skip
+def test_epsilons_of_other_types(mnist_cnn: torch.nn.Module, few: tuple, make: Any) -> None:
+    """Epsilons that are not numbers are a TypeError naming them; a generator too (Foolbox
+    needs len(epsilons), as for DDN); no epsilons at all is Foolbox's own ValueError."""
+    x, y = few
+    counting, model = _counting(mnist_cnn)
+    attack = make()
+    with pytest.raises(TypeError, match=r"epsilons .* got generator.*list\(epsilons\)"):
+        attack(model, x, y, epsilons=(e for e in [0.5]))
+    with pytest.raises(TypeError, match=r"epsilons .* got '0.5' \(str\)"):
+        attack(model, x, y, epsilons=[None, "0.5"])
+    with pytest.raises(TypeError, match=r"epsilons .* got True \(bool\)"):
+        attack(model, x[:0], y[:0], epsilons=True)
+    with pytest.raises(ValueError, match="min"):  # as Foolbox's DDN: min() of no epsilons
+        attack(model, x, y, epsilons=[])
+    assert counting.forwards == 0
+
+
+@pytest.mark.parametrize("make", [lambda: L2ALMA(steps=5), lambda: LinfALMAProx(steps=3)],
+                         ids=["L2ALMA", "LinfALMAProx"])  # fmt: skip
+def test_valid_epsilons_in_any_container(fmodel: fb.PyTorchModel, few: tuple, make: Any) -> None:
+    """What Foolbox's DDN accepts as epsilons stays accepted: None, numbers (int, NumPy,
+    inf, 0.0), lists and tuples with None, NumPy arrays and tensors."""
+    x, y = few[0][:4], few[1][:4]
+    attack = make()
+    _, reference, expected = attack(fmodel, x, y, epsilons=[0.0, 0.5, float("inf")])
+    for epsilons in ((0.0, 0.5, float("inf")), np.array([0.0, 0.5, np.inf]),
+                     torch.tensor([0.0, 0.5, float("inf")])):  # fmt: skip
+        _, clipped, success = attack(fmodel, x, y, epsilons=epsilons)
+        assert all(torch.equal(a, b) for a, b in zip(clipped, reference, strict=True))
+        assert torch.equal(success, expected)
+    for epsilon in (1, np.float32(0.5), np.int64(0), float("inf"), None):
+        raw, _, success = attack(fmodel, x, y, epsilons=epsilon)
+        assert raw.shape == x.shape and success.shape == (len(x),)
+    raw, _, success = attack(fmodel, x, y, epsilons=(None, 0.0))
+    assert len(raw) == 2 and success.shape == (2, len(x)) and not success[1].any()
+    raw, _, success = attack(fmodel, x[:0], y[:0], epsilons=[])  # an empty batch: no results
+    assert raw == [] and success.shape == (0, 0)
+
+
 # --- Host conventions (issue 10) ------------------------------------------------------------
 
 #: ALMA prox step sizes for the tiny MNIST CNN (see tests/foolbox/test_prox_adapters.py).
@@ -337,7 +436,8 @@ def test_attack_is_immutable(few: tuple) -> None:
     bound = attack.for_model(model)
     assert bound.distance == NormalisedDistance("ssim", bounds=(0, 255))
     assert attack.distance == NormalisedDistance("ssim") and repr(bound) == repr(attack)
-    assert L2ALMA().for_model(model).distance is fb.distances.l2
+    assert L2ALMA().for_model(model).distance == WithinSegment(fb.distances.l2)
+    assert L2ALMA().distance is fb.distances.l2
 
 
 class _Weights:
@@ -535,3 +635,25 @@ def test_l2_alma_vs_ddn(comparison: dict) -> None:
 def test_l1_alma_vs_fmn_and_ead(comparison: dict) -> None:
     assert comparison["L1ALMA"][0] >= comparison["L1FMN"][0]
     assert comparison["L1ALMA"][1] <= comparison["EAD"][1]
+
+
+@pytest.mark.parametrize("lp", [fb.distances.l1, fb.distances.l2, fb.distances.linf])
+def test_within_segment_keeps_clipped_outputs_between_x_and_the_adversarial(lp) -> None:
+    """Foolbox's x + (x̃ − x)·min(1, ε/‖x̃ − x‖) rounds: x̃ on a bound came back an ulp
+    outside it (found by the contract table's bounds-normalised row for LinfALMAProx)."""
+    generator = torch.Generator().manual_seed(0)
+    lower, upper = -0.42421290278434753, 2.821486473083496  # float32 values inside MNIST's
+    x = lower + (upper - lower) * torch.rand(64, 1, 8, 8, generator=generator)
+    x_adv = torch.where(torch.rand(x.shape, generator=generator) < 0.5, lower, upper)
+    clip = WithinSegment(lp)
+    assert torch.equal(clip(x, x_adv), lp(x, x_adv))
+    norms = lp(x, x_adv)
+    for epsilon in (norms.min().item() / 2, norms.median().item(), norms.max().item()):
+        clipped = clip.clip_perturbation(x, x_adv, epsilon)
+        within = norms <= epsilon
+        assert torch.equal(clipped[within], x_adv[within])
+        assert (clipped >= torch.minimum(x, x_adv)).all() and (
+            clipped <= torch.maximum(x, x_adv)
+        ).all()
+        assert clipped.min() >= lower and clipped.max() <= upper
+        assert (lp(x, clipped) <= epsilon * (1 + 1e-5)).all()

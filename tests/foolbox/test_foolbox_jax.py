@@ -119,3 +119,17 @@ def test_jax_label_dtypes() -> None:
     for labels in (y.astype(jnp.uint8), y.astype(jnp.int16), np.asarray(y), np.asarray(y).tolist()):
         np.testing.assert_array_equal(np.asarray(attack.run(fmodel, x, labels)), reference)
         attack(fmodel, x, labels, epsilons=[0.0, None])
+
+
+def test_jax_epsilons_are_checked() -> None:
+    """Epsilons as a JAX array (1-d or 0-d) are checked as any other: a negative one is a
+    ValueError naming epsilons, with or without a None next to it; valid ones still work."""
+    model, x, y, _, _ = _linear_problem()
+    fmodel = fb.JAXModel(model, bounds=(0, 1))
+    attack = L2ALMA(steps=5)
+    for epsilons in (jnp.array([0.1, -0.2]), jnp.array(-0.3), [None, jnp.array(-0.3)]):
+        with pytest.raises(ValueError, match=r"epsilons must be .*>= 0.*got -0\.[23]"):
+            attack(fmodel, x, y, epsilons=epsilons)
+    _, clipped, success = attack(fmodel, x, y, epsilons=jnp.array([0.0, 0.3]))
+    assert success.shape == (2, len(x)) and not bool(success[0].any())
+    np.testing.assert_array_equal(np.asarray(clipped[0]), np.asarray(x))

@@ -4,6 +4,7 @@ random weights (the real ones are not available offline)."""
 
 from __future__ import annotations
 
+import eagerpy as ep
 import foolbox as fb
 import pytest
 import torch
@@ -112,6 +113,40 @@ def test_clip_perturbation_really_clips(name: str, lpips: LPIPS, cifar: tuple) -
     assert torch.equal(clipped[inside], xp[inside])  # unchanged where already inside
     assert (after[~inside] > 0.9 * epsilon).all()  # shrunk, not collapsed to x
     assert clipped.min() >= 0 and clipped.max() <= 255
+
+
+@pytest.mark.parametrize("cls", [CIEDE2000ALMA, SSIMALMA])
+def test_distance_of_the_attack_refuses_inputs_outside_its_bounds(cls: type, cifar: tuple) -> None:
+    """``attack.distance`` measures inputs in (0, 1): raw inputs of a (0, 255) or (-1, 1) model
+    are a ValueError pointing to ``attack.for_model(model).distance`` (it measured them as if
+    they were in [0, 1]: wrong values, silently); valid inputs give the same values as ever."""
+    x = cifar[0][:3]
+    torch.manual_seed(0)
+    xp = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    attack = cls(steps=5)
+    expected = attack.distance_function(ep.astensor(xp), ep.astensor(x)).raw
+    torch.testing.assert_close(attack.distance(x, xp), expected, rtol=0, atol=0)
+    for bounds in ((0.0, 255.0), (-1.0, 1.0)):
+        lower, upper = bounds
+        host, host_p = x * (upper - lower) + lower, xp * (upper - lower) + lower
+        message = r"outside \[0, 1\].*attack\.for_model\(model\)\.distance"
+        with pytest.raises(ValueError, match=message):
+            attack.distance(host, host_p)
+        with pytest.raises(ValueError, match=message):
+            attack.distance.clip_perturbation(host, host_p, 0.01)
+        model = fb.PyTorchModel(nn.Flatten(), bounds=bounds)
+        measured = attack.for_model(model).distance(host, host_p)
+        torch.testing.assert_close(measured, expected, rtol=1e-4, atol=1e-6)
+    # Rounding outside [0, 1] (up to 1e-6 of the range, as for the attacks' inputs) is accepted.
+    edge = x.clone()
+    edge[:, 0, 0, 0], edge[:, 0, 0, 1] = 1 + 5e-7, -5e-7
+    attack.distance(edge, xp)
+    below = xp.clone()
+    below[0, 0, 0, 0] = -2e-6
+    with pytest.raises(ValueError, match=r"values in \[-2e-06, "):
+        attack.distance(x, below)
+    empty = x[:0]
+    assert attack.distance(empty, empty).shape == (0,)
 
 
 def test_input_errors(color_cnn: nn.Module, samples: tuple, lpips: LPIPS) -> None:
