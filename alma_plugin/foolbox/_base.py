@@ -13,6 +13,7 @@ from foolbox.attacks.base import Attack, MinimizationAttack, Repeated, T, raise_
 from foolbox.criteria import Criterion, Misclassification, TargetedMisclassification
 from foolbox.models import Model
 
+from ..core.autodiff import autograd_allowed
 from ..core.precision import warn_if_reduced_precision
 from ..core.validation import Bounds, check_early_stop
 from ._common import (
@@ -67,6 +68,7 @@ class MinimalAttack(MinimizationAttack):
         attacks are deterministic given ``seed``: every repetition returns the same result."""
         return _Repeated(self, times)
 
+    @autograd_allowed  # called under torch.inference_mode(): as under torch.no_grad()
     def run(
         self,
         model: Model,

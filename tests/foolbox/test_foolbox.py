@@ -657,3 +657,25 @@ def test_within_segment_keeps_clipped_outputs_between_x_and_the_adversarial(lp) 
         ).all()
         assert clipped.min() >= lower and clipped.max() <= upper
         assert (lp(x, clipped) <= epsilon * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("make", [L2ALMA, LinfALMAProx])
+def test_called_under_inference_mode_as_under_no_grad(make: type) -> None:
+    """An evaluation loop under ``torch.inference_mode()`` (before: PyTorch's "Inference
+    tensors do not track version counter", or a ValueError blaming the model)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    fmodel = fb.PyTorchModel(net, bounds=(0, 1))
+    x = torch.rand(4, 1, 4, 4)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+        expected = make(steps=5)(fmodel, x, labels, epsilons=[None, 0.5])
+    with torch.inference_mode():
+        result = make(steps=5)(fmodel, x, labels, epsilons=[None, 0.5])
+    for got, want in zip(result, expected, strict=True):
+        for a, b in zip(
+            got if isinstance(got, list) else [got],
+            want if isinstance(want, list) else [want],
+            strict=True,
+        ):
+            assert torch.equal(a, b)
