@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .core.autodiff import autograd_allowed
 from .core.validation import check_flag, check_in_range, check_positive_int
 
 __all__ = ["EpochLog", "adversarial_training"]
@@ -86,6 +87,7 @@ def _progress(batches: Iterable[Any], enabled: bool, description: str) -> Iterab
     return tqdm(batches, total=total, desc=description, leave=False)
 
 
+@autograd_allowed  # called under torch.inference_mode(): as under torch.no_grad()
 def adversarial_training(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -195,6 +197,26 @@ def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return images.to(device), labels.to(device, torch.int64)
 
 
+def _perturbed(output: Any, images: torch.Tensor) -> torch.Tensor:
+    """The attack's output, detached, or a TypeError naming ``attack`` and what it returned."""
+    if not isinstance(output, torch.Tensor) or output.shape != images.shape:
+        got = type(output).__name__ + (f" of shape {tuple(output.shape)}"
+                                       if isinstance(output, torch.Tensor) else "")  # fmt: skip
+        raise TypeError(f"attack(images, labels) must return a tensor of the images' shape "
+                        f"{tuple(images.shape)}, got {got}")  # fmt: skip
+    return output.detach()
+
+
+def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> None:
+    """Labels in [0, K), K the model's class count (cross-entropy's own IndexError names
+    neither the loader nor the value's meaning)."""
+    classes = logits.shape[-1]
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"loader's labels must lie in [0, {classes}) for a model with "
+                         f"{classes} outputs, got values in [{int(labels.min())}, "
+                         f"{int(labels.max())}]")  # fmt: skip
+
+
 def _shapes(batch: Any) -> str:
     if isinstance(batch, tuple | list):
         return " of " + str([tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
@@ -244,9 +266,11 @@ def _epoch(
         inputs = x
         if adversarial:
             assert attack is not None
-            inputs = attack(x, y).detach()
+            inputs = _perturbed(attack(x, y), x)
         with torch.no_grad():  # one eval forward judges the clean and perturbed batches
-            judged = model(torch.cat([x, inputs]) if adversarial else x).argmax(1)
+            logits = model(torch.cat([x, inputs]) if adversarial else x)
+        _check_labels(y, logits)
+        judged = logits.argmax(1)
         correct = judged[: len(x)] == y
         totals.samples += len(x)
         totals.correct += int(correct.sum())

@@ -155,6 +155,11 @@ def test_loader_errors_are_clear(loader: list[tuple[torch.Tensor, torch.Tensor]]
         _quiet(model, [(images, labels, labels)])
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         _quiet(model, [(images, labels.float())])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\).*\[10, "):
+        _quiet(model, [(images, labels + 10)])  # was cross-entropy's IndexError
+    for wrong in (lambda x, y: None, lambda x, y: x[:, :, :14]):
+        with pytest.raises(TypeError, match=r"attack\(images, labels\) must return a tensor"):
+            _quiet(model, [(images, labels)], attack=wrong, warmup_epochs=0)
     assert not model.training  # left in eval mode after every error
 
 
@@ -167,4 +172,9 @@ def test_integer_labels_of_any_dtype_and_a_callers_no_grad(
     torch.manual_seed(0)
     with torch.no_grad():
         log = _quiet(tiny_mnist_cnn(), [(loader[0][0], loader[0][1].int())])
+    assert log[0].loss == reference
+    torch.manual_seed(0)
+    model = tiny_mnist_cnn()
+    with torch.inference_mode():  # was "element 0 of tensors does not require grad"
+        log = _quiet(model, loader[:1])
     assert log[0].loss == reference
