@@ -60,7 +60,10 @@ def check_distance_inputs(name: str, x: ep.Tensor) -> None:
 
 def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
     """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
-    shape = tuple(getattr(labels, "shape", ()))
+    # nested lists / tuples (label maps given as lists) have no .shape: NumPy reads it
+    shape = tuple(
+        getattr(labels, "shape", np.shape(labels) if isinstance(labels, list | tuple) else ())
+    )
     if len(shape) <= 1:
         return as_labels("labels", labels, x, (len(x),))
     expected = (len(x), *x.shape[2:])

@@ -49,6 +49,15 @@ def value_aux_and_grad(loss_fn: LossWithAux, x: ep.Tensor) -> tuple[ep.Tensor, A
         if grad is None:
             grad = torch.zeros_like(leaf)
         return ep.astensor(loss.raw.detach()), _detach_tree(aux), ep.astensor(grad)
+    if isinstance(x, ep.TensorFlowTensor):  # eagerpy's fails on the None of an unused input
+        import tensorflow as tf
+
+        watched = tf.identity(x.raw)  # as eagerpy: independent of other uses of x's tensor
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            loss, aux = loss_fn(ep.astensor(watched))
+        zero = tf.UnconnectedGradients.ZERO  # logits that ignore the input: gradient 0
+        return loss, aux, ep.astensor(tape.gradient(loss.raw, watched, unconnected_gradients=zero))
     return ep.value_aux_and_grad(loss_fn, x)
 
 

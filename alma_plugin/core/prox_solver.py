@@ -168,8 +168,9 @@ def alma_prox_solve(
         best_delta=delta,
         best_norm=full(m, (n,), math.inf),
         best_apsr=ep.zeros(m, (n,)),
-        first_success=full(c.labels, (n,), -1),
-        best_prediction=full(c.labels, (n,), -1),  # classification only
+        # the caller's label dtype (c.labels holds the framework's index dtype: int32 in TF)
+        first_success=full(labels, (n,), -1),
+        best_prediction=full(labels, (n,), -1),  # classification only
         stopped=ep.zeros(m, ()) > 0,  # the early-stop condition has held, on the device
     )
     # Eq. 5.6's percentile rank of every step, copied to the device once (a copy per step
@@ -217,7 +218,7 @@ def alma_prox_solve(
                 if restart == 0 and p.restart_mode == "classes":
                     check_class_restarts(logits.shape[1], p.restarts)
             z = constraint_logits(logits, c, check=t == 1)
-            if rounds:
+            if z.dtype != x.dtype:  # 16-bit or float64 logits: the state's dtype (TF mixes none)
                 z = z.astype(x.dtype)
             z_c = stop_gradient(z)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
@@ -246,17 +247,17 @@ def alma_prox_solve(
                 rho_new = ep.where(ep.logical_and(m_tilde, stalled), grown, rho)
                 recent_new, d_ref_new = ep.zeros_like(d_c) > 0, d_c  # all False (of a float: TF)
             loss = (mt * p2_prox(w_new * d, rho_new, mu_new)).sum()  # 21. L = m̃ᵀ P(w d, ρ, μ)
-            if is_adversarial is not None:
-                success = check_success(is_adversarial(x_adv, logits), n, like=d_c)
-                success = ep.logical_and(success, valid_logit_rows(logits))
-                satisfied = success.astype(m.dtype).reshape((n, 1))
             predicted = None if c.dense else z_c.argmax(axis=-1)  # classification only
             aux = (satisfied, mu_new, rho_new, w_new, d_ref_new, recent_new, x_adv, d_c, goals_,
-                   predicted)  # fmt: skip
+                   predicted, logits)  # fmt: skip
             return loss, aux
 
         _, aux, grad = value_aux_and_grad(loss_fn, delta)  # one forward, one backward
-        satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals, predicted = aux
+        satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals, predicted, logits = aux
+        if is_adversarial is not None:  # outside the gradient: concrete values (JAX: no tracers)
+            success = check_success(is_adversarial(x_seen, logits), n, like=d)
+            success = ep.logical_and(success, valid_logit_rows(logits))
+            satisfied = success.astype(m.dtype).reshape((n, 1))
         if rounds:  # the perturbation the model saw, after rounding to its dtype
             delta = (x_seen.astype(x.dtype) - x) / span
 

@@ -307,6 +307,9 @@ def as_model_output(output: Any, inputs: ep.Tensor) -> ep.Tensor:
     tensor = output if isinstance(output, ep.Tensor) else None
     if tensor is None and isinstance(output, type(inputs.raw)):
         tensor = ep.astensor(output)
+    if tensor is None and isinstance(inputs, ep.JAXTensor) and _is_jax_array(output):
+        # logits that do not depend on the input: a concrete array where the input is traced
+        tensor = ep.astensor(output)
     if tensor is None or type(tensor) is not type(inputs):
         got = type(output.raw if isinstance(output, ep.Tensor) else output).__name__
         raise TypeError(
@@ -316,6 +319,13 @@ def as_model_output(output: Any, inputs: ep.Tensor) -> ep.Tensor:
     if "float" not in str(tensor.dtype):  # integer or bool outputs have no gradient
         raise TypeError(f"model must return floating-point logits, got dtype {tensor.dtype}")
     return tensor
+
+
+def _is_jax_array(value: Any) -> bool:
+    import sys
+
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(value, jax.Array)
 
 
 def check_logits(logits: ep.Tensor, labels: ep.Tensor, name: str = "labels") -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import eagerpy as ep
 
-from ._common import distance_function, flatten, safe_sqrt
+from ._common import distance_function, flatten, safe_sqrt, zero_where
 
 # sRGB primaries, D65 (ALMA paper eq. 13; IEC 61966-2-1).
 RGB_TO_XYZ: tuple[tuple[float, float, float], ...] = (
@@ -116,10 +116,12 @@ def _atan2(y: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """atan2(y, x) in [0, 2π), 0 (with gradient 0) at the origin."""
     origin = ep.logical_and(x == 0, y == 0)
     angle = ep.astensor(
-        _framework_op(y, "atan2")(ep.where(origin, 0, y).raw, ep.where(origin, 1, x).raw)
+        _framework_op(y, "atan2")(
+            zero_where(origin, y).raw, ep.where(origin, ep.ones_like(x), x).raw
+        )
     )
     angle = ep.where(angle < 0, angle + 2 * math.pi, angle)
-    return ep.where(origin, 0, angle)
+    return zero_where(origin, angle)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def ciede2000_squared_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     achromatic = c_product == 0
     dh = h2p - h1p
     dh = ep.where(dh > math.pi, dh - 2 * math.pi, ep.where(dh < -math.pi, dh + 2 * math.pi, dh))
-    dh = ep.where(achromatic, 0, dh)
+    dh = zero_where(achromatic, dh)
     delta_h = 2 * safe_sqrt(c_product) * _sin(dh / 2)
 
     # 3. L̄′, C̄′, h̄′ and the weighting functions.
@@ -230,7 +232,7 @@ def ciede2000_squared_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     term_c = delta_c / s_c
     term_h = delta_h / s_h
     squared = term_l.square() + term_c.square() + term_h.square() + r_t * term_c * term_h
-    return ep.where(squared < 0, 0, squared)  # rounding can dip below 0; NaN stays NaN
+    return zero_where(squared < 0, squared)  # rounding can dip below 0; NaN stays NaN
 
 
 def ciede2000_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
@@ -257,4 +259,4 @@ def ciede2000(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     # differently (XLA fuses pow(2.4) per path: ~1 ulp of Lab under jax.jit), and √ of that
     # residue has an O(1) gradient. Identical pixels are therefore set to 0 here, in RGB.
     same = (x_adv == x).all(axis=1)
-    return safe_sqrt(flatten(ep.where(same, 0, squared)).sum(axis=1))
+    return safe_sqrt(flatten(zero_where(same, squared)).sum(axis=1))

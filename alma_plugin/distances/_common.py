@@ -157,6 +157,12 @@ def unchecked(distance: Callable[[Any, Any], Any]) -> EagerDistance:
     return cast(EagerDistance, getattr(distance, "unchecked", distance))
 
 
+def zero_where(condition: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
+    """0 where ``condition``, else x. A zero tensor, not the scalar 0: inside a TensorFlow
+    ``tf.function`` the scalar in where's first branch becomes int32 and the op fails."""
+    return ep.where(condition, ep.zeros_like(x), x)
+
+
 def safe_sqrt(x: ep.Tensor) -> ep.Tensor:
     """√x with gradient 0 (not ∞ or NaN) at x = 0; 0 for x < 0; NaN stays NaN.
 
@@ -165,7 +171,7 @@ def safe_sqrt(x: ep.Tensor) -> ep.Tensor:
     """
     positive = x > 0
     root = ep.where(positive, x, 1).sqrt()
-    return ep.where(positive, root, ep.where(x < 0, 0, x))
+    return ep.where(positive, root, zero_where(x < 0, x))
 
 
 def abs0(x: ep.Tensor) -> ep.Tensor:

@@ -75,7 +75,7 @@ from typing import TypeVar, cast
 
 import eagerpy as ep
 
-from ._common import apply_distance, distance_function, flatten, stop_gradient
+from ._common import apply_distance, distance_function, flatten, stop_gradient, zero_where
 from ._gaussian import (
     SIGMA,
     WINDOW,
@@ -173,7 +173,7 @@ def _ssim_gaps(
     mu_x = mu_a - mu_d
     var_a = e_aa - mu_a * mu_a
     var_d = e_dd - mu_d * mu_d
-    var_d = ep.where(var_d < 0, 0, var_d)  # a variance (≥ 0); rounding can dip below
+    var_d = zero_where(var_d < 0, var_d)  # a variance (≥ 0); rounding can dip below
     var_x = var_a - 2 * (e_ad - mu_a * mu_d) + var_d  # Var(x̃ − d)
     one_minus_l = mu_d * mu_d / (mu_a * mu_a + mu_x * mu_x + c1)
     one_minus_cs = var_d / (var_a + var_x + c2)
@@ -291,7 +291,7 @@ def _ms_ssim_gap(
         gap = flatten(term, 2).mean(axis=2)  # (N, C): 1 − the scale's factor
         # log of the factor, clamped below at 1e-8; log1p keeps the digits of a factor near 1.
         clamped = gap >= 1 - _CLAMP  # False for NaN, which stays NaN
-        log_factor = ep.where(clamped, _LOG_CLAMP, (-ep.where(clamped, 0, gap)).log1p())
+        log_factor = ep.where(clamped, _LOG_CLAMP, (-zero_where(clamped, gap)).log1p())
         weighted = beta * log_factor
         log_index = weighted if log_index is None else log_index + weighted
         if not last:

@@ -1,0 +1,119 @@
+"""JAX and TensorFlow users' cases an audit found broken (each test failed before its fix):
+mixed logit dtypes in ALMA prox on TensorFlow, its index dtypes, JAX predicates given tracers,
+models whose logits ignore the input, label maps as nested lists, the distances inside a
+``tf.function``. Skipped where the framework is not installed (CI installs both)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from alma_plugin import alma, alma_prox, distances, lagrangian
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+WEIGHTS = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+IMAGES = np.random.default_rng(1).uniform(size=(4, 1, 4, 4)).astype(np.float32)
+
+
+def tf_linear(logit_dtype: str) -> Any:
+    tf = pytest.importorskip("tensorflow")
+    weights = tf.constant(WEIGHTS)
+
+    def model(x: Any) -> Any:
+        return tf.cast(tf.reshape(tf.cast(x, tf.float32), (-1, 16)) @ weights, logit_dtype)
+
+    return model
+
+
+@pytest.mark.parametrize("logit_dtype", ["float16", "bfloat16", "float64"])
+def test_tensorflow_alma_prox_with_logits_of_another_dtype(logit_dtype: str) -> None:
+    """Was ``cannot compute Mul as input #1 was expected to be a float tensor but is a half
+    tensor`` (a Keras model under the mixed_float16 policy, say)."""
+    tf = pytest.importorskip("tensorflow")
+    model = tf_linear(logit_dtype)
+    x = tf.constant(IMAGES)
+    labels = tf.argmax(model(x), axis=1)
+    result = alma_prox(model, x, labels, steps=20)
+    fooled = tf.argmax(model(result.adversarials), axis=1) != labels
+    assert np.array_equal(result.success.numpy(), fooled.numpy()) and fooled.numpy().any()
+    # the classes and steps come back in the labels' dtype, as from alma(): comparable with them
+    assert result.predictions.dtype == labels.dtype == result.first_success_step.dtype
+    assert alma(model, x, labels, steps=5).predictions.dtype == labels.dtype
+
+
+def test_a_jax_predicate_gets_concrete_arrays_in_alma_prox() -> None:
+    """ALMA prox called the predicate inside the differentiated loss: JAX tracers, on which
+    NumPy code (``np.asarray``) fails. ``alma()`` called it outside, as now both do."""
+    jnp = pytest.importorskip("jax.numpy")
+    weights = jnp.asarray(WEIGHTS)
+
+    def model(x: Any) -> Any:
+        return x.reshape(-1, 16) @ weights
+
+    x = jnp.asarray(IMAGES)
+    labels = model(x).argmax(1)
+
+    def predicate(inputs: Any, logits: Any) -> Any:
+        return jnp.asarray(np.asarray(logits).argmax(1) != np.asarray(labels))
+
+    for distance in ("l2", "linf"):
+        result = alma(model, x, labels, distance=distance, steps=10, is_adversarial=predicate)
+        assert bool(result.success.any())
+
+
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def test_logits_that_ignore_the_input_have_a_zero_gradient(framework: str) -> None:
+    """JAX: ``model must return a LinearizeTracer of logits``; TensorFlow: eagerpy's
+    ``'NoneType' object has no attribute 'shape'``. As PyTorch now: gradient 0, and only the
+    sample the constant logits already misclassify is a success, at distance 0."""
+    module = pytest.importorskip("jax.numpy" if framework == "jax" else "tensorflow")
+    constant = module.asarray([[0.0, 2.0, 1.0]]) if framework == "jax" else None
+    if framework == "jax":
+        x = module.asarray(IMAGES[:2])
+
+        def model(inputs: Any) -> Any:
+            return module.tile(constant, (inputs.shape[0], 1))
+
+        labels = module.asarray([1, 0])
+    else:
+        x = module.constant(IMAGES[:2])
+
+        def model(inputs: Any) -> Any:
+            return module.tile(module.constant([[0.0, 2.0, 1.0]]), (inputs.shape[0], 1))
+
+        labels = module.constant([1, 0], dtype="int64")
+    for distance in ("l2", "linf"):
+        result = alma(model, x, labels, distance=distance, steps=5)
+        assert np.asarray(result.success).tolist() == [False, True]
+        assert float(np.asarray(result.distances)[1]) == 0
+    assert np.asarray(lagrangian(model, x, labels, steps=2, seed=0).perturbed).shape == x.shape
+
+
+def test_label_maps_as_nested_lists() -> None:
+    """A list has no ``.shape``: nested-list label maps were read as (N,) labels."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 1).eval()
+    x = torch.as_tensor(IMAGES)
+    with torch.no_grad():
+        maps = net(x).argmax(1)
+    expected = alma_prox(net, x, maps, steps=5)
+    result = alma_prox(net, x, maps.tolist(), steps=5)
+    assert torch.equal(result.adversarials, expected.adversarials)
+
+
+@pytest.mark.parametrize("name", ["l2", "ciede2000", "ssim"])
+def test_distances_inside_a_tf_function(name: str) -> None:
+    """``ep.where(c, 0, x)``: inside a graph the scalar 0 became int32 and SelectV2 failed."""
+    tf = pytest.importorskip("tensorflow")
+    generator = np.random.default_rng(2)
+    x = tf.constant(generator.uniform(size=(2, 3, 16, 16)).astype(np.float32))
+    x_adv = tf.clip_by_value(
+        x + tf.constant(0.05 * generator.normal(size=x.shape), tf.float32), 0, 1
+    )
+    function = getattr(distances, name)
+    eager, graph = function(x_adv, x).numpy(), tf.function(function)(x_adv, x).numpy()
+    np.testing.assert_allclose(graph, eager, rtol=1e-5)
