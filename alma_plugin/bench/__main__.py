@@ -3,7 +3,8 @@ Rony et al., "Augmented Lagrangian Adversarial Attacks", ICCV 2021) on the embed
 models, or on a model and data of your own.
 
 With no arguments: both embedded MNIST models (regular and adversarially trained), the first
-10 held-out images, ALMA ℓ1/ℓ2 at 100 and 1000 steps, ALMA prox ℓ∞ and the peers at 100.
+100 held-out images (:data:`.runner.DEFAULT_SAMPLES`), ALMA ℓ1/ℓ2 at 100 and 1000 steps, ALMA
+prox ℓ∞ and the peers at 100.
 Prints the table (with AttackBench's optimality, the wins in the best-of-all ensemble and the
 soft sparsity of the perturbations), writes ``distances.csv``, ``results.json``, ``table.md``,
 robust-accuracy curves and solution-pattern figures (PNG) to ``--output``, and every finished
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..zoo.models import MODEL_NAMES
 from . import distributed
 from .registry import ATTACKS, NORMS
 from .report import format_table, merge, summarize, write_files
@@ -35,15 +37,20 @@ from .runner import (
     DEFAULT_SAMPLES,
     EMBEDDED_DATA,
     BenchConfig,
+    budget_option,
     cuda_graphs_argument,
     device_argument,
+    distinct_argument,
     integer_option,
     load_data,
+    models_argument,
+    output_argument,
+    path_option,
     plan,
     real_option,
     run_shard,
+    seed_option,
 )
-from .usermodels import model_label
 
 __all__ = ["SUBCOMMANDS", "main", "parse_args"]
 
@@ -78,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", default=["mnist_regular", "mnist_adversarial"],
-                        metavar="MODEL", help="embedded model names (mnist_regular, "
-                        "mnist_adversarial), TorchScript files, 'path/to/file.py:factory' or "
+                        metavar="MODEL", help=f"embedded model names ({', '.join(MODEL_NAMES)}), "
+                        "TorchScript files, 'path/to/file.py:factory' or "
                         "'package.module:factory' (a callable returning a torch.nn.Module); "
                         "inputs in [0, 1] unless --mean/--std are given")  # fmt: skip
     parser.add_argument("--mean", nargs="+", type=real_option("mean"), metavar="M",
@@ -97,9 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), metavar="ATTACK",
                         help="attacks to run (default: every available one with default "
                         f"budgets); choices: {', '.join(ATTACKS)}")  # fmt: skip
-    parser.add_argument("--budgets", nargs="+", type=integer_option("budget"), metavar="STEPS",
+    parser.add_argument("--budgets", nargs="+", type=budget_option(), metavar="STEPS",
                         help="budgets for every selected attack (default: ALMA 100 and 1000, "
-                        "peers 100)")  # fmt: skip
+                        "peers 100); without --attacks, the attacks of the default run at these "
+                        "budgets")  # fmt: skip
     parser.add_argument("--distance", nargs="+", choices=NORMS, default=list(NORMS),
                         help="norms to evaluate (default: all)")  # fmt: skip
     parser.add_argument("--samples", type=integer_option("samples"), default=DEFAULT_SAMPLES,
@@ -112,9 +120,9 @@ def _parser() -> argparse.ArgumentParser:
                         "CUDA --device; counted exactly; the peers run as they are)")  # fmt: skip
     parser.add_argument("--threads", type=integer_option("threads"),
                         help="torch CPU threads per process (default: torch's choice)")  # fmt: skip
-    parser.add_argument("--output", type=Path, default=Path("alma-bench-results"),
+    parser.add_argument("--output", type=path_option("output"), default=Path("alma-bench-results"),
                         help="folder for the CSV, JSON, table and PNG files")  # fmt: skip
-    parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
+    parser.add_argument("--seed", type=seed_option(), default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     return parser
@@ -133,13 +141,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     if args.std is not None and (len(args.std) != len(args.mean) or min(args.std) <= 0):
         parser.error(f"arguments --mean/--std: expected as many values each (one per channel) "
                      f"and std > 0, got --mean {args.mean} and --std {args.std}")  # fmt: skip
-    keys = [("--models", [model_label(m) for m in args.models]),
-            ("--attacks", args.attacks or []), ("--budgets", args.budgets or [])]  # fmt: skip
-    for option, values in keys:
-        repeated = sorted({str(v) for v in values if values.count(v) > 1})
-        if repeated:  # rows are keyed by (model, attack, budget): two runs would be pooled
-            parser.error(f"argument {option}: each value once (rows of the table are keyed by "
-                         f"them), got {repeated} more than once")  # fmt: skip
+    models_argument(parser, args.models)
+    distinct_argument(parser, "--attacks", args.attacks or [])
+    distinct_argument(parser, "--budgets", args.budgets or [])
+    output_argument(parser, "--output", args.output)
     try:
         images, labels = load_data(args.data)
     except ValueError as error:
@@ -186,9 +191,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
             parser.error(f"argument --data: labels must lie in [0, {logits.shape[1]}) (the "
                          f"classes of {name!r}), got [{int(chosen.min())}, "
                          f"{int(chosen.max())}]")  # fmt: skip
-    if not plan(config)[0]:
+    pairs, notes = plan(config)
+    if not pairs:
+        why = "".join(f"; {note}" for note in notes)  # e.g. adv_lib is not installed
         parser.error("arguments --attacks/--distance/--budgets: no attack left to run for "
-                     f"attacks={args.attacks} and distances={args.distance}")  # fmt: skip
+                     f"attacks={args.attacks} and distances={args.distance}{why}")  # fmt: skip
     return config, args
 
 

@@ -17,8 +17,11 @@ Likewise ``A* = mean_i min(d*_i, D)`` (the best-of-all curve, the lowest possibl
 
     optimality_a = 1 − (A_a − A*) / (A_worst − A*)   ∈ [0, 1],
 
-1 when the attack finds the smallest perturbation on every sample, 0 when it fools no sample
-within ``[0, D]``. AttackBench integrates the curves numerically; here the area is exact.
+0 when the attack fools no sample within ``[0, D]``. As a distance counts as ``min(d, D)``, a
+failure costs the same as any distance ``>= D``: the optimality is 1 when the attack attains
+``d*_i`` on every sample except those with ``d*_i = D``, where any distance ``>= D`` (a failure
+included) also counts as the best; samples no attack fooled count ``D`` for every attack.
+AttackBench integrates the curves numerically; here the area is exact.
 
 **Solution patterns** (Liang et al., "Implications of Solution Patterns on Adversarial
 Robustness", §3): the soft sparsity ``‖δ‖₁ / ‖δ‖₂`` of each perturbation (in ``[1, √n]`` for

@@ -35,10 +35,12 @@ from .runner import (
     EMBEDDED_DATA,
     add_threads_option,
     attack_batch,
+    budget_option,
     device_argument,
     integer_option,
     load_data,
     load_model,
+    seed_option,
 )
 
 __all__ = ["main", "noise_floor", "nudge"]
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["mnist_adversarial"], choices=MODEL_NAMES)
     parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
                         help=f"registry keys, among: {', '.join(ATTACKS)}")  # fmt: skip
-    parser.add_argument("--budgets", nargs="+", type=integer_option("budgets", 1), default=[100])
+    parser.add_argument("--budgets", nargs="+", type=budget_option("budgets"), default=[100])
     parser.add_argument("--samples", type=integer_option("samples", 1), default=100)
     parser.add_argument(
         "--first", type=integer_option("first", 0), default=0, help="index of the first sample"
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=integer_option("batch-size", 1), default=100)
     parser.add_argument(
-        "--seed", type=integer_option("seed", 0), default=0, help="the attacks' seed (all runs)"
+        "--seed", type=seed_option(), default=0, help="the attacks' seed (all runs)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     add_threads_option(parser)

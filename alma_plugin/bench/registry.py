@@ -52,7 +52,8 @@ class AttackSpec:
     def unavailable(self) -> str | None:
         """None when the attack can run, else why not."""
         if self.requires and importlib.util.find_spec(self.requires) is None:
-            return f"{self.key}: skipped, the {self.requires!r} package cannot be imported"
+            return (f"{self.key}: skipped, the {self.requires!r} package is not installed "
+                    "(it cannot be imported)")  # fmt: skip
         return None
 
 

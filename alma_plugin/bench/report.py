@@ -26,8 +26,8 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["BEST_OF_ALL", "FOOTER", "Record", "Row", "format_table", "groups", "merge",
-           "summarize", "write_files"]  # fmt: skip
+__all__ = ["BEST_OF_ALL", "FOOTER", "Record", "Row", "format_table", "from_json", "groups",
+           "merge", "summarize", "to_json", "write_files"]  # fmt: skip
 
 #: The label of the per-sample best-of-all rows and curves.
 BEST_OF_ALL = "best of all"
@@ -41,8 +41,10 @@ FOOTER = (
     "Per model and norm, 'best of all' keeps each sample's smallest distance over every run "
     "listed above it; optimality (AttackBench) = 1 - (A - A*) / (A_worst - A*) with A the "
     "exact area under the run's robust-accuracy curve on [0, D], A* that of the best of all, "
-    "A_worst = clean accuracy x D, D the largest finite best-of-all distance (1: smallest "
-    "perturbation on every sample). Wins: samples where the run attains the best of all "
+    "A_worst = clean accuracy x D, D the largest finite best-of-all distance; distances count "
+    "as min(d, D), so 1 means the best distance on every sample except those whose best is D, "
+    "where any distance >= D or a failure also scores (check the success column); NaN when no "
+    "run fooled any sample. Wins: samples where the run attains the best of all "
     "(ties: each tied run gets the win; misclassified and unbroken samples are nobody's). "
     "Sparsity: l1/l2 ratio of the perturbation of each successful sample, median "
     "[25th, 75th percentile], from 1 (one pixel) to sqrt(n) (constant); lower is sparser."
@@ -196,6 +198,8 @@ def summarize(records: Sequence[Record]) -> list[Row]:
                              optimality=scores[name], wins=wins[name]))  # fmt: skip
         if len(chosen) < 2 or not n:
             continue
+        # The best of all scores 1 against itself, except where no run fooled any sample: then
+        # D, and every run's optimality, is undefined (NaN), and so is its own.
         best = np.min(np.stack(list(distances.values())), axis=0)
         sparsity = np.stack([_sparsity_of(r) for r in chosen])
         first = np.where(won.any(axis=0), won.argmax(axis=0), -1)
@@ -205,7 +209,8 @@ def summarize(records: Sequence[Record]) -> list[Row]:
         rows.append(_row(chosen[0], BEST_OF_ALL, None, note, best, best_sparsity,
                          forwards=sum(r.forwards for r in chosen) / n,
                          backwards=sum(r.backwards for r in chosen) / n,
-                         seconds=sum(r.seconds for r in chosen), optimality=1.0,
+                         seconds=sum(r.seconds for r in chosen),
+                         optimality=1.0 if np.isfinite(best).any() else math.nan,
                          wins=int(won.any(axis=0).sum())))  # fmt: skip
     return rows
 
@@ -244,6 +249,29 @@ def _finite(value: float) -> float | str | None:
 
 def _clean(value: object) -> object:
     return _finite(value) if isinstance(value, float) else value
+
+
+def to_json(value: object) -> object:
+    """``value`` (dicts, lists, tuples, numbers) ready for strict JSON, as ``results.json``
+    writes it: ±inf as the strings ``"inf"`` / ``"-inf"``, NaN as null (``json.dumps`` would
+    write bare ``Infinity`` / ``NaN``, which strict parsers refuse)."""
+    if isinstance(value, float):
+        return "-inf" if value == -math.inf else _finite(value)
+    if isinstance(value, dict):
+        return {key: to_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    return value
+
+
+def from_json(value: object) -> float:
+    """A number written by :func:`to_json` (or by older files as bare ``Infinity`` / ``NaN``,
+    which ``json.loads`` reads as floats) back as a float: null is NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str | int | float):
+        return float(value)  # float("inf") and float("-inf") read the strings back
+    raise ValueError(f"expected a number, 'inf', '-inf' or null, got {value!r}")
 
 
 def write_files(

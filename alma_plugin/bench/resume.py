@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .report import Record
+from .report import Record, from_json, to_json
 from .usermodels import safe_name
 
 __all__ = ["BatchStore", "batch_fingerprint", "code_fingerprint", "library_versions"]
@@ -123,8 +123,13 @@ class BatchStore:
             return None
         names = {f.name for f in fields(Record)}
         try:
-            record = Record(**{k: v for k, v in payload["record"].items() if k in names})
-        except (KeyError, TypeError):
+            values = {k: v for k, v in payload["record"].items() if k in names}
+            # Numbers as to_json wrote them ("inf", null); older files hold bare Infinity.
+            for key in ("distances", "sparsity"):
+                if key in values:
+                    values[key] = [from_json(v) for v in values[key]]
+            record = Record(**values)
+        except (KeyError, TypeError, ValueError):
             return None
         self.reused += 1
         return record
@@ -133,6 +138,7 @@ class BatchStore:
         """Write one finished batch atomically."""
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"fingerprint": fingerprint, "record": asdict(record)}))
+        payload = {"fingerprint": fingerprint, "record": to_json(asdict(record))}
+        temporary.write_text(json.dumps(payload, allow_nan=False))  # strict JSON, as results.json
         os.replace(temporary, path)
         self.computed += 1

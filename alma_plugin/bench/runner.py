@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,19 +29,26 @@ from .registry import ATTACKS, NORMS, AttackSpec, get_attack
 from .report import Record, merge
 from .resume import BatchStore, batch_fingerprint
 
-__all__ = ["DEFAULT_SAMPLES", "BenchConfig", "add_threads_option", "attack_batch",
-           "device_argument", "integer_option", "load_data", "load_model", "plan", "real_option",
-           "run_shard", "synchronize", "cuda_graphs_argument"]  # fmt: skip
+__all__ = ["DEFAULT_SAMPLES", "MAX_BUDGET", "MAX_SEED", "BenchConfig", "add_threads_option",
+           "attack_batch", "budget_option", "cuda_graphs_argument", "device_argument",
+           "distinct_argument", "integer_option", "json_file_argument", "load_data",
+           "load_model", "models_argument", "output_argument", "path_option", "plan",
+           "real_option", "run_shard", "seed_option", "synchronize"]  # fmt: skip
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
 #: The embedded data set (MNIST test images 9000–9999, held out from the models' training).
 EMBEDDED_DATA = "mnist_heldout"
+#: The largest seed: NumPy's and torch's generators take seeds below 2**63 (larger ones were an
+#: OverflowError traceback after parsing).
+MAX_SEED = 2**63 - 1
+#: The largest step budget: far beyond any useful run, well within every attack's integers.
+MAX_BUDGET = 10**7
 
 
-def integer_option(name: str, minimum: int = 1) -> Callable[[str], int]:
-    """An argparse type of the benchmark commands: an integer >= ``minimum`` (default 1), with
-    an error naming the option and the value (exit status 2)."""
+def integer_option(name: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type of the benchmark commands: an integer >= ``minimum`` (default 1) and
+    <= ``maximum`` (if given), with an error naming the option and the value (exit status 2)."""
 
     def parse(text: str) -> int:
         try:
@@ -48,9 +57,97 @@ def integer_option(name: str, minimum: int = 1) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {maximum}, got {value}")
         return value
 
     return parse
+
+
+def seed_option() -> Callable[[str], int]:
+    """The argparse type of ``--seed``: an integer in [0, :data:`MAX_SEED`]."""
+    return integer_option("seed", 0, MAX_SEED)
+
+
+def budget_option(name: str = "budget") -> Callable[[str], int]:
+    """The argparse type of step budgets: an integer in [1, :data:`MAX_BUDGET`]."""
+    return integer_option(name, 1, MAX_BUDGET)
+
+
+def path_option(name: str) -> Callable[[str], Path]:
+    """An argparse type: a non-empty path (``""`` would silently mean the current folder)."""
+
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{name} must be a non-empty path, got {text!r}")
+        return Path(text)
+
+    return parse
+
+
+def _writable(folder: Path) -> str | None:
+    """None when a file can be created in the existing ``folder``, else why not (a temporary
+    file is the only test that holds for root, read-only mounts and /proc alike)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        return os.strerror(error.errno) if error.errno else str(error)
+    return None
+
+
+def output_argument(parser: argparse.ArgumentParser, option: str, folder: Path) -> Path:
+    """An output folder, checked before any work: either an existing writable folder, or one
+    that can be created (its nearest existing parent is a writable folder). Nothing is created
+    here, so a later argument error leaves no empty folder behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is" if existing == folder else f"is under {str(existing)!r},"
+        parser.error(f"argument {option}: expected a folder, got {str(folder)!r}, which {what} "
+                     f"a file")  # fmt: skip
+    reason = _writable(existing)
+    if reason is not None:
+        parser.error(f"argument {option}: cannot write into {str(existing)!r} to create "
+                     f"{str(folder)!r}: {reason}")  # fmt: skip
+    return folder
+
+
+def json_file_argument(parser: argparse.ArgumentParser, option: str, path: Path) -> Path:
+    """An output file, checked before any work: not a folder, in an existing writable folder."""
+    if path.is_dir():
+        parser.error(f"argument {option}: expected a file name, got the folder {str(path)!r}")
+    parent = path.parent
+    if not parent.is_dir():
+        parser.error(f"argument {option}: the folder {str(parent)!r} of {str(path)!r} does "
+                     f"not exist")  # fmt: skip
+    reason = _writable(parent)
+    if reason is not None:
+        parser.error(f"argument {option}: cannot write into {str(parent)!r}: {reason}")
+    return path
+
+
+def distinct_argument(parser: argparse.ArgumentParser, option: str, values: Sequence) -> None:
+    """Each value once: rows are keyed by (model, attack, budget), so two equal values would
+    be pooled into one row (an argument error otherwise, naming the repeated values)."""
+    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+    if repeated:
+        parser.error(f"argument {option}: each value once (rows of the table are keyed by "
+                     f"them), got {repeated} more than once")  # fmt: skip
+
+
+def models_argument(parser: argparse.ArgumentParser, models: Sequence[str]) -> None:
+    """``--models``: each label once, and no two labels with the same file-system name (their
+    result files and batch folders would overwrite each other)."""
+    labels = [usermodels.model_label(m) for m in models]
+    distinct_argument(parser, "--models", labels)
+    seen: dict[str, str] = {}
+    for label in labels:
+        other = seen.setdefault(usermodels.safe_name(label), label)
+        if other != label:
+            parser.error(f"argument --models: {other!r} and {label!r} share the file name "
+                         f"{usermodels.safe_name(label)!r} (their result files would overwrite "
+                         f"each other); rename one")  # fmt: skip
 
 
 def real_option(name: str, minimum: float = -math.inf) -> Callable[[str], float]:
@@ -88,6 +185,8 @@ def device_argument(parser: argparse.ArgumentParser, value: str) -> torch.device
                      f"got {value!r}")  # fmt: skip
     if device.type not in ("cpu", "cuda"):
         parser.error(f"argument --device: expected 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    if device.type == "cpu" and device.index is not None:  # torch ignores it: one CPU device
+        parser.error(f"argument --device: expected 'cpu' without an index, got {value!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"argument --device: {value!r} requested but CUDA is not available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -124,13 +223,17 @@ class BenchConfig:
 
 
 def plan(config: BenchConfig) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
-    """The (attack, budget) pairs to run, and notes on the attacks skipped."""
+    """The (attack, budget) pairs to run, and notes on the attacks skipped. Without
+    ``config.attacks``, the attacks with no default budgets stay out even when
+    ``config.budgets`` is given (they must be selected explicitly)."""
     keys = config.attacks if config.attacks is not None else tuple(ATTACKS)
     chosen, notes = [], []
     for key in keys:
         spec = get_attack(key)
         if spec.norm not in config.distances:
             continue
+        if config.attacks is None and not spec.default_budgets:
+            continue  # kept out of the default run (docs/bench.md), whatever the budgets
         budgets = config.budgets if config.budgets is not None else spec.default_budgets
         if not budgets:
             continue
@@ -158,7 +261,16 @@ def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return load_mnist_heldout()
     if not Path(name).is_file():
         raise ValueError(f"data must be {EMBEDDED_DATA!r} or an .npz file, got {name!r}")
-    with np.load(name, allow_pickle=False) as arrays:
+    expected = "an .npz file (numpy.savez) with arrays 'images' and 'labels'"
+    try:
+        loaded = np.load(name, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"data file {name!r}: expected {expected}, cannot read it: "
+                         f"{error}") from None  # fmt: skip
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy: one array, no labels
+        raise ValueError(f"data file {name!r}: expected {expected}, got a single "
+                         f"{type(loaded).__name__} (a .npy file)")  # fmt: skip
+    with loaded as arrays:
         if "images" not in arrays or "labels" not in arrays:
             raise ValueError(f"data file {name!r} must hold arrays 'images' and 'labels'")
         images, labels = arrays["images"], arrays["labels"]

@@ -45,12 +45,18 @@ from .runner import (
     EMBEDDED_DATA,
     BenchConfig,
     add_threads_option,
+    budget_option,
     cuda_graphs_argument,
     device_argument,
+    distinct_argument,
     integer_option,
     load_data,
     load_model,
+    models_argument,
+    output_argument,
+    path_option,
     run_shard,
+    seed_option,
 )
 
 __all__ = [
@@ -251,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budgets",
         nargs="+",
-        type=int,
+        type=budget_option(),
         default=list(DEFAULT_BUDGETS),
         metavar="STEPS",
         help="step budgets (default: 50 100 200 500 1000)",
@@ -266,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--restarts",
         nargs="+",
-        type=int,
+        type=budget_option("restarts"),
         default=[1],
         metavar="R",
         help="run ALMA's variants and ALMA prox once per R, with R runs sharing each budget "
@@ -303,8 +309,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="ALMA and ALMA prox replay their steps as CUDA graphs (needs a "
                         "CUDA --device; counted exactly; the peers run as they are)")  # fmt: skip
-    parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
-    parser.add_argument("--output", type=Path, default=Path("alma-sweep-results"))
+    parser.add_argument("--seed", type=seed_option(), default=0)
+    parser.add_argument("--output", type=path_option("output"), default=Path("alma-sweep-results"))
     parser.add_argument(
         "--resume", action="store_true", help="reuse the finished batches in OUTPUT/batches"
     )
@@ -313,7 +319,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _check(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
+    """Check the arguments (as the main command does: exit status 2 naming the argument);
+    return the (attack, budget) pairs to run and the notes on the attacks skipped."""
     for name in ("samples", "batch_size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -333,6 +343,19 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             get_attack(key)
         except ValueError as error:
             parser.error(f"argument --peers: {error}")
+    # Rows are keyed by (model, attack, budget), as in the main command: no value twice.
+    models_argument(parser, args.models)
+    for option in ("budgets", "restarts", "variants", "peers"):
+        distinct_argument(parser, f"--{option}", getattr(args, option))
+    specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode)
+    skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
+    pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
+    if not pairs:
+        why = "".join(f"; {note}" for note in skipped)
+        parser.error(f"arguments --variants/--peers/--distance: no attack left to run for "
+                     f"variants={args.variants}, peers={args.peers} and "
+                     f"distances={args.distance}{why}")  # fmt: skip
+    output_argument(parser, "--output", args.output)
     images, _ = load_data(EMBEDDED_DATA)
     if args.samples > len(images):
         parser.error(f"argument --samples: at most {len(images)}, got {args.samples}")
@@ -341,18 +364,16 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             load_model(name, "cpu")
         except ValueError as error:
             parser.error(f"argument --models: {error}")
+    return pairs, skipped
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the sweep; return 0 (argument errors exit with status 2)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    _check(parser, args)
+    pairs, skipped = _check(parser, args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode)
-    skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
-    pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
     config = BenchConfig(models=tuple(args.models), samples=args.samples,
                          batch_size=args.batch_size, seed=args.seed, device=args.device,
                          output=args.output,

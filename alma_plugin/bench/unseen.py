@@ -30,14 +30,22 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .runner import add_threads_option, integer_option, real_option
+from .report import to_json
+from .runner import (
+    add_threads_option,
+    budget_option,
+    integer_option,
+    json_file_argument,
+    path_option,
+    real_option,
+    seed_option,
+)
 
 __all__ = ["DEFAULT_EPSILONS", "TRAINING", "UNSEEN", "Row", "compare", "format_table", "main"]
 
@@ -216,25 +224,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="held-out images (<= 1000)",
     )
     parser.add_argument(
-        "--steps", type=integer_option("steps", 1), default=100, help="steps of each minimal attack"
+        "--steps", type=budget_option("steps"), default=100, help="steps of each minimal attack"
     )
     parser.add_argument(
-        "--pgd-steps", type=integer_option("pgd-steps", 1), default=40, help="steps of PGD-linf"
+        "--pgd-steps", type=budget_option("pgd-steps"), default=40, help="steps of PGD-linf"
     )
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     for threat, value in DEFAULT_EPSILONS.items():
         parser.add_argument(
             f"--eps-{threat}", type=real_option(f"eps-{threat}", 0.0), default=value
         )
-    parser.add_argument("--seed", type=integer_option("seed", 0), default=0)
+    parser.add_argument("--seed", type=seed_option(), default=0)
     add_threads_option(parser)
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--json", type=path_option("json"), default=None,
+                        help="also write the rows here (strict JSON: inf as \"inf\", NaN as "
+                        "null, as results.json)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.samples <= 1000:
         parser.error(f"--samples must lie in [1, 1000], got {args.samples}")
     if args.steps < 1 or args.pgd_steps < 1:
         parser.error("--steps and --pgd-steps must be >= 1")
+    if args.json is not None:  # before the benchmark runs, not after
+        json_file_argument(parser, "--json", args.json)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     epsilons = {threat: getattr(args, f"eps_{threat}") for threat in DEFAULT_EPSILONS}
@@ -250,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         payload = [asdict(r) | {"unseen_mean": r.unseen_mean, "union_mean": r.union_mean}
                    for r in rows]  # fmt: skip
-        args.json.write_text(json.dumps({"epsilons": epsilons, "rows": payload}, indent=1))
+        strict = to_json({"epsilons": epsilons, "rows": payload})
+        args.json.write_text(json.dumps(strict, indent=1, allow_nan=False))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 A model spec is one of
 
-- an embedded model name (``mnist_regular``, ``mnist_adversarial``);
+- an embedded model name (:data:`alma_plugin.zoo.models.MODEL_NAMES`: ``mnist_regular``,
+  ``mnist_adversarial``, ``mnist_lagrangian``);
 - a TorchScript file (``model.pt``, saved with ``torch.jit.save``);
 - ``path/to/file.py:make_model``: a callable in a Python file, imported from that path;
 - ``package.module:make_model``: a callable in an importable module.
@@ -87,6 +88,10 @@ def _import_source(source: str, spec: str) -> object:
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
+        except Exception as error:  # the user's code: its error, as an argument error
+            del sys.modules[name]
+            raise ValueError(f"model {spec!r}: importing {source!r} failed: "
+                             f"{type(error).__name__}: {error}") from error  # fmt: skip
         except BaseException:
             del sys.modules[name]
             raise
@@ -107,7 +112,12 @@ def _from_factory(spec: str, source: str, attribute: str) -> nn.Module:
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ValueError(f"model {spec!r}: {source!r} has no callable {attribute!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # the user's code (or a factory that needs arguments)
+        raise ValueError(f"model {spec!r}: {attribute}() must run without arguments and return "
+                         f"a torch.nn.Module, but it raised {type(error).__name__}: "
+                         f"{error}") from error  # fmt: skip
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"model {spec!r}: {attribute}() must return a torch.nn.Module, got "
@@ -141,7 +151,13 @@ def load_model(
     if spec in MODEL_NAMES:
         model: nn.Module = load_smallcnn(spec)
     elif Path(spec).is_file():
-        model = torch.jit.load(spec, map_location="cpu")
+        try:
+            model = torch.jit.load(spec, map_location="cpu")
+        except Exception as error:  # a state dict, a pickle, any other file
+            raise ValueError(
+                f"model {spec!r}: expected a TorchScript file (torch.jit.save), "
+                f"cannot load it: {type(error).__name__}: {error}"
+            ) from error
     elif split is not None and (split[0].endswith(".py") or _is_module_name(split[0])):
         model = _from_factory(spec, *split)
     else:

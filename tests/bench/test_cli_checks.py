@@ -1,0 +1,308 @@
+"""Argument checks of ``alma-bench`` and its subcommands: every bad value is exit status 2 with
+a message naming the argument, before any work (these were tracebacks after work was done, or
+silently accepted); and the conventions of the files they write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alma_plugin.bench import __main__ as cli
+from alma_plugin.bench import report, resume, runner, sweep, unseen
+from alma_plugin.bench.registry import ATTACKS
+from alma_plugin.bench.report import Record, summarize
+from alma_plugin.bench.runner import BenchConfig, plan
+from alma_plugin.zoo.models import MODEL_NAMES
+
+FACTORIES = textwrap.dedent(
+    """
+    from torch import nn
+
+    def good():
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def raises():
+        raise RuntimeError("boom in the factory")
+
+    def needs_an_argument(width):
+        return good()
+    """
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_attack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Argument errors must come before any attack runs: running one fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an attack ran before the arguments were checked")
+
+    for module in (runner, cli, sweep):
+        monkeypatch.setattr(module, "run_shard", refuse)
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The message of ``alma-bench argv``, which must exit with status 2."""
+    with pytest.raises(SystemExit) as raised:
+        cli.main(argv)
+    assert raised.value.code == 2
+    return capsys.readouterr().err
+
+
+TINY = ["--models", "mnist_regular", "--attacks", "alma-l2", "--budgets", "2", "--samples", "2"]
+
+
+# --- 1. output paths --------------------------------------------------------------------------
+
+
+def test_a_bad_output_folder_is_an_argument_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "a_file"
+    afile.write_text("")
+    err = _error([*TINY, "--output", str(afile)], capsys)
+    assert "argument --output: expected a folder" in err and "is a file" in err, err
+    err = _error([*TINY, "--output", str(afile / "sub")], capsys)
+    assert "argument --output: expected a folder" in err, err
+    err = _error([*TINY, "--output", ""], capsys)
+    assert "argument --output: output must be a non-empty path, got ''" in err, err
+    err = _error(["sweep", "--output", str(afile), "--samples", "2"], capsys)
+    assert "alma-bench sweep: error: argument --output: expected a folder" in err, err
+    err = _error(["sweep", "--output", "", "--samples", "2"], capsys)
+    assert "argument --output: output must be a non-empty path" in err, err
+    assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_unwritable_output_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """/proc refuses new files even to root (a permission check would pass there)."""
+    err = _error([*TINY, "--output", "/proc/alma_bench_forbidden"], capsys)
+    assert "argument --output: cannot write into '/proc'" in err, err
+    err = _error(["sweep", "--output", "/proc/alma_bench_forbidden", "--samples", "2"], capsys)
+    assert "argument --output: cannot write into '/proc'" in err, err
+
+
+def test_a_bad_unseen_json_is_an_argument_error_before_the_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(unseen, "compare", lambda *a, **k: pytest.fail("the benchmark ran"))
+    err = _error(["unseen", "--samples", "2", "--json", str(tmp_path / "nope" / "x.json")], capsys)
+    assert "alma-bench unseen: error: argument --json: the folder" in err, err
+    assert "does not exist" in err
+    err = _error(["unseen", "--samples", "2", "--json", str(tmp_path)], capsys)
+    assert "argument --json: expected a file name, got the folder" in err, err
+    err = _error(["unseen", "--samples", "2", "--json", ""], capsys)
+    assert "argument --json: json must be a non-empty path" in err, err
+
+
+# --- 2. models and data that cannot be loaded -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("state_dict", "expected a TorchScript file (torch.jit.save), cannot load it: "
+                       "RuntimeError: PytorchStreamReader"),
+        ("text", "expected a TorchScript file (torch.jit.save), cannot load it: RuntimeError"),
+        ("raises", "raises() must run without arguments and return a torch.nn.Module, but it "
+                   "raised RuntimeError: boom in the factory"),
+        ("needs_an_argument", "needs_an_argument() must run without arguments and return a "
+                              "torch.nn.Module, but it raised TypeError"),
+    ],
+)  # fmt: skip
+def test_a_model_that_cannot_be_loaded_is_an_argument_error(
+    kind: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if kind == "state_dict":
+        spec = str(tmp_path / "weights.pt")
+        torch.save(torch.nn.Linear(784, 10).state_dict(), spec)
+    elif kind == "text":
+        spec = str(tmp_path / "README.md")
+        Path(spec).write_text("# not a model\n")
+    else:
+        (tmp_path / "factories.py").write_text(FACTORIES)
+        spec = f"{tmp_path / 'factories.py'}:{kind}"
+    err = _error(["--models", spec, "--attacks", "alma-l2", "--budgets", "2"], capsys)
+    assert "argument --models: " in err and expected in err, err
+
+
+def test_a_npy_file_is_an_argument_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "images.npy"
+    np.save(path, np.zeros((2, 1, 28, 28), np.float32))
+    err = _error(["--data", str(path), "--samples", "2"], capsys)
+    assert "argument --data: " in err and "expected an .npz file" in err, err
+    assert "got a single ndarray (a .npy file)" in err
+
+
+# --- 3. --budgets without --attacks -----------------------------------------------------------
+
+
+def test_budgets_without_attacks_keep_the_default_attack_list() -> None:
+    default = {spec.key for spec, _ in plan(BenchConfig())[0]}
+    pairs = plan(BenchConfig(budgets=(3, 7)))[0]
+    assert {spec.key for spec, _ in pairs} == default
+    assert {"fab-l2", "fab-linf", "deepfool-l2", "fmn_stock-l2"}.isdisjoint(default)
+    assert sorted(budget for spec, budget in pairs if spec.key == "ddn-l2") == [3, 7]
+    # Chosen explicitly, they run at the given budgets.
+    (pair,) = plan(BenchConfig(attacks=("deepfool-l2",), budgets=(3,)))[0]
+    assert (pair[0].key, pair[1]) == ("deepfool-l2", 3)
+
+
+# --- 4. sweep: each value once, something to run ----------------------------------------------
+
+SWEEP = ["sweep", "--models", "mnist_regular", "--samples", "2", "--budgets", "2"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--budgets", "2", "2"], "argument --budgets: each value once"),
+        (["--models", "mnist_regular", "mnist_regular"], "argument --models: each value once"),
+        (["--variants", "paper", "paper"], "argument --variants: each value once"),
+        (["--peers", "ddn-l2", "ddn-l2"], "argument --peers: each value once"),
+        (["--variants", "--peers"], "no attack left to run"),
+        (["--variants", "--peers", "ddn-l2", "--distance", "linf"], "no attack left to run"),
+    ],
+)
+def test_sweep_refuses_repeated_values_and_empty_selections(
+    extra: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _error([*SWEEP, *extra], capsys)
+    assert f"alma-bench sweep: error: argument{'s' if 'left' in expected else ''}" in err, err
+    assert expected in err, err
+
+
+# --- 5. seeds and budgets too large for the generators ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([*TINY, "--seed", str(2**63)], "argument --seed: seed must be <= 9223372036854775807"),
+        (["--budgets", str(2**64)], "argument --budgets: budget must be <= 10000000"),
+        (["sweep", "--seed", str(2**64)], "argument --seed: seed must be <="),
+        (["sweep", "--budgets", str(2**64)], "argument --budgets: budget must be <="),
+        (["noise", "--seed", str(2**64)], "argument --seed: seed must be <="),
+        (["noise", "--budgets", str(2**64)], "argument --budgets: budgets must be <="),
+        (["unseen", "--seed", str(2**64)], "argument --seed: seed must be <="),
+        (["unseen", "--steps", str(2**64)], "argument --steps: steps must be <="),
+    ],
+)
+def test_huge_seeds_and_budgets_are_argument_errors(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert expected in _error(argv, capsys)
+
+
+def test_the_largest_seed_is_accepted(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config, _ = cli.parse_args([*TINY, "--seed", str(2**63 - 1), "--output", str(out)])
+    assert config.seed == 2**63 - 1
+    assert not out.exists()  # checked, not created, while parsing
+
+
+# --- 6. two models, one file name -------------------------------------------------------------
+
+
+def test_models_with_the_same_file_name_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "um.py").write_text(FACTORIES)
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
+    torch.jit.save(scripted, str(tmp_path / "um_good.pt"))
+    err = _error(["--models", f"{tmp_path / 'um.py'}:good", str(tmp_path / "um_good.pt")], capsys)
+    assert "argument --models: 'um:good' and 'um_good' share the file name 'um_good'" in err, err
+
+
+# --- 7. strict JSON -----------------------------------------------------------------------------
+
+
+def _strict(text: str) -> object:
+    """``json.loads`` that refuses the bare ``Infinity`` / ``NaN`` of Python's json module."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not strict JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_unseen_json_is_strict_with_inf_as_in_results_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = unseen.Row("m", 1.0, {name: 0.5 for name in unseen.TRAINING + unseen.UNSEEN},
+                     {"linf": 0.1, "l1": math.inf, "l2": math.nan, "ssim": 0.0})  # fmt: skip
+    monkeypatch.setattr(unseen, "compare", lambda *a, **k: [row])
+    out = tmp_path / "rows.json"
+    assert unseen.main(["--samples", "2", "--models", "mnist_regular", "--json", str(out)]) == 0
+    payload = _strict(out.read_text())
+    assert isinstance(payload, dict)
+    assert payload["rows"][0]["median"] == {"linf": 0.1, "l1": "inf", "l2": None, "ssim": 0.0}
+    assert report.to_json([math.inf, -math.inf, math.nan, 1.5]) == ["inf", "-inf", None, 1.5]
+
+
+def test_batch_files_are_strict_json_and_old_ones_are_read_back(tmp_path: Path) -> None:
+    store = resume.BatchStore(tmp_path, resume=True)
+    record = Record("m", "a-l2", "A", "l2", 5, "5 steps", [0, 1, 2], [0.5, math.inf, 0.0],
+                    3, 3, 0.1, [1.5, math.nan, math.nan], [1, 2])  # fmt: skip
+    path = tmp_path / "new.json"
+    store.save(path, "f", record)
+    assert _strict(path.read_text())
+    back = store.load(path, "f")
+    assert back is not None and back.distances == [0.5, math.inf, 0.0]
+    assert back.sparsity[0] == 1.5 and math.isnan(back.sparsity[1])
+    old = tmp_path / "old.json"  # as written before: bare Infinity / NaN
+    old.write_text(path.read_text().replace('"inf"', "Infinity").replace("null", "NaN"))
+    back = store.load(old, "f")
+    assert back is not None and back.distances == [0.5, math.inf, 0.0]
+
+
+# --- 8. optimality when no run fooled any sample ----------------------------------------------
+
+
+def test_best_of_all_is_nan_when_no_run_fooled_any_sample() -> None:
+    records = [Record("m", key, key, "l2", 5, "", [0, 1], [math.inf, math.inf])
+               for key in ("a-l2", "b-l2")]  # fmt: skip
+    rows = summarize(records)
+    assert [r.attack for r in rows] == ["a-l2", "b-l2", report.BEST_OF_ALL]
+    assert all(math.isnan(r.optimality) for r in rows)
+    # One success anywhere: the best of all scores 1 again.
+    records[0].distances = [0.5, math.inf]
+    assert summarize(records)[-1].optimality == 1.0
+
+
+# --- 9. small slips ---------------------------------------------------------------------------
+
+
+def test_help_and_docstrings_list_every_embedded_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    from alma_plugin.bench import usermodels
+
+    for name in MODEL_NAMES:
+        assert name in out and name in (usermodels.__doc__ or "")
+    assert f"the first\n{runner.DEFAULT_SAMPLES} held-out images" in (cli.__doc__ or "")
+
+
+@pytest.mark.parametrize("device", ["cpu:1", "cpu:0"])
+def test_a_cpu_index_is_refused(device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error([*TINY, "--device", device], capsys)
+    assert f"argument --device: expected 'cpu' without an index, got {device!r}" in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("adv_lib") is not None, reason="adv_lib installed")
+def test_choosing_adv_lib_without_it_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "adv_lib_alma-l2" in ATTACKS
+    err = _error(["--attacks", "adv_lib_alma-l2", "--budgets", "2", "--samples", "2"], capsys)
+    assert "no attack left to run" in err and "'adv_lib' package is not installed" in err, err
