@@ -30,27 +30,22 @@ import torch
 
 from ..zoo.models import MODEL_NAMES
 from . import distributed
-from .registry import ATTACKS, NORMS
-from .report import format_table, merge, summarize, write_files
-from .resume import library_versions
-from .runner import (
-    DEFAULT_SAMPLES,
-    EMBEDDED_DATA,
-    BenchConfig,
+from .arguments import (
     budget_option,
     cuda_graphs_argument,
     device_argument,
     distinct_argument,
     integer_option,
-    load_data,
     models_argument,
     output_argument,
     path_option,
-    plan,
     real_option,
-    run_shard,
     seed_option,
 )
+from .registry import ATTACKS, NORMS
+from .report import format_table, merge, summarize, write_files
+from .resume import library_versions
+from .runner import DEFAULT_SAMPLES, EMBEDDED_DATA, BenchConfig, load_data, plan, run_shard
 
 __all__ = ["SUBCOMMANDS", "main", "parse_args"]
 

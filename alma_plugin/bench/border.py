@@ -37,7 +37,7 @@ from torch import nn
 
 from ..distances import msssim, ssim
 from ..foolbox import MSSSIMALMA, SSIMALMA
-from .runner import add_threads_option, integer_option
+from .arguments import add_threads_option, integer_option
 
 __all__ = ["BorderResult", "border_ratio", "main", "train_cifar_cnn"]
 

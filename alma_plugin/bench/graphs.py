@@ -28,7 +28,7 @@ import torch
 from ..functional import alma
 from ..zoo.data import load_mnist_heldout
 from ..zoo.models import MODEL_NAMES, load_smallcnn
-from .runner import device_argument, integer_option
+from .arguments import device_argument, integer_option
 
 __all__ = ["compare", "main", "parse_run"]
 

@@ -30,18 +30,15 @@ from typing import Any
 import torch
 
 from ..zoo.models import MODEL_NAMES
-from .registry import ATTACKS, get_attack
-from .runner import (
-    EMBEDDED_DATA,
+from .arguments import (
     add_threads_option,
-    attack_batch,
     budget_option,
     device_argument,
     integer_option,
-    load_data,
-    load_model,
     seed_option,
 )
+from .registry import ATTACKS, get_attack
+from .runner import EMBEDDED_DATA, attack_batch, load_data, load_model
 
 __all__ = ["main", "noise_floor", "nudge"]
 

@@ -43,7 +43,7 @@ import torch
 from ..distances import DISTANCES
 from ..functional import alma
 from ..zoo.models import SmallCNN
-from .runner import add_threads_option, device_argument, integer_option
+from .arguments import add_threads_option, device_argument, integer_option
 from .throughput import bare_step, synchronize
 
 __all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]

@@ -28,14 +28,8 @@ import torch
 from ..core.precision import ReducedPrecisionWarning
 from ..functional import alma, alma_prox
 from ..zoo.models import MODEL_NAMES
-from .runner import (
-    EMBEDDED_DATA,
-    add_threads_option,
-    device_argument,
-    integer_option,
-    load_data,
-    load_model,
-)
+from .arguments import add_threads_option, device_argument, integer_option
+from .runner import EMBEDDED_DATA, load_data, load_model
 
 __all__ = ["attack_and_reevaluate", "main", "reevaluate", "tf32"]
 

@@ -9,11 +9,7 @@ to the original is measured on images in [0, 1]. Conventions: see :mod:`.report`
 
 from __future__ import annotations
 
-import argparse
-import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,170 +25,21 @@ from .registry import ATTACKS, NORMS, AttackSpec, get_attack
 from .report import Record, merge
 from .resume import BatchStore, batch_fingerprint
 
-__all__ = ["DEFAULT_SAMPLES", "MAX_BUDGET", "MAX_SEED", "BenchConfig", "add_threads_option",
-           "attack_batch", "budget_option", "cuda_graphs_argument", "device_argument",
-           "distinct_argument", "integer_option", "json_file_argument", "load_data",
-           "load_model", "models_argument", "output_argument", "path_option", "plan",
-           "real_option", "run_shard", "seed_option", "synchronize"]  # fmt: skip
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "BenchConfig",
+    "attack_batch",
+    "load_data",
+    "load_model",
+    "plan",
+    "run_shard",
+    "synchronize",
+]
 
 #: Samples per model of the no-argument run (sized to finish in minutes on 2 CPU cores).
 DEFAULT_SAMPLES = 100
 #: The embedded data set (MNIST test images 9000–9999, held out from the models' training).
 EMBEDDED_DATA = "mnist_heldout"
-#: The largest seed: NumPy's and torch's generators take seeds below 2**63 (larger ones were an
-#: OverflowError traceback after parsing).
-MAX_SEED = 2**63 - 1
-#: The largest step budget: far beyond any useful run, well within every attack's integers.
-MAX_BUDGET = 10**7
-
-
-def integer_option(name: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse type of the benchmark commands: an integer >= ``minimum`` (default 1) and
-    <= ``maximum`` (if given), with an error naming the option and the value (exit status 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"{name} must be <= {maximum}, got {value}")
-        return value
-
-    return parse
-
-
-def seed_option() -> Callable[[str], int]:
-    """The argparse type of ``--seed``: an integer in [0, :data:`MAX_SEED`]."""
-    return integer_option("seed", 0, MAX_SEED)
-
-
-def budget_option(name: str = "budget") -> Callable[[str], int]:
-    """The argparse type of step budgets: an integer in [1, :data:`MAX_BUDGET`]."""
-    return integer_option(name, 1, MAX_BUDGET)
-
-
-def path_option(name: str) -> Callable[[str], Path]:
-    """An argparse type: a non-empty path (``""`` would silently mean the current folder)."""
-
-    def parse(text: str) -> Path:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"{name} must be a non-empty path, got {text!r}")
-        return Path(text)
-
-    return parse
-
-
-def _writable(folder: Path) -> str | None:
-    """None when a file can be created in the existing ``folder``, else why not (a temporary
-    file is the only test that holds for root, read-only mounts and /proc alike)."""
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        return os.strerror(error.errno) if error.errno else str(error)
-    return None
-
-
-def output_argument(parser: argparse.ArgumentParser, option: str, folder: Path) -> Path:
-    """An output folder, checked before any work: either an existing writable folder, or one
-    that can be created (its nearest existing parent is a writable folder). Nothing is created
-    here, so a later argument error leaves no empty folder behind."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        what = "is" if existing == folder else f"is under {str(existing)!r},"
-        parser.error(f"argument {option}: expected a folder, got {str(folder)!r}, which {what} "
-                     f"a file")  # fmt: skip
-    reason = _writable(existing)
-    if reason is not None:
-        parser.error(f"argument {option}: cannot write into {str(existing)!r} to create "
-                     f"{str(folder)!r}: {reason}")  # fmt: skip
-    return folder
-
-
-def json_file_argument(parser: argparse.ArgumentParser, option: str, path: Path) -> Path:
-    """An output file, checked before any work: not a folder, in an existing writable folder."""
-    if path.is_dir():
-        parser.error(f"argument {option}: expected a file name, got the folder {str(path)!r}")
-    parent = path.parent
-    if not parent.is_dir():
-        parser.error(f"argument {option}: the folder {str(parent)!r} of {str(path)!r} does "
-                     f"not exist")  # fmt: skip
-    reason = _writable(parent)
-    if reason is not None:
-        parser.error(f"argument {option}: cannot write into {str(parent)!r}: {reason}")
-    return path
-
-
-def distinct_argument(parser: argparse.ArgumentParser, option: str, values: Sequence) -> None:
-    """Each value once: rows are keyed by (model, attack, budget), so two equal values would
-    be pooled into one row (an argument error otherwise, naming the repeated values)."""
-    repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
-    if repeated:
-        parser.error(f"argument {option}: each value once (rows of the table are keyed by "
-                     f"them), got {repeated} more than once")  # fmt: skip
-
-
-def models_argument(parser: argparse.ArgumentParser, models: Sequence[str]) -> None:
-    """``--models``: each label once, and no two labels with the same file-system name (their
-    result files and batch folders would overwrite each other)."""
-    labels = [usermodels.model_label(m) for m in models]
-    distinct_argument(parser, "--models", labels)
-    seen: dict[str, str] = {}
-    for label in labels:
-        other = seen.setdefault(usermodels.safe_name(label), label)
-        if other != label:
-            parser.error(f"argument --models: {other!r} and {label!r} share the file name "
-                         f"{usermodels.safe_name(label)!r} (their result files would overwrite "
-                         f"each other); rename one")  # fmt: skip
-
-
-def real_option(name: str, minimum: float = -math.inf) -> Callable[[str], float]:
-    """An argparse type: a finite number >= ``minimum`` (a NaN passes every comparison)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum:
-            bound = "" if minimum == -math.inf else f" >= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number{bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def add_threads_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:
-    """``--threads N`` (torch's CPU threads, N >= 1; default: torch's own), as every benchmark
-    command spells it."""
-    shown = "torch's" if default is None else str(default)
-    parser.add_argument("--threads", type=integer_option("threads", 1), default=default,
-                        help=f"torch CPU threads (default: {shown})")  # fmt: skip
-
-
-def device_argument(parser: argparse.ArgumentParser, value: str) -> torch.device:
-    """The ``--device`` of the benchmark commands: a torch device of type ``cpu`` or ``cuda``
-    (``cuda:N``) that this machine has. Anything else is an argument error (``parser.error``:
-    exit status 2, a message naming ``--device``, the value and what was expected)."""
-    try:
-        device = torch.device(value)
-    except RuntimeError:
-        parser.error(f"argument --device: expected a torch device such as 'cpu' or 'cuda:0', "
-                     f"got {value!r}")  # fmt: skip
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"argument --device: expected 'cpu', 'cuda' or 'cuda:N', got {value!r}")
-    if device.type == "cpu" and device.index is not None:  # torch ignores it: one CPU device
-        parser.error(f"argument --device: expected 'cpu' without an index, got {value!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"argument --device: {value!r} requested but CUDA is not available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        parser.error(f"argument --device: {value!r} requested but this machine has "
-                     f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
-    return device
 
 
 @dataclass(frozen=True)
@@ -325,17 +172,6 @@ def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callabl
         bar.update(1)
 
     return advance, bar.close
-
-
-def cuda_graphs_argument(
-    parser: argparse.ArgumentParser, cuda_graphs: bool, device: torch.device
-) -> bool:
-    """``--cuda-graphs`` as given, checked against ``--device``: graphs need a CUDA device, so
-    with another one it is an argument error (exit status 2, naming both arguments)."""
-    if cuda_graphs and device.type != "cuda":
-        parser.error(f"argument --cuda-graphs: needs a CUDA --device, got --device "
-                     f"{str(device)!r}")  # fmt: skip
-    return cuda_graphs
 
 
 def synchronize(device: torch.device) -> None:

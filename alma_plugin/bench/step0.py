@@ -25,7 +25,7 @@ import torch
 
 from ..core import schedules, solver
 from ..distances import DISTANCES, DistanceFunction
-from .runner import add_threads_option, device_argument, integer_option
+from .arguments import add_threads_option, device_argument, integer_option
 from .throughput import make_distance, make_model, timed_run
 
 __all__ = ["main", "measure"]

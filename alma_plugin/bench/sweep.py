@@ -38,26 +38,22 @@ from torch import nn
 from ..core.params import RESTART_MODES, SCHEDULES
 from ..zoo.models import MODEL_NAMES
 from . import distributed, metrics
-from .plots import norm_label, pyplot, save_figure
-from .registry import AttackSpec, get_attack
-from .report import Record, groups
-from .runner import (
-    EMBEDDED_DATA,
-    BenchConfig,
+from .arguments import (
     add_threads_option,
     budget_option,
     cuda_graphs_argument,
     device_argument,
     distinct_argument,
     integer_option,
-    load_data,
-    load_model,
     models_argument,
     output_argument,
     path_option,
-    run_shard,
     seed_option,
 )
+from .plots import norm_label, pyplot, save_figure
+from .registry import AttackSpec, get_attack
+from .report import Record, groups
+from .runner import EMBEDDED_DATA, BenchConfig, load_data, load_model, run_shard
 
 __all__ = [
     "ALMA_VARIANTS",

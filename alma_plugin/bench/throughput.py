@@ -48,13 +48,8 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DISTANCES, DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
-from .runner import (
-    add_threads_option,
-    cuda_graphs_argument,
-    device_argument,
-    integer_option,
-    synchronize,
-)
+from .arguments import add_threads_option, cuda_graphs_argument, device_argument, integer_option
+from .runner import synchronize
 
 __all__ = [
     "SmallImageNetCNN",

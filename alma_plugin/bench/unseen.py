@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .report import to_json
-from .runner import (
+from .arguments import (
     add_threads_option,
     budget_option,
     integer_option,
@@ -46,6 +45,7 @@ from .runner import (
     real_option,
     seed_option,
 )
+from .report import to_json
 
 __all__ = ["DEFAULT_EPSILONS", "TRAINING", "UNSEEN", "Row", "compare", "format_table", "main"]
 

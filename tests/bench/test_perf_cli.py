@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from alma_plugin.bench import step0, sweep, throughput
-from alma_plugin.bench.runner import device_argument
+from alma_plugin.bench.arguments import device_argument
 from alma_plugin.zoo.models import SmallCNN
 from tests.utils import CountingModel
 
