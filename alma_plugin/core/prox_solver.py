@@ -127,7 +127,6 @@ def alma_prox_solve(
 
         return run_restarts(run, steps, params.restarts, early_stop)
     restart, step_offset, solved = place.index, place.offset, place.solved
-    reached = tuple(earlier.reshape((-1, 1)) for earlier in place.reached)  # (N, M = 1)
     p = params
     assert p.init_lr is not None and p.rho_init is not None
     lower, upper = bounds
@@ -139,6 +138,9 @@ def alma_prox_solve(
     rounds = x.dtype != x0.dtype
     n = x.shape[0]
     c = make_constraints(labels, masks, adv_threshold, x)
+    # the classes earlier runs returned, (N, M = 1) in the constraints' index dtype (int32
+    # in TensorFlow, where mixed integer dtypes cannot be compared)
+    reached = tuple(e.reshape((-1, 1)).astype(c.labels.dtype) for e in place.reached)
     m = c.mask.astype(x.dtype)
     count = m.sum(axis=1)
 
