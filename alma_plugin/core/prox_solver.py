@@ -315,7 +315,7 @@ def alma_prox_solve(
     first_success, best_prediction = final.first_success, final.best_prediction
     predictions = None if c.dense else best_prediction
     return _result(x0, x, best_delta, best_norm, best_apsr, first_success, steps_run, bounds,
-                   predictions)  # fmt: skip
+                   (inner, inner_cast), predictions)  # fmt: skip
 
 
 def _result(
@@ -327,12 +327,13 @@ def _result(
     first_success: ep.Tensor,
     steps_run: int,
     bounds: tuple[float, float],
+    inner_bounds: tuple[tuple[float, float], tuple[float, float]],
     predictions: ep.Tensor | None,
 ) -> AttackResult[ep.Tensor]:
     """The best iterate per sample (the input where none), in the inputs' dtype."""
     lower, upper = bounds
     success = best_norm < math.inf
-    inner, inner_cast = representable_bounds(x, bounds), representable_bounds(inputs, bounds)
+    inner, inner_cast = inner_bounds  # in x's dtype, then in the inputs' (16-bit) dtype
     best = (x + best_delta * (upper - lower)).clip(*inner).astype(inputs.dtype)
     if inner_cast != (0.0, 1.0):  # a cast to a 16-bit dtype may round past a bound
         best = best.clip(*inner_cast)

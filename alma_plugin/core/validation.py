@@ -85,6 +85,11 @@ def check_in_range(
     return value
 
 
+#: How far (a fraction of the range) inputs may lie outside the bounds: rounding, e.g. of a
+#: de-normalisation. They are clipped onto them.
+BOUNDS_SLACK = 1e-6
+
+
 def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> ep.Tensor:
     """Inputs must be a floating batch (N, ...) of finite values inside the bounds. Values
     outside by at most 1e-6 of the range (rounding, e.g. of a de-normalisation) are accepted
@@ -102,7 +107,7 @@ def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         raise ValueError("inputs contain NaN or Inf values")
     lower, upper = bounds
     low, high = inputs.min().item(), inputs.max().item()
-    slack = 1e-6 * (upper - lower)
+    slack = BOUNDS_SLACK * (upper - lower)
     if low < lower - slack or high > upper + slack:
         raise ValueError(
             f"inputs must lie within bounds {bounds}, got values in [{low:.6g}, {high:.6g}]"

@@ -12,16 +12,13 @@ from foolbox.attacks.base import T
 from foolbox.devutils import atleast_kd
 from foolbox.distances import Distance
 
-from ..core.validation import Bounds, check_bounds, working_dtype
+from ..core.validation import BOUNDS_SLACK, Bounds, check_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
 from ._common import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first
 
 __all__ = ["NormalisedDistance", "WithinSegment"]
 
 _CLIP_BISECTION_STEPS = 30
-#: Inputs may lie outside ``bounds`` by this much of the range (rounding), as the attacks'
-#: inputs (:func:`alma_plugin.core.validation.check_inputs`).
-_BOUNDS_SLACK = 1e-6
 
 
 class NormalisedDistance(Distance):
@@ -95,7 +92,7 @@ class NormalisedDistance(Distance):
         """The caller's inputs must lie within :attr:`bounds` (checked once per call, not at
         each measurement of the bisection)."""
         lower, upper = self.bounds
-        slack = _BOUNDS_SLACK * (upper - lower)
+        slack = BOUNDS_SLACK * (upper - lower)
         for tensor in tensors:
             if math.prod(tensor.shape) == 0:
                 continue  # min() of an empty tensor fails; nothing to measure anyway

@@ -87,14 +87,23 @@ def target_labels(attack: Attack, images: torch.Tensor, labels: torch.Tensor) ->
     and dropout included, would then train for the rest of the call, against
     ``set_model_training_mode(model_training=True, batchnorm_training=False, ...)``. Each
     module's flag is put back as it was before the draw."""
-    modules = list(attack.model.modules()) if isinstance(attack.model, torch.nn.Module) else []
+    with modes_kept(attack.model):
+        targets = attack.get_target_label(images, labels)
+    return as_labels("target labels", targets, ep.astensor(images), (len(images),)).raw
+
+
+@contextmanager
+def modes_kept(model: Any) -> Iterator[None]:
+    """Put every module's train/eval flag back as it was on entry: torchattacks' helpers and
+    attacks end with ``model.train()`` on a model that was training, which would switch batch
+    norm and dropout to training mode against ``set_model_training_mode``."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
     modes = [module.training for module in modules]
     try:
-        targets = attack.get_target_label(images, labels)
+        yield
     finally:
         for module, mode in zip(modules, modes, strict=True):
             module.training = mode
-    return as_labels("target labels", targets, ep.astensor(images), (len(images),)).raw
 
 
 def _snapshot_on_materialisation(

@@ -12,8 +12,15 @@ import numpy as np
 import torch
 from torchattacks.attack import Attack
 
+from ..core.tensors import valid_logit_rows
 from ..distances import DistanceSpec
-from ._common import StateRestoringAttack, prepare, resolve_distance, target_labels
+from ._common import (
+    StateRestoringAttack,
+    modes_kept,
+    prepare,
+    resolve_distance,
+    target_labels,
+)
 
 __all__ = ["MinimalEnsemble"]
 
@@ -145,16 +152,12 @@ class MinimalEnsemble(StateRestoringAttack):
         targets = target_labels(self, images, labels) if self.targeted else None
         best = images.clone()
         best_distance = torch.full((len(images),), float("inf"), device=images.device)
-        # The modes this call runs the model in (set_model_training_mode): a member's
-        # torchattacks __call__ ends with model.train() on a training model, which would put
-        # batch norm and dropout in training mode for the next member and for the judging.
-        modules = list(self.model.modules()) if isinstance(self.model, torch.nn.Module) else []
-        modes = [module.training for module in modules]
         with _members_following(self.attacks, targets):
             for member in self.attacks:
-                outputs = member(images, labels)
-                for module, mode in zip(modules, modes, strict=True):
-                    module.training = mode
+                # the modes of this call (set_model_training_mode), for the next member and
+                # for the judging: a member's torchattacks __call__ ends with model.train()
+                with modes_kept(self.model):
+                    outputs = member(images, labels)
                 outputs = self._checked_output(member, outputs, images)
                 success, distance = self._judge(outputs, images, labels, targets, spec)
                 better = success & (distance < best_distance)
@@ -197,8 +200,7 @@ class MinimalEnsemble(StateRestoringAttack):
                 f"the model must return logits of shape (N={len(outputs)}, K), got "
                 f"{type(logits).__name__} of shape {getattr(logits, 'shape', None)}"
             )
-        # −∞ is a valid logit (a class of probability 0), as in the solvers
-        finite &= (~torch.isnan(logits) & (logits < torch.inf)).flatten(1).all(1)
+        finite &= valid_logit_rows(ep.astensor(logits)).raw  # the solvers' rule: −∞ is valid
         predictions = logits.argmax(1)
         success = predictions == targets if targets is not None else predictions != labels
         # Distances in float32 whatever the images' dtype (float16 rounds small distances).
