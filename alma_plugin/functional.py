@@ -48,13 +48,30 @@ from .core.validation import (
     check_positive_int,
     working_dtype,
 )
-from .distances import DistanceFunction, get_distance
+from .distances import DISTANCES, DistanceFunction, get_distance
 from .distances._ssim import check_padding_for, descent_objective
 
 __all__ = ["alma", "alma_prox", "lagrangian"]
 
-#: The names of the ℓ∞ distance, minimised by ALMA prox rather than by ALMA.
+#: The name of the ℓ∞ distance, minimised by ALMA prox rather than by ALMA.
 LINF = "linf"
+#: Every spelling of it the entry points accept (``alma()`` and torchattacks' ``ALMA`` alike).
+LINF_NAMES = ("linf", "l_inf", "inf")
+
+
+def is_linf(distance: Any) -> bool:
+    """Whether ``distance`` names ℓ∞ (any case of :data:`LINF_NAMES`)."""
+    return isinstance(distance, str) and distance.lower() in LINF_NAMES
+
+
+def check_attack_distance(distance: Any) -> str:
+    """``distance`` of an entry point that takes ℓ∞ too: "linf" for any of :data:`LINF_NAMES`,
+    else a registry name (lower case); an error listing every accepted name otherwise."""
+    if is_linf(distance):
+        return LINF
+    if not isinstance(distance, str) or distance.lower() not in DISTANCES:
+        raise ValueError(f"distance must be one of {[*sorted(DISTANCES), LINF]}, got {distance!r}")
+    return distance.lower()
 
 
 @takes_params(ALMAParams, alternative=ProxParams)
@@ -65,7 +82,7 @@ def alma(
     labels: Any,
     *,
     distance: str = "l2",
-    steps: int = ALMA_STEPS,
+    steps: int | None = None,
     targeted: bool = False,
     bounds: tuple[float, float] = (0.0, 1.0),
     is_adversarial: SuccessFn | None = None,
@@ -95,8 +112,11 @@ def alma(
             integer dtype, or a NumPy array / list of ints; on any device (moved to the
             inputs').
         distance: D, a name of ``alma_plugin.DISTANCES`` ("l1", "l2", "ciede2000", "ssim",
-            "msssim", "lpips") or "linf" (ALMA prox).
-        steps: N, the number of iterations (one forward + one backward each).
+            "msssim", "lpips") or "linf" (ALMA prox; also "l_inf", "inf", as torchattacks'
+            ``ALMA``).
+        steps: N, the number of iterations (one forward + one backward each). None: the
+            algorithm's budget, 1000 for ALMA (§4), 500 for ALMA prox ("linf", §5.5.5.3: its
+            α = 0.8 is the thesis' value for 500 steps), as :func:`alma_prox`.
         targeted: use tDLR⁺ (eq. 18) towards ``labels`` instead of DLR⁺ (eq. 4).
         bounds: the model's input range; ε and distances live in the [0, 1]-normalised space.
         is_adversarial: optional success predicate (model_inputs, logits) → bool (N,), given
@@ -146,11 +166,12 @@ def alma(
         >>> result.adversarials.shape
         torch.Size([2, 1, 2, 2])
     """
-    if isinstance(distance, str) and distance.lower() == LINF:
+    if check_attack_distance(distance) == LINF:
         params = prox_params_for_linf(params)
         if lpips is not None:
             raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
         check_padding_for(LINF, padding)
+        steps = PROX_STEPS if steps is None else steps
         return alma_prox(model, inputs, labels, steps=steps, targeted=targeted, bounds=bounds,
                          is_adversarial=is_adversarial, early_stop=early_stop,
                          callback=callback, seed=seed, cuda_graphs=cuda_graphs,
@@ -166,7 +187,7 @@ def alma(
     windows = check_padding_for(spec.name, padding)
     if windows is not None:
         function = descent_objective(spec.name, windows)
-    steps = check_positive_int("steps", steps)
+    steps = check_positive_int("steps", ALMA_STEPS if steps is None else steps)
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     targeted = check_flag("targeted", targeted)

@@ -514,8 +514,9 @@ def _keywords(entry: Callable[..., Any]) -> dict[str, Any]:
 
 
 #: Keywords whose None in alma() / torchattacks' ALMA means the Foolbox class's default (the
-#: Foolbox class has one distance; for the others the keyword does not apply).
-NONE_MEANS_DEFAULT = {"padding"}
+#: Foolbox class has one distance; for the others the keyword does not apply; ``steps``: ALMA's
+#: 1000 or, for "linf", ALMA prox's 500, test_steps_default_follows_the_algorithm).
+NONE_MEANS_DEFAULT = {"padding", "steps"}
 
 
 def test_entry_points_share_their_keywords() -> None:
@@ -542,6 +543,35 @@ def test_entry_points_share_their_keywords() -> None:
     for name, default in torchattacks.items():
         assert name in functional, f"ALMA({name}=...) is missing from alma()"
         assert functional[name] == default, f"ALMA({name}={default!r}): alma() differs"
+
+
+def test_steps_default_follows_the_algorithm() -> None:
+    """``steps`` left at its default runs the same budget in every entry point of an algorithm:
+    ALMA's 1000 and ALMA prox's 500 (its α = 0.8 is the thesis' value for 500 steps), whether
+    ALMA prox is asked for as alma_prox(), alma(distance="linf"), LinfALMAProx or ALMA(model,
+    "linf") (the latter two ran ALMA's 1000)."""
+    import inspect
+
+    from alma_plugin import alma, alma_prox
+    from alma_plugin.core.params import ALMA_STEPS, PROX_STEPS
+    from alma_plugin.foolbox import L2ALMA, LinfALMAProx
+    from alma_plugin.torchattacks import ALMA
+
+    assert LinfALMAProx().steps == PROX_STEPS
+    assert inspect.signature(alma_prox).parameters["steps"].default == PROX_STEPS
+    assert L2ALMA().steps == ALMA_STEPS
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    calls = []
+    counting = torch.nn.Sequential(torch.nn.Identity(), model).eval()
+    counting[0].register_forward_hook(lambda *_: calls.append(1))
+    for name in ("linf", "inf"):
+        assert int(alma(model, x, y, distance=name).steps_run) == PROX_STEPS
+        calls.clear()
+        ALMA(counting, name)(x, y)
+        assert len(calls) == PROX_STEPS
+    assert int(alma(model, x, y, distance="l2", early_stop=None).steps_run) == ALMA_STEPS
 
 
 @pytest.mark.parametrize(

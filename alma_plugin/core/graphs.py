@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar, cast
 import eagerpy as ep
 
 from .result import StepInfo
+from .validation import check_flag
 
 __all__ = ["Steps", "check_cuda_graphs", "pick", "run_steps", "warmup_stream"]
 
@@ -57,9 +58,7 @@ _NEEDS_CUDA = (
 def check_cuda_graphs(cuda_graphs: object, inputs: ep.Tensor) -> bool:
     """``cuda_graphs`` as a bool, refused (clearly) where it cannot work: not a bool, or inputs
     that are not PyTorch tensors on a CUDA device."""
-    if not isinstance(cuda_graphs, bool):
-        raise TypeError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
-    if not cuda_graphs:
+    if not check_flag("cuda_graphs", cuda_graphs):  # a bool (NumPy's too), as targeted
         return False
     if not isinstance(inputs, ep.PyTorchTensor):
         raise ValueError(f"{_NEEDS_CUDA}: got {type(inputs.raw).__name__} inputs")

@@ -10,6 +10,7 @@ Both algorithms name their step sizes the same way: ``init_lr`` is the initial s
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -18,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar, get_type_hints
 
 from .penalties import PENALTIES
-from .validation import check_in_range, check_positive_int
+from .validation import check_flag, check_in_range, check_positive_int
 
 __all__ = [
     "ALMA_STEPS",
@@ -298,9 +299,8 @@ class ProxParams:
         object.__setattr__(self, "check_steps", check_positive_int("check_steps", self.check_steps))
         object.__setattr__(self, "restarts", check_positive_int("restarts", self.restarts))
         object.__setattr__(self, "restart_mode", _check_restart_mode(self.restart_mode))
-        for name in ("constraint_masking", "mask_decay"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("constraint_masking", "mask_decay"):  # as targeted: NumPy bools too
+            object.__setattr__(self, name, check_flag(name, getattr(self, name)))
 
     def for_task(self, task: str) -> ProxParams:
         """These params with ``init_lr`` and ``rho_init`` resolved for "classification" or
@@ -361,9 +361,41 @@ def takes_params(
             for f in fields(cls)
         ]
         owner = function.__qualname__.replace(".__init__", "")
+        accepted = [*signature.parameters, *names]
+        positional = [
+            p
+            for p in signature.parameters.values()
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        is_init = function.__name__ == "__init__"
+
+        def caller(args: tuple[Any, ...]) -> str:
+            """The name the user wrote: the class called (a subclass of the method's owner,
+            e.g. L2ALMA for ALMAAttack.__init__), else the function."""
+            return f"{type(args[0]).__name__}()" if is_init and args else f"{owner}()"
+
+        def check_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            """Python's own errors would name the decorated method's owner (a base class such
+            as ALMAAttack or _SSIMFamily) and count the ``params`` the wrapper passes on."""
+            unknown = [k for k in kwargs if k not in accepted or k == "self"]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], accepted[int(is_init) :], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise TypeError(
+                    f"{caller(args)} got an unexpected keyword argument {unknown[0]!r}{hint}"
+                )
+            if len(args) > len(positional):
+                skip = int(is_init)  # self
+                raise TypeError(
+                    f"{caller(args)} takes {len(positional) - skip} positional argument(s) but "
+                    f"{len(args) - skip} were given; the others are keyword-only, e.g. "
+                    f"steps=..."
+                )
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> R:
+            check_call(args, kwargs)
             given = {name: kwargs.pop(name) for name in names if name in kwargs}
             base = kwargs.pop("params", None)
             if alternative is not None and isinstance(base, alternative):
@@ -382,7 +414,8 @@ def takes_params(
                 return function(*args, **kwargs)
             if base is not None and not isinstance(base, cls):
                 expected = cls.__name__ + (f" or {alternative.__name__}" if alternative else "")
-                raise TypeError(f"params must be a {expected} or None, got {base!r}")
+                article = "an" if expected[0] in "AEIOU" else "a"  # as alma()'s "an ALMAParams"
+                raise TypeError(f"params must be {article} {expected} or None, got {base!r}")
             kwargs["params"] = replace(base, **given) if base is not None else cls(**given)
             return function(*args, **kwargs)
 

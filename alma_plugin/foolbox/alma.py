@@ -248,7 +248,7 @@ class L2ALMA(ALMAAttack):
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ``rho_init``, ``mu_min``, ``mu_max``, ``gamma``, ``tau``, ``check_steps``,
             ``rmsprop_decay``, ``momentum``, ``levels``, ``schedule``, ``restarts``,
-            ``restart_distance``), with the paper's defaults as
+            ``restart_distance``, ``restart_mode``), with the paper's defaults as
             ``inspect.signature(L2ALMA)`` shows; None fields follow the paper's rules for the
             budget (α, Appendix E) and the distance (ε, Table 3).
 """

@@ -15,10 +15,9 @@ from torchattacks.attack import Attack
 
 from ..core.validation import as_labels, as_tensor, check_inputs
 from ..distances import DistanceSpec, get_distance
+from ..functional import check_attack_distance
 
 BOUNDS = (0.0, 1.0)
-#: Names of the ℓ∞ distance, handled by ALMA prox (thesis §5.4) rather than by ALMA.
-PROX_DISTANCES = ("linf", "l_inf", "inf")
 
 
 def _linf(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
@@ -32,13 +31,11 @@ def _linf(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
 LINF = DistanceSpec("linf", _linf, float("nan"))
 
 
-def is_linf(distance: Any) -> bool:
-    return isinstance(distance, str) and distance.lower() in PROX_DISTANCES
-
-
 def resolve_distance(distance: Any) -> DistanceSpec:
-    """The registry entry for ``distance``, or :data:`LINF` for the ℓ∞ names."""
-    return LINF if is_linf(distance) else get_distance(distance)
+    """The registry entry for ``distance``, or :data:`LINF` for the ℓ∞ names (those of
+    ``alma()``; an unknown name gets ``alma()``'s error, which lists "linf" too)."""
+    name = check_attack_distance(distance)
+    return LINF if name == "linf" else get_distance(name)
 
 
 def check_tensor(name: str, value: Any) -> torch.Tensor:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.params import ALMA_STEPS, ALMAParams, ProxParams, prox_params_for_linf, takes_params
+from .._entry import checked_lpips
+from ..core.params import ALMAParams, ProxParams, prox_params_for_linf, takes_params
 from ..core.validation import check_early_stop, check_flag, check_positive_int
 from ..distances import DistanceFunction
 from ..distances._ssim import check_padding_for
@@ -35,7 +36,9 @@ class ALMA(StateRestoringAttack):
     Arguments:
         model (nn.Module): model to attack.
         distance (str): D to minimise. (Default: "l2")
-        steps (int): number of iterations. (Default: ``ALMA_STEPS``)
+        steps (int): number of iterations; None: the algorithm's budget, 1000 for ALMA and
+            500 for ALMA prox ("linf"), as ``alma()``, ``alma_prox()`` and the Foolbox
+            classes. (Default: None)
         early_stop (float): stop once every sample has an adversarial with D below this
             (for "linf": normalised ℓ∞); None or 0 never stop early.
         seed (int): seeds the random directions used where a gradient vanishes and the
@@ -99,7 +102,7 @@ class ALMA(StateRestoringAttack):
         self,
         model: torch.nn.Module,
         distance: str = "l2",
-        steps: int = ALMA_STEPS,
+        steps: int | None = None,
         *,
         early_stop: float | None = None,
         seed: int = 0,
@@ -112,7 +115,7 @@ class ALMA(StateRestoringAttack):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         super().__init__("ALMA", model)
         self.distance = resolve_distance(distance).name
-        self.steps = check_positive_int("steps", steps)
+        self.steps = None if steps is None else check_positive_int("steps", steps)
         self.early_stop = check_early_stop(early_stop)
         self.seed = check_positive_int("seed", seed, minimum=0)
         self.lpips = lpips
@@ -121,8 +124,12 @@ class ALMA(StateRestoringAttack):
         self.params = params
         if self.distance == "linf":
             prox_params_for_linf(params)  # ALMA keywords for ALMA prox: refused now
-        if lpips is not None and self.distance != "lpips":
-            raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
+        elif isinstance(params, ProxParams):  # refused now too, as alma() would at the call
+            raise TypeError(
+                f"params must be an ALMAParams for distance={self.distance!r}, got {params!r}"
+            )
+        if lpips is not None:
+            checked_lpips(lpips, self.distance)  # the distance and a callable, as alma()'s
         self.supported_mode = ["default", "targeted"]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

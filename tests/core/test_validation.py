@@ -291,3 +291,58 @@ def test_integer_logits_and_models_writing_into_their_input_are_named(entry: str
         writes = nn.Sequential(nn.ReLU(inplace=True), net).eval()
         with pytest.raises(ValueError, match="model wrote into its input tensor in place"):
             attack(writes, x, y)
+
+
+@pytest.mark.parametrize("name", ["linf", "L_inf", "inf", "LINF"])
+def test_linf_names_are_those_of_torchattacks(model: nn.Module, name: str) -> None:
+    """alma() takes every ℓ∞ spelling torchattacks' ALMA takes (it refused "inf", "l_inf")."""
+    from alma_plugin.torchattacks import ALMA
+
+    expected = alma(model, X, Y, distance="linf", steps=3).adversarials
+    assert torch.equal(alma(model, X, Y, distance=name, steps=3).adversarials, expected)
+    assert torch.equal(ALMA(model, name, steps=3)(X, Y), expected)
+
+
+def test_unknown_distance_lists_linf(model: nn.Module) -> None:
+    """The error for an unknown distance lists every name the entry point takes, "linf" too."""
+    from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+
+    match = r"distance must be one of \[.*'ssim', 'linf'\], got 'l3'"
+    with pytest.raises(ValueError, match=match):
+        alma(model, X, Y, distance="l3")
+    with pytest.raises(ValueError, match=match):
+        ALMA(model, "l3")
+    with pytest.raises(ValueError, match=match):
+        MinimalEnsemble([ALMA(model)], distance="l3")
+
+
+def test_misspelt_keyword_names_the_class_called() -> None:
+    """A typo gets a TypeError naming the class the user wrote (not ALMAAttack / _SSIMFamily,
+    the base classes whose __init__ holds the arguments) and the closest keyword."""
+    pytest.importorskip("foolbox")
+    from alma_plugin.foolbox import L1ALMA, L2ALMA, SSIMALMA, LinfALMAProx
+    from alma_plugin.torchattacks import ALMA, Lagrangian
+
+    for cls in (L1ALMA, L2ALMA, SSIMALMA, LinfALMAProx):
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}\(\) got an unexpected keyword "
+                           r"argument 'step' \(did you mean 'steps'\?\)$"):  # fmt: skip
+            cls(step=10)
+    model = nn.Linear(2, 2)
+    for cls in (ALMA, Lagrangian):
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}\(\) got an unexpected keyword"):
+            cls(model, step=10)
+    with pytest.raises(TypeError, match=r"^alma\(\) got an unexpected keyword argument 'rhoo'"):
+        alma(model, X, Y, rhoo=2.0)
+    with pytest.raises(TypeError, match=r"^L2ALMA\(\) takes 0 positional argument\(s\) but 1"):
+        L2ALMA(10)  # type: ignore[misc]
+
+
+def test_yes_no_arguments_take_numpy_bools(model: nn.Module) -> None:
+    """Every yes/no argument takes what ``targeted`` takes (a NumPy bool from a config array)."""
+    from alma_plugin import ProxParams
+
+    alma(model, X, Y, steps=1, cuda_graphs=np.False_)
+    assert ProxParams(constraint_masking=np.True_).constraint_masking is True
+    alma_prox(model, X, Y, steps=1, mask_decay=np.False_)
+    with pytest.raises(TypeError, match="mask_decay must be a bool, got 1"):
+        ProxParams(mask_decay=1)

@@ -412,6 +412,15 @@ def test_invalid_attribute_set_later_is_refused_at_call_time(
         attack(x, y)
 
 
+def test_arguments_checked_at_construction(cnn: nn.Module) -> None:
+    """Values given to the constructor are refused there (docs/torchattacks.md), as ALMA
+    keywords with "linf" are: ProxParams with an ALMA distance, an lpips that is no callable."""
+    with pytest.raises(TypeError, match=r"params must be an ALMAParams for distance='l2'"):
+        ALMA(cnn, "l2", params=ProxParams())
+    with pytest.raises(TypeError, match="lpips must be an alma_plugin.distances.LPIPS"):
+        ALMA(cnn, "lpips", lpips="alexnet")
+
+
 def test_linf_params_checked_at_call_time(
     cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
