@@ -1,6 +1,6 @@
 """How much the ALMA solver adds to the model's own cost, per step.
 
-``python -m alma_plugin.bench.overhead [--batch 128] [--steps 30] [--rounds 5]`` times, on the
+``python -m alma_plugin.bench.overhead [--batch-size 128] [--steps 30] [--rounds 5]`` times, on the
 embedded SmallCNN, (a) bare forward + backward passes (gradient w.r.t. the input) and (b) ALMA
 steps, one duration per step: ALMA's steps are timed between consecutive calls of its
 ``callback``, so the one-off step 0 (input checks, the η⁽⁰⁾ search) is left out without taking
@@ -238,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="alma-bench overhead", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument("--batch", type=integer_option("batch", 1), default=128)
+    # --batch-size as in the main command, noise, reeval and sweep; --batch kept
+    parser.add_argument("--batch-size", "--batch", dest="batch",
+                        type=integer_option("batch-size", 1), default=128)  # fmt: skip
     parser.add_argument(
         "--steps",
         type=integer_option("steps", 1),

@@ -1,7 +1,7 @@
 """The cost of ALMA's step 0 (the η⁽⁰⁾ search of §3.2.3) against a later step, per distance.
 
 ``python -m alma_plugin.bench.step0 [--device cpu|cuda] [--distances l1 l2 ciede2000 ssim
-msssim lpips] [--batch 4] [--image-size 224] [--steps 4] [--repeats 2] [--compare-bracket]``
+msssim lpips] [--batch-size 4] [--image-size 224] [--steps 4] [--repeats 2] [--compare-bracket]``
 
 For each distance: the seconds of a 1-step run (step 0: input checks, one forward/backward and
 the η⁽⁰⁾ search) and of a ``--steps`` run, on :class:`~.throughput.SmallImageNetCNN` (224 px,
@@ -114,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
                         choices=list(DISTANCES))  # fmt: skip
-    parser.add_argument("--batch", type=integer_option("batch", 1), default=4)
+    # --batch-size as in the main command, noise, reeval and sweep; --batch kept
+    parser.add_argument("--batch-size", "--batch", dest="batch",
+                        type=integer_option("batch-size", 1), default=4)  # fmt: skip
     parser.add_argument("--image-size", type=integer_option("image-size", 1), default=224)
     parser.add_argument("--steps", type=integer_option("steps", 1), default=4)
     parser.add_argument("--repeats", type=integer_option("repeats", 1), default=2)
