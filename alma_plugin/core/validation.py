@@ -290,6 +290,20 @@ _WRITES_INPUT = (
 )
 
 
+_WRITES_INPUT_OR_PARAMETER = (
+    "model wrote into its input tensor in place (e.g. nn.ReLU(inplace=True) as its first layer, "
+    "or x.sub_(mean)) or into one of its parameters that requires grad (e.g. weights clipped in "
+    "its forward, which torch.no_grad() allows but the attack's autograd does not): the attack "
+    "measures and returns the tensors the model judged, so make the model's first operation out "
+    "of place (nn.ReLU(), x - mean) and change parameters outside its forward or under "
+    "torch.no_grad()"
+)
+
+
+def _is_grad_leaf(inputs: ep.Tensor) -> bool:
+    return isinstance(inputs, ep.PyTorchTensor) and inputs.raw.is_leaf and inputs.raw.requires_grad
+
+
 def call_model(model: Callable[[ep.Tensor], Any], inputs: ep.Tensor) -> ep.Tensor:
     """``model(inputs)`` as logits (:func:`as_model_output`), refusing a PyTorch model that
     writes into ``inputs``: the attack would otherwise return (and measure) a tensor the model
@@ -297,9 +311,17 @@ def call_model(model: Callable[[ep.Tensor], Any], inputs: ep.Tensor) -> ep.Tenso
     version = inputs.raw._version if isinstance(inputs, ep.PyTorchTensor) else None
     try:
         output = model(inputs)
-    except RuntimeError as error:  # the iterate itself is a leaf that requires grad
-        if "leaf Variable that requires grad" in str(error) and "in-place" in str(error):
-            raise ValueError(_WRITES_INPUT) from error
+    except RuntimeError as error:
+        # PyTorch's message names no tensor: the iterate (a leaf that requires grad, as with
+        # bounds (0, 1)) or a parameter of the model (weight clipping in its forward, allowed
+        # under torch.no_grad() but not under the attack's autograd). Only the iterate is
+        # ours to explain; any other error is the caller's, unchanged.
+        if (
+            "leaf Variable that requires grad" in str(error)
+            and "in-place" in str(error)
+            and _is_grad_leaf(inputs)
+        ):
+            raise ValueError(_WRITES_INPUT_OR_PARAMETER) from error
         raise
     if version is not None and inputs.raw._version != version:
         raise ValueError(_WRITES_INPUT)

@@ -181,7 +181,11 @@ def restored_state(attack: Attack) -> Iterator[None]:
             for parameter, flag, grad, value in zip(
                 parameters, requires_grad, grads, grad_values, strict=True
             ):
-                parameter.requires_grad_(flag)
+                # Only where the call changed it: a lazy parameter that never materialised (an
+                # error before the model's first forward) refuses requires_grad_, and that
+                # error would replace the caller's and skip the rest of this restoration.
+                if parameter.requires_grad != flag:
+                    parameter.requires_grad_(flag)
                 _put_back_grad(parameter, grad, value)
             for buffer, value in zip(buffers, values, strict=True):
                 # None: still lazy, or materialised outside a forward (nothing to restore).
