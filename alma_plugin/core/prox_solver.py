@@ -38,7 +38,14 @@ from .prox_constraints import constraint_logits, make_constraints
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
-from .tensors import expand, full, nan_to_zero, representable_bounds, valid_logit_rows
+from .tensors import (
+    clip_rounding,
+    expand,
+    full,
+    nan_to_zero,
+    representable_bounds,
+    valid_logit_rows,
+)
 from .validation import as_model_output, as_tensor, check_success, working_dtype
 
 __all__ = ["alma_prox_solve"]
@@ -209,11 +216,11 @@ def alma_prox_solve(
 
         def loss_fn(delta_: ep.Tensor) -> tuple[ep.Tensor, Any]:
             goals_ = goals
-            x_adv = (x + delta_ * span).clip(*inner)  # 3. x̃ = x + δ
+            x_adv = clip_rounding(x + delta_ * span, *inner)  # 3. x̃ = x + δ
             if rounds:
                 x_adv = x_adv.astype(x0.dtype)
                 if inner_cast != (0.0, 1.0):  # the cast may round past a bound
-                    x_adv = x_adv.clip(*inner_cast)
+                    x_adv = clip_rounding(x_adv, *inner_cast)
             logits = as_model_output(model(x_adv), x_adv)
             if t == 1:
                 check_differentiable(logits)

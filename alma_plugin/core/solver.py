@@ -132,6 +132,7 @@ def alma_solve(
     dtype = working_dtype(inputs)
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
     to_model_space, remeasures = model_space(inputs, x, bounds, dtype)
+    start = inputs.astype(dtype)  # the inputs in the working dtype, in their own space
 
     def per_sample(value: float) -> ep.Tensor:
         return full(x, (batch,), value).astype(dtype)
@@ -181,7 +182,11 @@ def alma_solve(
         def loss_fn(u: ep.Tensor) -> tuple[ep.Tensor, tuple[ep.Tensor, ...]]:
             model_inputs = to_model_space(u)
             if remeasures:  # D measures what the model sees, as rounded in its space and dtype
-                u = (model_inputs.astype(dtype) - lower) / scale
+                # x + (what moved), not (model input − lower) / scale: where nothing moved the
+                # difference is an exact 0, so u = x bit for bit and D = 0 with gradient 0 there.
+                # (Under jax.value_and_grad the division rounds differently from the one that
+                # made x: u − x was ±1 ulp, and ∇D of ℓ1 / ℓ2 / CIEDE2000 O(1) rounding noise.)
+                u = x + (model_inputs.astype(dtype) - start) / scale
             logits = call_model(model, model_inputs)  # 3. z ← f(x̃)
             if t == 0:  # the class count K is only known once the model has answered
                 check_logits(logits, labels, "targets" if targeted else "labels")

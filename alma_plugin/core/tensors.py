@@ -9,7 +9,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from ..distances._common import finite_rows
+from ..distances._common import finite_rows, stop_gradient
 
 __all__ = [
     "class_indices",
@@ -104,6 +104,17 @@ def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[
     return inside(lower, upper), inside(upper, lower)
 
 
+def clip_rounding(t: ep.Tensor, lower: float, upper: float) -> ep.Tensor:
+    """``t`` clipped to [lower, upper] (bit for bit), with gradient 1 everywhere: for a tensor
+    that leaves the bounds by rounding only (an iterate projected onto the box, mapped to the
+    model's space or cast to its dtype), where the clip corrects the value and must not decide
+    the gradient. A plain clip did, differently per backend: its gradient is 0 one ulp outside
+    a bound (a pixel on the box's edge whose mapping rounded outside got no gradient, from the
+    model or the distance, and stayed there), 1 on the bound in PyTorch and TensorFlow and 0.5
+    in JAX (whose clip is a maximum and a minimum, which split a tie)."""
+    return stop_gradient(t.clip(lower, upper)) + (t - stop_gradient(t))
+
+
 def model_space(
     inputs: ep.Tensor, x: ep.Tensor, bounds: tuple[float, float], dtype: Any
 ) -> tuple[Callable[[ep.Tensor], ep.Tensor], bool]:
@@ -123,8 +134,8 @@ def model_space(
     inner, inner_cast = representable_bounds(x, bounds), representable_bounds(inputs, bounds)
 
     def to_model_space(u: ep.Tensor) -> ep.Tensor:
-        mapped = (start + (u - x) * scale).clip(*inner)
-        return mapped.astype(inputs.dtype).clip(*inner_cast) if rounds else mapped
+        mapped = clip_rounding(start + (u - x) * scale, *inner)
+        return clip_rounding(mapped.astype(inputs.dtype), *inner_cast) if rounds else mapped
 
     return to_model_space, True
 

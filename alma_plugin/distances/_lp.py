@@ -31,8 +31,14 @@ def l2(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
 
 @distance_function
 def linf(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """‖x̃ − x‖∞ per sample, shape (N,); gradient 0 where x̃ = x."""
+    """‖x̃ − x‖∞ per sample, shape (N,); gradient 0 where x̃ = x, and split evenly among
+    the coordinates tied at the maximum (the same on every backend)."""
     difference = _flat_difference(x_adv, x)
     if difference.shape[1] == 0:
         return difference.sum(axis=1)  # no features: distance 0 (max of nothing)
-    return abs0(difference).max(axis=1)
+    magnitude = abs0(difference)
+    if isinstance(magnitude, ep.PyTorchTensor):
+        # amax splits a tie's gradient evenly among the tied coordinates, as JAX's and
+        # TensorFlow's max do; eagerpy's max (torch.max(dim)) gives it all to one of them.
+        return ep.astensor(magnitude.raw.amax(dim=1))
+    return magnitude.max(axis=1)
