@@ -67,7 +67,13 @@ def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
     if len(shape) <= 1:
         return as_labels("labels", labels, x, (len(x),))
     expected = (len(x), *x.shape[2:])
-    if x.ndim != 4 or shape != expected:
+    if x.ndim != 4:  # (N, *S) maps for (N, C, *S) volumes or signals: the core would take them
+        raise ValueError(
+            f"labels must have shape (N,) or (N, H, W); (N, H, W) label maps need (N, C, H, W) "
+            f"inputs, got labels of shape {shape} for {x.ndim}-D inputs of shape "
+            f"{tuple(x.shape)} (label maps of volumes or 1-D signals are not supported)"
+        )
+    if shape != expected:
         raise ValueError(
             f"labels must have shape (N,) or (N, H, W) = {expected} for inputs of shape "
             f"{tuple(x.shape)}, got shape {shape}"

@@ -254,8 +254,11 @@ def alma_prox(
             device, as for :func:`alma`): the true classes y, or the targets t when
             ``targeted``. Values outside ``masks`` are ignored (e.g. 255).
         masks: optional booleans (or 0/1) of the labels' shape: the pixels m to attack; the
-            others count neither in the APSR nor in the objective (eq. 5.5). A tensor of any
-            framework or device, a NumPy array or a list, as for ``labels``: moved to the inputs'.
+            others count neither in the APSR nor in the objective (eq. 5.5), and their labels
+            are never read (an ignore index: ``masks=labels != 255``). Every sample needs at
+            least one pixel (APSR would be 0/0): an all-False mask is a ValueError. A tensor of
+            any framework or device, a NumPy array or a list, as for ``labels``: moved to the
+            inputs'.
         adv_threshold: ν: success means APSR ≥ ν, in (0, 1] (dense labels only).
         steps: N, the number of iterations (one forward and one backward each).
         seed: seeds the random starts of ``restarts`` > 1 (run 0 starts at δ = 0 and draws

@@ -106,3 +106,11 @@ def assert_unchanged(model: nn.Module, before: dict[str, object]) -> None:
         assert (new is None and old is None) or torch.equal(new, old)
     for key, value in before["params"].items():  # type: ignore[attr-defined]
         assert torch.equal(after["params"][key], value), key  # type: ignore[index]
+
+
+def linear_classifier(
+    features: int = 16, classes: int = 5, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """A seeded linear classifier of flattened inputs, in eval mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, classes)).to(dtype).eval()

@@ -74,7 +74,10 @@ def constraint_logits(logits: ep.Tensor, c: Constraints, check: bool) -> ep.Tens
                     f"{tuple(logits.shape)}"
                 )
             flat = logits.reshape((n, logits.shape[1], -1)).transpose((0, 2, 1))
-            check_logits(flat.reshape((-1, logits.shape[1])), c.labels.reshape((-1,)))
+            # most often an ignore label (255) left unmasked
+            check_logits(flat.reshape((-1, logits.shape[1])), c.labels.reshape((-1,)),
+                         hint="; leave unlabelled pixels (an ignore index such as 255) out of "
+                         "masks, e.g. masks=labels != 255")  # fmt: skip
         else:
             check_logits(logits, c.labels.reshape((-1,)))
     if not c.dense:

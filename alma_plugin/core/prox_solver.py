@@ -311,6 +311,8 @@ def alma_prox_solve(
         if callback is None:  # no StepInfo to report: no per-step λ tensor to fill
             return new_state, ()
         shape = (n,) if not c.dense else (n, -1)
+        if masks is not None:  # pixels outside the masks are no constraints: no d to report
+            d = ep.where(c.mask, d, math.nan)
         lrs = lr + ep.zeros_like(norm) if isinstance(lr, ep.Tensor) else full(norm, (n,), lr)
         return new_state, (norm, d.reshape(shape), mu.reshape(shape), rho.reshape(shape), lrs,
                            success)  # fmt: skip

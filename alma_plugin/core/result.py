@@ -54,8 +54,9 @@ class StepInfo:
     caller's framework, as in the paper's Fig. 2).
 
     distance: (N,) D of the iterate judged at this step.  constraint: d = DLR⁺ of each
-    constraint, (N,), or (N, M) for ALMA prox on dense outputs, as are ``mu`` (μ) and ``rho``
-    (ρ).  step_size: (N,) η⁽ᵗ⁾ (ALMA) or λ⁽ᵗ⁾ (ALMA prox).  success: (N,) the iterate is
+    constraint, (N,), or (N, M) for ALMA prox on dense outputs (M = H·W, row-major; NaN on the
+    pixels outside ``masks``, which are no constraints), as are ``mu`` (μ) and ``rho`` (ρ).
+    step_size: (N,) η⁽ᵗ⁾ (ALMA) or λ⁽ᵗ⁾ (ALMA prox).  success: (N,) the iterate is
     adversarial.
     """
 

@@ -178,7 +178,7 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
         array = np.asarray(value)
         if array.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer class indices, got dtype {array.dtype}")
-        labels = ep.from_numpy(like, array.astype(np.int64))
+        labels = _index_tensor(name, array.astype(np.int64), like)
     else:
         try:
             labels = ep.astensor(value)
@@ -190,12 +190,24 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(labels.shape)}")
     if not is_integer_dtype(labels):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
-    labels = on_framework_of(labels.numpy().astype(np.int64) if type(labels) is not type(like)
-                             else labels, like)  # fmt: skip
+    labels = on_framework_of(_index_tensor(name, labels.numpy().astype(np.int64), like)
+                             if type(labels) is not type(like) else labels, like)  # fmt: skip
     # argmax's index dtype (int64 in PyTorch and TensorFlow, int32 in JAX), so that comparing
     # predictions with the labels needs no promotion (eagerpy's TensorFlow promotion calls
     # np.find_common_type, which NumPy 2 removed)
     return labels.astype(ep.zeros(like, (1,)).argmax().dtype)
+
+
+def _index_tensor(name: str, array: np.ndarray, like: ep.Tensor) -> ep.Tensor:
+    """int64 ``array`` as a tensor of ``like``'s framework, refusing values its integers cannot
+    hold: JAX without x64 keeps int32 and would wrap 2³² + c to the valid class c."""
+    tensor = ep.from_numpy(like, array)
+    if array.size and not np.array_equal(tensor.numpy().astype(np.int64), array):
+        raise ValueError(
+            f"{name} must fit in {tensor.dtype}, the framework's integers, got values in "
+            f"[{array.min()}, {array.max()}]"
+        )
+    return tensor
 
 
 def on_framework_of(value: ep.Tensor | np.ndarray, like: ep.Tensor) -> ep.Tensor:
@@ -355,8 +367,11 @@ def _is_jax_array(value: Any) -> bool:
     return jax is not None and isinstance(value, jax.Array)
 
 
-def check_logits(logits: ep.Tensor, labels: ep.Tensor, name: str = "labels") -> None:
-    """The model must return (N, K) logits with K ≥ 2 and labels in [0, K)."""
+def check_logits(
+    logits: ep.Tensor, labels: ep.Tensor, name: str = "labels", hint: str = ""
+) -> None:
+    """The model must return (N, K) logits with K ≥ 2 and labels in [0, K) (``hint`` ends the
+    error for labels outside)."""
     n = len(labels)
     if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] < 2:
         raise ValueError(
@@ -368,5 +383,5 @@ def check_logits(logits: ep.Tensor, labels: ep.Tensor, name: str = "labels") -> 
         if low < 0 or high >= logits.shape[1]:
             raise ValueError(
                 f"{name} must lie in [0, {logits.shape[1]}) for a model with "
-                f"{logits.shape[1]} classes, got values in [{low}, {high}]"
+                f"{logits.shape[1]} classes, got values in [{low}, {high}]{hint}"
             )

@@ -1,0 +1,61 @@
+"""Edge behaviours of the distances that no other test pinned (each found by mutation testing):
+safe_sqrt below 0, float64 kept, SSIM's gap maps under rounding, CIEDE2000 on one channel."""
+
+from __future__ import annotations
+
+import eagerpy as ep
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_safe_sqrt_is_zero_below_zero_with_zero_gradient() -> None:
+    """√ of a value rounding made slightly negative (a sum of squares' cancellation) is 0, not
+    the negative value, and its gradient there is 0."""
+    from alma_plugin.distances._common import safe_sqrt
+
+    x = torch.tensor([-1e-9, -2.0, 0.0, 4.0], dtype=torch.float64, requires_grad=True)
+    y = safe_sqrt(ep.astensor(x)).raw
+    assert y.tolist() == [0.0, 0.0, 0.0, 2.0]
+    y.sum().backward()
+    assert x.grad is not None
+    assert x.grad[[0, 1, 3]].tolist() == [0.0, 0.0, 0.25]  # (at 0 the caller's Σ d² gives 0)
+
+
+def test_distances_of_float64_inputs_are_computed_in_float64() -> None:
+    """A float64 pair is measured in float64: a perturbation float32 cannot represent on top
+    of the image (1e-10) is measured, not rounded away."""
+    from alma_plugin.distances import l2
+
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    value = l2(x + 1e-10, x)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, torch.full((2,), 4e-10, dtype=torch.float64), rtol=1e-4,
+                               atol=0)  # fmt: skip
+
+
+def test_ssim_gap_maps_stay_non_negative_where_rounding_dips_a_variance_below_zero() -> None:
+    """A constant shift d has σ_d² = 0, which E[d²] − μ_d² rounds to slightly below 0 in
+    float32: 1 − cs stays >= 0 (as documented), not a negative contribution."""
+    from alma_plugin.distances._ssim import _ssim_gaps
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.6
+    d = torch.full_like(x, 1 / 3)
+    one_minus_l, one_minus_cs = _ssim_gaps(ep.astensor(x + d), ep.astensor(d), 1.0)
+    assert float(one_minus_cs.raw.min()) >= 0 and float(one_minus_l.raw.min()) > 0
+
+
+def test_ciede2000_measures_a_change_of_one_channel() -> None:
+    """Only pixels equal in all three channels contribute exactly 0: a pixel that changed in
+    one channel contributes its ΔE₀₀."""
+    from alma_plugin.distances import ciede2000
+    from alma_plugin.distances._color import ciede2000_lab, rgb_to_lab
+
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_adv = x.clone()
+    x_adv[:, 0, 1, 2] = (x[:, 0, 1, 2] + 0.2) % 1  # red only, at one pixel
+    expected = ciede2000_lab(rgb_to_lab(ep.astensor(x_adv)), rgb_to_lab(ep.astensor(x))).raw
+    value = ciede2000(x_adv, x)
+    assert (value > 1).all()
+    torch.testing.assert_close(value, expected[:, 1, 2], rtol=1e-6, atol=0)

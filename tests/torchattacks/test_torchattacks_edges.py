@@ -1,0 +1,200 @@
+"""torchattacks edge behaviours that no other test pinned (each found by mutation testing): inputs
+a rounding error outside [0, 1], state restored after set_model_training_mode, a member or a
+failed call, and MinimalEnsemble's choice (NaN logits, targets, clipping, normalisations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.utils import linear_classifier
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_torchattacks_inputs_a_rounding_error_outside_0_1_come_back_inside() -> None:
+    """Images up to 1e-6 outside [0, 1] are accepted and clipped onto it: a sample that no
+    member fools comes back clipped, not as given."""
+    from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    with torch.no_grad():  # ignores its input: nothing is ever fooled
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([3.0, 1.0, 0.0, -1.0, -2.0]))
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = 1 + 5e-7, -5e-7
+    y = torch.zeros(2, dtype=torch.long)
+    for attack in (ALMA(model, steps=3), MinimalEnsemble([ALMA(model, steps=3)])):
+        out = attack(x, y)
+        assert float(out.min()) >= 0 and float(out.max()) <= 1, type(attack).__name__
+        torch.testing.assert_close(out, x.clamp(0, 1), rtol=0, atol=0)
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 5)
+    ).eval()
+
+
+def test_torchattacks_batchnorm_training_leaves_the_running_statistics_as_they_were() -> None:
+    """``set_model_training_mode(batchnorm_training=True)``: batch norm uses batch statistics
+    during the attack and updates its running averages at every forward; afterwards they are
+    the caller's again."""
+    from alma_plugin.torchattacks import ALMA
+
+    model = _bn_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen: list[bool] = []
+    model[1].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    attack = ALMA(model, steps=3)
+    attack.set_model_training_mode(model_training=True, batchnorm_training=True)
+    attack(x, torch.zeros(4, dtype=torch.long))
+    assert seen and all(seen)  # the running statistics were updated during the call
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not model.training and not model[1].training
+
+
+def test_minimal_ensemble_restores_requires_grad_a_member_changed() -> None:
+    """A member that freezes the parameters (as some attacks do for speed) leaves them as the
+    caller set them after the ensemble's call."""
+    from torchattacks.attack import Attack
+
+    from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+
+    class Freezing(Attack):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__("Freezing", model)
+
+        def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            return images.clone()
+
+    model = linear_classifier()
+    model[1].bias.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    MinimalEnsemble([Freezing(model), ALMA(model, steps=2)])(x, torch.tensor([0, 1]))
+    assert [p.requires_grad for p in model.parameters()] == flags == [True, False]
+
+
+def test_torchattacks_normalisation_survives_a_failed_call() -> None:
+    """After a call that raises (bad labels), ``set_normalization_used`` still holds: the next
+    call de-normalises its inputs as before, and equals the call of a fresh attack."""
+    from alma_plugin.torchattacks import ALMA
+
+    mean, std = [0.5], [0.25]
+    net = linear_classifier()
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    normalised = (x - 0.5) / 0.25
+    y = net(normalised).argmax(1)
+    attack = ALMA(net, steps=5)
+    attack.set_normalization_used(mean, std)
+    with pytest.raises(ValueError):
+        attack(normalised, torch.tensor([0, 1]))  # wrong shape
+    fresh = ALMA(net, steps=5)
+    fresh.set_normalization_used(mean, std)
+    torch.testing.assert_close(attack(normalised, y), fresh(normalised, y), rtol=0, atol=0)
+
+
+def test_minimal_ensemble_never_selects_an_output_with_nan_or_inf_logits() -> None:
+    """A member output on which the model answers NaN or +Inf is no success, whatever argmax
+    makes of such logits."""
+    from torchattacks.attack import Attack
+
+    from alma_plugin.torchattacks import MinimalEnsemble
+
+    net = linear_classifier()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+
+    class Broken(nn.Module):  # NaN / +Inf logits away from x (bright images)
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            logits = net(inputs)
+            away = inputs.flatten(1).amax(1) > 0.75
+            bad = torch.tensor([torch.nan, torch.inf])[: len(inputs)].reshape(-1, 1)
+            column = torch.where(away[:, None], bad.expand(-1, 1), logits[:, 1:2])
+            return torch.cat([logits[:, :1], column, logits[:, 2:]], 1)
+
+    model = Broken().eval()
+
+    class Brighten(Attack):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__("Brighten", model)
+
+        def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return (images + 0.5).clamp(0, 1)
+
+    y = torch.zeros(2, dtype=torch.long)  # class 1 holds the NaN / +Inf: argmax picks it
+    out = MinimalEnsemble([Brighten(model)])(x, y)
+    assert torch.equal(out, x)
+
+
+class _Fixed:
+    """A torchattacks member that returns ``images + shift`` (unclamped)."""
+
+    @staticmethod
+    def make(model: nn.Module, shift: float) -> Any:
+        from torchattacks.attack import Attack
+
+        class Shift(Attack):
+            def __init__(self) -> None:
+                super().__init__("Shift", model)
+                self.supported_mode = ["default", "targeted"]
+
+            def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                return images + shift
+
+        return Shift()
+
+
+def test_minimal_ensemble_targeted_needs_the_target_class() -> None:
+    """In a targeted mode a member output counts only where the model predicts the target,
+    not any class other than the label."""
+    from alma_plugin.torchattacks import MinimalEnsemble
+
+    model = linear_classifier()
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5
+    member = _Fixed.make(model, 0.4)
+    with torch.no_grad():
+        clean, moved = model(x).argmax(1), model((x + 0.4).clamp(0, 1)).argmax(1)
+    changed = moved != clean
+    assert changed.any()
+    targets = (moved + 1) % 5  # never the class the member's output reaches
+    targets = torch.where(targets == clean, (targets + 1) % 5, targets)
+    ensemble = MinimalEnsemble([member])
+    ensemble.set_mode_targeted_by_label(quiet=True)
+    assert torch.equal(ensemble(x, targets), x)
+    ensemble.set_mode_default()
+    out = ensemble(x, clean)  # untargeted, the same outputs are successes where they changed
+    assert torch.equal(out[changed], (x + 0.4).clamp(0, 1)[changed])
+
+
+def test_minimal_ensemble_returns_member_outputs_clipped_to_0_1() -> None:
+    from alma_plugin.torchattacks import MinimalEnsemble
+
+    model = linear_classifier()
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    out = MinimalEnsemble([_Fixed.make(model, 0.6)])(x, y)
+    assert float(out.max()) <= 1 and float(out.min()) >= 0
+    assert not torch.equal(out, x)  # some output was selected
+
+
+def test_minimal_ensemble_refuses_members_with_other_normalisations() -> None:
+    """Means or stds that differ beyond float32 rounding (here by 0.2 %) are other
+    normalisations: refused, naming both."""
+    from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+
+    model = linear_classifier()
+    a, b = ALMA(model, steps=2), ALMA(model, steps=2)
+    a.set_normalization_used([0.5], [0.25])
+    b.set_normalization_used([0.501], [0.25])
+    with pytest.raises(ValueError, match="same set_normalization_used"):
+        MinimalEnsemble([a, b])
