@@ -126,8 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error(f"--steps must be at least 2, got {args.steps}")
-    if args.image_size < 176:
-        parser.error(f"--image-size must be at least 176 (MS-SSIM), got {args.image_size}")
+    # The smallest images the chosen distances take (MS-SSIM: 11·2⁴ px at 5 scales; LPIPS:
+    # AlexNet's feature maps; SSIM: its 11-px window); ℓ1, ℓ2 and CIEDE2000 take any size.
+    needs = {"msssim": (176, "MS-SSIM"), "lpips": (31, "LPIPS"), "ssim": (11, "SSIM")}
+    chosen = [needs[d] for d in args.distances if d in needs]
+    if chosen and args.image_size < max(chosen)[0]:
+        size, name = max(chosen)
+        parser.error(f"--image-size must be at least {size} ({name}), got {args.image_size}")
     device = device_argument(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

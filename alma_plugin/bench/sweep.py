@@ -290,6 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--distance",
+        "--distances",  # as the main command (the spelling of reeval, step0 and throughput)
+        dest="distance",
         nargs="+",
         choices=("l1", "l2", "linf"),
         default=["l1", "l2", "linf"],

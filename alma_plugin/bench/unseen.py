@@ -1,9 +1,9 @@
 """Generalisation to unseen threat models: the comparison of Azizmalayeri & Rohban's Tables 1–2
 on the three embedded MNIST SmallCNNs (regular, PGD-ℓ∞-trained, Lagrangian-trained).
 
-Usage (``alma-bench unseen`` once wired)::
+Usage::
 
-    python -m alma_plugin.bench.unseen --samples 100 --steps 100
+    alma-bench unseen --samples 100 --steps 100     # or python -m alma_plugin.bench.unseen
 
 For each model, on the first ``--samples`` held-out MNIST images 9000+:
 

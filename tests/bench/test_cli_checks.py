@@ -210,6 +210,16 @@ def test_the_largest_seed_is_accepted(tmp_path: Path) -> None:
     assert not out.exists()  # checked, not created, while parsing
 
 
+@pytest.mark.parametrize("spelling", ["--distance", "--distances"])
+def test_distance_and_distances_are_one_option(spelling: str, tmp_path: Path) -> None:
+    """The main command and ``sweep`` take both spellings (``reeval``, ``step0`` and
+    ``throughput`` spell it ``--distances``); docs/bench.md documents the alias."""
+    config, _ = cli.parse_args(["--attacks", "alma-l2", "alma_prox-linf", spelling, "linf",
+                                "--output", str(tmp_path / "out")])  # fmt: skip
+    assert config.distances == ("linf",)
+    assert sweep._parser().parse_args([spelling, "l1", "linf"]).distance == ["l1", "linf"]
+
+
 # --- 6. two models, one file name -------------------------------------------------------------
 
 
