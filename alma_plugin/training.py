@@ -2,6 +2,16 @@
 min_θ Σᵢ ℓ(f_θ(xᵢ + δᵢ), yᵢ), with δ from :class:`alma_plugin.torchattacks.Lagrangian` or any
 torchattacks attack (PGD gives Madry et al.'s adversarial training).
 
+Where it differs from the authors' public CIFAR-10 and ImageNet-100 training scripts: the
+attack is called with the model in eval mode (theirs keep ``model.train()`` throughout, so the
+attack's N forwards use batch-norm batch statistics, update the running statistics and apply
+dropout; ``attack.set_model_training_mode(model_training=True)`` on a torchattacks attack
+reproduces that); ℓ of the outer loss is the cross-entropy, as in their code (the paper's text
+reuses the symbol of the C&W margin loss); the default optimizer is Adam with a cosine decay,
+theirs SGD (lr 0.1, momentum 0.9, decay ×0.1 at fixed epochs: pass ``optimizer`` and
+``scheduler``); and one extra no-grad eval forward per batch (clean and perturbed images) feeds
+the epoch log.
+
 Example:
     >>> import torch
     >>> from alma_plugin.torchattacks import Lagrangian

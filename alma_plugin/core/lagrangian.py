@@ -13,9 +13,13 @@ there) and the model is called on lower + x̃·(upper − lower), so the hyperpa
 host bounds. Each step costs exactly one forward and one backward model propagation; the N-th
 iterate is returned without being evaluated (N forwards, N backwards in all).
 
-Where this departs from the text of Algorithm 1 (each follows the authors' code):
-- x + δ is projected onto the input bounds after the initial draw and after every step (the
-  algorithm box has no projection; an attack must never return out-of-bounds inputs);
+Where this departs from the text of Algorithm 1:
+- x + δ is projected onto the input bounds after every step (the algorithm box has no
+  projection; an attack must never return out-of-bounds inputs), as in the authors' code, and
+  also after the initial draw, which the authors' code does not do (it calls the model on the
+  unprojected x + δ⁽⁰⁾ and penalises the unprojected ‖δ⁽⁰⁾‖₂): here the model is never called
+  outside its bounds. This changes the first step wherever the draw leaves the bounds (inputs
+  at 0 or 1, as MNIST's background), and so the returned perturbation;
 - ℓ is the C&W margin loss with confidence κ (``kappa``, default 1 logit, as in the authors'
   code): ℓ = min(max_{j≠y} z_j − z_y, κ), so a sample already misclassified by κ is pulled
   back by the penalty alone;

@@ -28,8 +28,9 @@ def reference(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, p: LagrangianParams,
     steps: int,
 ) -> torch.Tensor:  # fmt: skip
-    """Algorithm 1 written out with autograd on the whole objective (with the projection on
-    [0, 1] and C&W's κ, as in the authors' code)."""
+    """Algorithm 1 written out with autograd on the whole objective (with C&W's κ and the
+    projection on [0, 1] after every step, as in the authors' code, and after the initial draw,
+    the package's own choice)."""
     delta = ((x + math.sqrt(p.init_variance) * noise).clamp(0, 1) - x).double()
     x = x.double()
     for i in range(steps):
