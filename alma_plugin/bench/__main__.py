@@ -210,6 +210,20 @@ def _subcommand(name: str, argv: Sequence[str]) -> int:
     return 0 if status is None else int(status)
 
 
+def cpu_description() -> dict[str, str]:
+    """The CPU and the instruction set PyTorch's kernels were chosen for: on another CPU the
+    same code and seed round differently, and a 100-sample median of a non-convex attack can
+    move by several per cent (docs/performance.md, "Rounding noise of a median")."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name")), name)  # fmt: skip
+    except OSError:
+        pass
+    return {"model": name or "unknown", "capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def settings(args: argparse.Namespace, argv: Sequence[str], processes: int) -> dict[str, object]:
     """What makes a run reproducible: versions, seed, threads, the exact command, and every
     option (stored in ``results.json``)."""
@@ -223,6 +237,7 @@ def settings(args: argparse.Namespace, argv: Sequence[str], processes: int) -> d
         "processes": processes,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "options": {key: str(value) for key, value in vars(args).items()},
     }
 
@@ -240,9 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         meta = settings(args, argv, context.world_size)
         if context.is_main:
+            cpu = cpu_description()
             print(f"alma-bench {meta['version']}: seed {meta['seed']}, {meta['threads']} "
-                  f"thread(s), {context.world_size} process(es); command: {meta['command']}",
-                  flush=True)  # fmt: skip
+                  f"thread(s), {context.world_size} process(es), {cpu['model']} "
+                  f"({cpu['capability']}); command: {meta['command']}", flush=True)  # fmt: skip
         pairs, notes = plan(config)
         stats: dict[str, int] = {}
         records = run_shard(config, context, pairs, stats=stats)

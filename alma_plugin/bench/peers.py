@@ -171,17 +171,27 @@ APGD_SEARCH = {"l2": (2.0, 28.0), "linf": (0.3, 1.0)}
 
 
 def _apgd_searches(budget: int) -> int:
-    return 5 if budget < 1000 else 10
+    """Binary-search steps on ε: 10 from 100 steps on, so that the searched ε is as fine as the
+    distances ALMA prox reports (5 searches leave a grid 0.019 wide in ℓ∞ on [0, 0.3])."""
+    return 5 if budget < 100 else 10
+
+
+def _apgd_steps(budget: int) -> int:
+    """APGD iterations per search: torchattacks' APGD takes one gradient at its starting point
+    and one per iteration, so S iterations cost S + 1 gradients; N searches of S iterations
+    cost N × (S + 1), which is the budget when it is a multiple of N."""
+    return max(1, budget // _apgd_searches(budget) - 1)
 
 
 def apgd_note(budget: int) -> str:
-    searches = _apgd_searches(budget)
-    return f"{searches} x {max(1, budget // searches)} steps (binary search on eps)"
+    searches, steps = _apgd_searches(budget), _apgd_steps(budget)
+    return f"{searches} x ({steps} + 1) gradients (binary search on eps)"
 
 
 def apgd(norm: str) -> RunFn:
-    """APGD-CE (torchattacks) inside a per-sample binary search on ε: the budget is split over
-    the searches; each sample keeps its smallest adversarial found."""
+    """APGD-CE (torchattacks) inside a per-sample binary search on ε: the budget (gradients, as
+    for every attack here) is split over the searches; each sample keeps its smallest
+    adversarial found."""
 
     def run(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int
@@ -209,7 +219,7 @@ def apgd(norm: str) -> RunFn:
                 model,
                 norm=_TA_NORMS[norm],
                 eps=eps[attacked].view(-1, 1, 1, 1),
-                steps=max(1, budget // searches),
+                steps=_apgd_steps(budget),
                 n_restarts=1,
                 seed=seed,
             )

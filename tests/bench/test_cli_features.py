@@ -302,6 +302,9 @@ def test_results_json_records_how_to_reproduce_the_run(
     assert settings["version"] == alma_plugin.__version__
     assert settings["versions"]["torch"] == importlib.metadata.version("torch")
     assert (settings["seed"], settings["threads"], settings["processes"]) == (7, 1, 1)
+    # Another CPU rounds differently: the record names it and the kernels' instruction set.
+    assert settings["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert settings["cpu"]["model"]
     assert settings["command"] == "alma-bench " + " ".join(argv)
     assert settings["command"] in stdout and "seed 7, 1 thread(s)" in stdout
     rows = {row["attack"]: row for row in results["summary"]}

@@ -67,3 +67,26 @@ def test_the_repair_makes_fmn_shrink_delta_on_a_linear_model() -> None:
     assert (found <= 1.1 * minimal + 1e-4).all()
     if peers.fmn_l2_projection_is_broken():
         assert (stock - x).flatten(1).norm(dim=1).median() > 1.5 * found.median()
+
+
+@pytest.mark.parametrize("budget", [50, 100, 200, 1000])
+def test_apgd_spends_exactly_the_budget_in_gradients(budget: int) -> None:
+    # torchattacks' APGD takes S + 1 gradients for S iterations: the split must count the one at
+    # its starting point, or APGD gets more gradients than the attacks it is compared with.
+    from alma_plugin.bench.counting import CountingModel
+
+    torch.manual_seed(2)
+    inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    x = 0.25 + 0.5 * torch.rand(5, 1, 3, 4)
+    y = inner(x).argmax(1)
+    model = CountingModel(inner)
+    ATTACKS["apgd-linf"].run(model, x, y, budget, 0)
+    assert model.backwards == len(x) * budget
+
+
+def test_apgd_searches_eps_finely_enough_to_rank_linf_distances() -> None:
+    # From 100 steps on, 10 searches: a bracket on [0, 0.3] resolved to 0.3 / 2**9 in the end,
+    # not the 0.019-wide grid 5 searches leave.
+    assert peers.apgd_note(100) == "10 x (9 + 1) gradients (binary search on eps)"
+    assert peers.apgd_note(50) == "5 x (9 + 1) gradients (binary search on eps)"
+    assert peers.apgd_note(1000) == "10 x (99 + 1) gradients (binary search on eps)"
