@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         meta = settings(args, argv, context.world_size)
         if context.is_main:
-            cpu = cpu_description()
+            cpu = cast("dict[str, str]", meta["cpu"])
             print(f"alma-bench {meta['version']}: seed {meta['seed']}, {meta['threads']} "
                   f"thread(s), {context.world_size} process(es), {cpu['model']} "
                   f"({cpu['capability']}); command: {meta['command']}", flush=True)  # fmt: skip

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alma_plugin.bench import peers
+from alma_plugin.bench.counting import CountingModel
 from alma_plugin.bench.registry import ATTACKS
 
 
@@ -73,8 +74,6 @@ def test_the_repair_makes_fmn_shrink_delta_on_a_linear_model() -> None:
 def test_apgd_spends_exactly_the_budget_in_gradients(budget: int) -> None:
     # torchattacks' APGD takes S + 1 gradients for S iterations: the split must count the one at
     # its starting point, or APGD gets more gradients than the attacks it is compared with.
-    from alma_plugin.bench.counting import CountingModel
-
     torch.manual_seed(2)
     inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
     x = 0.25 + 0.5 * torch.rand(5, 1, 3, 4)
