@@ -19,7 +19,7 @@ from .core.lagrangian import LagrangianParams, LagrangianResult
 from .core.params import PROX_INIT_LR, PROX_RHO_INIT, ALMAParams, ProxParams, budget_alpha
 from .core.precision import ReducedPrecisionWarning
 from .core.result import AttackResult, StepInfo
-from .core.validation import TrainingModeWarning
+from .core.validation import ProbabilityOutputWarning, TrainingModeWarning
 from .distances import DISTANCES, DistanceSpec
 from .functional import alma, alma_prox, lagrangian
 
@@ -34,6 +34,7 @@ __all__ = [
     "DistanceSpec",
     "LagrangianParams",
     "LagrangianResult",
+    "ProbabilityOutputWarning",
     "ProxParams",
     "ReducedPrecisionWarning",
     "StepInfo",

@@ -97,7 +97,9 @@ class ALMAParams:
         check_steps: M, steps between two ρ checks.
         rmsprop_decay, momentum: RMSProp β and momentum of the step (§3.2.4; the paper gives no
             value; as in the authors' code, None ties both to α).
-        levels: quantise the iterate to this many grey levels after each step (None: off).
+        levels: quantise the iterate to this many grey levels after each step (None: off):
+            lower + k·(upper − lower) / (levels − 1) in the model's bounds, exact where
+            representable (``levels=256`` with bounds (0, 255): the integers).
         schedule: the step-size schedule η⁽ᵗ⁾, one of :data:`SCHEDULES`. "paper": §3.2.3 and
             Fig. 3, η⁽⁰⁾ while a sample explores, then an exponential decay from its first
             success t* to η⁽⁰⁾·r at the last step (Algorithm 2 as published). "exponential":

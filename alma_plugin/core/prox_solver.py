@@ -42,11 +42,18 @@ from .tensors import (
     clip_rounding,
     expand,
     full,
+    judged_logits,
     nan_to_zero,
     representable_bounds,
     valid_logit_rows,
 )
-from .validation import as_model_output, as_tensor, check_success, working_dtype
+from .validation import (
+    as_model_output,
+    as_tensor,
+    check_success,
+    warn_if_probabilities,
+    working_dtype,
+)
 
 __all__ = ["alma_prox_solve"]
 
@@ -226,17 +233,18 @@ def alma_prox_solve(
                 check_differentiable(logits)
                 if restart == 0 and p.restart_mode == "classes":
                     check_class_restarts(logits.shape[1], p.restarts)
-            z = constraint_logits(logits, c, check=t == 1)
-            if z.dtype != x.dtype:  # 16-bit or float64 logits: the state's dtype (TF mixes none)
-                z = z.astype(x.dtype)
+            # 16-bit logits in the state's dtype, float64 ones kept (TF mixes no dtypes)
+            z = judged_logits(constraint_logits(logits, c, check=t == 1), x.dtype)
             z_c = stop_gradient(z)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
                 goals_ = restart_goal(z_c, c.labels, reached)
             d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
-            d_c = stop_gradient(d)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
             # run aimed at a class counts any other class too
-            hit = is_satisfied(z_c, c.labels) if aims_at_class else d_c < 0
+            hit = is_satisfied(z_c, c.labels) if aims_at_class else stop_gradient(d) < 0
+            if d.dtype != x.dtype:  # float64 logits: d in the state's dtype once judged
+                d = d.astype(x.dtype)
+            d_c = stop_gradient(d)
             satisfied = (m * hit.astype(m.dtype)).sum(axis=1, keepdims=True)
             w_new = scale_update(w, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
             m_tilde = c.mask  # 10–11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
@@ -263,6 +271,8 @@ def alma_prox_solve(
 
         _, aux, grad = value_aux_and_grad(loss_fn, delta)  # one forward, one backward
         satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals, predicted, logits = aux
+        if t == 1 and restart == 0:
+            warn_if_probabilities(logits)
         if is_adversarial is not None:  # outside the gradient: concrete values (JAX: no tracers)
             success = check_success(is_adversarial(x_seen, logits), n, like=d)
             success = ep.logical_and(success, valid_logit_rows(logits))

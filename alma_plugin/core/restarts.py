@@ -60,13 +60,19 @@ class Place:
 Run = Callable[[Place], AttackResult[ep.Tensor]]
 
 
-def split_budget(steps: int, restarts: int) -> list[int]:
-    """The steps of each of ``restarts`` runs: N // R, the first N mod R runs one more."""
+def check_restarts(steps: int, restarts: int) -> None:
+    """Every run needs a step: a ValueError naming both where ``restarts`` > ``steps``. The
+    classes check it at construction, the functions at the call."""
     if restarts > steps:
         raise ValueError(
             f"restarts must be at most steps (every run needs a step): got restarts={restarts} "
             f"with steps={steps}"
         )
+
+
+def split_budget(steps: int, restarts: int) -> list[int]:
+    """The steps of each of ``restarts`` runs: N // R, the first N mod R runs one more."""
+    check_restarts(steps, restarts)
     base, extra = divmod(steps, restarts)
     return [base + 1 if k < extra else base for k in range(restarts)]
 

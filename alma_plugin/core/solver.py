@@ -24,13 +24,22 @@ from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
-from .tensors import expand, finite_rows, full, model_space, nan_to_zero, valid_logit_rows
+from .tensors import (
+    expand,
+    finite_rows,
+    full,
+    judged_logits,
+    model_space,
+    nan_to_zero,
+    valid_logit_rows,
+)
 from .validation import (
     Bounds,
     as_tensor,
     call_model,
     check_logits,
     check_success,
+    warn_if_probabilities,
     working_dtype,
 )
 
@@ -131,7 +140,7 @@ def alma_solve(
     # its own dtype (float16/bfloat16 models included) and that rounded input is what is judged.
     dtype = working_dtype(inputs)
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
-    to_model_space, remeasures = model_space(inputs, x, bounds, dtype)
+    to_model_space, remeasures = model_space(inputs, x, bounds, dtype, c.levels)
     start = inputs.astype(dtype)  # the inputs in the working dtype, in their own space
 
     def per_sample(value: float) -> ep.Tensor:
@@ -193,29 +202,33 @@ def alma_solve(
                 check_differentiable(logits)
                 if restart == 0 and c.restart_mode == "classes":
                     check_class_restarts(logits.shape[-1], c.restarts)
-            if logits.dtype != dtype:  # float16 logits, or float64 ones of a float32 batch:
-                logits = logits.astype(dtype)  # the state's dtype, or d would promote x̃
+            logits = judged_logits(logits, dtype)  # float16 ones in float32; float64 kept
             goals = s.goals
             if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
                 goals = restart_goal(stop_gradient(logits), labels, reached)
             d = dlr_plus(logits, goals, targeted or aims_at_class)  # 4. d ← DLR⁺(z, y), or tDLR⁺
+            # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test (and
+            # False for NaN logits); a run aimed at a class counts any other class too.
+            hit = is_satisfied(stop_gradient(logits), labels) if aims_at_class else d < 0
+            if d.dtype != dtype:  # float64 logits: d in the state's dtype, or d would promote x̃
+                d = d.astype(dtype)
             # 5–6. μ̂ = ∂P/∂d and its clipped EMA (eq. 9); μ is a constant for the gradient.
             d_value = stop_gradient(d)
             mu_hat = penalty.derivative(d_value, rho, mu)
             new_mu = (alpha * mu + (1 - alpha) * mu_hat).clip(c.mu_min, c.mu_max)
             dist = objective(u, x)
             loss = dist + penalty.value(d, rho, new_mu)  # 7. L ← D + P(d, ρ, μ)
-            return loss.sum(), (model_inputs, logits, d, dist, new_mu, goals)
+            return loss.sum(), (model_inputs, logits, d, dist, new_mu, goals, hit)
 
         # 8. g ← ∇L (one forward, one backward).
         _, aux, grad = value_aux_and_grad(loss_fn, x_adv)
-        model_inputs, logits, d, dist, mu, goals = aux
+        model_inputs, logits, d, dist, mu, goals, hit = aux
+        if t == 0 and restart == 0:
+            warn_if_probabilities(logits)
 
         # 17. Keep the adversarial iterate with the smallest D.
         if is_adversarial is None:
-            # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test
-            # (and False for NaN logits); a run aimed at a class counts any other class too.
-            success = is_satisfied(logits, labels) if aims_at_class else d < 0
+            success = hit
         else:
             success = check_success(is_adversarial(model_inputs, logits), batch, like=d)
             success = ep.logical_and(success, valid_logit_rows(logits))

@@ -16,6 +16,7 @@ __all__ = [
     "expand",
     "finite_rows",
     "full",
+    "judged_logits",
     "model_space",
     "nan_to_zero",
     "representable_bounds",
@@ -58,6 +59,18 @@ def nan_to_zero(values: ep.Tensor) -> ep.Tensor:
 
         return ep.astensor(jnp.nan_to_num(values.raw, nan=0.0, posinf=jnp.inf, neginf=-jnp.inf))
     return ep.where(values.isnan(), ep.zeros(values, ()), values)
+
+
+def judged_logits(logits: ep.Tensor, dtype: Any) -> ep.Tensor:
+    """The logits the constraint and the success test read: the model's own where they are
+    float64 (a float64 head on a float32 batch), cast to the solvers' ``dtype`` otherwise
+    (float16 and bfloat16 logits). Rounding float64 logits to float32 can merge two of them
+    that the model tells apart: a tie that ``argmax`` (a Foolbox criterion) resolves to the
+    first class, so an iterate would be kept as adversarial that the model, re-evaluated, does
+    not misclassify. The solvers cast d to ``dtype`` after deciding success on it."""
+    if logits.dtype == dtype or "float64" in str(logits.dtype):
+        return logits
+    return logits.astype(dtype)
 
 
 #: The floating dtypes by the names every framework's dtype string contains (bfloat16 first:
@@ -116,7 +129,11 @@ def clip_rounding(t: ep.Tensor, lower: float, upper: float) -> ep.Tensor:
 
 
 def model_space(
-    inputs: ep.Tensor, x: ep.Tensor, bounds: tuple[float, float], dtype: Any
+    inputs: ep.Tensor,
+    x: ep.Tensor,
+    bounds: tuple[float, float],
+    dtype: Any,
+    levels: int | None = None,
 ) -> tuple[Callable[[ep.Tensor], ep.Tensor], bool]:
     """The map from an iterate u in [0, 1] (x: the inputs normalised, in the working ``dtype``)
     to the tensor the model sees, in ``bounds`` and the inputs' dtype, and whether a distance
@@ -125,7 +142,11 @@ def model_space(
     The map is ``inputs + (u − x)·(upper − lower)``: the input itself where u = x (a sample
     already misclassified comes back bit for bit), clipped to the bounds' representable
     values in the working dtype and again after a cast to a 16-bit dtype, so that rounding
-    never leaves the bounds."""
+    never leaves the bounds. With ``levels`` (u on the grid k / (levels − 1)), the pixels that
+    moved map onto lower + k·(upper − lower) / (levels − 1) itself, computed from k: through
+    ``inputs + (u − x)·(upper − lower)`` they would land beside it (14.999985 for 15 in
+    (0, 255)), and a cast to uint8 would truncate them to the level below. The gradient
+    passes as through the plain map."""
     lower, upper = bounds
     rounds = dtype != inputs.dtype
     if (lower, upper) == (0.0, 1.0):  # u is the model's input; 0 and 1 are exact in any dtype
@@ -134,7 +155,12 @@ def model_space(
     inner, inner_cast = representable_bounds(x, bounds), representable_bounds(inputs, bounds)
 
     def to_model_space(u: ep.Tensor) -> ep.Tensor:
-        mapped = clip_rounding(start + (u - x) * scale, *inner)
+        moved = start + (u - x) * scale
+        if levels is not None:
+            level = (u * (levels - 1) + 0.5) // 1  # k: u is k / (levels − 1), rounded
+            on_grid = lower + level * (scale / (levels - 1))
+            moved = ep.where(u == x, start, moved + stop_gradient(on_grid - moved))
+        mapped = clip_rounding(moved, *inner)
         return clip_rounding(mapped.astype(inputs.dtype), *inner_cast) if rounds else mapped
 
     return to_model_space, True

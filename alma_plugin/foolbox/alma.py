@@ -25,6 +25,7 @@ from foolbox.models import Model
 
 from ..core.graphs import check_cuda_graphs
 from ..core.params import ALMA_STEPS, ALMAParams, takes_params
+from ..core.restarts import check_restarts
 from ..core.solver import alma_solve
 from ..core.validation import Bounds, check_bounds, check_flag, check_positive_int
 from ..distances import DistanceFunction, get_distance
@@ -105,6 +106,7 @@ class ALMAAttack(MinimalAttack):
         self.cuda_graphs = check_flag("cuda_graphs", cuda_graphs)
         #: The hyperparameters as given (None: the paper's rule for the budget and distance).
         self.params = params
+        check_restarts(self.steps, params.restarts)
         self._resolved = params.for_budget(self.steps, spec.init_lr_distance)
         self.distance_function: DistanceFunction = spec.function
         # What the perceptual distance measures: (0, 1) channels first, unless this is the

@@ -13,6 +13,7 @@ from foolbox.models import Model
 from ..core.graphs import check_cuda_graphs
 from ..core.params import PROX_STEPS, ProxParams, takes_params
 from ..core.prox_solver import alma_prox_solve
+from ..core.restarts import check_restarts
 from ..core.validation import check_flag, check_positive_int
 from ._base import Batch, MinimalAttack
 from ._common import model_function, success_fn
@@ -84,6 +85,7 @@ class LinfALMAProx(MinimalAttack):
         self.seed = check_positive_int("seed", seed, minimum=0)
         self.cuda_graphs = check_flag("cuda_graphs", cuda_graphs)
         self.params = params
+        check_restarts(self.steps, params.restarts)
 
     def __repr__(self) -> str:
         graphs = ", cuda_graphs=True" if self.cuda_graphs else ""

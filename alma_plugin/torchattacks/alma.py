@@ -10,6 +10,7 @@ import torch
 
 from .._entry import checked_lpips
 from ..core.params import ALMAParams, ProxParams, prox_params_for_linf, takes_params
+from ..core.restarts import check_restarts
 from ..core.validation import check_early_stop, check_flag, check_positive_int
 from ..distances import DistanceFunction
 from ..distances._ssim import check_padding_for
@@ -128,6 +129,8 @@ class ALMA(StateRestoringAttack):
             raise TypeError(
                 f"params must be an ALMAParams for distance={self.distance!r}, got {params!r}"
             )
+        if self.steps is not None and params is not None:
+            check_restarts(self.steps, params.restarts)
         if lpips is not None:
             checked_lpips(lpips, self.distance)  # the distance and a callable, as alma()'s
         self.supported_mode = ["default", "targeted"]

@@ -141,6 +141,23 @@ class MinimalEnsemble(StateRestoringAttack):
         if normalization is not None:
             self.set_normalization_used(*normalization)
 
+    def _change_model_mode(self, given_training: bool) -> None:
+        """The ensemble's own ``set_model_training_mode``, and only its own. torchattacks'
+        version applies every registered member's mode after it, so the last member's (a PGD
+        with ``dropout_training=True``) was the mode the ensemble judged in: outputs judged
+        adversarial under dropout came back that fool nothing in eval. Each member still runs
+        in its own mode, set by its own call."""
+        if not self._model_training:
+            self.model.eval()
+            return
+        self.model.train()
+        for module in self.model.modules():
+            kind = type(module).__name__
+            if ("BatchNorm" in kind and not self._batchnorm_training) or (
+                "Dropout" in kind and not self._dropout_training
+            ):
+                module.eval()
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         r"""
         Overridden.

@@ -86,6 +86,24 @@ def test_levels_quantise_the_returned_images() -> None:
     assert result.success.any()
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 255.0), (-1.0, 1.0)])
+def test_levels_are_exact_in_the_models_bounds(bounds: tuple[float, float]) -> None:
+    """With other bounds the grid is lower + k·(upper − lower) / (levels − 1) in the model's
+    space, computed from k: mapped through x + (u − x)·255, a level came back as 14.999985
+    for 15, which a cast to uint8 truncates to 14."""
+    lower, upper = bounds
+    model = _linear_model()
+    x, y = _batch(16)
+    inputs = lower + (x * 255).round() * ((upper - lower) / 255)
+    result = alma(lambda z: model((z - lower) / (upper - lower)), inputs, y, steps=100,
+                  levels=256, bounds=bounds)  # fmt: skip
+    k = ((result.adversarials - lower) / (upper - lower) * 255).round()
+    assert result.success.all()
+    assert torch.equal(result.adversarials, lower + k * ((upper - lower) / 255))
+    if bounds == (0.0, 255.0):  # the integers themselves: uint8 keeps every pixel
+        assert torch.equal(result.adversarials.to(torch.uint8).float(), result.adversarials)
+
+
 def test_early_stop_ends_the_run() -> None:
     model = _linear_model()
     x, y = _batch(8)

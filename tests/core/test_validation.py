@@ -214,6 +214,38 @@ def test_float64_logits_of_a_float32_batch(model: nn.Module) -> None:
         assert result.adversarials.dtype == result.distances.dtype == torch.float32
 
 
+@pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
+@pytest.mark.parametrize("criterion", [False, True])
+def test_float64_logits_are_judged_in_float64(distance: str, criterion: bool) -> None:
+    """Success is decided on the model's own float64 logits, not on their float32 rounding:
+    at a common offset of 1e5, float32 merges logits 1e-3 apart into a tie that ``argmax``
+    resolves to the first class. With a criterion (Foolbox's path) the solver used to keep
+    such a tie as adversarial: a reported success the model, re-evaluated, did not confirm
+    (and, through Foolbox, a sample lost)."""
+    torch.manual_seed(0)
+    weights = torch.randn(10, 64, dtype=torch.float64)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return 1e5 + x.double().flatten(1) @ weights.T
+
+    x = torch.rand(16, 1, 8, 8)
+    labels = model(x).argmax(1)
+    seen: list[torch.dtype] = []
+
+    def misclassified(inputs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        seen.append(logits.dtype)
+        return logits.argmax(1) != labels
+
+    result = alma(model, x, labels, distance=distance, steps=100,
+                  is_adversarial=misclassified if criterion else None)  # fmt: skip
+    with torch.no_grad():
+        fooled = model(result.adversarials).argmax(1) != labels
+    assert result.success.all()
+    assert fooled.all()
+    assert result.adversarials.dtype == result.distances.dtype == torch.float32
+    assert set(seen) == ({torch.float64} if criterion else set())
+
+
 def test_masks_with_class_labels_are_refused(model: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"masks select pixels of \(N, H, W\) label maps"):
         alma_prox(model, X, Y, masks=torch.ones(3, dtype=torch.bool), steps=2)

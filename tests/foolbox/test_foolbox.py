@@ -74,11 +74,18 @@ def test_paper_defaults() -> None:
         ({"levels": 1}, ValueError, "levels"),
         ({"seed": -1}, ValueError, "seed"),
         ({"mu_inti": 1.0}, TypeError, "mu_inti"),
+        ({"steps": 3, "restarts": 5}, ValueError, "restarts=5 with steps=3"),
     ],
 )
 def test_bad_hyperparameters(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         L2ALMA(**kwargs)
+
+
+def test_restarts_beyond_the_steps_are_refused_at_construction() -> None:
+    """docs/foolbox.md: invalid values raise at construction (before: at the first call)."""
+    with pytest.raises(ValueError, match="restarts=5 with steps=3"):
+        LinfALMAProx(steps=3, restarts=5)
 
 
 # --- Behaviour ------------------------------------------------------------------------------

@@ -272,6 +272,35 @@ def test_minimal_ensemble_modes(cnn: nn.Module, few: tuple[torch.Tensor, torch.T
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("ensemble_training", [False, True])
+def test_minimal_ensemble_judges_in_its_own_mode(
+    few: tuple[torch.Tensor, torch.Tensor], ensemble_training: bool
+) -> None:
+    """Each member runs in its own ``set_model_training_mode``, the ensemble judges in its own.
+    torchattacks applies every registered member's mode after the ensemble's, the last one
+    winning: a last member with dropout on made the ensemble judge under dropout (outputs
+    judged adversarial under dropout that fool nothing in eval)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.5),
+                        nn.Linear(64, 10)).eval()  # fmt: skip
+    x = few[0]
+    y = predict(net, x)
+    pgd = torchattacks.PGD(net, eps=0.05, steps=3)
+    ensemble = MinimalEnsemble([ALMA(net, steps=30), pgd])
+    # torchattacks passes an ensemble's setting on to its members; a member's own comes after
+    ensemble.set_model_training_mode(model_training=ensemble_training, dropout_training=False)
+    pgd.set_model_training_mode(model_training=True, dropout_training=True)
+    modes: list[bool] = []
+    net[3].register_forward_hook(lambda module, inputs, output: modes.append(module.training))
+    adv = ensemble(x, y)
+    # ALMA's 30 forwards, then its judging; PGD's forwards (4: its steps and torchattacks'
+    # label check), then the judging of its output: dropout off wherever the ensemble judges.
+    assert modes[30] is False and modes[-1] is False
+    assert any(modes[31:-1])  # PGD ran with its dropout on
+    assert (predict(net, adv) != y).all()  # judged as the ensemble's user evaluates
+    assert net.training is False
+
+
 @pytest.fixture(scope="module")
 def comparison(
     mnist_cnn: nn.Module, mnist_samples: tuple[torch.Tensor, torch.Tensor]
@@ -419,6 +448,8 @@ def test_arguments_checked_at_construction(cnn: nn.Module) -> None:
         ALMA(cnn, "l2", params=ProxParams())
     with pytest.raises(TypeError, match="lpips must be an alma_plugin.distances.LPIPS"):
         ALMA(cnn, "lpips", lpips="alexnet")
+    with pytest.raises(ValueError, match="restarts=5 with steps=3"):
+        ALMA(cnn, "l2", steps=3, restarts=5)
 
 
 def test_linf_params_checked_at_call_time(
