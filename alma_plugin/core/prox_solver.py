@@ -241,10 +241,11 @@ def alma_prox_solve(
             d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
             # run aimed at a class counts any other class too
-            hit = is_satisfied(z_c, c.labels) if aims_at_class else stop_gradient(d) < 0
+            d_c = stop_gradient(d)
+            hit = is_satisfied(z_c, c.labels) if aims_at_class else d_c < 0
             if d.dtype != x.dtype:  # float64 logits: d in the state's dtype once judged
                 d = d.astype(x.dtype)
-            d_c = stop_gradient(d)
+                d_c = stop_gradient(d)
             satisfied = (m * hit.astype(m.dtype)).sum(axis=1, keepdims=True)
             w_new = scale_update(w, satisfied, c.needed, p.scale_rate, p.scale_min)  # 5–9
             m_tilde = c.mask  # 10–11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
