@@ -133,6 +133,9 @@ def _classifier_cases(
     t.add(f"{prefix}-model-detached", P(b, variant="detached"), MODEL_OR_RESULT)
     t.add(f"{prefix}-model-list", P(b, variant="list"), MODEL)
     t.add(f"{prefix}-model-train", P(b, variant="train"), warns=warns)
+    # a float64 head on float32 inputs: every entry point runs it, and its claims re-verify
+    # on the float64 logits (the loss of samples to float32 ties is tested in test_validation)
+    t.add(f"{prefix}-model-float64-offset", P(b, variant="offset64"))
     t.add(f"{prefix}-requires_grad", P(b, mode="requires_grad"))
     t.add(f"{prefix}-inference_mode", P(b, mode="inference"))
 

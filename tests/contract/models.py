@@ -99,7 +99,8 @@ def torch_segmenter(
 class Wrapped(nn.Module):
     """A model variant users hit: ``kind`` in numpy, list (non-tensor outputs), argmax
     (one-hot of the argmax: piecewise constant), detached, nan (everywhere), nan_far (NaN
-    beyond a radius around the middle of the bounds), raise (fails on the 3rd call)."""
+    beyond a radius around the middle of the bounds), raise (fails on the 3rd call), offset64
+    (a float64 head, logits around 1e5, where float32 rounds them to multiples of 1/128)."""
 
     def __init__(
         self,
@@ -127,6 +128,8 @@ class Wrapped(nn.Module):
             return nn.functional.one_hot(z.argmax(1), z.shape[1]).movedim(-1, 1).to(z.dtype)
         if self.kind == "detached":
             return z.detach()
+        if self.kind == "offset64":
+            return 1e5 + z.double()
         if self.kind == "nan":
             self.nan_outputs += len(x)
             return z * float("nan")
@@ -174,7 +177,9 @@ def wrap_model(
     verifier = copy.deepcopy(model).eval()
     for module in verifier.modules():
         if isinstance(module, Wrapped):
-            module.kind = {"nan": "nan", "nan_far": "nan_far"}.get(module.kind, "ok")
+            module.kind = {"nan": "nan", "nan_far": "nan_far", "offset64": "offset64"}.get(
+                module.kind, "ok"
+            )
     return model, verifier, variant != "batchnorm"
 
 
