@@ -26,6 +26,11 @@ Every distance maps two batches ``x_adv``, ``x`` of the same shape (N, ...) with
   (never a finite value, never 0); the other samples are unaffected.
 * **Bad input** (not a tensor, two frameworks, integer dtypes, different shapes, no batch axis,
   wrong image layout) raises ``TypeError`` / ``ValueError`` naming the argument and its value.
+  The perceptual distances (``ciede2000``, ``ssim``, ``msssim``, ``lpips``), defined on images
+  in [0, 1], also refuse finite values outside [0, 1] (beyond 10⁻⁵ of rounding) with a
+  ``ValueError``: raw (0, 255) or (−1, 1) images would give plausible values, 1.5× to 57× off.
+  Inside ``jax.jit`` or a ``tf.function`` nothing can be read, and the range is not checked.
+  For other bounds, :class:`alma_plugin.foolbox.distances.NormalisedDistance` maps them.
 * **Gradients** are finite everywhere on finite input, and 0 (up to rounding) at x̃ = x.
 * **Precision.** D(x, x) is exactly +0, and D ≥ 0. In float32 each distance stays within a stated
   tolerance of its float64 value (``tests/distances/test_distance_properties.py``): ℓp 10⁻⁶,
@@ -96,7 +101,7 @@ class DistanceSpec:
         return self.function if self.descent is None else self.descent
 
 
-@distance_function
+@distance_function(unit_range="lpips")
 def lpips(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """LPIPS-AlexNet (v0.1) per sample with the default weights, loaded on first call.
 

@@ -242,7 +242,7 @@ def ciede2000_lab(lab1: ep.Tensor, lab2: ep.Tensor) -> ep.Tensor:
     return safe_sqrt(ciede2000_squared_lab(lab1, lab2))
 
 
-@distance_function
+@distance_function(unit_range="ciede2000")
 def ciede2000(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """CIEDE2000 distance of RGB batches: ``(Σₚ ΔE₀₀(x̃ₚ, xₚ)²)^½`` per sample, shape (N,).
 

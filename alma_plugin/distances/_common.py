@@ -11,7 +11,10 @@
   promoted to float32, a float64 operand makes the computation float64. The result therefore
   has dtype float32 for 16-bit inputs, and the input dtype otherwise;
 * returns NaN for every sample whose ``x_adv`` or ``x`` holds a NaN or ±Inf, and leaves the
-  other samples' values (and gradients) untouched: a broken image can never look "close".
+  other samples' values (and gradients) untouched: a broken image can never look "close";
+* for the perceptual distances (SSIM, MS-SSIM, CIEDE2000, LPIPS), defined on images in
+  [0, 1], refuses finite values outside it with a ``ValueError`` (:func:`check_unit_range`;
+  not inside ``jax.jit`` or a ``tf.function``, where nothing can be read).
 
 The primitives :func:`safe_sqrt` and :func:`abs0` keep the gradients finite and
 framework-independent at zero (``√`` has an infinite derivative there, and ``|·|``'s
@@ -128,23 +131,77 @@ def finite_rows(t: ep.Tensor) -> ep.Tensor:
     return (flatten(t) * 0).sum(axis=1) == 0
 
 
-def apply_distance(function: EagerDistance, x_adv: Any, x: Any) -> Any:
-    """Call an eagerpy-level distance under the package's contract (see module docstring)."""
+#: How far beyond [0, 1] a perceptual distance's input may lie: rounding (a de-normalisation
+#: in float32; the attacks' bounds check allows 1e-6 of the range, mapped with rounding).
+UNIT_RANGE_SLACK = 1e-5
+
+
+def _is_traced(t: ep.Tensor) -> bool:
+    """Whether ``t`` is symbolic (inside ``jax.jit`` / ``jax.grad`` or a ``tf.function``),
+    where no value can be read on the host."""
+    if isinstance(t, ep.JAXTensor):
+        import jax
+
+        return isinstance(t.raw, jax.core.Tracer)
+    if isinstance(t, ep.TensorFlowTensor):
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    return False
+
+
+def check_unit_range(t: ep.Tensor, name: str, distance: str) -> None:
+    """A ValueError naming ``name`` where a finite value of ``t`` lies outside [0, 1] (beyond
+    :data:`UNIT_RANGE_SLACK`). SSIM (data range 1), CIEDE2000 (sRGB) and LPIPS (which maps
+    [0, 1] to its network's [−1, 1]) are defined on such images: raw (0, 255) images gave
+    plausible values 1.5× (SSIM), 12× (CIEDE2000) and 57× (LPIPS) off, (−1, 1) images LPIPS
+    0.45×, all silently. Non-finite values are left to the NaN rule; symbolic tensors (a
+    ``jax.jit`` or ``tf.function``) are not checked."""
+    if t.shape[0] == 0:
+        return
+    values = flatten(t)
+    values = ep.where(values * 0 == 0, values, 0.5)  # NaN and ±Inf: the NaN rule's
+    extremes = ep.stack([values.min(), values.max()])
+    if _is_traced(extremes):  # a constant inside jax.jit gives traced extremes too
+        return
+    low, high = extremes.numpy().tolist()
+    if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
+        raise ValueError(
+            f"{name} must hold images with values in [0, 1] for {distance}, got values in "
+            f"[{low:.6g}, {high:.6g}]: map images in (0, 255) or (−1, 1) to [0, 1] first, or "
+            "measure with alma_plugin.foolbox.distances.NormalisedDistance and your bounds"
+        )
+
+
+def apply_distance(
+    function: EagerDistance, x_adv: Any, x: Any, unit_range: str | None = None
+) -> Any:
+    """Call an eagerpy-level distance under the package's contract (see module docstring);
+    ``unit_range``: the name of a distance defined on images in [0, 1] (checked)."""
     a, b = prepare(x_adv, x)
+    if unit_range is not None:
+        check_unit_range(a, "x_adv", unit_range)
+        check_unit_range(b, "x", unit_range)
     value = function(a, b)
     value = ep.where(finite_samples(a, b), value, math.nan)
     return value if isinstance(x_adv, ep.Tensor) else value.raw
 
 
-def distance_function(function: EagerDistance) -> Distance:
-    """Decorate an eagerpy-level distance ``(x_adv, x) -> (N,)`` with the package's contract."""
+def distance_function(
+    function: EagerDistance | None = None, *, unit_range: str | None = None
+) -> Any:
+    """Decorate an eagerpy-level distance ``(x_adv, x) -> (N,)`` with the package's contract;
+    ``@distance_function(unit_range="ssim")`` for a distance of images in [0, 1]."""
 
-    @functools.wraps(function)
-    def wrapper(x_adv: Any, x: Any) -> Any:
-        return apply_distance(function, x_adv, x)
+    def decorate(function: EagerDistance) -> Distance:
+        @functools.wraps(function)
+        def wrapper(x_adv: Any, x: Any) -> Any:
+            return apply_distance(function, x_adv, x, unit_range)
 
-    wrapper.unchecked = function  # type: ignore[attr-defined]
-    return wrapper
+        wrapper.unchecked = function  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate if function is None else decorate(function)
 
 
 def unchecked(distance: Callable[[Any, Any], Any]) -> EagerDistance:

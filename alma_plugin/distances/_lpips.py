@@ -246,7 +246,7 @@ class LPIPS:
         Takes raw torch or eagerpy tensors and returns the same type (see
         :mod:`alma_plugin.distances` for dtypes and NaN handling).
         """
-        return apply_distance(self.eager_distance, x_adv, x)
+        return apply_distance(self.eager_distance, x_adv, x, "lpips")
 
 
 _DEFAULT: LPIPS | None = None

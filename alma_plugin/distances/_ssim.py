@@ -218,7 +218,9 @@ def ssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     window per pixel with a symmetric extension at the border (full coverage).
     """
     check_padding(padding)
-    return cast(T, apply_distance(functools.partial(_ssim_distance, padding=padding), x_adv, x))
+    return cast(
+        T, apply_distance(functools.partial(_ssim_distance, padding=padding), x_adv, x, "ssim")
+    )
 
 
 def _average_pool2(x: ep.Tensor) -> ep.Tensor:
@@ -311,7 +313,9 @@ def msssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     ``padding`` as for :func:`ssim`, at every scale.
     """
     check_padding(padding)
-    return cast(T, apply_distance(functools.partial(_msssim_distance, padding=padding), x_adv, x))
+    return cast(
+        T, apply_distance(functools.partial(_msssim_distance, padding=padding), x_adv, x, "msssim")
+    )
 
 
 def _descent(
@@ -328,7 +332,7 @@ def _descent(
     return objective
 
 
-@distance_function
+@distance_function(unit_range="ssim")
 def ssim_objective(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """What ALMA descends for ``distance="ssim"``: the value of :func:`ssim` (valid windows,
     scikit-image's, bit for bit) with the gradient of ``ssim(..., padding="symmetric")``
@@ -336,7 +340,7 @@ def ssim_objective(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     return _descent(_ssim_distance)(x_adv, x)
 
 
-@distance_function
+@distance_function(unit_range="msssim")
 def msssim_objective(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
     """What ALMA descends for ``distance="msssim"``: the value of :func:`msssim` with the
     gradient of ``msssim(..., padding="symmetric")``, as :func:`ssim_objective`."""

@@ -317,6 +317,49 @@ def test_bad_input_names_the_argument(name: str) -> None:
         f(torch.tensor(0.5), torch.tensor(0.5))
 
 
+PERCEPTUAL = ("ciede2000", "ssim", "msssim", "lpips")
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "tensorflow"])
+@pytest.mark.parametrize("name", NAMES)
+def test_perceptual_distances_refuse_images_outside_the_unit_range(name: str, backend: str) -> None:
+    """SSIM (data range 1), CIEDE2000 (sRGB) and LPIPS are defined on images in [0, 1]: raw
+    (0, 255) or (−1, 1) images gave plausible values 1.5× (SSIM), 12× (CIEDE2000), 57× or
+    0.45× (LPIPS) off, silently. Now a ValueError naming the argument; rounding (1e-6 beyond)
+    passes, and ℓp distances, defined on any range, take any values."""
+    if backend == "tensorflow":
+        pytest.importorskip("tensorflow")
+    if name == "lpips" and backend != "torch":
+        pytest.skip("LPIPS is PyTorch-only (refusals tested in the table)")
+    make = {"torch": Torch, "jax": Jax, "tensorflow": Tf}[backend].tensor
+    f = _distance(name)
+    x_adv, x = _images(name)
+    for lower, upper in ((0.0, 255.0), (-1.0, 1.0)):
+        scaled = make(lower + x_adv * (upper - lower)), make(lower + x * (upper - lower))
+        if name in PERCEPTUAL:
+            with pytest.raises(
+                ValueError, match=rf"x_adv must hold images with values in \[0, 1\] for {name}"
+            ):  # noqa: E501
+                f(*scaled)
+            with pytest.raises(
+                ValueError, match=rf"x must hold images with values in \[0, 1\] for {name}"
+            ):  # noqa: E501
+                f(make(x_adv), scaled[1])
+        else:
+            assert np.isfinite(np.asarray(f(*scaled))).all()
+    rounded = np.clip(x_adv, 0, 1) * (1 + 1e-6)  # a de-normalisation's rounding
+    assert np.isfinite(np.asarray(f(make(rounded), make(x)))).all()
+
+
+def test_the_unit_range_is_not_read_inside_a_jit() -> None:
+    """Inside ``jax.jit`` no value can be read: the check steps aside (the distances are used
+    there by JAX users' own attacks), and the value is the eager one."""
+    x_adv, x = (jnp.asarray(a, dtype=jnp.float32) for a in _images("ssim"))
+    jitted = jax.jit(lambda a: distances.ssim(a, x))
+    np.testing.assert_allclose(np.asarray(jitted(x_adv)), np.asarray(distances.ssim(x_adv, x)),
+                               rtol=1e-5)  # fmt: skip
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_numpy_arrays_in_numpy_out(name: str) -> None:
     x_adv, x = _images(name)

@@ -101,7 +101,7 @@ def test_filter_matrix_is_the_valid_gaussian() -> None:
 def test_ssim_gradcheck() -> None:
     torch.manual_seed(0)
     x = torch.rand(2, 2, 11, 12, dtype=torch.float64)
-    x_adv = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    x_adv = (x + 0.1 * torch.randn_like(x)).clamp(0.01, 0.99).requires_grad_(True)  # in [0, 1]
     assert torch.autograd.gradcheck(
         lambda a: ssim(ep.astensor(a), ep.astensor(x)).raw, (x_adv,), fast_mode=True
     )
@@ -303,7 +303,7 @@ def test_padding_is_checked() -> None:
 def test_symmetric_ssim_gradcheck() -> None:
     torch.manual_seed(0)
     x = torch.rand(2, 2, 11, 12, dtype=torch.float64)
-    x_adv = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    x_adv = (x + 0.1 * torch.randn_like(x)).clamp(0.01, 0.99).requires_grad_(True)  # in [0, 1]
     assert torch.autograd.gradcheck(
         lambda a: ssim(ep.astensor(a), ep.astensor(x), padding="symmetric").raw,
         (x_adv,),
