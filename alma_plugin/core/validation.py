@@ -145,6 +145,13 @@ def _eagerpy_or_none(value: Any) -> ep.Tensor | None:
         return None
 
 
+def _variable_hint(value: Any) -> str:
+    """How to pass a ``tf.Variable``, which eagerpy does not take as a tensor."""
+    if "Variable" in type(value).__name__ and hasattr(value, "read_value"):
+        return " (a tf.Variable: pass tf.convert_to_tensor(variable))"
+    return ""
+
+
 def as_tensor(name: str, value: Any) -> ep.Tensor:
     """An eagerpy tensor of the caller's data that no attack computation can reach back into:
     detached from the caller's autograd graph (no graph kept through the steps, no gradient
@@ -153,7 +160,8 @@ def as_tensor(name: str, value: Any) -> ep.Tensor:
     tensor = _eagerpy_or_none(value)
     if tensor is None:
         raise TypeError(
-            f"{name} must be a PyTorch, JAX or TensorFlow tensor, got {type(value).__name__}"
+            f"{name} must be a PyTorch, JAX or TensorFlow tensor, got "
+            f"{type(value).__name__}{_variable_hint(value)}"
         )
     if isinstance(tensor, ep.NumPyTensor):
         raise TypeError(
@@ -184,7 +192,8 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
             labels = ep.astensor(value)
         except ValueError:
             raise TypeError(
-                f"{name} must be an integer tensor, array or list, got {type(value).__name__}"
+                f"{name} must be an integer tensor, array or list, got "
+                f"{type(value).__name__}{_variable_hint(value)}"
             ) from None
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(labels.shape)}")
@@ -379,10 +388,9 @@ def as_model_output(output: Any, inputs: ep.Tensor) -> ep.Tensor:
         tensor = ep.astensor(output)
     if tensor is None or type(tensor) is not type(inputs):
         got = type(output.raw if isinstance(output, ep.Tensor) else output).__name__
-        raise TypeError(
-            f"model must return a {type(inputs.raw).__name__} of logits (like its inputs), "
-            f"got {got}"
-        )
+        # a JAX input is a tracer here (LinearizeTracer...): name the type the user knows
+        expected = "jax.Array" if isinstance(inputs, ep.JAXTensor) else type(inputs.raw).__name__
+        raise TypeError(f"model must return a {expected} of logits (like its inputs), got {got}")
     if "float" not in str(tensor.dtype):  # integer or bool outputs have no gradient
         raise TypeError(f"model must return floating-point logits, got dtype {tensor.dtype}")
     return tensor

@@ -169,3 +169,22 @@ def test_probability_outputs_are_warned_about(framework: str, distance: str) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error", ProbabilityOutputWarning)
         alma(model, x, labels, distance=distance, steps=3)
+
+
+def test_error_messages_name_the_types_users_know() -> None:
+    """A JAX model returning a tuple was told to return a ``LinearizeTracer`` (a JAX internal);
+    a tf.Variable, a TensorFlow tensor to its user, was refused as not one, without a hint."""
+    jnp = pytest.importorskip("jax.numpy")
+    weights = jnp.asarray(WEIGHTS)
+    x = jnp.asarray(IMAGES)
+    labels = (x.reshape(-1, 16) @ weights).argmax(1)
+    with pytest.raises(TypeError, match=r"model must return a jax\.Array of logits .*got tuple"):
+        alma(lambda b: (b.reshape(-1, 16) @ weights,), x, labels, steps=2)
+    tf = pytest.importorskip("tensorflow")
+    model = tf_linear("float32")
+    inputs = tf.constant(IMAGES)
+    targets = tf.argmax(model(inputs), axis=1)
+    with pytest.raises(TypeError, match=r"inputs must be .*tf\.convert_to_tensor"):
+        alma(model, tf.Variable(IMAGES), targets, steps=2)
+    with pytest.raises(TypeError, match=r"labels must be .*tf\.convert_to_tensor"):
+        alma(model, inputs, tf.Variable(targets), steps=2)
