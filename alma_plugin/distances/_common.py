@@ -157,7 +157,7 @@ def check_unit_range(t: ep.Tensor, name: str, distance: str) -> None:
     plausible values 1.5× (SSIM), 12× (CIEDE2000) and 57× (LPIPS) off, (−1, 1) images LPIPS
     0.45×, all silently. Non-finite values are left to the NaN rule; symbolic tensors (a
     ``jax.jit`` or ``tf.function``) are not checked."""
-    if t.shape[0] == 0:
+    if math.prod(t.shape) == 0:  # no value to check (an empty batch, no channel)
         return
     values = flatten(t)
     values = ep.where(values * 0 == 0, values, 0.5)  # NaN and ±Inf: the NaN rule's

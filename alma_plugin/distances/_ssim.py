@@ -25,7 +25,12 @@ an odd last row / column dropped) between scales, and l only at the coarsest one
     MS-SSIM = ∏ⱼ₌₁ᴹ⁻¹ csⱼ^βⱼ · SSIMᴹ^βᴹ,   β = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333),
 
 per channel, then averaged over channels (as in TensorFlow's ``ssim_multiscale``). Each
-factor is clamped below at 1e-8 so that the fractional powers stay differentiable.
+factor is clamped below at 1e-8 so that the fractional powers stay differentiable. Two
+departures from pytorch-msssim, which the tests compare with at 192 px and small
+perturbations (where they agree to ~3e-6): a negative cs (images anti-correlated at some
+scale, far from any adversarial) counts as 1e-8 here and as 0 there (a checkerboard flip of a
+smooth image: 0.562 against 1.0); and pytorch-msssim pads an odd side before pooling where
+this drops the last row / column (1.2 % apart at 177 × 181, 0.07 % at 227 px).
 The coarsest scale must still hold one 11×11 window, so images need
 ``min(H, W) ≥ 11 · 2^(M−1)`` = **176** pixels for the default five scales; smaller images
 raise ``ValueError`` (the internal :func:`ms_ssim_index` takes fewer ``weights`` for fewer
@@ -138,9 +143,13 @@ def _check_images(x_adv: ep.Tensor, x: ep.Tensor, min_size: int) -> None:
         raise ValueError(
             f"x_adv and x must have the same shape, got {tuple(x_adv.shape)} and {tuple(x.shape)}"
         )
+    if x.shape[1] == 0:  # a mean over no channel is NaN, not a distance
+        raise ValueError(f"images must have at least one channel, got x.shape={tuple(x.shape)}")
     if min(x.shape[2], x.shape[3]) < min_size:
+        layout = " (channels last? the layout is (N, C, H, W))" if x.shape[1] > x.shape[3] else ""
         raise ValueError(
-            f"images must be at least {min_size}×{min_size} pixels, got x.shape={tuple(x.shape)}"
+            f"images must be at least {min_size}×{min_size} pixels, got "
+            f"x.shape={tuple(x.shape)}{layout}"
         )
 
 

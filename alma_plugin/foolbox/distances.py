@@ -111,7 +111,10 @@ class NormalisedDistance(Distance):
         return restore_type(self._measure(x, y))
 
     def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
-        """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon``."""
+        """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon`` (≥ 0; NaN and
+        negative values are refused: no point satisfies D ≤ ε for them)."""
+        if not epsilon >= 0:  # also NaN
+            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
         (x, y), restore_type = ep.astensors_(references, perturbed)
         self._check_within_bounds(x, y)
         inside = self._measure(x, y) <= epsilon

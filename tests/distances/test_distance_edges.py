@@ -59,3 +59,18 @@ def test_ciede2000_measures_a_change_of_one_channel() -> None:
     value = ciede2000(x_adv, x)
     assert (value > 1).all()
     torch.testing.assert_close(value, expected[:, 1, 2], rtol=1e-6, atol=0)
+
+
+def test_ssim_refuses_images_without_channels_and_hints_at_channels_last() -> None:
+    """(N, 0, H, W) gave NaN (a mean over no channel); (N, H, W, C) was told its 12×12 image
+    was too small, naming the channel axis as a side."""
+    from alma_plugin.distances import msssim, ssim
+
+    empty = torch.rand(2, 0, 16, 16)
+    for distance in (ssim, msssim):
+        with pytest.raises(ValueError, match="at least one channel"):
+            distance(empty, empty)
+    last = torch.rand(2, 12, 12, 3)
+    with pytest.raises(ValueError, match=r"channels last\? the layout is \(N, C, H, W\)"):
+        ssim(last, last)
+    assert ssim(torch.rand(0, 3, 16, 16), torch.rand(0, 3, 16, 16)).shape == (0,)

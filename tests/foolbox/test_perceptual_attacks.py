@@ -4,6 +4,8 @@ random weights (the real ones are not available offline)."""
 
 from __future__ import annotations
 
+import math
+
 import eagerpy as ep
 import foolbox as fb
 import pytest
@@ -113,6 +115,14 @@ def test_clip_perturbation_really_clips(name: str, lpips: LPIPS, cifar: tuple) -
     assert torch.equal(clipped[inside], xp[inside])  # unchanged where already inside
     assert (after[~inside] > 0.9 * epsilon).all()  # shrunk, not collapsed to x
     assert clipped.min() >= 0 and clipped.max() <= 255
+
+
+@pytest.mark.parametrize("epsilon", [-1.0, math.nan])
+def test_clip_perturbation_refuses_an_epsilon_no_point_satisfies(epsilon: float) -> None:
+    """It returned x (D = 0, not ≤ −1) without a word; its docstring promises D ≤ ε."""
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="epsilon must be a number >= 0"):
+        NormalisedDistance("ssim").clip_perturbation(x, x.flip(0), epsilon)
 
 
 @pytest.mark.parametrize("cls", [CIEDE2000ALMA, SSIMALMA])
