@@ -21,6 +21,7 @@ from .core.validation import (
     working_dtype,
 )
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
+from .distances._common import unchecked
 
 SuccessFn = Callable[[Any, Any], Any]
 
@@ -112,8 +113,10 @@ def checked_lpips(lpips: Any, distance: str) -> DistanceFunction:
             f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
         )
 
+    measure = unchecked(lpips)  # an LPIPS instance: its eagerpy function, as for DISTANCES
+
     def checked(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-        value = lpips(x_adv, x)
+        value = measure(x_adv, x)
         shape = tuple(getattr(value, "shape", ()))
         if shape != (len(x),):
             raise ValueError(f"lpips must return one distance per sample, shape ({len(x)},), "

@@ -40,7 +40,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar, Union
 
@@ -239,6 +239,13 @@ class LPIPS:
         """LPIPS on eagerpy PyTorch tensors, without the package's input contract."""
         check_lpips_input(x_adv)
         return ep.astensor(self.torch_distance(x_adv.raw, x.raw))
+
+    @property
+    def unchecked(self) -> Callable[[ep.Tensor, ep.Tensor], ep.Tensor]:
+        """What :func:`~alma_plugin.distances._common.unchecked` finds: the solvers' loops call
+        :meth:`eager_distance` (their iterates are validated and in [0, 1]; the contract's range
+        check would read the host at every step)."""
+        return self.eager_distance
 
     def __call__(self, x_adv: T, x: T) -> T:
         """LPIPS per sample, shape (N,), of RGB batches (N, 3, H, W) in [0, 1] (H, W ≥ 31).
