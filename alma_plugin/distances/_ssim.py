@@ -232,6 +232,11 @@ def ssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     )
 
 
+# What the solvers' loops call for ``padding="valid"`` (:func:`._common.unchecked`): the
+# exact distance without the contract, whose range check would read the host every step.
+ssim.unchecked = _ssim_distance  # type: ignore[attr-defined]
+
+
 def _average_pool2(x: ep.Tensor) -> ep.Tensor:
     n, c, h, w = x.shape
     x = x[:, :, : 2 * (h // 2), : 2 * (w // 2)]
@@ -325,6 +330,9 @@ def msssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     return cast(
         T, apply_distance(functools.partial(_msssim_distance, padding=padding), x_adv, x, "msssim")
     )
+
+
+msssim.unchecked = _msssim_distance  # type: ignore[attr-defined]
 
 
 def _descent(
