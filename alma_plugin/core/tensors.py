@@ -20,6 +20,7 @@ __all__ = [
     "model_space",
     "nan_to_zero",
     "representable_bounds",
+    "rounded_bounds",
     "valid_logit_rows",
 ]
 
@@ -78,17 +79,11 @@ def judged_logits(logits: ep.Tensor, dtype: Any) -> ep.Tensor:
 _FLOAT_NAMES = ("bfloat16", "float16", "float32", "float64")
 
 
-def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
-    """The smallest value of ``like``'s dtype ≥ ``lower`` and the largest ≤ ``upper``.
-
-    A bound its dtype cannot represent (0.3 in float32 is 0.30000001…) rounds to the nearest
-    value, which may lie outside: clipping onto it, or casting a clipped float32 tensor to
-    float16, would return values outside the bounds. Computed on host scalars (NumPy; torch's
-    CPU scalars for bfloat16), never on the device; a dtype this does not know keeps the
-    bounds as given."""
+def _dtype_scalars(like: ep.Tensor) -> tuple[Callable[[float], Any], Callable[[Any, float], Any]]:
+    """(scalar, after) for ``like``'s dtype on the host: a Python float as that dtype, and the
+    next value of the dtype from one toward a target (NumPy; torch's CPU scalars for bfloat16,
+    which NumPy lacks). Python floats for float64 and dtypes this does not know."""
     name = next((n for n in _FLOAT_NAMES if n in str(like.dtype)), None)
-    if name is None or name == "float64":  # Python floats are float64
-        return bounds
     if name == "bfloat16":  # not a NumPy dtype; torch is a dependency of the package
         import torch
 
@@ -98,14 +93,27 @@ def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[
         def after(value: Any, toward: float) -> Any:
             return torch.nextafter(value, scalar(toward))
 
-    else:
-        dtype = np.dtype(name).type
+        return scalar, after
+    dtype = np.dtype(name).type if name in ("float16", "float32") else float
 
-        def scalar(value: float) -> Any:
-            return dtype(value)
+    def scalar_np(value: float) -> Any:
+        return dtype(value)
 
-        def after(value: Any, toward: float) -> Any:
-            return np.nextafter(value, dtype(toward))
+    def after_np(value: Any, toward: float) -> Any:
+        return np.nextafter(value, dtype(toward))
+
+    return scalar_np, after_np
+
+
+def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
+    """The smallest value of ``like``'s dtype ≥ ``lower`` and the largest ≤ ``upper``.
+
+    A bound its dtype cannot represent (0.3 in float32 is 0.30000001…) rounds to the nearest
+    value, which may lie outside: clipping onto it, or casting a clipped float32 tensor to
+    float16, would return values outside the bounds. Computed on host scalars (NumPy; torch's
+    CPU scalars for bfloat16), never on the device; float64 and a dtype this does not know
+    keep the bounds as given."""
+    scalar, after = _dtype_scalars(like)
 
     def inside(value: float, toward: float) -> float:
         rounded = scalar(value)
@@ -115,6 +123,15 @@ def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[
 
     lower, upper = bounds
     return inside(lower, upper), inside(upper, lower)
+
+
+def rounded_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
+    """The bounds as ``like``'s dtype rounds them (to the nearest value): where a caller's
+    input computed as a bound itself lands. A white pixel normalised with ImageNet's red
+    statistics is (1 − 0.485) / 0.229 = 2.2489 as a bound, and 2.25 in bfloat16, 1.1e-3 above
+    it: the inputs' checks accept such values (and clip them onto the bounds)."""
+    scalar, _ = _dtype_scalars(like)
+    return float(scalar(bounds[0])), float(scalar(bounds[1]))
 
 
 def clip_rounding(t: ep.Tensor, lower: float, upper: float) -> ep.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
-from .tensors import representable_bounds
+from .tensors import representable_bounds, rounded_bounds
 
 Bounds = tuple[float, float]
 
@@ -107,14 +107,23 @@ def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         raise ValueError("inputs contain NaN or Inf values")
     lower, upper = bounds
     low, high = inputs.min().item(), inputs.max().item()
-    slack = BOUNDS_SLACK * (upper - lower)
-    if low < lower - slack or high > upper + slack:
+    if outside_bounds(inputs, bounds, low, high):
         raise ValueError(
             f"inputs must lie within bounds {bounds}, got values in [{low:.6g}, {high:.6g}]"
         )
     if low < lower or high > upper:
         return inputs.clip(*representable_bounds(inputs, bounds))
     return inputs
+
+
+def outside_bounds(inputs: ep.Tensor, bounds: Bounds, low: float, high: float) -> bool:
+    """Whether ``inputs``, with extremes ``low`` and ``high``, leave ``bounds`` by more than
+    rounding: 1e-6 of the range (a de-normalisation), or the bound as the inputs' dtype rounds
+    it (2.2489 is 2.25 in bfloat16: a white pixel normalised)."""
+    lower, upper = bounds
+    slack = BOUNDS_SLACK * (upper - lower)
+    rounded_lower, rounded_upper = rounded_bounds(inputs, bounds)
+    return low < min(lower - slack, rounded_lower) or high > max(upper + slack, rounded_upper)
 
 
 def _has_non_finite(x: ep.Tensor) -> bool:

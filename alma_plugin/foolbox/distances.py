@@ -12,7 +12,7 @@ from foolbox.attacks.base import T
 from foolbox.devutils import atleast_kd
 from foolbox.distances import Distance
 
-from ..core.validation import BOUNDS_SLACK, Bounds, check_bounds, working_dtype
+from ..core.validation import Bounds, check_bounds, outside_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
 from ._common import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first
 
@@ -86,18 +86,18 @@ class NormalisedDistance(Distance):
         x, y = references.astype(dtype), perturbed.astype(dtype)
         if self.data_format == CHANNELS_LAST:
             x, y = to_channels_first(x), to_channels_first(y)
-        return self.function((y - lower) / scale, (x - lower) / scale)
+        # inputs accepted up to rounding past a bound (:func:`outside_bounds`) map onto [0, 1]
+        return self.function(((y - lower) / scale).clip(0, 1), ((x - lower) / scale).clip(0, 1))
 
     def _check_within_bounds(self, *tensors: ep.Tensor) -> None:
         """The caller's inputs must lie within :attr:`bounds` (checked once per call, not at
         each measurement of the bisection)."""
         lower, upper = self.bounds
-        slack = BOUNDS_SLACK * (upper - lower)
         for tensor in tensors:
             if math.prod(tensor.shape) == 0:
                 continue  # min() of an empty tensor fails; nothing to measure anyway
             low, high = tensor.min().item(), tensor.max().item()
-            if low < lower - slack or high > upper + slack:
+            if outside_bounds(tensor, self.bounds, low, high):
                 raise ValueError(
                     f"{self!r} got inputs outside [{lower:g}, {upper:g}] (values in "
                     f"[{low:.6g}, {high:.6g}]); it measures inputs in [{lower:g}, {upper:g}]. "

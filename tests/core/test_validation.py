@@ -378,3 +378,29 @@ def test_yes_no_arguments_take_numpy_bools(model: nn.Module) -> None:
     alma_prox(model, X, Y, steps=1, mask_decay=np.False_)
     with pytest.raises(TypeError, match="mask_decay must be a bool, got 1"):
         ProxParams(mask_decay=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_bound_as_the_inputs_dtype_rounds_it_is_inside(dtype: torch.dtype) -> None:
+    """A white pixel normalised with ImageNet's red statistics is the upper bound, 2.2489, and
+    2.25 in bfloat16: 1.1e-3 above it, beyond the 1e-6 of the range allowed for rounding, so
+    every bfloat16 image with a white pixel was refused ("inputs must lie within bounds").
+    The bound as the dtype rounds it is accepted, and the results stay inside the bounds."""
+    from alma_plugin.foolbox.distances import NormalisedDistance
+
+    bounds = (-0.485 / 0.229, (1 - 0.485) / 0.229)
+    torch.manual_seed(0)
+    u = torch.rand(4, 3, 12, 12)
+    u[:, :, 0, 0] = 1.0  # a white pixel
+    inputs = (bounds[0] + u * (bounds[1] - bounds[0])).to(dtype)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 3)).to(dtype).eval()
+    labels = net(inputs).argmax(1)
+    result = alma(net, inputs, labels, steps=5, bounds=bounds)
+    assert result.adversarials.dtype == dtype
+    assert bounds[0] <= result.adversarials.min() and result.adversarials.max() <= bounds[1]
+    distance = NormalisedDistance("ssim", bounds=bounds)
+    assert distance(inputs, inputs).tolist() == [0.0] * 4
+    beyond = inputs.clone()
+    beyond[:, :, 0, 0] = torch.tensor(bounds[1] + 0.01, dtype=dtype)
+    with pytest.raises(ValueError, match="inputs must lie within bounds"):
+        alma(net, beyond, labels, steps=5, bounds=bounds)
