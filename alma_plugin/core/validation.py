@@ -296,13 +296,13 @@ def warn_if_probabilities(logits: ep.Tensor) -> None:
     logit differences; on a softmax output the differences saturate with the probabilities, and
     the attack follows a gradient that vanishes near the boundary: ALMA-ℓ2 on an MNIST SmallCNN
     with a final softmax found perturbations 4.5 times larger than on its logits (ℓ1: 10
-    times), with no other sign of trouble. Read on the host, once per call (step 0)."""
+    times), with no other sign of trouble. One host read per call (step 0)."""
     values = logits.float32() if "float16" in str(logits.dtype) else logits
     if values.shape[0] == 0 or values.shape[1] < 2:
         return
     in_unit = ep.logical_and(values >= 0, values <= 1).all()
-    total = values.sum(axis=1)
-    if not (in_unit.item() and ((total - 1).abs() <= 1e-3).all().item()):
+    sums_to_one = ((values.sum(axis=1) - 1).abs() <= 1e-3).all()
+    if not ep.logical_and(in_unit, sums_to_one).item():  # the one host read
         return
     warnings.warn(
         "model outputs look like probabilities (every value in [0, 1], every row summing to "
