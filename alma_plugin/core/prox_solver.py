@@ -50,7 +50,8 @@ from .tensors import (
 from .validation import (
     as_model_output,
     as_tensor,
-    check_success,
+    judge_success,
+    versions,
     warn_if_probabilities,
     working_dtype,
 )
@@ -203,6 +204,15 @@ def alma_prox_solve(
         tables = [ep.from_numpy(x, np.asarray(v)).astype(x.dtype)
                   for v in (step_sizes, corrections)]  # fmt: skip
 
+    def model_input(delta_: ep.Tensor) -> ep.Tensor:
+        """x̃ = x + δ in the model's dtype, inside the bounds as that dtype rounds them."""
+        x_adv = clip_rounding(x + delta_ * span, *inner)
+        if rounds:
+            x_adv = x_adv.astype(x0.dtype)
+            if inner_cast != (0.0, 1.0):  # the cast may round past a bound
+                x_adv = clip_rounding(x_adv, *inner_cast)
+        return x_adv
+
     def advance(s_: _State, i: int, clock: Any) -> tuple[_State, tuple[ep.Tensor, ...]]:
         """Step t = i + 1 of Algorithm IV-2 from ``s_``. ``i`` takes the decisions made in
         Python (the first step, a ρ check); ``clock`` is i for the arithmetic (a device tensor
@@ -220,15 +230,15 @@ def alma_prox_solve(
         mu, rho, w, d_ref, recent_sat, goals = (s_.mu, s_.rho, s_.w, s_.d_ref, s_.recent_sat,
                                                 s_.goals)  # fmt: skip
         delta = s_.delta
+        model_wrote: list[bool] = []  # the model wrote into x̃ (PyTorch's version counter)
 
         def loss_fn(delta_: ep.Tensor) -> tuple[ep.Tensor, Any]:
             goals_ = goals
-            x_adv = clip_rounding(x + delta_ * span, *inner)  # 3. x̃ = x + δ
-            if rounds:
-                x_adv = x_adv.astype(x0.dtype)
-                if inner_cast != (0.0, 1.0):  # the cast may round past a bound
-                    x_adv = clip_rounding(x_adv, *inner_cast)
+            x_adv = model_input(delta_)  # 3. x̃ = x + δ
+            version = versions(x_adv)
             logits = as_model_output(model(x_adv), x_adv)
+            if versions(x_adv) != version:
+                model_wrote.append(True)
             if t == 1:
                 check_differentiable(logits)
                 if restart == 0 and p.restart_mode == "classes":
@@ -274,9 +284,10 @@ def alma_prox_solve(
         satisfied, mu, rho, w, d_ref, recent_sat, x_seen, d, goals, predicted, logits = aux
         if t == 1 and restart == 0:
             warn_if_probabilities(logits)
+        if model_wrote:  # x̃ is the model's own tensor: the one judged is rebuilt from δ
+            x_seen = model_input(delta)
         if is_adversarial is not None:  # outside the gradient: concrete values (JAX: no tracers)
-            success = check_success(is_adversarial(x_seen, logits), n, like=d)
-            success = ep.logical_and(success, valid_logit_rows(logits))
+            success = judge_success(is_adversarial, x_seen, logits, n)
             satisfied = success.astype(m.dtype).reshape((n, 1))
         if rounds:  # the perturbation the model saw, after rounding to its dtype
             delta = (x_seen.astype(x.dtype) - x) / span
@@ -285,7 +296,8 @@ def alma_prox_solve(
         satisfied = satisfied.reshape((n,))
         apsr = satisfied / count
         norm = delta.flatten(start=1).abs().max(axis=1)
-        success = satisfied >= c.needed
+        # a NaN or +∞ logit (at any pixel) is no success, whatever d says (K = 2: d = −∞)
+        success = ep.logical_and(satisfied >= c.needed, valid_logit_rows(logits))
         best_apsr = apsr if t == 1 else s_.best_apsr
         better = ep.logical_and(success, norm < s_.best_norm)
         if early_stop is not None:  # nothing changes once the early-stop condition held

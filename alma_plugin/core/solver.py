@@ -38,7 +38,7 @@ from .validation import (
     as_tensor,
     call_model,
     check_logits,
-    check_success,
+    judge_success,
     warn_if_probabilities,
     working_dtype,
 )
@@ -230,8 +230,9 @@ def alma_solve(
         if is_adversarial is None:
             success = hit
         else:
-            success = check_success(is_adversarial(model_inputs, logits), batch, like=d)
-            success = ep.logical_and(success, valid_logit_rows(logits))
+            success = judge_success(is_adversarial, model_inputs, logits, batch)
+        # a NaN or +∞ logit is no success, whatever d says (K = 2: the plain margin, d = −∞)
+        success = ep.logical_and(success, valid_logit_rows(logits))
         success = ep.logical_and(success, finite_rows(dist))
         improved = ep.logical_and(success, dist < s.best_distance)
         if early_stop is not None:  # nothing changes once the early-stop condition held

@@ -358,6 +358,37 @@ _WRITES_INPUT_OR_PARAMETER = (
 )
 
 
+_PREDICATE_WRITES = (
+    "is_adversarial (or the Foolbox criterion) wrote into the inputs or the logits it was given, "
+    "in place (e.g. inputs.mul_(...), logits.softmax_ or an in-place clamp): the attack keeps "
+    "and returns the tensors it judged, so a success test must leave them unchanged; compute "
+    "out of place (logits.softmax(-1)) or on a copy (inputs.clone())"
+)
+
+
+def versions(*tensors: ep.Tensor) -> tuple[int, ...]:
+    """PyTorch's version counters of ``tensors`` (bumped by every in-place write); () for
+    the other frameworks, whose tensors cannot be written into."""
+    return tuple(t.raw._version for t in tensors if isinstance(t, ep.PyTorchTensor))
+
+
+def judge_success(
+    is_adversarial: Callable[[ep.Tensor, ep.Tensor], Any],
+    inputs: ep.Tensor,
+    logits: ep.Tensor,
+    batch_size: int,
+) -> ep.Tensor:
+    """``is_adversarial(inputs, logits)`` checked by :func:`check_success`, refusing a PyTorch
+    predicate that writes into either tensor: the solver keeps ``inputs`` as the best iterate
+    and reads ``logits`` after the call, so a write would be returned as a success the model
+    never judged. Free: version counters, no copy."""
+    before = versions(inputs, logits)
+    success = is_adversarial(inputs, logits)
+    if versions(inputs, logits) != before:
+        raise ValueError(_PREDICATE_WRITES)
+    return check_success(success, batch_size, like=logits)
+
+
 def _is_grad_leaf(inputs: ep.Tensor) -> bool:
     return isinstance(inputs, ep.PyTorchTensor) and inputs.raw.is_leaf and inputs.raw.requires_grad
 
@@ -366,7 +397,7 @@ def call_model(model: Callable[[ep.Tensor], Any], inputs: ep.Tensor) -> ep.Tenso
     """``model(inputs)`` as logits (:func:`as_model_output`), refusing a PyTorch model that
     writes into ``inputs``: the attack would otherwise return (and measure) a tensor the model
     changed after judging it. Free: a version counter, no copy."""
-    version = inputs.raw._version if isinstance(inputs, ep.PyTorchTensor) else None
+    version = versions(inputs)
     try:
         output = model(inputs)
     except RuntimeError as error:
@@ -381,7 +412,7 @@ def call_model(model: Callable[[ep.Tensor], Any], inputs: ep.Tensor) -> ep.Tenso
         ):
             raise ValueError(_WRITES_INPUT_OR_PARAMETER) from error
         raise
-    if version is not None and inputs.raw._version != version:
+    if versions(inputs) != version:
         raise ValueError(_WRITES_INPUT)
     return as_model_output(output, inputs)
 
