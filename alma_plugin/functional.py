@@ -74,7 +74,12 @@ def check_attack_distance(distance: Any) -> str:
     return distance.lower()
 
 
-@takes_params(ALMAParams, alternative=ProxParams)
+def names_linf(arguments: dict[str, Any]) -> bool:
+    """Whether a call's bound arguments ask for ℓ∞ (ALMA prox's hyperparameters)."""
+    return is_linf(arguments.get("distance"))
+
+
+@takes_params(ALMAParams, alternative=ProxParams, alternative_if=names_linf)
 @autograd_allowed
 def alma(
     model: Callable[[Any], Any],
@@ -259,7 +264,8 @@ def alma_prox(
             least one pixel (APSR would be 0/0): an all-False mask is a ValueError. A tensor of
             any framework or device, a NumPy array or a list, as for ``labels``: moved to the
             inputs'.
-        adv_threshold: ν: success means APSR ≥ ν, in (0, 1] (dense labels only).
+        adv_threshold: ν: success means APSR ≥ ν, in (0, 1]. Dense labels only: with (N,)
+            labels a sample has one constraint, and every ν in (0, 1] means that it holds.
         steps: N, the number of iterations (one forward and one backward each).
         seed: seeds the random starts of ``restarts`` > 1 (run 0 starts at δ = 0 and draws
             nothing: with one run, the attack is deterministic whatever the seed).

@@ -16,7 +16,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, NoReturn, TypeVar, get_type_hints
 
 from .penalties import PENALTIES
 from .validation import check_flag, check_in_range, check_positive_int
@@ -64,8 +64,17 @@ def budget_alpha(steps: int) -> float:
     return 0.5 + 0.4 * min(max(position, 0.0), 1.0)
 
 
+_KINDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "True or False"}
+
+
 def _check(params: Any, rules: dict[str, tuple[float, float, bool, bool]]) -> None:
-    """Validate the numeric fields of a params dataclass; None means "resolved later"."""
+    """Validate the numeric fields of a params dataclass. None only where the field's type
+    admits it ("resolved later" or "off"); elsewhere it is refused here, naming the field,
+    rather than failing inside the solver."""
+    for f in fields(params):  # first, as a range may be another field (μ_min ≤ μ⁽⁰⁾)
+        if getattr(params, f.name) is None and "None" not in str(f.type):
+            kind = _KINDS.get(str(f.type), f.type)
+            raise TypeError(f"{f.name} must be {kind}, got None (NoneType)")
     for f in fields(params):
         value = getattr(params, f.name)
         if value is None or f.name not in rules:
@@ -288,8 +297,8 @@ class ProxParams:
                 "mu_init": (self.mu_min, self.mu_max, False, False),
                 "rho_init": _POSITIVE,
                 "rho_max": _POSITIVE,
-                "gamma": (1.0, math.inf, True, True),
-                "tau": (0.0, 1.0, True, False),
+                "gamma": (1.0, math.inf, False, True),  # as ALMA's: γ = 1, ρ never grows
+                "tau": (0.0, 1.0, False, False),
                 "metric_eps": _POSITIVE,
                 "scale_min": (0.0, 1.0, True, False),
                 "scale_init": (self.scale_min, 1.0, False, False),
@@ -328,14 +337,50 @@ def prox_params_for_linf(params: ALMAParams | ProxParams | None) -> ProxParams:
         return params or ProxParams()
     # An ALMAParams only comes from the caller (takes_params passes None when no
     # hyperparameter was given), so even one equal to the defaults was asked for.
+    refuse_for_linf(params)
+
+
+def refuse_for_linf(given: Any) -> NoReturn:
+    """The TypeError for ALMA hyperparameters (an ALMAParams, or keywords) given with
+    ``distance="linf"``."""
     raise TypeError(
         "ALMA's hyperparameters do not apply to distance='linf' (ALMA prox): pass "
-        f"params=ProxParams(...) instead, got {params!r}"
+        f"params=ProxParams(...) instead, got {given!r}"
     )
 
 
+#: Other attacks' keywords (Foolbox, torchattacks, adversarial-library) for ours.
+_PEER_KEYWORDS = {
+    "max_iter": "steps",
+    "num_steps": "steps",
+    "iterations": "steps",
+    "lr": "init_lr",
+    "step_size": "init_lr",
+    "stepsize": "init_lr",
+    "alpha": "init_lr",  # PGD's step size (the Lagrangian attack's α is init_lr)
+    "random_start": "restarts",
+    "n_restarts": "restarts",
+}
+_NO_BUDGET = "a minimal attack has no ε budget: early_stop=ε stops once every sample is below it"
+
+
+def _hint(keyword: str, accepted: list[str]) -> str:
+    """What an unknown keyword may have meant: another attack's name for one of ours, or a
+    close spelling (cutoff 0.8: "inti_lr" and "step", not "eps" for "steps")."""
+    if keyword in ("eps", "epsilon"):
+        return f" ({_NO_BUDGET})"
+    ours = _PEER_KEYWORDS.get(keyword)
+    if ours in accepted:
+        return f" (did you mean {ours!r}? {keyword!r} is other attacks' name for it)"
+    close = difflib.get_close_matches(keyword, accepted, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def takes_params(
-    cls: type[Any], *, alternative: type[Any] | None = None
+    cls: type[Any],
+    *,
+    alternative: type[Any] | None = None,
+    alternative_if: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Give an entry point every field of ``cls`` as a keyword-only argument.
 
@@ -347,7 +392,9 @@ def takes_params(
     params class (ALMA prox's, for ``distance="linf"``) is passed through as is; hyperparameter
     keywords of ``cls`` given with it are refused. With an ``alternative``, a call that gives
     neither ``params`` nor a keyword gets ``params=None`` (the callee resolves it per task), so
-    a keyword given at its default value is still seen as given.
+    a keyword given at its default value is still seen as given. ``alternative_if(arguments)``
+    (the call's bound arguments) says when a call is for the alternative's task: keywords of
+    ``cls`` are then refused before ``cls`` checks them against its own rules.
     """
     names = [f.name for f in fields(cls)]
 
@@ -382,8 +429,7 @@ def takes_params(
             as ALMAAttack or _SSIMFamily) and count the ``params`` the wrapper passes on."""
             unknown = [k for k in kwargs if k not in accepted or k == "self"]
             if unknown:
-                close = difflib.get_close_matches(unknown[0], accepted[int(is_init) :], n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = _hint(unknown[0], accepted[int(is_init) :])
                 raise TypeError(
                     f"{caller(args)} got an unexpected keyword argument {unknown[0]!r}{hint}"
                 )
@@ -409,6 +455,9 @@ def takes_params(
                     )
                 kwargs["params"] = base
                 return function(*args, **kwargs)
+            if given and alternative_if is not None:
+                if alternative_if(signature.bind_partial(*args, **kwargs).arguments):
+                    refuse_for_linf(given)
             if alternative is not None and base is None and not given:
                 # Nothing asked for: the callee picks the defaults of its task (ProxParams()
                 # for distance="linf"), and can tell an explicit keyword from a default.

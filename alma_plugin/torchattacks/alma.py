@@ -14,7 +14,7 @@ from ..core.restarts import check_restarts
 from ..core.validation import check_early_stop, check_flag, check_positive_int
 from ..distances import DistanceFunction
 from ..distances._ssim import check_padding_for
-from ..functional import alma
+from ..functional import alma, names_linf
 from ._common import StateRestoringAttack, prepare, resolve_distance, target_labels
 
 __all__ = ["ALMA"]
@@ -38,8 +38,8 @@ class ALMA(StateRestoringAttack):
         model (nn.Module): model to attack.
         distance (str): D to minimise. (Default: "l2")
         steps (int): number of iterations; None: the algorithm's budget, 1000 for ALMA and
-            500 for ALMA prox ("linf"), as ``alma()``, ``alma_prox()`` and the Foolbox
-            classes. (Default: None)
+            500 for ALMA prox ("linf"), as in ``alma()`` (the defaults of ``alma_prox()`` and
+            of the Foolbox classes). (Default: None)
         early_stop (float): stop once every sample has an adversarial with D below this
             (for "linf": normalised ℓ∞); None or 0 never stop early.
         seed (int): seeds the random directions used where a gradient vanishes and the
@@ -93,12 +93,13 @@ class ALMA(StateRestoringAttack):
     ``torch.inference_mode()`` work (autograd is enabled for the call).
 
     Examples::
+        >>> from alma_plugin import ProxParams
         >>> attack = ALMA(model, distance="l2", steps=1000)
         >>> adv_images = attack(images, labels)
         >>> adv_linf = ALMA(model, "linf", 500, params=ProxParams(init_lr=1e-2))(images, labels)
     """
 
-    @takes_params(ALMAParams, alternative=ProxParams)
+    @takes_params(ALMAParams, alternative=ProxParams, alternative_if=names_linf)
     def __init__(
         self,
         model: torch.nn.Module,

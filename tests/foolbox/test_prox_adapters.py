@@ -58,7 +58,7 @@ def test_api_and_defaults() -> None:
         ({"steps": 0}, ValueError, "steps"),
         ({"steps": 1.5}, TypeError, "steps"),
         ({"init_lr": -1.0}, ValueError, "init_lr"),
-        ({"gamma": 1.0}, ValueError, "gamma"),
+        ({"gamma": 0.9}, ValueError, r"gamma must lie in \[1, inf\)"),  # γ = 1 as ALMA's
         ({"alpha": "0.5"}, TypeError, "alpha"),
         ({"inti_lr": 0.1}, TypeError, "inti_lr"),
         ({"params": {"gamma": 2}}, TypeError, "params must be a ProxParams"),
