@@ -121,8 +121,9 @@ def adversarial_training(
             bar). Batches are moved to the model's device.
         attack: ``attack(images, labels) -> perturbed`` called with the model in eval mode,
             e.g. ``alma_plugin.torchattacks.Lagrangian(model)`` or ``torchattacks.PGD(model,
-            eps=0.3)`` (any torchattacks ``Attack`` built on the same model); None trains on
-            clean data only.
+            eps=0.3)`` (any torchattacks ``Attack`` built on the same model, or on a module
+            holding it; an attack whose ``model`` is another module, e.g. a copy, is a
+            ``ValueError``); None trains on clean data only.
         epochs: total number of epochs, warm-up included.
         warmup_epochs: leading epochs on clean data.
         optimizer: the optimizer of ``model``'s parameters; None: Adam with learning rate ``lr``
@@ -146,6 +147,14 @@ def adversarial_training(
         raise ValueError(f"warmup_epochs must be <= epochs ({epochs}), got {warmup_epochs}")
     if attack is not None and not callable(attack):
         raise TypeError(f"attack must be callable or None, got {type(attack).__name__}")
+    attacked = getattr(attack, "model", model)  # a torchattacks Attack names its model
+    if isinstance(attacked, nn.Module) and not _contains(attacked, model):
+        raise ValueError(
+            f"attack must be built on the model being trained (or on a module holding it, "
+            f"e.g. a normalising wrapper): {type(attack).__name__}.model is another module "
+            f"({type(attacked).__name__}), e.g. a copy, whose perturbations do not follow "
+            "the training"
+        )
     if log is not None and not callable(log):  # checked now, not after an epoch of training
         raise TypeError(f"log must be callable or None, got {log!r}")
     progress = check_flag("progress", progress)
@@ -205,6 +214,11 @@ def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"loader's labels must be an integer tensor, got dtype {labels.dtype}")
     return images.to(device), labels.to(device, torch.int64)
+
+
+def _contains(outer: nn.Module, inner: nn.Module) -> bool:
+    """Whether ``inner`` is ``outer`` or one of its submodules, or the other way round."""
+    return any(m is inner for m in outer.modules()) or any(m is outer for m in inner.modules())
 
 
 def _perturbed(output: Any, images: torch.Tensor) -> torch.Tensor:

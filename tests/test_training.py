@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -74,6 +75,20 @@ def test_any_torchattacks_attack_plugs_in(loader: list[tuple[torch.Tensor, torch
     assert entry.adversarial and 0 < entry.mean_norm
 
 
+def test_an_attack_on_a_wrapper_of_the_model_plugs_in(
+    loader: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """The check that refuses an attack on a copy accepts one on a module holding the model (a
+    normalising wrapper, as torchattacks users build)."""
+    torch.manual_seed(0)
+    model = tiny_mnist_cnn()
+    wrapped = torch.nn.Sequential(torch.nn.Identity(), model)
+    pgd = torchattacks.PGD(wrapped, eps=0.3, alpha=0.1, steps=2)
+    (entry,) = adversarial_training(model, loader[:1], attack=pgd, epochs=1, progress=False,
+                                    log=None)  # fmt: skip
+    assert entry.adversarial
+
+
 def test_deterministic_under_torch_seed(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     def run() -> tuple[list[EpochLog], torch.Tensor]:
         torch.manual_seed(0)
@@ -111,6 +126,7 @@ def test_own_optimizer_and_scheduler(loader: list[tuple[torch.Tensor, torch.Tens
         ({"epochs": 1, "progress": "no"}, "progress"),
         ({"epochs": 1, "optimizer": "adam"}, "optimizer"),
         ({"epochs": 1, "optimizer": "other model"}, "optimizer must hold parameters of model"),
+        ({"epochs": 1, "attack": "on a copy"}, "attack must be built on the model being trained"),
         ({"epochs": 1, "optimizer": "own", "scheduler": 5}, "scheduler"),
         (
             {"epochs": 1, "optimizer": "own", "scheduler": "plateau"},
@@ -123,6 +139,8 @@ def test_invalid_arguments_are_named(kwargs: dict[str, object], name: str) -> No
     model = tiny_mnist_cnn()
     if kwargs.get("optimizer") == "other model":
         kwargs = {**kwargs, "optimizer": torch.optim.SGD(tiny_mnist_cnn().parameters(), lr=1)}
+    elif kwargs.get("attack") == "on a copy":  # before: trained on a frozen copy's perturbations
+        kwargs = {**kwargs, "attack": Lagrangian(copy.deepcopy(model))}
     elif kwargs.get("optimizer") == "own":
         optimizer = torch.optim.SGD(model.parameters(), lr=1)
         kwargs = {**kwargs, "optimizer": optimizer}

@@ -17,7 +17,8 @@ __all__ = ["Constraints", "constraint_logits", "make_constraints"]
 class Constraints:
     """labels: (N, M) class indices (0 on unmasked pixels).  mask: (N, M) bool, the pixels m.
     counts: (N,) ‖m‖₁ as integers.  needed: (N,) satisfied constraints needed for success,
-    ⌈ν‖m‖₁⌉ (eq. 5.19).  shape: the labels' original shape.  dense: per-pixel constraints."""
+    ⌈ν‖m‖₁⌉ (eq. 5.19).  shape: the labels' original shape.  dense: per-pixel constraints.
+    name: what the labels are called in errors ("targets" in a targeted attack)."""
 
     labels: ep.Tensor
     mask: ep.Tensor
@@ -25,12 +26,14 @@ class Constraints:
     needed: ep.Tensor
     shape: tuple[int, ...]
     dense: bool
+    name: str = "labels"
 
 
 def make_constraints(
-    labels: ep.Tensor, masks: ep.Tensor | None, nu: float, like: ep.Tensor
+    labels: ep.Tensor, masks: ep.Tensor | None, nu: float, like: ep.Tensor, name: str = "labels"
 ) -> Constraints:
-    """Flatten labels (N,) or (N, *S) and the optional masks; check masks and label values."""
+    """Flatten labels (N,) or (N, *S) and the optional masks; check masks and label values
+    (``name``: "targets" in a targeted attack)."""
     n = labels.shape[0]
     y = labels.reshape((n, -1))
     if masks is None:
@@ -49,12 +52,12 @@ def make_constraints(
     dense = masks is not None or labels.ndim > 1
     if int(y.min().item()) < 0:
         where = " on masked pixels" if dense else ""
-        raise ValueError(f"labels must be >= 0{where}, got {int(y.min().item())}")
+        raise ValueError(f"{name} must be >= 0{where}, got {int(y.min().item())}")
     # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19); ν > 0, so at
     # least one constraint, however small ν·‖m‖₁ is
     needed = np.maximum(np.ceil(nu * counts - 1e-9), 1)
     needed = ep.from_numpy(like, needed.astype(np.float32))
-    return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense)
+    return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense, name)
 
 
 def constraint_logits(logits: ep.Tensor, c: Constraints, check: bool) -> ep.Tensor:
@@ -75,11 +78,11 @@ def constraint_logits(logits: ep.Tensor, c: Constraints, check: bool) -> ep.Tens
                 )
             flat = logits.reshape((n, logits.shape[1], -1)).transpose((0, 2, 1))
             # most often an ignore label (255) left unmasked
-            check_logits(flat.reshape((-1, logits.shape[1])), c.labels.reshape((-1,)),
+            check_logits(flat.reshape((-1, logits.shape[1])), c.labels.reshape((-1,)), c.name,
                          hint="; leave unlabelled pixels (an ignore index such as 255) out of "
-                         "masks, e.g. masks=labels != 255")  # fmt: skip
+                         "alma_prox's masks, e.g. alma_prox(..., masks=labels != 255)")  # fmt: skip
         else:
-            check_logits(logits, c.labels.reshape((-1,)))
+            check_logits(logits, c.labels.reshape((-1,)), c.name)
     if not c.dense:
         return logits.expand_dims(1)
     return logits.reshape((n, logits.shape[1], -1)).transpose((0, 2, 1))

@@ -152,7 +152,7 @@ def alma_prox_solve(
     x = x0.astype(working_dtype(x0))
     rounds = x.dtype != x0.dtype
     n = x.shape[0]
-    c = make_constraints(labels, masks, adv_threshold, x)
+    c = make_constraints(labels, masks, adv_threshold, x, "targets" if targeted else "labels")
     # the classes earlier runs returned, (N, M = 1) in the constraints' index dtype (int32
     # in TensorFlow, where mixed integer dtypes cannot be compared)
     reached = tuple(e.reshape((-1, 1)).astype(c.labels.dtype) for e in place.reached)

@@ -100,7 +100,13 @@ def check_epsilons(epsilons: Any) -> None:
     ``clip_perturbation`` turns a negative ε into a flipped perturbation. An iterator (a
     generator) is a TypeError: checking it would consume it, and Foolbox takes its ``len``.
     """
-    for value in _epsilon_values(epsilons):
+    values = _epsilon_values(epsilons)
+    if not values:  # Foolbox would fail in min(epsilons) naming nothing
+        raise ValueError(
+            f"epsilons must be {_EPSILONS_EXPECTED}, got an empty {type(epsilons).__name__}: "
+            "give at least one epsilon, or None for the minimal perturbations alone"
+        )
+    for value in values:
         if value is None:
             continue
         where = "" if value is epsilons else f" in {epsilons!r}"

@@ -338,6 +338,10 @@ BAD_EPSILONS = [
     pytest.param(torch.tensor([0.5, -0.5]), "-0.5", id="torch"),
     pytest.param(torch.tensor(-0.5), "-0.5", id="torch-0d"),
     pytest.param(torch.tensor([0.5, -0.5], dtype=torch.bfloat16), "-0.5", id="torch-bfloat16"),
+    # Foolbox's own attacks fail in min(epsilons) naming nothing
+    pytest.param([], "an empty list", id="empty-list"),
+    pytest.param(np.array([]), "an empty ndarray", id="empty-numpy"),
+    pytest.param(torch.tensor([]), "an empty Tensor", id="empty-torch"),
 ]
 
 
