@@ -32,6 +32,7 @@ import torch
 from ..zoo.models import MODEL_NAMES
 from . import distributed
 from .arguments import (
+    BenchParser,
     budget_option,
     cuda_graphs_argument,
     device_argument,
@@ -72,7 +73,7 @@ def _epilog() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         prog="alma-bench",
         usage="alma-bench [SUBCOMMAND ...] | alma-bench [options]",
         description="Compare ALMA with Foolbox and torchattacks peers (ALMA paper, Table 1), "

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from . import usermodels
 __all__ = [
     "MAX_BUDGET",
     "MAX_SEED",
+    "BenchParser",
     "add_threads_option",
     "budget_option",
     "cuda_graphs_argument",
@@ -38,6 +40,23 @@ __all__ = [
 MAX_SEED = 2**63 - 1
 #: The largest step budget: far beyond any useful run, well within every attack's integers.
 MAX_BUDGET = 10**7
+
+
+class BenchParser(argparse.ArgumentParser):
+    """argparse's parser, whose ``--help`` gives every option's default (options without help
+    text included; not flags, nor a None default, which the command resolves): the parsers are
+    the one source of the defaults docs/bench.md lists."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        shown = action.default not in (None, argparse.SUPPRESS) and action.nargs != 0
+        if shown and action.option_strings and "default" not in (action.help or ""):
+            default = action.default
+            if isinstance(default, list | tuple):  # as typed on the command line
+                default = " ".join(map(str, default))
+            text = str(default).replace("%", "%%")
+            action.help = f"{action.help} (default: {text})" if action.help else f"default: {text}"
+        return action
 
 
 def integer_option(name: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:

@@ -26,7 +26,6 @@ Times are wall-clock on a possibly shared machine: compare them within one run o
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from torch import nn
 
 from ..distances import msssim, ssim
 from ..foolbox import MSSSIMALMA, SSIMALMA
-from .arguments import add_threads_option, integer_option
+from .arguments import BenchParser, add_threads_option, integer_option
 
 __all__ = ["BorderResult", "border_ratio", "main", "train_cifar_cnn"]
 
@@ -186,9 +185,7 @@ def format_results(results: Sequence[BorderResult]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its table; 0 on success."""
-    parser = argparse.ArgumentParser(
-        prog="alma-bench border", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = BenchParser(prog="alma-bench border", description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--steps", type=integer_option("steps", 1), default=300, help="ALMA steps (default 300)"
     )

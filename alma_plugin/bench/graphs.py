@@ -28,7 +28,7 @@ import torch
 from ..functional import alma
 from ..zoo.data import load_mnist_heldout
 from ..zoo.models import MODEL_NAMES, load_smallcnn
-from .arguments import device_argument, integer_option
+from .arguments import BenchParser, device_argument, integer_option
 
 __all__ = ["compare", "main", "parse_run"]
 
@@ -111,9 +111,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="alma-bench graphs", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = BenchParser(prog="alma-bench graphs", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (default: cuda)")
     parser.add_argument("--models", nargs="+", default=["mnist_regular", "mnist_adversarial"],
                         choices=MODEL_NAMES)  # fmt: skip

@@ -22,7 +22,6 @@ replicate 0, the median |log ratio| and the share of samples that moved by more 
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 
 from ..zoo.models import MODEL_NAMES
 from .arguments import (
+    BenchParser,
     add_threads_option,
     budget_option,
     device_argument,
@@ -112,7 +112,7 @@ def _percent(value: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         prog="alma-bench noise", description=" ".join((__doc__ or "").split("\n\n")[0].split())
     )
     parser.add_argument("--models", nargs="+", default=["mnist_adversarial"], choices=MODEL_NAMES)

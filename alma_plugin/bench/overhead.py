@@ -32,7 +32,6 @@ for the host, and the ratio of wall-clock to device time shows by how much.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ import torch
 from ..distances import DISTANCES
 from ..functional import alma
 from ..zoo.models import SmallCNN
-from .arguments import add_threads_option, device_argument, integer_option
+from .arguments import BenchParser, add_threads_option, device_argument, integer_option
 from .throughput import bare_step, synchronize
 
 __all__ = ["main", "measure", "measure_paired", "measure_paired_processes", "profile_account"]
@@ -235,9 +234,7 @@ def profile_account(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="alma-bench overhead", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = BenchParser(prog="alma-bench overhead", description=(__doc__ or "").splitlines()[0])
     # --batch-size as in the main command, noise, reeval and sweep; --batch kept
     parser.add_argument("--batch-size", "--batch", dest="batch",
                         type=integer_option("batch-size", 1), default=128)  # fmt: skip

@@ -17,7 +17,6 @@ images, and how many successes have a top-2 logit gap below 10⁻³ × max |z|. 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ import torch
 from ..core.precision import ReducedPrecisionWarning
 from ..functional import alma, alma_prox
 from ..zoo.models import MODEL_NAMES
-from .arguments import add_threads_option, device_argument, integer_option
+from .arguments import BenchParser, add_threads_option, device_argument, integer_option
 from .runner import EMBEDDED_DATA, load_data, load_model
 
 __all__ = ["attack_and_reevaluate", "main", "reevaluate", "tf32"]
@@ -107,7 +106,7 @@ def attack_and_reevaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         prog="alma-bench reeval", description=" ".join((__doc__ or "").split("\n\n")[0].split())
     )
     parser.add_argument("--models", nargs="+", default=["mnist_regular", "mnist_adversarial"],

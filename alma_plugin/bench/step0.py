@@ -15,7 +15,6 @@ line search, then a bisection) in the same process. Timings on a shared machine:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 
 from ..core import schedules, solver
 from ..distances import DISTANCES, DistanceFunction
-from .arguments import add_threads_option, device_argument, integer_option
+from .arguments import BenchParser, add_threads_option, device_argument, integer_option
 from .throughput import make_distance, make_model, timed_run
 
 __all__ = ["main", "measure"]
@@ -108,9 +107,7 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="alma-bench step0", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = BenchParser(prog="alma-bench step0", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
                         choices=list(DISTANCES))  # fmt: skip

@@ -39,6 +39,7 @@ from ..core.params import RESTART_MODES, SCHEDULES
 from ..zoo.models import MODEL_NAMES
 from . import distributed, metrics
 from .arguments import (
+    BenchParser,
     add_threads_option,
     budget_option,
     cuda_graphs_argument,
@@ -238,7 +239,7 @@ def plot(rows: Sequence[Mapping[str, Any]], folder: Path) -> list[Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         prog="alma-bench sweep",
         description="ALMA's variants, ALMA prox, DDN, FMN and APGD at several budgets: median "
         "and optimality against the budget (table, CSV and plots).",

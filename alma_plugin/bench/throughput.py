@@ -31,7 +31,6 @@ of ``--repeats`` runs.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -48,7 +47,13 @@ from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DISTANCES, DistanceFunction, get_distance
 from ..zoo.models import SmallCNN
-from .arguments import add_threads_option, cuda_graphs_argument, device_argument, integer_option
+from .arguments import (
+    BenchParser,
+    add_threads_option,
+    cuda_graphs_argument,
+    device_argument,
+    integer_option,
+)
 from .runner import synchronize
 
 __all__ = [
@@ -273,9 +278,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="alma-bench throughput", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = BenchParser(prog="alma-bench throughput", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
                         choices=[*DISTANCES, "linf"])  # fmt: skip

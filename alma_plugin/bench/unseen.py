@@ -24,7 +24,6 @@ found no adversarial closer than ε (distances in the [0, 1] pixel space).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arguments import (
+    BenchParser,
     add_threads_option,
     budget_option,
     integer_option,
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: print the comparison tables (and write them as JSON)."""
     from ..zoo import MODEL_NAMES, load_mnist_heldout, load_smallcnn
 
-    parser = argparse.ArgumentParser(prog="alma-bench unseen", description=__doc__.split("\n\n")[0])
+    parser = BenchParser(prog="alma-bench unseen", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--samples",
         type=integer_option("samples", 1),

@@ -3,9 +3,11 @@ settings, subcommands (tiny models, few samples, few steps)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
 import json
+import re
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -17,11 +19,14 @@ import torch
 import alma_plugin
 from alma_plugin.bench import __main__ as cli
 from alma_plugin.bench import resume
+from alma_plugin.bench.arguments import BenchParser
 from alma_plugin.bench.distributed import Context, batches
 from alma_plugin.bench.registry import AttackSpec
 from alma_plugin.bench.resume import batch_fingerprint
 from alma_plugin.bench.runner import BenchConfig, run_shard
 from alma_plugin.bench.usermodels import Normalized, load_model, model_fingerprint, model_label
+
+SUBCOMMAND_NAMES = list(cli.SUBCOMMANDS)
 
 USER_FILE = textwrap.dedent(
     """
@@ -478,3 +483,32 @@ def test_subcommand_argument_errors_are_clear(
     assert error.value.code == 2
     err = capsys.readouterr().err
     assert f"alma-bench {argv[0]}: error: argument {expected}" in err, err
+
+
+@pytest.mark.parametrize("name", [None, *SUBCOMMAND_NAMES])
+def test_help_gives_every_default(
+    name: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/bench.md: "``alma-bench SUBCOMMAND --help`` lists every option of a subcommand with
+    its default". Before: options without help text (``--batch-size``, ``--steps``,
+    ``--samples``...) showed none. Every option whose default is a value (not a flag, not a
+    None the command resolves) now shows it, and the per-command batch sizes the docs list
+    are those."""
+    parsers: list[argparse.ArgumentParser] = []
+
+    def record(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(BenchParser, "parse_args", record)
+    with pytest.raises(SystemExit):
+        cli.main([] if name is None else [name])
+    (parser,) = parsers
+    help_text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            if action.nargs != 0:
+                assert action.help and "default" in action.help, action.option_strings
+    batch = {"sweep": 50, "noise": 100, "reeval": 500, "overhead": 128, "step0": 4}.get(str(name))
+    if batch is not None:
+        assert re.search(rf"--batch-size [A-Z_]+[ ,].{{0,80}}?default: {batch}\b", help_text)
