@@ -188,3 +188,31 @@ def test_error_messages_name_the_types_users_know() -> None:
         alma(model, tf.Variable(IMAGES), targets, steps=2)
     with pytest.raises(TypeError, match=r"labels must be .*tf\.convert_to_tensor"):
         alma(model, inputs, tf.Variable(targets), steps=2)
+
+
+def _binary_overflowing(framework: str) -> tuple[Any, Any, Any]:
+    """A 2-class linear model whose class-1 logit is +∞ everywhere, in ``framework``."""
+    weights = WEIGHTS[:, :2]
+    labels = np.argmax(IMAGES.reshape(4, 16) @ weights, 1)
+    if framework == "torch":
+        w = torch.from_numpy(weights)
+        overflow = torch.tensor([0.0, torch.inf])
+        return (lambda x: x.reshape(-1, 16) @ w + overflow), torch.from_numpy(IMAGES), labels
+    if framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        w, overflow = jnp.asarray(weights), jnp.asarray([0.0, np.inf], dtype=jnp.float32)
+        return (lambda x: x.reshape(-1, 16) @ w + overflow), jnp.asarray(IMAGES), labels
+    tf = pytest.importorskip("tensorflow")
+    w, overflow = tf.constant(weights), tf.constant([0.0, np.inf])
+    return (lambda x: tf.reshape(x, (-1, 16)) @ w + overflow), tf.constant(IMAGES), labels
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_a_plus_inf_logit_is_no_success_on_every_framework(framework: str, distance: str) -> None:
+    """With K = 2, DLR⁺ falls back to the plain margin, −∞ for a +∞ logit: the built-in test
+    counted it as a success (tests/core/test_judging.py); each framework's finiteness test
+    now refuses it."""
+    model, x, labels = _binary_overflowing(framework)
+    result = alma(model, x, labels, distance=distance, steps=5)
+    assert not np.asarray(result.success).any()
