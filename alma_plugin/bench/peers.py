@@ -21,8 +21,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .counting import CountingModel
-
 #: run(model, inputs, labels, budget, seed) -> adversarial candidates (same shape as inputs).
 RunFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 
@@ -149,7 +147,7 @@ def fab(norm: str) -> RunFn:
     ) -> torch.Tensor:
         import torchattacks
 
-        classes = _num_classes(model.model if isinstance(model, CountingModel) else model, x)
+        classes = _num_classes(model, x)  # a forward of one sample, counted as FAB's
         # torchattacks' FAB discards adversarials farther than ``eps``: unbounded for minimal.
         attack = torchattacks.FAB(model, norm=_TA_NORMS[norm], eps=float("inf"), steps=budget,
                                   n_restarts=1, seed=seed, n_classes=classes)  # fmt: skip

@@ -93,7 +93,7 @@ def _alma_prox(
 
     # The product's defaults for classification (λ⁽⁰⁾ = PROX_INIT_LR, decaying to 0.1 λ⁽⁰⁾);
     # ``run`` as above.
-    return LinfALMAProx(steps=budget, cuda_graphs=cuda_graphs).run(
+    return LinfALMAProx(steps=budget, seed=seed, cuda_graphs=cuda_graphs).run(
         fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y
     )
 

@@ -30,8 +30,9 @@ from .usermodels import safe_name
 __all__ = ["BatchStore", "batch_fingerprint", "code_fingerprint", "library_versions"]
 
 #: The benchmark's own modules whose code decides a batch's result (the rest of ``bench/``
-#: only reports it); every module outside ``bench/`` counts.
-_RESULT_MODULES = ("counting.py", "peers.py", "registry.py", "runner.py")
+#: only reports it; ``sweep.py`` builds the sweep's ALMA and ALMA prox variants); every module
+#: outside ``bench/`` counts.
+_RESULT_MODULES = ("counting.py", "peers.py", "registry.py", "runner.py", "sweep.py")
 
 
 def library_versions() -> dict[str, str]:

@@ -260,6 +260,17 @@ def test_fingerprints_change_with_what_decides_the_result(
     assert batch_fingerprint(**base) != reference  # type: ignore[arg-type]
 
 
+def test_every_module_that_builds_resumed_batches_is_in_the_code_fingerprint() -> None:
+    """Before: sweep.py, which builds the sweep's ALMA and ALMA prox variants, was left out, so
+    ``sweep --resume`` reused batches computed by an edited variant. Every bench module that
+    writes batches through the store (or builds the attacks they run) is fingerprinted."""
+    bench = Path(resume.__file__).parent
+    writers = {p.name for p in bench.glob("*.py") if "BatchStore" in p.read_text()}
+    writers -= {"resume.py"}  # the store itself: reporting only
+    assert writers and writers <= {*resume._RESULT_MODULES, "__main__.py"}
+    assert {"sweep.py", "registry.py", "peers.py", "runner.py"} <= set(resume._RESULT_MODULES)
+
+
 def test_batches_are_the_same_whatever_the_number_of_processes() -> None:
     one = batches(10, 3, Context())
     two = batches(10, 3, Context(0, 2)) + batches(10, 3, Context(1, 2))

@@ -89,3 +89,28 @@ def test_apgd_searches_eps_finely_enough_to_rank_linf_distances() -> None:
     assert peers.apgd_note(100) == "10 x (9 + 1) gradients (binary search on eps)"
     assert peers.apgd_note(50) == "5 x (9 + 1) gradients (binary search on eps)"
     assert peers.apgd_note(1000) == "10 x (99 + 1) gradients (binary search on eps)"
+
+
+class _CallCounter(torch.nn.Module):
+    """Counts every sample of every call, with or without gradients (an independent count)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.samples = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.samples += len(x)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("key", ["fab-l2", "apgd-linf", "ddn-l2", "fmn-l1", "alma-l2"])
+def test_every_forward_of_a_peer_is_counted(key: str) -> None:
+    """Before: FAB asked the unwrapped model for its class count, one forward the counts missed.
+    The benchmark's counter agrees with an independent count of every call."""
+    torch.manual_seed(3)
+    inner = _CallCounter(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval())
+    x = 0.25 + 0.5 * torch.rand(4, 1, 3, 4)
+    y = inner.model(x).argmax(1)
+    model = CountingModel(inner)
+    ATTACKS[key].run(model, x, y, 6, 0)
+    assert model.forwards == inner.samples > 0
