@@ -5,7 +5,8 @@ the property-based tests (``test_properties.py``).
 A row (:class:`Case`) builds a fresh :class:`Setup` — the caller's tensors, the model, the call —
 and :func:`check` runs the call and asserts the invariants of :data:`INVARIANTS`: either a clear
 ``ValueError``/``TypeError`` whose message names the offending argument, or a result whose every
-claimed success re-verifies on the returned tensor, is finite, lies in bounds, carries no graph,
+claimed success re-verifies on the returned tensor (and at least one is claimed, unless the row
+says none is needed), is finite, lies in bounds, carries no graph,
 and leaves the caller's tensors, the model and the attack object untouched.
 
 The modules: :mod:`.core` (the invariants, expectations, rows, conversions), :mod:`.models`
@@ -19,6 +20,7 @@ from .core import (
     HAS_JAX,
     HAS_TF,
     INVARIANTS,
+    NO_SUCCESS_NEEDED,
     OK,
     Case,
     Expect,
@@ -37,6 +39,7 @@ __all__ = [
     "HAS_JAX",
     "HAS_TF",
     "INVARIANTS",
+    "NO_SUCCESS_NEEDED",
     "OK",
     "Case",
     "Expect",

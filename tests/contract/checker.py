@@ -130,8 +130,10 @@ def check(case: Case) -> tuple[Setup, Any]:
 
     # results
     if error is None:
-        for returned in setup.collect(result):
-            _check_returned(case.id, setup, returned)
+        claims = [_check_returned(case.id, setup, returned) for returned in setup.collect(result)]
+        claims = [c for c in claims if c is not None and c.size]
+        if expect.succeeds and claims:
+            assert any(c.any() for c in claims), f"{case.id}: no sample claimed a success"
         if setup.sanity is not None:
             setup.sanity()
 
@@ -154,7 +156,8 @@ def check(case: Case) -> tuple[Setup, Any]:
     return setup, result
 
 
-def _check_returned(row: str, setup: Setup, r: Returned) -> None:
+def _check_returned(row: str, setup: Setup, r: Returned) -> np.ndarray | None:
+    """Assert the invariants on one returned tensor; return its claimed successes, if any."""
     where = f"{row}: {r.name}"
     tensor = r.tensor
     inputs = setup.inputs
@@ -176,7 +179,7 @@ def _check_returned(row: str, setup: Setup, r: Returned) -> None:
         )
     if r.kind == "per-sample":
         assert values.shape == (n,), f"{where}: shape {values.shape}, expected ({n},)"
-        return
+        return None
     if r.kind == "distance":
         assert values.shape == (n,), f"{where}: shape {values.shape}, expected ({n},)"
         assert "float" in str(dtype_of(tensor)), f"{where}: dtype {dtype_of(tensor)}"
@@ -188,7 +191,7 @@ def _check_returned(row: str, setup: Setup, r: Returned) -> None:
         assert np.isfinite(good).all() and (good >= 0).all(), f"{where}: {values}"
         if r.zero:
             assert np.abs(good).max(initial=0) <= 1e-3, f"{where}: D(x, x) = {good}"
-        return
+        return None
     x_np = to_numpy(inputs)
     assert values.shape == x_np.shape, f"{where}: shape {values.shape}, inputs {x_np.shape}"
     assert dtype_of(tensor) == dtype_of(inputs), (
@@ -228,3 +231,4 @@ def _check_returned(row: str, setup: Setup, r: Returned) -> None:
     for name, measured, limit in r.at_most:
         bad = np.flatnonzero(~(measured <= limit + 1e-6))
         assert not len(bad), f"{where}: {name} violated: {measured[bad]} > {limit[bad]}"
+    return None if r.claimed is None else np.asarray(r.claimed, dtype=bool)

@@ -52,11 +52,14 @@ def training_mode_warning() -> type[Warning]:
 @dataclass(frozen=True)
 class Expect:
     """``errors`` empty: a result is required. Otherwise an error of ``errors`` whose message
-    matches ``match`` (the argument's name) is required, or accepted when ``result_ok``."""
+    matches ``match`` (the argument's name) is required, or accepted when ``result_ok``. A
+    result that claims successes must claim at least one (of a non-empty batch) unless
+    ``succeeds`` is False: an attack that never succeeds would pass every other invariant."""
 
     errors: tuple[type[BaseException], ...] = ()
     match: str = ""
     result_ok: bool = True
+    succeeds: bool = True
 
 
 OK = Expect()
@@ -67,9 +70,14 @@ def raises(match: str, *errors: type[BaseException]) -> Expect:
     return Expect(errors or CLEAR, match, False)
 
 
-def either(match: str, *errors: type[BaseException]) -> Expect:
+def either(match: str, *errors: type[BaseException], succeeds: bool = True) -> Expect:
     """A valid result, or a clear error naming the argument: both honour the contract."""
-    return Expect(errors or CLEAR, match, True)
+    return Expect(errors or CLEAR, match, True, succeeds)
+
+
+#: A result, of which no success is required: a model that is NaN beyond a small radius (the
+#: attack may not reach an adversarial inside it), or ε = 0 (nothing is adversarial within it).
+NO_SUCCESS_NEEDED = Expect(succeeds=False)
 
 
 @dataclass

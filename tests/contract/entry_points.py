@@ -252,8 +252,13 @@ def prox_case(
     spread: float = 0.05,
     **kwargs: Any,
 ) -> Setup:
-    """``alma_plugin.alma_prox`` on per-pixel logits (N, K, H, W)."""
+    """``alma_plugin.alma_prox`` on per-pixel logits (N, K, H, W). λ⁽⁰⁾ = 0.05 unless a row
+    sets it: the segmentation default (10⁻³, for real networks' ε ≈ 1/255) does not reach this
+    tiny net's adversarials in a row's few steps, and every row must show a success."""
     from alma_plugin import alma_prox
+
+    if kwargs.get("params") is None:
+        kwargs.setdefault("init_lr", 0.05)
 
     x, x_np = inputs_for("torch", n, (channels, size, size), bounds, dtype, mode, seed, spread)
     net = torch_segmenter(channels, max(k, 1), seed=seed, bounds=bounds).to(TORCH_DTYPES[dtype])

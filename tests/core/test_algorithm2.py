@@ -101,7 +101,8 @@ def test_solver_is_algorithm_2(penalty: str, distance: str, norm: float) -> None
         model[1].weight.mul_(0.4)
     x = torch.rand(16, 3, 2, 2, dtype=torch.float64)
     y = model(x).argmax(dim=1)
-    params = ALMAParams(alpha=0.5, init_lr=0.1 if distance == "l2" else 0.05, check_steps=4,
+    # α ≠ 0.5, so that swapping α and 1 − α in the μ average (eq. 9) is caught
+    params = ALMAParams(alpha=0.7, init_lr=0.1 if distance == "l2" else 0.05, check_steps=4,
                         penalty=penalty, gamma=2.0, rmsprop_decay=0.8, momentum=0.6)  # fmt: skip
     steps = 30
     records: list[StepInfo] = []

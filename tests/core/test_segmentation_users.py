@@ -235,12 +235,12 @@ def test_label_maps_for_volumes_get_an_error_that_says_why() -> None:
     for net, x in ((nn.Conv3d(1, 3, 3, padding=1), torch.rand(2, 1, 4, 5, 6)),
                    (nn.Conv1d(2, 3, 3, padding=1), torch.rand(2, 2, 7))):  # fmt: skip
         labels = _predict(net.eval(), x)
-        try:
+        with pytest.raises(ValueError, match="volumes or 1-D signals are not supported") as error:
             alma_prox(net, x, labels, steps=2)
-        except ValueError as error:
-            assert f"got shape {tuple(labels.shape)}" not in str(error) or "(N, C, H, W)" in str(
-                error
-            )
+        assert "(N, H, W) label maps need (N, C, H, W) inputs" in str(error.value)
+        assert f"got labels of shape {tuple(labels.shape)} for {x.ndim}-D inputs" in str(
+            error.value
+        )
 
 
 # --- 5. layouts, restarts, early stop, callbacks, 16-bit ------------------------------------
