@@ -92,6 +92,7 @@ def _framework_type(value: Any) -> str:
 def check(case: Case) -> tuple[Setup, Any]:
     """Run one row and assert every invariant of :data:`INVARIANTS`; return the built setup
     and the call's result (None after an expected error)."""
+    torch.manual_seed(0)  # rows whose entry point draws from the global RNG (seed=None)
     setup = case.build()
     caller_before = {k: _snapshot_value(v) for k, v in setup.caller.items()}
     model_before = _module_state(setup.modules, not setup.buffers_may_change)
@@ -136,6 +137,7 @@ def check(case: Case) -> tuple[Setup, Any]:
             assert any(c.any() for c in claims), f"{case.id}: no sample claimed a success"
         if setup.sanity is not None:
             setup.sanity()
+        _check_determinism(case, setup, result)
 
     # caller
     for key, before in caller_before.items():
@@ -154,6 +156,19 @@ def check(case: Case) -> tuple[Setup, Any]:
         if setup.check_address:
             assert not _ADDRESS.search(text), f"{case.id}: repr holds an address: {text}"
     return setup, result
+
+
+def _check_determinism(case: Case, setup: Setup, result: Any) -> None:
+    """The row built again (same seeds, the global one included; fresh model and tensors)
+    returns bitwise the same."""
+    torch.manual_seed(0)
+    again = case.build()
+    first = [to_numpy(r.tensor) for r in setup.collect(result)]
+    second = [to_numpy(r.tensor) for r in again.collect(again.run())]
+    assert len(first) == len(second), f"{case.id}: not deterministic (another result)"
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        same = a.shape == b.shape and ((a == b) | (np.isnan(a) & np.isnan(b))).all()
+        assert same, f"{case.id}: not deterministic: returned tensor {i} differs on a re-run"
 
 
 def _check_returned(row: str, setup: Setup, r: Returned) -> np.ndarray | None:

@@ -28,6 +28,7 @@ INVARIANTS = (
     "caller: the caller's tensors keep values, dtype, requires_grad and .grad",
     "model: parameters, buffers, .grad, requires_grad and every train/eval flag untouched",
     "attack: repr free of memory addresses and identical before and after the call",
+    "determinism: the row built again (same seeds) returns bitwise the same tensors",
 )
 
 
