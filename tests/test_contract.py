@@ -168,6 +168,8 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"{prefix}-channels_last-memory", P(b, conv=True, mode="channels_last"))
             t.add(f"{prefix}-inputs-outside-bounds", P(b, call_bounds=(0.6, 1.0)),
                   raises("inputs|bounds"))  # fmt: skip
+    # alma(distance="linf"): ALMA prox for classification, called directly (PyTorch)
+    _classifier_cases(t, "alma-linf-torch", P(alma_case, distance="linf", steps=10), warns=True)
     b_torch = P(alma_case, steps=10)
     b_jax = P(alma_case, framework="jax", steps=5)
     for name, b, jax in (("torch", b_torch, False), ("jax", b_jax, True)):

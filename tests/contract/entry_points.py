@@ -135,14 +135,19 @@ def alma_case(
     conv: bool = False,
     label_offset: int = 0,
     call_bounds: tuple[float, float] | None = None,
-    nan_radius: float = 0.08,
+    nan_radius: float | None = None,
     spread: float = 0.05,
     labels: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> Setup:
     """``alma_plugin.alma`` (PyTorch or JAX). ``labels``: the classes (or targets) to use
-    instead of the model's clean predictions (or their successors when targeted)."""
+    instead of the model's clean predictions (or their successors when targeted).
+    ``nan_radius``: ℓ2 radius of the "nan_far" model's finite region (default 0.08; 0.01 for
+    "linf", whose ℓ∞ steps stay closer to x in ℓ2)."""
     from alma_plugin import alma
+
+    if nan_radius is None:
+        nan_radius = 0.01 if distance == "linf" else 0.08
 
     x, x_np = inputs_for(framework, n, shape, bounds, dtype, mode, seed, spread)
     model, verifier, verifiable, modules = models_for(
