@@ -181,14 +181,14 @@ def alma_case(
                 logits_of(framework, verifier, tensor), goal, targeted, to_numpy(tensor)
             )
 
+        agree = [("distances", to_numpy(result.distances), recomputed, tolerance(dtype))]
+        if verifiable and result.predictions is not None:  # the model's class, −1: no success
+            classes = logits_of(framework, verifier, adv).argmax(1)
+            expected = np.where(claimed, classes, -1).astype(np.float64)
+            agree.append(("predictions", to_numpy(result.predictions).astype(np.float64),
+                          expected, 0.0))  # fmt: skip
         return [
-            Returned(
-                "adversarials",
-                adv,
-                claimed=claimed,
-                verify=verify,
-                agree=[("distances", to_numpy(result.distances), recomputed, tolerance(dtype))],
-            ),  # fmt: skip
+            Returned("adversarials", adv, claimed=claimed, verify=verify, agree=agree),
             Returned("distances", result.distances, kind="per-sample"),
             Returned("success", result.success, kind="per-sample"),
         ]
