@@ -160,7 +160,8 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0), jax=jax)
             if jax:
                 if distance == "l2":
-                    t.add(f"{prefix}-float16", P(b, dtype="float16"), jax=True)
+                    for dtype in HALF_DTYPES:
+                        t.add(f"{prefix}-{dtype}", P(b, dtype=dtype), jax=True)
                     t.add(f"{prefix}-targeted", P(b, targeted=True), jax=True)
                 continue
             t.add(f"{prefix}-model-batchnorm-train", P(b, variant="batchnorm"), warns=True)
@@ -403,7 +404,7 @@ def table() -> list[tuple[Case, bool, bool]]:
     for labels in ("uint8", "int16"):
         t.add(f"ta-Ensemble-labels-{labels}", P(b, labels_dtype=labels))
     t.add("ta-Ensemble-labels-numpy", P(b, container="numpy"), either("labels"))
-    for dtype in ("float16", "float64"):
+    for dtype in HALF_DTYPES + ("float64",):
         t.add(f"ta-Ensemble-{dtype}", P(b, dtype=dtype))
     t.add("ta-Ensemble-deepfool-nan-far", P(b, variant="nan_far", deepfool=True),
           NO_SUCCESS_NEEDED)  # fmt: skip
