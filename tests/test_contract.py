@@ -74,11 +74,13 @@ class Table:
         jax: bool = False,
         tf: bool = False,
         slow: bool = False,
+        x64: bool = False,
     ) -> None:
         # slow: the first JAX run of a new family of primitives compiles each of them (10-30 s
         # on one core for ALMA prox, CIEDE2000, SSIM, MS-SSIM): run by CI, not by `-m "not slow"`
-        needs = "jax" if jax else "tf" if tf else None
-        self.rows.append((Case(id, build, expect, warns), needs, slow or self.slow))
+        # x64: a JAX row in float64, built and run with JAX's 64-bit types enabled
+        needs = "jax" if jax or x64 else "tf" if tf else None
+        self.rows.append((Case(id, build, expect, warns, x64), needs, slow or self.slow))
 
 
 #: Bounds no float dtype below float64 represents: clipping onto them, or casting a clipped
@@ -159,6 +161,7 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"{prefix}-labels-out-of-range", P(b, label_offset=3), raises("labels"), jax=jax)
             t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0), jax=jax)
             if jax:
+                t.add(f"{prefix}-float64", P(b, dtype="float64"), x64=True)
                 if distance == "l2":
                     for dtype in HALF_DTYPES:
                         t.add(f"{prefix}-{dtype}", P(b, dtype=dtype), jax=True)
@@ -240,6 +243,9 @@ def table() -> list[tuple[Case, bool, bool]]:
     classes = ProxParams(restarts=2, restart_mode="classes")
     t.add("alma-linf-torch-restarts-classes", P(b_torch, distance="linf", params=classes))
     t.add("alma-linf-jax-restarts-classes", P(b_jax, distance="linf", params=classes), jax=True)
+    t.add("alma-linf-jax-basic", P(b_jax, distance="linf"), jax=True, slow=True)
+    t.add("alma-linf-jax-float64", P(b_jax, distance="linf", dtype="float64"), x64=True,
+          slow=True)  # fmt: skip
     t.add("prox-restarts-classes-dense", P(prox_case, params=classes), raises("restart_mode"))
 
     # perceptual distances through alma() (PyTorch; JAX runs them through Foolbox below)
@@ -308,6 +314,23 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("prox-cuda_graphs-cpu", P(b, cuda_graphs=True), raises("cuda_graphs"))
     t.add("prox-cuda_graphs-str", P(b, cuda_graphs="yes"), raises("cuda_graphs", TypeError))
     t.add("prox-steps-np.int64", P(b, steps=np.int64(5)))
+    # the same dense attack on JAX and TensorFlow segmenters (first JAX run: compiles its prox)
+    for framework in ("jax", "tf"):
+        add = functools.partial(t.add, jax=framework == "jax", tf=framework == "tf", slow=True)
+        b = P(prox_case, framework=framework)
+        prefix = f"prox-{framework}"
+        add(f"{prefix}-basic", b)
+        add(f"{prefix}-masked", P(b, masked=True, mask_container=framework))
+        add(f"{prefix}-targeted", P(b, targeted=True))
+        add(f"{prefix}-empty", P(b, n=0), either("images|inputs"))
+        add(f"{prefix}-labels-uint8", P(b, labels_dtype="uint8"))
+        add(f"{prefix}-bounds255", P(b, bounds=(0.0, 255.0)))
+        add(f"{prefix}-model-raises", P(b, variant="raise"), MIDWAY)
+        add(f"{prefix}-restarts", P(b, params=ProxParams(restarts=2, init_lr=0.05)))
+        if framework == "tf":
+            add(f"{prefix}-float64", P(b, dtype="float64"))
+    t.add("prox-jax-float64", P(prox_case, framework="jax", dtype="float64"), x64=True,
+          slow=True)  # fmt: skip
 
     # Foolbox attacks
     for attack in ("L2ALMA", "L1ALMA", "LinfALMAProx"):
@@ -319,6 +342,8 @@ def table() -> list[tuple[Case, bool, bool]]:
             _classifier_cases(t, prefix, b, jax=jax)
             t.add(f"{prefix}-epsilons-None", P(b, epsilons=[None, 0.5]), jax=jax)
             t.add(f"{prefix}-epsilon-0", P(b, epsilons=0.0), NO_SUCCESS_NEEDED, jax=jax)
+            if jax:
+                t.add(f"{prefix}-float64", P(b, dtype="float64"), x64=True)
             if not jax:
                 t.add(f"{prefix}-labels-numpy", P(b, container="numpy"),
                       either("labels|criterion"))  # fmt: skip
@@ -431,6 +456,8 @@ def table() -> list[tuple[Case, bool, bool]]:
               jax=True, slow=slow)  # fmt: skip
         if heavy:
             continue
+        t.add(f"dist-{name}-jax-float64", P(b, framework="jax", dtype="float64"), x64=True,
+              slow=slow)  # fmt: skip
         for dtype in HALF_DTYPES + ("float64",):
             t.add(f"dist-{name}-torch-{dtype}", P(b, dtype=dtype))
         t.add(f"dist-{name}-torch-empty", P(b, n=0))
@@ -449,6 +476,8 @@ def table() -> list[tuple[Case, bool, bool]]:
         t.add(f"{prefix}-labels-out-of-range", P(b, label_offset=3), raises("labels"), jax=jax)
         t.add(f"{prefix}-multiplier-negative", P(b, multiplier=-1.0), raises("multiplier"),
               jax=jax)  # fmt: skip
+        if jax:
+            t.add(f"{prefix}-float64", P(b, dtype="float64"), x64=True)
     b = P(lagrangian_case, torchattacks=True)
     _classifier_cases(t, "ta-Lagrangian", b, bounds=False)
     t.add("ta-Lagrangian-decay-0", P(b, decay=0.0), raises("decay"))

@@ -92,6 +92,15 @@ def _framework_type(value: Any) -> str:
 def check(case: Case) -> tuple[Setup, Any]:
     """Run one row and assert every invariant of :data:`INVARIANTS`; return the built setup
     and the call's result (None after an expected error)."""
+    if not case.x64:
+        return _check(case)
+    import jax
+
+    with jax.enable_x64(True):  # JAX's float64 rows: float64 arrays need it, to the end
+        return _check(case)
+
+
+def _check(case: Case) -> tuple[Setup, Any]:
     torch.manual_seed(0)  # rows whose entry point draws from the global RNG (seed=None)
     setup = case.build()
     caller_before = {k: _snapshot_value(v) for k, v in setup.caller.items()}

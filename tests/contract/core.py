@@ -124,6 +124,7 @@ class Case:
     build: Callable[[], Setup]
     expect: Expect = OK
     warns: bool = False
+    x64: bool = False  # built and run with JAX's 64-bit types enabled (its float64 rows)
 
 
 # --------------------------------------------------------------------------------------------

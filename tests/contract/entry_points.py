@@ -15,6 +15,7 @@ from .core import Returned, Setup, deferred, flat, targeted_by_label, to_numpy
 from .models import (
     TORCH_DTYPES,
     Wrapped,
+    array_segmenter,
     clean_inputs,
     goal_labels,
     jax_classifier,
@@ -237,6 +238,7 @@ def make_predicate(kind: str, goal: np.ndarray, targeted: bool) -> Callable[[Any
 
 def prox_case(
     *,
+    framework: str = "torch",
     n: int = 2,
     channels: int = 1,
     size: int = 6,
@@ -257,30 +259,37 @@ def prox_case(
     spread: float = 0.05,
     **kwargs: Any,
 ) -> Setup:
-    """``alma_plugin.alma_prox`` on per-pixel logits (N, K, H, W). λ⁽⁰⁾ = 0.05 unless a row
-    sets it: the segmentation default (10⁻³, for real networks' ε ≈ 1/255) does not reach this
-    tiny net's adversarials in a row's few steps, and every row must show a success."""
+    """``alma_plugin.alma_prox`` on per-pixel logits (N, K, H, W) of PyTorch, JAX or
+    TensorFlow. λ⁽⁰⁾ = 0.05 unless a row sets it: the segmentation default (10⁻³, for real
+    networks' ε ≈ 1/255) does not reach this tiny net's adversarials in a row's few steps, and
+    every row must show a success."""
     from alma_plugin import alma_prox
 
     if kwargs.get("params") is None:
         kwargs.setdefault("init_lr", 0.05)
 
-    x, x_np = inputs_for("torch", n, (channels, size, size), bounds, dtype, mode, seed, spread)
-    net = torch_segmenter(channels, max(k, 1), seed=seed, bounds=bounds).to(TORCH_DTYPES[dtype])
-    model, verifier, verifiable = wrap_model(net, variant, bounds, nan_radius)
-    with torch.no_grad():
-        pred = to_numpy(verifier(x.detach().clone())).argmax(1)
+    x, x_np = inputs_for(framework, n, (channels, size, size), bounds, dtype, mode, seed, spread)
+    if framework == "torch":
+        net = torch_segmenter(channels, max(k, 1), seed=seed, bounds=bounds)
+        model, verifier, verifiable = wrap_model(net.to(TORCH_DTYPES[dtype]), variant, bounds,
+                                                 nan_radius)  # fmt: skip
+        modules = [model]
+    else:
+        model = array_segmenter(framework, max(k, 1), seed=seed, bounds=bounds, variant=variant)
+        verifier, verifiable = array_segmenter(framework, max(k, 1), seed=seed, bounds=bounds), True
+        modules = []
+    pred = logits_of(framework, verifier, x).argmax(1)
     goal = goal_labels(pred, k, targeted)
     mask_np = np.ones(goal.shape, dtype=bool)
     if masked:
         mask_np[:, : size // 2] = False
         goal = np.where(mask_np, goal, 255)
-    labels = labels_as(goal, labels_dtype if not masked else "int64", container)
+    labels = labels_as(goal, labels_dtype if not masked else "int64", container, framework)
     masks = masks_as(mask_np, mask_container) if masked else None
     lower, span = bounds[0], bounds[1] - bounds[0]
 
     def apsr_of(tensor: Any) -> tuple[np.ndarray, np.ndarray]:
-        logits = torch_logits(verifier, tensor)
+        logits = logits_of(framework, verifier, tensor)
         finite = np.isfinite(flat(logits)).all(1)
         pixel = logits.argmax(1)
         hit = pixel == goal if targeted else pixel != goal
@@ -322,14 +331,14 @@ def prox_case(
     if masks is not None:
         caller["masks"] = masks
     return Setup(
-        run, collect, x, bounds, caller=caller, modules=[model],
+        run, collect, x, bounds, caller=caller, modules=modules,
         buffers_may_change=variant == "batchnorm", sanity=nan_sanity(model),
     )  # fmt: skip
 
 
 def masks_as(mask_np: np.ndarray, container: str) -> Any:
     """The caller's segmentation masks: a bool tensor (on the labels' device), a uint8 0/1
-    tensor, a NumPy array, a nested list, a JAX array, or a string (refused)."""
+    tensor, a NumPy array, a nested list, a JAX or TensorFlow array, or a string (refused)."""
     if container == "tensor":
         return torch.from_numpy(mask_np).to(labels_device())
     if container == "uint8":
@@ -342,6 +351,10 @@ def masks_as(mask_np: np.ndarray, container: str) -> Any:
         import jax.numpy as jnp
 
         return jnp.asarray(mask_np)
+    if container == "tf":
+        import tensorflow as tf
+
+        return tf.constant(mask_np)
     return str(mask_np.tolist())
 
 

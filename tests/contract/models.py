@@ -84,24 +84,70 @@ def torch_classifier(
     return net.to(DEVICE, dtype).eval()
 
 
+def _tangent_lines(k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slopes and intercepts (float32) of the segmenters' classes: class k's logit is the
+    tangent at uₖ of the parabola 20·u² (u the pixel's centred mean value, uₖ spread over the
+    inputs' ±0.05 around the middle), so crossing a boundary moves a pixel into its runner-up
+    class, and every pixel can be fooled within the box. (Random 1×1 weights gave three-class
+    pixels whose runner-up is never the class they cross into: DLR⁺ then has a local minimum
+    away from the boundary, and no row could show a success.) ``seed`` jitters the points."""
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.linspace(-0.05, 0.05, k) + 0.002 * torch.randn(k, generator=generator)
+    return 40 * points, -20 * points**2  # the parabola's derivative at uₖ; the intercept
+
+
 def torch_segmenter(
     channels: int, k: int, *, seed: int = 0, bounds: tuple[float, float] = (0.0, 1.0)
 ) -> nn.Module:
-    """A 1×1 convolution: per-pixel logits (N, K, H, W) whose classes follow each other along
-    the pixel's mean value: class k's logit is the tangent at uₖ of the parabola 20·u² (u the
-    centred value, uₖ spread over the inputs' ±0.05 around the middle), so crossing a boundary
-    moves a pixel into its runner-up class, and every pixel can be fooled within the box.
-    (Random 1×1 weights, as before, gave three-class pixels whose runner-up is never the class
-    they cross into: DLR⁺ then has a local minimum away from the boundary, and no row could
-    show a success.) ``seed`` jitters the tangent points."""
-    generator = torch.Generator().manual_seed(seed)
+    """A 1×1 convolution: per-pixel logits (N, K, H, W), the classes of :func:`_tangent_lines`
+    along the pixel's mean value."""
     net = nn.Sequential(Centre(bounds), nn.Conv2d(channels, k, 1))
-    points = torch.linspace(-0.05, 0.05, k) + 0.002 * torch.randn(k, generator=generator)
-    slopes = 40 * points  # the parabola's derivative at uₖ
+    slopes, intercepts = _tangent_lines(k, seed)
     with torch.no_grad():
         net[1].weight.copy_((slopes / channels).view(k, 1, 1, 1).expand(k, channels, 1, 1))
-        net[1].bias.copy_(-20 * points**2)
+        net[1].bias.copy_(intercepts)
     return net.to(DEVICE).eval()
+
+
+def array_segmenter(
+    framework: str,
+    k: int,
+    *,
+    seed: int = 0,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    variant: str | None = None,
+) -> Callable[[Any], Any]:
+    """:func:`torch_segmenter` as a JAX or TensorFlow function of (N, C, H, W) arrays, with the
+    variant "raise" (fails on the 3rd call) of :class:`Wrapped`."""
+    slopes, intercepts = (t.double().numpy().reshape(1, k, 1, 1) for t in _tangent_lines(k, seed))
+    lower, span = float(bounds[0]), float(bounds[1] - bounds[0])
+    if framework == "jax":
+        import jax.numpy as xp
+
+        def cast(array: np.ndarray, like: Any) -> Any:
+            return xp.asarray(array, dtype=like.dtype)
+
+        def mean(u: Any) -> Any:
+            return u.mean(1, keepdims=True)
+    else:
+        import tensorflow as tf
+
+        def cast(array: np.ndarray, like: Any) -> Any:
+            return tf.constant(array, dtype=like.dtype)
+
+        def mean(u: Any) -> Any:
+            return tf.reduce_mean(u, axis=1, keepdims=True)
+
+    calls = [0]
+
+    def model(x: Any) -> Any:
+        calls[0] += 1
+        if variant == "raise" and calls[0] >= 3:
+            raise RuntimeError("model failed midway (contract test)")
+        u = (x - lower) / span - 0.5
+        return mean(u) * cast(slopes, x) + cast(intercepts, x)
+
+    return model
 
 
 class Wrapped(nn.Module):
@@ -340,7 +386,10 @@ def jax_classifier(
 def jax_inputs(array: np.ndarray, dtype: str) -> Any:
     import jax.numpy as jnp
 
-    return jnp.asarray(array, dtype=getattr(jnp, dtype))
+    x = jnp.asarray(array, dtype=getattr(jnp, dtype))
+    # without x64 JAX turns float64 into float32 silently: the row would not test float64
+    assert x.dtype == getattr(jnp, dtype), f"JAX made {x.dtype} of {dtype}: a row with x64=True"
+    return x
 
 
 def tf_classifier(
