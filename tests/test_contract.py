@@ -45,6 +45,7 @@ from tests.contract import (
     raises,
     torchattacks_case,
 )
+from tests.contract.distances import random_lpips
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -144,6 +145,11 @@ def _classifier_cases(
     t.add(f"{prefix}-model-float64-offset", P(b, variant="offset64"))
     t.add(f"{prefix}-requires_grad", P(b, mode="requires_grad"))
     t.add(f"{prefix}-inference_mode", P(b, mode="inference"))
+
+
+def _with_random_lpips(case: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The row of ``case`` with an LPIPS of seeded random weights, built with the row."""
+    return case(*args, lpips=random_lpips(), **kwargs)
 
 
 def table() -> list[tuple[Case, bool, bool]]:
@@ -265,6 +271,22 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("alma-lpips-torch-gray", P(alma_case, distance="lpips"), raises("inputs"))
     t.add("alma-msssim-torch-small", P(alma_case, distance="msssim", shape=(1, 12, 12)),
           raises("inputs"))  # fmt: skip
+    # LPIPS (seeded random AlexNet weights: no weight files on CI) and MS-SSIM at the smallest
+    # sizes they take, run to a result in every entry point
+    for name, case in (("alma", alma_case), ("fb", foolbox_case), ("ta", torchattacks_case)):
+        lpips_row = P(_with_random_lpips, case, shape=(3, 32, 32), n=2, steps=10)
+        msssim_row = P(case, shape=(1, 176, 176), n=2, steps=5)
+        if name == "fb":
+            rows = (
+                ("LPIPSALMA", P(lpips_row, "LPIPSALMA", epsilons=(0.0, 0.01, None))),
+                ("MSSSIMALMA", P(msssim_row, "MSSSIMALMA", epsilons=(0.0, 0.01, None))),
+            )
+        else:
+            rows = (("lpips", P(lpips_row, distance="lpips")),
+                    ("msssim", P(msssim_row, distance="msssim")))  # fmt: skip
+        for what, row in rows:
+            t.add(f"{name}-{what}-torch-result" if name != "ta" else f"ta-ALMA-{what}-result",
+                  row, slow=True)  # fmt: skip
     # padding= (the SSIM windows descended): "valid" runs, elsewhere a clear error
     ssim_case = P(alma_case, distance="ssim", shape=(1, 12, 12))
     t.add("alma-ssim-torch-padding-valid", P(ssim_case, padding="valid"))

@@ -94,9 +94,12 @@ def nan_sanity(model: Any) -> Callable[[], None] | None:
     return None
 
 
-def normalised_distance(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def normalised_distance(
+    name: str, a: np.ndarray, b: np.ndarray, function: Callable[[Any, Any], Any] | None = None
+) -> np.ndarray:
     """D(a, b) recomputed in float64 from inputs already in [0, 1] (ℓp in NumPy, the others
-    with the package's own function on float64 torch tensors)."""
+    with the package's own function, or ``function`` (an LPIPS network), on float64 torch
+    tensors)."""
     n = len(a)
     diff = flat(a - b)
     if name == "l1":
@@ -107,7 +110,7 @@ def normalised_distance(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.abs(diff).max(1) if diff.shape[1] else np.zeros(n)
     from alma_plugin.distances import get_distance
 
-    function = get_distance(name).function
+    function = function or get_distance(name).function
     value = function(ep.astensor(torch.from_numpy(a)), ep.astensor(torch.from_numpy(b)))
     return to_numpy(value)
 
@@ -172,7 +175,9 @@ def alma_case(
         adv = result.adversarials
         adv_np = to_numpy(adv)
         claimed = to_numpy(result.success).astype(bool)
-        recomputed = normalised_distance(distance, (adv_np - lower) / span, (x_np - lower) / span)
+        recomputed = normalised_distance(
+            distance, (adv_np - lower) / span, (x_np - lower) / span, kwargs.get("lpips")
+        )
         recomputed = np.where(claimed, recomputed, np.inf)
 
         def verify(tensor: Any) -> np.ndarray:
