@@ -84,6 +84,13 @@ def torch_classifier(
     return net.to(DEVICE, dtype).eval()
 
 
+def count_call(calls: list[int], variant: str | None) -> None:
+    """Count a call of a JAX / TensorFlow model; the variant "raise" fails on the 3rd."""
+    calls[0] += 1
+    if variant == "raise" and calls[0] >= 3:
+        raise RuntimeError("model failed midway (contract test)")
+
+
 def _tangent_lines(k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Slopes and intercepts (float32) of the segmenters' classes: class k's logit is the
     tangent at uₖ of the parabola 20·u² (u the pixel's centred mean value, uₖ spread over the
@@ -141,9 +148,7 @@ def array_segmenter(
     calls = [0]
 
     def model(x: Any) -> Any:
-        calls[0] += 1
-        if variant == "raise" and calls[0] >= 3:
-            raise RuntimeError("model failed midway (contract test)")
+        count_call(calls, variant)
         u = (x - lower) / span - 0.5
         return mean(u) * cast(slopes, x) + cast(intercepts, x)
 
@@ -364,9 +369,7 @@ def jax_classifier(
     calls = [0]
 
     def model(x: Any) -> Any:
-        calls[0] += 1
-        if variant == "raise" and calls[0] >= 3:
-            raise RuntimeError("model failed midway (contract test)")
+        count_call(calls, variant)
         u = (x - lower) / span - 0.5
         z = u.reshape(u.shape[0], features) @ weights.astype(x.dtype) + bias.astype(x.dtype)
         if variant == "numpy":
@@ -411,9 +414,7 @@ def tf_classifier(
     calls = [0]
 
     def model(x: Any) -> Any:
-        calls[0] += 1
-        if variant == "raise" and calls[0] >= 3:
-            raise RuntimeError("model failed midway (contract test)")
+        count_call(calls, variant)
         u = (x - lower) / span - 0.5
         flat_u = tf.reshape(u, (-1, features))
         z = flat_u @ tf.constant(weights, dtype=x.dtype) + tf.constant(bias, dtype=x.dtype)

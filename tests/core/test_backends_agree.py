@@ -92,33 +92,20 @@ TARGETS = (LABELS + 1) % 4
 LABEL_MAPS = clean_classes(segmenter("torch"), SCENES)
 
 
+def classify(framework: str, labels: np.ndarray, **kwargs: Any) -> Any:
+    """``alma`` on the linear classifier and IMAGES in ``framework``."""
+    model, x = classifier(framework), tensor(framework, IMAGES)
+    return alma(model, x, tensor(framework, labels), **kwargs)
+
+
 CASES: dict[str, Callable[[str], Any]] = {
-    "alma-l2": lambda f: alma(
-        classifier(f), tensor(f, IMAGES), tensor(f, LABELS), distance="l2", steps=50
+    "alma-l2": lambda f: classify(f, LABELS, distance="l2", steps=50),
+    "alma-l1": lambda f: classify(f, LABELS, distance="l1", steps=50),
+    "alma-l1-targeted": lambda f: classify(f, TARGETS, distance="l1", steps=50, targeted=True),
+    "alma-linf": lambda f: classify(f, LABELS, distance="linf", steps=50),
+    "alma-l2-restarts-classes": lambda f: classify(
+        f, LABELS, distance="l2", steps=40, restarts=2, restart_mode="classes"
     ),
-    "alma-l1": lambda f: alma(
-        classifier(f), tensor(f, IMAGES), tensor(f, LABELS), distance="l1", steps=50
-    ),
-    "alma-l1-targeted": lambda f: alma(
-        classifier(f),
-        tensor(f, IMAGES),
-        tensor(f, TARGETS),
-        distance="l1",
-        steps=50,
-        targeted=True,
-    ),  # fmt: skip
-    "alma-linf": lambda f: alma(
-        classifier(f), tensor(f, IMAGES), tensor(f, LABELS), distance="linf", steps=50
-    ),
-    "alma-l2-restarts-classes": lambda f: alma(
-        classifier(f),
-        tensor(f, IMAGES),
-        tensor(f, LABELS),
-        distance="l2",
-        steps=40,
-        restarts=2,
-        restart_mode="classes",
-    ),  # fmt: skip
     "alma_prox-dense": lambda f: alma_prox(
         segmenter(f),
         tensor(f, SCENES),
