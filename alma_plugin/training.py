@@ -205,7 +205,7 @@ def _check_optimizer(optimizer: Any, parameters: list[nn.Parameter]) -> None:
 
 def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One (images, labels) batch on ``device``, labels as int64 (cross-entropy's index
-    dtype; the attacks take any integer dtype)."""
+    dtype; the attacks take any integer dtype), copied where they are inference tensors."""
     if not (isinstance(batch, tuple | list) and len(batch) == 2
             and all(isinstance(t, torch.Tensor) for t in batch)):  # fmt: skip
         raise TypeError(f"loader must yield (images, labels) pairs of torch tensors, got "
@@ -213,6 +213,9 @@ def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     images, labels = batch
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"loader's labels must be an integer tensor, got dtype {labels.dtype}")
+    # inference tensors (a loader run under torch.inference_mode()) cannot enter autograd:
+    # the step trains on copies, as the attacks attack copies
+    images, labels = (t.clone() if t.is_inference() else t for t in (images, labels))
     return images.to(device), labels.to(device, torch.int64)
 
 

@@ -256,12 +256,34 @@ _MODE_DEPENDENT = ("torch.nn.modules.dropout", "torch.nn.modules.batchnorm",
                    "torch.nn.modules.instancenorm")  # fmt: skip
 
 
+def _scripted_class(module: Any) -> type | None:
+    """The ``torch.nn`` class a TorchScript module was compiled from (``original_name``:
+    every scripted or traced submodule's own type is ``RecursiveScriptModule``), or None."""
+    import torch
+
+    if not isinstance(module, torch.jit.ScriptModule):
+        return None
+    name = getattr(module, "original_name", None)
+    found = getattr(torch.nn, name, None) if isinstance(name, str) else None
+    return found if isinstance(found, type) else None
+
+
+def _is_mode_dependent(module: Any) -> bool:
+    cls = _scripted_class(module) or type(module)
+    return cls.__module__ in _MODE_DEPENDENT
+
+
+def _layer_name(module: Any) -> str:
+    return (_scripted_class(module) or type(module)).__name__
+
+
 def warn_if_training(model: Any, name: str = "model") -> None:
     """Warn when a ``torch.nn.Module`` holds a dropout or normalisation layer in training mode:
     dropout then makes each forward random, and batch normalisation uses batch statistics and
     updates its running averages at every step, so the attack optimises (and judges success on)
     a model different from the one evaluated in eval mode. (Layers whose forward ignores the
-    mode, such as a wrapper's own flag, do not warn.)"""
+    mode, such as a wrapper's own flag, do not warn; TorchScript models are judged by the
+    classes their modules were compiled from.)"""
     modules = getattr(model, "modules", None)
     if not callable(modules):
         return
@@ -269,9 +291,9 @@ def warn_if_training(model: Any, name: str = "model") -> None:
         training = [m for m in modules() if getattr(m, "training", False)]
     except TypeError:
         return
-    dependent = [m for m in training if type(m).__module__ in _MODE_DEPENDENT]
+    dependent = [_layer_name(m) for m in training if _is_mode_dependent(m)]
     if dependent:
-        layers = sorted({type(m).__name__ for m in dependent})
+        layers = sorted(set(dependent))
         warnings.warn(
             f"{name} has layers in training mode ({', '.join(layers)}): dropout and batch "
             "normalisation make the attacked model differ from its eval-mode behaviour (batch "

@@ -269,6 +269,19 @@ def full_precision_cuda(*, matmul: bool = False, convolutions: bool = False) -> 
                 torch.backends.cudnn.allow_tf32 = True
 
 
+def without_autocast(x: Any) -> contextlib.AbstractContextManager[Any]:
+    """The caller's ``torch.autocast`` switched off on ``x``'s device for the block (a
+    no-op elsewhere, and where it is off): the distances compute in their inputs' dtype. Under
+    CPU autocast to bfloat16, SSIM's filter products came out in bfloat16 (an error from
+    eagerpy's mean) and LPIPS's convolutions rounded D by up to 0.9 %. Only the model runs in
+    the caller's autocast."""
+    import torch
+
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def stop_gradient(x: ep.Tensor) -> ep.Tensor:
     """The value of ``x`` as a constant for differentiation, in any eagerpy framework."""
     if isinstance(x, ep.PyTorchTensor):

@@ -14,7 +14,7 @@ import functools
 import eagerpy as ep
 import numpy as np
 
-from ._common import full_precision_cuda
+from ._common import full_precision_cuda, without_autocast
 
 SIGMA = 1.5
 RADIUS = 5  # int(3.5 σ + 0.5): scikit-image's truncation, an 11-tap window
@@ -76,16 +76,18 @@ def full_precision_matmul(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
     ``torch.backends.cuda.matmul.allow_tf32 = True``), 1 − SSIM came out 2.5–4.5 % off at every
     size (measured on an H100), and JAX rounds float32 products so on GPUs and TPUs by default.
     PyTorch's setting is lifted for the call on a CUDA tensor
-    (:func:`._common.full_precision_cuda`); JAX is asked for ``Precision.HIGHEST``. On a CPU
-    both are exact anyway: the same bits as a plain product."""
+    (:func:`._common.full_precision_cuda`), and the caller's ``torch.autocast`` with it
+    (:func:`._common.without_autocast`); JAX is asked for ``Precision.HIGHEST``. On a CPU
+    outside autocast both are exact anyway: the same bits as a plain product."""
     if isinstance(a, ep.JAXTensor):
         import jax
 
         return ep.astensor(jax.numpy.matmul(a.raw, b.raw, precision=jax.lax.Precision.HIGHEST))
     if isinstance(a, ep.PyTorchTensor) and a.raw.is_cuda:
-        with full_precision_cuda(matmul=True):
+        with without_autocast(a.raw), full_precision_cuda(matmul=True):
             return ep.matmul(a, b)
-    return ep.matmul(a, b)
+    with without_autocast(a.raw):
+        return ep.matmul(a, b)
 
 
 def gaussian_filter(x: ep.Tensor, rows: ep.Tensor, cols_t: ep.Tensor) -> ep.Tensor:

@@ -50,7 +50,7 @@ from torch import nn
 
 from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
 from ._color import check_color_input
-from ._common import apply_distance, full_precision_cuda
+from ._common import apply_distance, full_precision_cuda, without_autocast
 
 ALEXNET_HUB_FILE = "alexnet-owt-7be5be79.pth"
 LPIPS_LINEAR_FILE = ("weights", "v0.1", "alex.pth")
@@ -165,7 +165,10 @@ class LPIPSNetwork(nn.Module):
         linear: Mapping[str, torch.Tensor],
     ) -> None:
         super().__init__()
-        self.net = AlexNetFeatures()
+        # the layers' random initialisation, overwritten at once, would advance torch's
+        # global generator: no attack draws from it (README, "Restarts inside the budget")
+        with torch.random.fork_rng(devices=[]):
+            self.net = AlexNetFeatures()
         self.net.load_torchvision_state_dict(backbone)
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1))
@@ -228,12 +231,13 @@ class LPIPS:
 
     def torch_distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """LPIPS on raw torch tensors (N, 3, H, W) in [0, 1] → (N,); on CUDA with full-precision
-        convolutions in the forward pass (module docstring)."""
+        convolutions in the forward pass (module docstring), never in the caller's autocast."""
         network = self._network_for(x)
-        if not x.is_cuda:
-            return network(x_adv, x)
-        with full_precision_cuda(convolutions=True):
-            return network(x_adv, x)
+        with without_autocast(x):
+            if not x.is_cuda:
+                return network(x_adv, x)
+            with full_precision_cuda(convolutions=True):
+                return network(x_adv, x)
 
     def eager_distance(self, x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
         """LPIPS on eagerpy PyTorch tensors, without the package's input contract."""
