@@ -133,7 +133,11 @@ def _has_non_finite(x: ep.Tensor) -> bool:
 def check_labels(labels: ep.Tensor, batch_size: int, name: str = "labels") -> None:
     """Labels must be integer class indices of shape (N,) (any integer dtype, not bool)."""
     if tuple(labels.shape) != (batch_size,):
-        raise ValueError(f"{name} must have shape ({batch_size},), got shape {tuple(labels.shape)}")
+        single = " (one input? add its batch axis: inputs[None])" if labels.shape == (1,) else ""
+        raise ValueError(
+            f"{name} must have shape ({batch_size},), one class per input along the inputs' "
+            f"first axis, got shape {tuple(labels.shape)}{single}"
+        )
     if not is_integer_dtype(labels):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
 

@@ -90,6 +90,11 @@ class MinimalAttack(MinimizationAttack):
             early_stop: stop once every sample has an adversarial closer than this, in the units
                 of :attr:`distance` (0 never triggers).
         """
+        if "starting_points" in kwargs:  # FMN's warm start (DDN refuses it too)
+            raise TypeError(
+                "starting_points is not supported: ALMA and ALMA prox start from the inputs "
+                "(Algorithm 2, step 1); for more starts within the budget use restarts=R"
+            )
         raise_if_kwargs(kwargs)
         bounds, x = check_model_and_inputs(model, inputs)
         self.check_input_shape(x, model)

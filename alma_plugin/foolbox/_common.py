@@ -26,6 +26,12 @@ CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
 
 
+class UnsupportedCriterionError(TypeError, ValueError):
+    """A Foolbox criterion other than ``Misclassification`` / ``TargetedMisclassification``:
+    a ``TypeError`` (a wrong kind of argument), and the ``ValueError`` that Foolbox's own
+    attacks raise there (``"unsupported criterion"``), so code written for either catches it."""
+
+
 def normalise_criterion(criterion: Any, inputs: ep.Tensor) -> Criterion:
     """The caller's criterion with its classes as a tensor of ``inputs``' framework and device
     in the framework's index dtype, whatever their integer dtype (uint8, int16, ...) or
@@ -47,7 +53,7 @@ def normalise_criterion(criterion: Any, inputs: ep.Tensor) -> Criterion:
         targeted.target_classes = as_labels("target_classes", classes, inputs, batch)
         return targeted
     if isinstance(criterion, Criterion):
-        raise TypeError(
+        raise UnsupportedCriterionError(
             "criterion must be a labels tensor, foolbox.criteria.Misclassification or "
             f"foolbox.criteria.TargetedMisclassification, got {criterion!r}"
         )

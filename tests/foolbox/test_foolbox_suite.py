@@ -16,7 +16,9 @@ Deliberate departures are ``xfail(strict=True)`` with their reason:
 * out-of-bounds inputs: ALMA raises a ``ValueError`` naming the bounds where Foolbox's
   attacks raise a bare ``AssertionError`` (docs/foolbox.md);
 * early stop: Foolbox's DDN and FMN accept ``early_stop`` and ignore it (foolbox 3.3.4), so
-  their cost does not drop; ALMA and ALMA prox stop.
+  their cost does not drop; ALMA and ALMA prox stop;
+* ``starting_points`` (FMN's warm start): ALMA starts from the inputs and refuses them with
+  a ``TypeError``, as DDN does.
 
 The attacks' results are computed once per (attack, backend) and shared by the checks, so
 the module stays fast on one thread.
@@ -329,6 +331,60 @@ def test_early_stop_saves_model_calls(problem: Problem, case: Case) -> None:
     _, _, success = attack(fmodel, x, y, epsilons=case.epsilons[-1])
     assert success.all().item() and full_success.all().item()
     assert calls[0] - before < full_calls
+
+
+class _DummyCriterion(fb.criteria.Criterion):
+    """A criterion with no functionality, to be rejected (test_attacks_raise.py)."""
+
+    def __repr__(self) -> str:
+        return "DummyCriterion()"
+
+    def __call__(self, perturbed: Any, outputs: Any) -> Any:
+        return perturbed
+
+
+@cases()
+def test_unsupported_criteria_raise_value_errors(problem: Problem, case: Case) -> None:
+    """test_attacks_raise.py::test_targeted_attacks_call_raises_exception: target classes of
+    the wrong length and any criterion but the two supported ones are a ``ValueError`` (ours:
+    an error that is both a ``TypeError`` and a ``ValueError``), before any model call."""
+    fmodel, x, y, calls, _ = problem
+    before = calls[0]
+    targets = ep.concatenate(((y + 1) % CLASSES, (y + 1) % CLASSES), 0)
+    with pytest.raises(ValueError):
+        case.attack(fmodel, x, fb.criteria.TargetedMisclassification(targets), epsilons=1000.0)
+    with pytest.raises(ValueError):
+        case.attack(fmodel, x, _DummyCriterion(), epsilons=1000.0)
+    if case.ours:
+        with pytest.raises(TypeError, match="criterion"):
+            case.attack(fmodel, x, _DummyCriterion(), epsilons=1000.0)
+    assert calls[0] == before
+
+
+@cases(
+    ours="deliberate: ALMA starts from the inputs (Algorithm 2, step 1); a TypeError naming "
+    "starting_points and restarts (docs/foolbox.md)",
+    DDNAttack="Foolbox's DDN takes no starting_points",
+)
+def test_starting_points(problem: Problem, case: Case) -> None:
+    """test_fast_minimum_norm_attack.py: ``run(..., starting_points=adversarials)`` returns
+    adversarials no farther than the starting points (FMN's warm start)."""
+    fmodel, x, y, _, _ = problem
+    init = fb.attacks.DatasetAttack()
+    init.feed(fmodel, x)
+    starts = init.run(fmodel, x, y)
+    advs = case.attack.run(fmodel, x, y, starting_points=starts)
+    assert fb.accuracy(fmodel, advs, y) <= fb.accuracy(fmodel, starts, y)
+
+
+def test_starting_points_are_refused_with_a_clear_error(problem: Problem) -> None:
+    fmodel, x, y, calls, _ = problem
+    before = calls[0]
+    for case in CASES:
+        if case.ours:
+            with pytest.raises(TypeError, match="starting_points.*restarts"):
+                case.attack.run(fmodel, x, y, starting_points=x)
+    assert calls[0] == before
 
 
 @cases()
