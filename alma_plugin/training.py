@@ -5,11 +5,17 @@ torchattacks attack (PGD gives Madry et al.'s adversarial training).
 Where it differs from the authors' public CIFAR-10 and ImageNet-100 training scripts: the
 attack is called with the model in eval mode (theirs keep ``model.train()`` throughout, so the
 attack's N forwards use batch-norm batch statistics, update the running statistics and apply
-dropout; ``attack.set_model_training_mode(model_training=True)`` on a torchattacks attack
-reproduces that); ℓ of the outer loss is the cross-entropy, as in their code (the paper's text
-reuses the symbol of the C&W margin loss); the default optimizer is Adam with a cosine decay,
-theirs SGD (lr 0.1, momentum 0.9, decay ×0.1 at fixed epochs: pass ``optimizer`` and
-``scheduler``); and one extra no-grad eval forward per batch (clean and perturbed images) feeds
+dropout). A torchattacks attack's ``set_model_training_mode(model_training=True,
+batchnorm_training=True, dropout_training=True)`` gives its forwards batch statistics and
+dropout (torchattacks' defaults keep both in eval mode); torchattacks' own attacks (PGD)
+then update the running statistics as the authors' do, but this package's ``Lagrangian`` and
+``ALMA`` restore every buffer after each call (an attack never changes the model), so with
+them that update cannot be reproduced. ℓ of the outer loss is the cross-entropy, as in their
+code (the paper's text reuses the symbol of the C&W margin loss); the default optimizer is Adam
+with a cosine decay, theirs SGD (lr 0.1, momentum 0.9, decay ×0.1 at fixed epochs: pass
+``optimizer`` and ``scheduler``, whose milestones count batches, since the scheduler is stepped
+after every batch: epoch e is batch e·len(loader)); and one extra no-grad eval forward per batch
+(clean and perturbed images, the model put back in eval mode whatever the attack left) feeds
 the epoch log.
 
 Example:
@@ -107,7 +113,7 @@ def adversarial_training(
     warmup_epochs: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> list[EpochLog]:
@@ -130,8 +136,9 @@ def adversarial_training(
             and a cosine decay to 0 over all the steps (then ``scheduler`` must be None and
             ``loader`` must have a ``len()``).
         scheduler: a learning-rate scheduler stepped after every batch (None: none, or the
-            cosine decay when ``optimizer`` is None).
-        lr: the learning rate of the default optimizer (finite, > 0).
+            cosine decay when ``optimizer`` is None): milestones count batches.
+        lr: the learning rate of the default optimizer (finite, > 0; None: 10⁻³). With an
+            optimizer of your own, set it there (``lr`` is then a ``ValueError``).
         progress: show a tqdm progress bar per epoch (if tqdm is installed).
         log: called with one line per epoch (:class:`EpochLog` as text); None: silent.
 
@@ -164,7 +171,8 @@ def adversarial_training(
     if optimizer is None:
         if scheduler is not None:
             raise ValueError("scheduler is only used with an optimizer of your own")
-        lr = check_in_range("lr", lr, 0.0, math.inf, open_low=True, open_high=True)
+        lr = check_in_range("lr", 1e-3 if lr is None else lr, 0.0, math.inf, open_low=True,
+                            open_high=True)  # fmt: skip
         if not isinstance(loader, Sized):
             raise TypeError(
                 "loader must have a len() (a DataLoader or a list of batches) for the default "
@@ -177,6 +185,9 @@ def adversarial_training(
             optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
         )
     else:
+        if lr is not None:
+            raise ValueError(f"lr is the default optimizer's learning rate, got lr={lr!r} "
+                             "with an optimizer of your own: set it on that optimizer")  # fmt: skip
         _check_optimizer(optimizer, parameters)
     if scheduler is not None:
         _check_scheduler(scheduler)
@@ -213,6 +224,13 @@ def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     images, labels = batch
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"loader's labels must be an integer tensor, got dtype {labels.dtype}")
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"loader's images must be a floating-point tensor, got dtype "
+                        f"{images.dtype} (uint8 images: convert them, e.g. to [0, 1])")  # fmt: skip
+    if images.ndim == 0 or tuple(labels.shape) != (len(images),):
+        raise ValueError(f"loader must yield labels of shape (N,), one class per image, got "
+                         f"images of shape {tuple(images.shape)} and labels of shape "
+                         f"{tuple(labels.shape)}")  # fmt: skip
     # inference tensors (a loader run under torch.inference_mode()) cannot enter autograd:
     # the step trains on copies, as the attacks attack copies
     images, labels = (t.clone() if t.is_inference() else t for t in (images, labels))
@@ -225,12 +243,21 @@ def _contains(outer: nn.Module, inner: nn.Module) -> bool:
 
 
 def _perturbed(output: Any, images: torch.Tensor) -> torch.Tensor:
-    """The attack's output, detached, or a TypeError naming ``attack`` and what it returned."""
+    """The attack's output, detached, or an error naming ``attack`` and what it returned: a
+    tensor of the images' shape, dtype and device, finite (one NaN would make every weight NaN
+    at the next step, and the training would go on)."""
     if not isinstance(output, torch.Tensor) or output.shape != images.shape:
         got = type(output).__name__ + (f" of shape {tuple(output.shape)}"
                                        if isinstance(output, torch.Tensor) else "")  # fmt: skip
         raise TypeError(f"attack(images, labels) must return a tensor of the images' shape "
                         f"{tuple(images.shape)}, got {got}")  # fmt: skip
+    if output.dtype != images.dtype or output.device != images.device:
+        raise TypeError(f"attack(images, labels) must return a tensor of the images' dtype "
+                        f"and device ({images.dtype}, {images.device}), got {output.dtype} on "
+                        f"{output.device}")  # fmt: skip
+    if not bool(torch.isfinite(output).all()):
+        raise ValueError("attack(images, labels) returned NaN or Inf values: training on them "
+                         "would make the weights NaN")  # fmt: skip
     return output.detach()
 
 
@@ -289,11 +316,14 @@ def _epoch(
     description = f"epoch {epoch + 1}/{epochs}" + ("" if adversarial else " (warm-up)")
     for batch in _progress(loader, progress, description):
         x, y = _batch(batch, device)
+        if len(x) == 0:  # an empty batch: nothing to learn from, no optimizer step
+            continue
         model.eval()
         inputs = x
         if adversarial:
             assert attack is not None
             inputs = _perturbed(attack(x, y), x)
+            model.eval()  # a torchattacks attack in training mode leaves model.train() behind
         with torch.no_grad():  # one eval forward judges the clean and perturbed batches
             logits = model(torch.cat([x, inputs]) if adversarial else x)
         _check_labels(y, logits)

@@ -175,10 +175,62 @@ def test_loader_errors_are_clear(loader: list[tuple[torch.Tensor, torch.Tensor]]
         _quiet(model, [(images, labels.float())])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\).*\[10, "):
         _quiet(model, [(images, labels + 10)])  # was cross-entropy's IndexError
-    for wrong in (lambda x, y: None, lambda x, y: x[:, :, :14]):
+    for wrong in (lambda x, y: None, lambda x, y: x[:, :, :14], lambda x, y: x.double()):
         with pytest.raises(TypeError, match=r"attack\(images, labels\) must return a tensor"):
             _quiet(model, [(images, labels)], attack=wrong, warmup_epochs=0)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="NaN or Inf"):  # was trained on: every weight NaN
+        _quiet(model, [(images, labels)], attack=lambda x, y: x / (x > 0), warmup_epochs=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(TypeError, match="images must be a floating-point tensor"):
+        _quiet(model, [((images * 255).to(torch.uint8), labels)])  # was a bare matmul error
+    for bad in (labels[:, None], labels[:5], torch.nn.functional.one_hot(labels, 10)):
+        with pytest.raises(ValueError, match=r"labels of shape \(N,\)"):  # torch's own error
+            _quiet(model, [(images, bad)])
     assert not model.training  # left in eval mode after every error
+
+
+def test_empty_batches_are_skipped(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """An empty batch among others made the epoch's loss NaN (0 · NaN) and cost an optimizer
+    step; it is now skipped, so the log is that of the other batches."""
+    images, labels = loader[0]
+    torch.manual_seed(0)
+    expected = _quiet(tiny_mnist_cnn(), [(images, labels)])[0]
+    torch.manual_seed(0)
+    got = _quiet(tiny_mnist_cnn(), [(images[:0], labels[:0]), (images, labels)])[0]
+    assert got.loss == expected.loss and got.clean_accuracy == expected.clean_accuracy
+
+
+def test_lr_with_an_optimizer_of_ones_own_is_refused() -> None:
+    """It was ignored without a word, as a typo in it would have been."""
+    model = tiny_mnist_cnn()
+    own = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="lr is the default optimizer's learning rate"):
+        _quiet(model, [(torch.rand(2, 1, 28, 28), torch.tensor([0, 1]))], optimizer=own, lr=0.5)
+
+
+def test_the_log_forward_runs_in_eval_mode_after_an_attack_in_training_mode(
+    loader: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """torchattacks' ``set_model_training_mode(True, True, True)`` leaves the model in train
+    mode after the attack: the epoch log's no-grad forward (documented as eval mode) ran with
+    dropout and batch statistics, and updated the running statistics on it."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.BatchNorm1d(16),
+        torch.nn.Dropout(0.5), torch.nn.Linear(16, 10),
+    )  # fmt: skip
+    attack = torchattacks.PGD(model, eps=0.1, alpha=0.05, steps=1)
+    attack.set_model_training_mode(model_training=True, batchnorm_training=True,
+                                   dropout_training=True)  # fmt: skip
+    modes: list[bool] = []
+    model.register_forward_hook(
+        lambda module, args, output: (
+            modes.append(module.training) if not torch.is_grad_enabled() else None
+        )
+    )
+    _quiet(model, loader[:2], attack=attack, warmup_epochs=0)
+    assert modes == [False, False]  # one no-grad log forward per batch, in eval mode
 
 
 def test_integer_labels_of_any_dtype_and_a_callers_no_grad(

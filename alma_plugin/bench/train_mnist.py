@@ -325,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         lag_multiplier=args.lag_multiplier,
     )
     only_lagrangian = args.models == ["mnist_lagrangian"]
+    regular = args.out / weights_filename("mnist_regular")
+    if only_lagrangian and not args.report_only and not regular.is_file():  # its warm start
+        parser.error(f"--models mnist_lagrangian warm-starts from the regular model's weights, "
+                     f"{regular}: not found (train them first with --models all, or point "
+                     "--out at a folder that holds them)")  # fmt: skip
     x_train, y_train, held_images, held_labels = load_split(args.data_dir)
     x_held = torch.from_numpy(held_images.astype(np.float32) / 255.0).unsqueeze(1)
     y_held = torch.from_numpy(held_labels.astype(np.int64))

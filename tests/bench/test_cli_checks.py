@@ -316,3 +316,17 @@ def test_choosing_adv_lib_without_it_says_so(capsys: pytest.CaptureFixture[str])
     assert "adv_lib_alma-l2" in ATTACKS
     err = _error(["--attacks", "adv_lib_alma-l2", "--budgets", "2", "--samples", "2"], capsys)
     assert "no attack left to run" in err and "'adv_lib' package is not installed" in err, err
+
+
+def test_training_the_lagrangian_model_alone_needs_the_regular_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train_mnist --models mnist_lagrangian`` warm-starts from the regular model: without
+    its weights in ``--out`` it was NumPy's FileNotFoundError traceback, after loading MNIST."""
+    from alma_plugin.bench import train_mnist
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_mnist.main(["--models", "mnist_lagrangian", "--out", str(tmp_path),
+                          "--data-dir", str(tmp_path / "no-mnist-here")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "smallcnn_mnist_regular" in capsys.readouterr().err
