@@ -101,3 +101,21 @@ def test_minus_infinity_logits_are_impossible_classes(k: int, targeted: bool) ->
     low = torch.where(impossible, -1e3, z)[kept]
     expected = dlr_plus(ep.astensor(low), ep.astensor(labels[kept]), targeted=targeted).raw
     assert torch.equal(d[kept], expected)
+
+
+def test_smallest_class_counts_with_a_denominator_use_it() -> None:
+    """DLR⁺ needs π3 and tDLR⁺ needs π4, so eq. 4 holds from K = 3 and eq. 18 from K = 4: only
+    below that the plain margin (eq. 3) is used. Checked at K = 3 (DLR⁺) and K = 4 (tDLR⁺), the
+    formulas and their scale invariance (eq. 3's margin would be 10× larger at 10 z)."""
+    z3 = torch.tensor([[3.0, 1.0, -2.0]], dtype=torch.float64)
+    y = torch.tensor([0])
+    z4 = torch.tensor([[3.0, 1.0, -2.0, -4.0]], dtype=torch.float64)
+    t = torch.tensor([1])
+    expected = (3.0 - 1.0) / (3.0 - (-2.0))  # (z_y − max_{i≠y} z_i) / (z_π1 − z_π3)
+    # (max_{i≠t} z_i − z_t) / (z_π1 − (z_π3 + z_π4)/2)
+    expected_t = (3.0 - 1.0) / (3.0 - (-2.0 - 4.0) / 2)
+    for scale in (1.0, 10.0):
+        d = dlr_plus(ep.astensor(scale * z3), ep.astensor(y)).item()
+        d_t = dlr_plus(ep.astensor(scale * z4), ep.astensor(t), True).item()
+        assert d == pytest.approx(expected, abs=1e-5)
+        assert d_t == pytest.approx(expected_t, abs=1e-5)

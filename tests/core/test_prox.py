@@ -193,6 +193,17 @@ def test_ternary_search_is_within_its_precision_of_the_exact_beta():
     assert np.abs(exact - ternary).max() > 0  # the two solvers are different computations
 
 
+def test_one_ternary_step_by_hand():
+    """Algorithm 5.1 with one iteration (Δβ = 2 for u = ‖δ_Λ‖∞ = 3, step 4), worked by hand on
+    δ = 3, λ = 1.5: β_l = 1, β_u = 2 and f_l = ½·2² + 1.5 = f_u = ½·1² + 3 = 3.5, a tie, so step
+    12 (f_l ≥ f_u) sets l ← β_l, and step 17 returns the midpoint β = (1 + 3)/2 = 2. Dyadic
+    values: every quantity is exact in float64."""
+    delta = ep.astensor(torch.tensor([[3.0]], dtype=torch.float64))
+    assert ternary_iterations(3.0, 2.0) == 1
+    p, beta = linf_box_prox(delta, 1.5, -4.0, 4.0, precision=2.0)
+    assert beta.raw.tolist() == [2.0] and p.raw.tolist() == [[2.0]]
+
+
 def _backend_tensor(backend: str, array: np.ndarray) -> ep.Tensor:
     if backend == "torch":
         return ep.astensor(torch.from_numpy(array).float())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import eagerpy as ep
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -204,6 +207,65 @@ def test_bounds_invariant_in_aggregate(bars_cnn, bars_samples):
     assert 0.9 < float(ratio) < 1.1
 
 
+def test_rho_never_exceeds_rho_max():
+    """ρ ← min(γρ, ρ_max) (the float32 safeguard): a model that cannot be fooled stalls every
+    constraint, so ρ grows every M steps; with γ = 2 over 60 steps it would reach 64 > 5."""
+
+    class Stubborn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # class 0 always wins by far
+            return 1e-3 * self.lin(x.flatten(1)) + torch.tensor([10.0, 0.0, -1.0], dtype=x.dtype)
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    labels = torch.zeros(2, dtype=torch.long)
+    rhos: list[torch.Tensor] = []
+    result = alma_prox(Stubborn(), images, labels, steps=60,
+                       params=ProxParams(rho_max=5.0, gamma=2.0),
+                       callback=lambda info: rhos.append(info.rho))  # fmt: skip
+    assert not result.success.any()
+    assert max(float(rho.max()) for rho in rhos) == 5.0
+
+
+def _dense_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(),
+                         nn.Conv2d(8, 4, 3, padding=1)).double().eval()  # fmt: skip
+
+
+def test_rho_grows_only_inside_the_user_mask():
+    """Algorithm IV-2 steps 14–19 grow ρ on the constraints of m̃ (user mask ∧ percentile mask)
+    only: pixels outside ``masks`` keep ρ⁽⁰⁾ for the whole attack, while stalled ones inside
+    grow. (A mutation growing every stalled constraint survived the suite before this test.)"""
+    model = _dense_model()
+    images = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    masks = torch.zeros_like(labels, dtype=torch.bool)
+    masks[:, :, :3] = True
+    rhos: list[torch.Tensor] = []
+    alma_prox(model, images, labels, masks=masks, steps=60, params=ProxParams(rho_init=1.0),
+              callback=lambda info: rhos.append(info.rho.reshape(2, 6, 6)))  # fmt: skip
+    assert all((rho[~masks] == 1.0).all() for rho in rhos)
+    assert (rhos[-1][masks] > 1.0).any()
+
+
+def test_a_failed_dense_sample_reports_the_apsr_of_the_returned_input():
+    """Where the attack fails, the input itself is returned, and ``apsr`` is that of the
+    returned tensor: the clean input's APSR (here 2 of 36 pixels already wrong), not 0."""
+    model = _dense_model()
+    images = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    labels[:, 0, :2] = (labels[:, 0, :2] + 1) % 4
+    result = alma_prox(model, images, labels, steps=3)  # far too few steps for APSR ≥ 0.99
+    assert not result.success.any() and torch.equal(result.adversarials, images)
+    assert torch.equal(result.apsr, torch.full((2,), 2 / 36, dtype=result.apsr.dtype))
+
+
 def test_early_stop_ends_the_run_and_zero_never_does(bars_cnn, bars_samples):
     images, labels = ep.astensor(bars_samples[0][:4]), ep.astensor(bars_samples[1][:4])
     counting = Counting(bars_cnn)
@@ -285,3 +347,35 @@ def test_classification_bad_inputs(bars_cnn):
         alma_prox(lambda z: z, ep.astensor(x), ep.astensor(y), steps=1)
     assert ProxParams().alpha == 0.8  # §5.5.5.3
     assert ProxParams().for_task("segmentation").rho_init == 0.01  # §5.5.5.3
+
+
+@pytest.mark.parametrize(
+    ("count", "nu", "progress", "decay"),
+    [(10, 0.5, 0.0, False), (10, 0.5, 0.5, False), (10, 0.99, 0.5, True), (10, 0.95, 1.0, True),
+     (36, 0.99, 1.0, True), (100, 0.99, 1.0, True), (7, 0.5, 0.0, True), (3, 0.1, 1.0, True)],
+)  # fmt: skip
+def test_masking_rank_keeps_the_fraction_of_eq_5_6(count, nu, progress, decay):
+    """Eq. 5.6: m̃⁽ᵗ⁾ keeps the f-percentile of d, f = 1 − (1 − ν)(t − 1)/(N − 1) (ν throughout
+    without decay), so ‖m̃‖₁ ≥ f‖m‖₁ (ν‖m‖₁ ≤ ‖m̃‖₁ at the last step), and only the largest
+    constraints beyond that are discarded: the ⌈f‖m‖₁⌉ smallest are kept (at least one), the
+    percentile being the one of 0-based rank ⌈f‖m‖₁⌉ − 1. Exact fractions here."""
+    from fractions import Fraction
+
+    from alma_plugin.core.prox_schedule import masking_rank
+
+    fraction = 1 - (1 - Fraction(str(nu))) * (Fraction(str(progress)) if decay else 1)
+    kept = max(math.ceil(fraction * count), 1)
+    rank = masking_rank(np.array([count]), nu, progress, decay)
+    assert rank.shape == (1, 1) and int(rank[0, 0]) == kept - 1
+
+
+def test_constraint_mask_keeps_the_user_masked_constraints_up_to_the_percentile():
+    """m̃ = m ∧ [d ≤ ξ], ξ the rank-th smallest d among the constraints of m: ξ itself is kept
+    (d ≤ ξ), constraints outside m are neither counted nor kept."""
+    from alma_plugin.core.prox_schedule import constraint_mask
+
+    d = torch.tensor([[0.3, -0.1, 0.2, 0.5], [0.3, -0.1, 0.2, 0.5]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    rank = torch.tensor([[1], [1]])
+    kept = constraint_mask(ep.astensor(d), ep.astensor(mask), ep.astensor(rank)).raw
+    assert torch.equal(kept, torch.tensor([[False, True, True, False], [True, False, True, False]]))

@@ -93,6 +93,37 @@ def test_a_restart_starts_at_restart_distance() -> None:
     assert (seen[10].distance <= 0.05 + 1e-7).all() and (seen[10].distance > 0.025).all()
 
 
+def test_a_random_restart_searches_its_initial_step_along_the_constraint_gradient() -> None:
+    """§3.2.3 at a random restart: η⁽⁰⁾ of run k ≥ 1 makes the first step along ∇DLR⁺(x̃⁽⁰⁾)
+    add ε to D. There D ≠ 0 and ∇L = ∇D + P′·∇DLR⁺, so ∇D must be taken out of the search
+    direction. x̃⁽⁰⁾ and η⁽⁰⁾ are recomputed here (float64) and compared with the step size the
+    callback reports at run 1's first step. (A search along ∇L survived the suite before this
+    test.)"""
+    import eagerpy as ep
+
+    from alma_plugin.core.constraints import dlr_plus
+    from alma_plugin.core.restarts import restart_rng, uniform_noise
+    from alma_plugin.core.schedules import initial_step_size
+    from alma_plugin.distances import l2
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 5)).double().eval()  # fmt: skip
+    x = 0.25 + 0.5 * torch.rand(4, 3, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    seen: list[StepInfo] = []
+    alma(model, x, y, steps=4, restarts=2, restart_mode="random", init_lr_distance=0.1,
+         restart_distance=0.3, callback=seen.append)  # fmt: skip
+    ex = ep.astensor(x)
+    noise = uniform_noise(ex, restart_rng(0, 1))
+    start = (ex - initial_step_size(l2, ex, noise, 0.3).reshape((-1, 1, 1, 1)) * noise).clip(0, 1)
+    leaf = start.raw.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(dlr_plus(ep.astensor(model(leaf)), ep.astensor(y)).raw.sum(), leaf)
+    expected = initial_step_size(l2, ex, ep.astensor(g), 0.1).raw
+    torch.testing.assert_close(seen[2].step_size, expected, rtol=1e-9, atol=0)  # run 1, step 0
+
+
 def test_the_prox_restart_radius_follows_the_step_size() -> None:
     """ALMA prox's default r is λ⁽⁰⁾ / 4: 0.05 with the classification λ⁽⁰⁾ = 0.2, 0.01 with
     ``init_lr=0.04`` (the scale a user sets λ⁽⁰⁾ for is the scale of the start)."""
@@ -136,6 +167,22 @@ def test_early_stop_counts_the_samples_earlier_runs_solved(distance: str) -> Non
     result = _attack(distance, model=model, steps=40, restarts=2, early_stop=100.0)
     assert result.steps_run == 10 and model.forwards == 10  # M = check_steps = 10
     assert result.success.all()
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_early_stop_zero_never_ends_a_run_or_skips_the_next(distance: str) -> None:
+    """``early_stop=0`` never stops (D < early_stop), across runs too: with every input already
+    misclassified (D = 0 from run 0's step 0) both runs still spend their whole share. (With
+    D ≤ early_stop between runs, run 1 would be skipped: that mutation survived the suite
+    before this test.)"""
+    x, _ = _batch(16)
+    model = CountingModel(_model())
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 5
+    model.forwards = 0
+    result = _attack(distance, model=model, labels=wrong, steps=30, restarts=2, early_stop=0.0)
+    assert result.success.all() and (result.distances == 0).all()
+    assert result.steps_run == 30 and model.forwards == 30
 
 
 @pytest.mark.parametrize("distance", ["l2", "linf"])

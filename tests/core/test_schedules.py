@@ -170,3 +170,51 @@ def test_decay_constant_while_exploring_then_reaches_one_percent() -> None:
     ratios = etas[12:, 1] / etas[11:-1, 1]
     torch.testing.assert_close(ratios, torch.full_like(ratios, ratios[0].item()))  # exponential
     assert etas[-1, 2] == 1.0  # first success at the last step: no decay left
+
+
+def test_decay_from_a_success_at_step_zero() -> None:
+    """t* = 0 is a success (only −1 means none): η decays from step 0 to η⁽⁰⁾·r at t = N − 1.
+    (With t* > 0 taken as "found", a sample adversarial from the start would keep η⁽⁰⁾: that
+    mutation survived the suite before this test.)"""
+    eta0 = ep.astensor(torch.tensor([0.5, 2.0], dtype=torch.float64))
+    first = ep.astensor(torch.tensor([0, -1]))
+    etas = torch.stack([decayed_step_size(eta0, t, first, 20, 0.01).raw for t in range(20)])
+    assert etas[0, 0] == 0.5 and (etas[1:, 0].diff() < 0).all()
+    torch.testing.assert_close(etas[-1], torch.tensor([0.5 * 0.01, 2.0], dtype=torch.float64))
+
+
+def test_inputs_adversarial_from_the_start_decay_from_step_zero() -> None:
+    """End to end: inputs the model already gets wrong succeed at step t* = 0, which
+    ``first_success_step`` reports, and the step size the callback sees decays from there to
+    η⁽⁰⁾·r (r = 0.01) at the last step."""
+    from alma_plugin import alma
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).double().eval()
+    x = torch.rand(4, 1, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 3
+    etas: list[torch.Tensor] = []
+    result = alma(model, x, wrong, steps=20, callback=lambda info: etas.append(info.step_size))
+    assert torch.equal(result.first_success_step, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(etas[-1], 0.01 * etas[0], rtol=1e-12, atol=0)
+
+
+def test_the_attacks_initial_step_is_searched_along_the_constraint_gradient() -> None:
+    """§3.2.3: η⁽⁰⁾ makes D(P[x − η⁽⁰⁾∇DLR⁺(x)], x) = ε; for ℓ2 away from the box edges,
+    η⁽⁰⁾ = ε / ‖∇DLR⁺(x)‖₂. The attack gets ∇DLR⁺ as ∇L / P′(d) (at x, D ≡ 0): searching along
+    ∇L itself gives a step P′(d) times too small."""
+    from alma_plugin import alma
+    from alma_plugin.core.constraints import dlr_plus
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).double().eval()
+    x = 0.25 + 0.5 * torch.rand(6, 3, 2, 2, dtype=torch.float64)  # no clipping for ε = 0.1
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    leaf = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(dlr_plus(ep.astensor(model(leaf)), ep.astensor(y)).raw.sum(), leaf)
+    etas: list[torch.Tensor] = []
+    alma(model, x, y, steps=2, init_lr_distance=0.1,
+         callback=lambda info: etas.append(info.step_size))  # fmt: skip
+    torch.testing.assert_close(etas[0], 0.1 / g.flatten(1).norm(dim=1), rtol=1e-9, atol=0)

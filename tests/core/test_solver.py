@@ -111,6 +111,21 @@ def test_early_stop_ends_the_run() -> None:
     assert result.success.all() and result.steps_run < 500
 
 
+def test_early_stop_zero_never_stops_even_at_distance_zero() -> None:
+    """``early_stop=0`` never stops (the test is D < early_stop): inputs the model already
+    gets wrong have D = 0 from step 0, and the attack must still run all its steps. (With
+    D ≤ early_stop it would stop at the first check: that mutation survived the suite before
+    this test.)"""
+    model = CountingModel(_linear_model())
+    x, _ = _batch(8)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 5
+    model.forwards = 0
+    result = alma(model, x, wrong, steps=30, early_stop=0.0)
+    assert result.success.all() and (result.distances == 0).all()
+    assert result.steps_run == 30 and model.forwards == 30
+
+
 @pytest.mark.parametrize("early_stop", [None, 1e-9])
 def test_no_host_reads_after_step_zero_but_the_early_stop_check_every_m_steps(
     monkeypatch: pytest.MonkeyPatch, early_stop: float | None
@@ -248,6 +263,36 @@ def test_nan_logits_are_never_a_success(criterion: str) -> None:
             assert not claimed.any()
         if radius == 1e9:
             assert claimed.all()
+
+
+def test_a_non_finite_distance_is_never_a_success() -> None:
+    """A distance that is NaN away from x (undefined there, no gradient) at every adversarial
+    iterate. Without the finiteness test such an iterate would count as a success although no
+    adversarial with a finite distance is kept (``success`` True, ``distances`` +∞, the input
+    returned): that mutation survived the suite before this test."""
+    import eagerpy as ep
+
+    from alma_plugin.core.autodiff import stop_gradient
+    from alma_plugin.core.params import ALMAParams
+    from alma_plugin.core.solver import alma_solve
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    x = torch.rand(4, 1, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+
+    def l2_nan_beyond(u: ep.Tensor, clean: ep.Tensor) -> ep.Tensor:
+        d = (u - clean).flatten(start=1).square().sum(axis=1).sqrt()
+        return d + stop_gradient(ep.where(d > 0.05, float("nan"), 0.0))
+
+    result = alma_solve(lambda u: model(u.raw), ep.astensor(x), ep.astensor(y),
+                        distance=l2_nan_beyond, params=ALMAParams().for_budget(50, 0.1),
+                        steps=50)  # fmt: skip
+    success, distances = result.success.raw, result.distances.raw
+    assert torch.equal(success, torch.isfinite(distances))
+    failed = ~success
+    assert failed.any() and torch.equal(result.adversarials.raw[failed], x[failed])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
