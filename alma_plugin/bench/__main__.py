@@ -170,31 +170,82 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     )
     from .runner import load_model
 
+    accuracy: dict[str, float] = {}  # printed and stored with the results
+    args.clean_accuracy = accuracy
     for name in config.models:
         try:
             model = load_model(name, "cpu", config)
         except ValueError as error:
             parser.error(f"argument --models: {error}")
-        try:
-            with torch.no_grad():
-                logits = model(images[:1])
-        except Exception as error:  # a user model that does not fit the data
-            parser.error(f"argument --models: {name!r} fails on one image of --data "
-                         f"{args.data!r} of shape {tuple(images.shape[1:])}: {error}")  # fmt: skip
-        if logits.ndim != 2:
-            parser.error(f"argument --models: {name!r} must return logits (N, classes), got "
-                         f"shape {tuple(logits.shape)}")  # fmt: skip
+        logits = _checked_logits(parser, name, model, images[:1], args.data)
         chosen = labels[: args.samples]
         if len(chosen) and (chosen.min() < 0 or chosen.max() >= logits.shape[1]):
             parser.error(f"argument --data: labels must lie in [0, {logits.shape[1]}) (the "
                          f"classes of {name!r}), got [{int(chosen.min())}, "
                          f"{int(chosen.max())}]")  # fmt: skip
+        accuracy[name] = _clean_accuracy(model, images[: args.samples], chosen, args.batch_size)
     pairs, notes = plan(config)
     if not pairs:
         why = "".join(f"; {note}" for note in notes)  # e.g. adv_lib is not installed
         parser.error("arguments --attacks/--distance/--budgets: no attack left to run for "
                      f"attacks={args.attacks} and distances={args.distance}{why}")  # fmt: skip
     return config, args
+
+
+def _checked_logits(
+    parser: argparse.ArgumentParser, name: str, model: torch.nn.Module, image: torch.Tensor,
+    data: str,
+) -> torch.Tensor:  # fmt: skip
+    """The logits of one image, after the checks every attack would otherwise fail (or,
+    worse, count as a success) on, after other models had run: the model runs on the data,
+    returns finite logits (N, classes) differentiable in its input, and does not write into
+    that input (ALMA returns the tensor the model judged)."""
+    probe = image.clone().requires_grad_(True)
+    given = probe * 1  # not a leaf: an in-place write shows in its version counter
+    try:
+        logits = model(given)
+        gradient = None
+        if isinstance(logits, torch.Tensor) and logits.requires_grad:
+            (gradient,) = torch.autograd.grad(logits.sum(), probe, allow_unused=True)
+    except Exception as error:  # a user model that does not fit the data
+        last = (str(error).strip().splitlines() or [type(error).__name__])[-1]  # TorchScript's
+        parser.error(
+            f"argument --models: {name!r} fails on one image of --data {data!r} of shape "
+            f"{tuple(image.shape[1:])}: {last}"
+        )
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
+        parser.error(f"argument --models: {name!r} must return logits (N, classes), got {got}")
+    if not bool(torch.isfinite(logits).all()):
+        parser.error(
+            f"argument --models: {name!r} returns non-finite logits (NaN or Inf) on the first "
+            f"image of --data {data!r}: no attack can be measured on it"
+        )
+    if gradient is None:
+        parser.error(f"argument --models: {name!r} returns logits that are not differentiable "
+                     "in its input (torch.no_grad() or .detach() inside it?): the attacks need "
+                     "their gradient")  # fmt: skip
+    if given._version:
+        parser.error(
+            f"argument --models: {name!r} writes into its input tensor (e.g. "
+            "nn.ReLU(inplace=True) as its first layer): make that layer out of place"
+        )
+    return logits.detach()
+
+
+def _clean_accuracy(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> float:
+    """The model's accuracy on the attacked samples (finite logits, argmax = y): samples it
+    already gets wrong count as fooled at distance 0, so a model that gets most of them wrong
+    (untrained, fed data in another range) shows as all but fully fooled."""
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start : start + batch_size])
+            y = labels[start : start + batch_size]
+            correct += int(((logits.argmax(1) == y) & torch.isfinite(logits).all(1)).sum())
+    return correct / max(len(images), 1)
 
 
 def _subcommand(name: str, argv: Sequence[str]) -> int:
@@ -240,8 +291,10 @@ def settings(args: argparse.Namespace, argv: Sequence[str], processes: int) -> d
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_description(),
-        "options": {key: str(value) for key, value in vars(args).items()},
-    }
+        "options": {key: str(value) for key, value in vars(args).items()
+                    if key != "clean_accuracy"},
+        "clean_accuracy": getattr(args, "clean_accuracy", {}),
+    }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,7 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({cpu['capability']}); command: {meta['command']}", flush=True)  # fmt: skip
         pairs, notes = plan(config)
         stats: dict[str, int] = {}
-        records = run_shard(config, context, pairs, stats=stats)
+        try:
+            records = run_shard(config, context, pairs, stats=stats)
+        except KeyboardInterrupt:
+            print(f"\nalma-bench: interrupted; the finished batches are saved in "
+                  f"{config.batches}: run the same command with --resume to go on",
+                  file=sys.stderr)  # fmt: skip
+            return 130
         shards = distributed.gather((records, stats), context)
         if not context.is_main:
             return 0
@@ -274,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = summarize(merged)
         table = format_table(rows, notes)
         print(table, end="")
+        accuracy = cast("dict[str, float]", meta["clean_accuracy"])
+        print(f"Clean accuracy on the {config.samples} samples: "
+              + ", ".join(f"{name} {value:.3f}" for name, value in accuracy.items())
+              + (" (samples a model already gets wrong count as fooled at distance 0)"
+                 if min(accuracy.values(), default=1.0) < 0.5 else ""))  # fmt: skip
         if config.resume:
             print(f"Resumed: {reused} finished batch(es) read back from {config.batches}, "
                   f"{computed} computed.")  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +58,25 @@ class BenchParser(argparse.ArgumentParser):
             text = str(default).replace("%", "%%")
             action.help = f"{action.help} (default: {text})" if action.help else f"default: {text}"
         return action
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """As argparse's, but an option given twice is an error (argparse keeps the last
+        value without a word: ``--models a --models b`` ran b alone)."""
+        words = list(sys.argv[1:] if args is None else args)
+        seen: set[str] = set()
+        for word in words:
+            if word == "--":
+                break
+            option = word.split("=", 1)[0]
+            if option.startswith("-") and option in self._option_string_actions:
+                action = self._option_string_actions[option]
+                if action.dest in seen and not isinstance(action, argparse._AppendAction):
+                    self.error(f"argument {'/'.join(action.option_strings)}: given twice; give "
+                               "all its values once")  # fmt: skip
+                seen.add(action.dest)
+        return super().parse_known_args(words, namespace)
 
 
 def integer_option(name: str, minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:

@@ -82,7 +82,8 @@ def plan(config: BenchConfig) -> tuple[list[tuple[AttackSpec, int]], list[str]]:
         if config.attacks is None and not spec.default_budgets:
             continue  # kept out of the default run (docs/bench.md), whatever the budgets
         budgets = config.budgets if config.budgets is not None else spec.default_budgets
-        if not budgets:
+        if not budgets:  # selected by name, with no default budget: say so
+            notes.append(f"{key} has no default budget: give --budgets")
             continue
         reason = spec.unavailable()
         if reason is not None:
@@ -150,10 +151,16 @@ def _evaluate(
         raise RuntimeError(f"an attack returned {shape} for inputs of shape {tuple(x.shape)}")
     adv = adv.detach().to(x.device, x.dtype).clamp(0, 1)  # a no-op for in-bounds candidates
     with torch.no_grad():
-        fooled = model(adv).argmax(1) != y
+        fooled = misclassified(model(adv), y)
     delta = adv - x
     distance = delta.flatten(1).norm(p=_ORDER[norm], dim=1)
     return torch.where(fooled, distance, torch.full_like(distance, float("inf"))), delta
+
+
+def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """argmax ≠ y with finite logits: a NaN row's argmax is 0, which would count a broken
+    model's samples as fooled (at distance 0, before any attack)."""
+    return (logits.argmax(1) != y) & torch.isfinite(logits).all(1)
 
 
 def _progress(total: int, enabled: bool) -> tuple[Callable[[str], None], Callable[[], None]]:
@@ -265,7 +272,7 @@ def run_shard(
                     if part is None:
                         if number not in clean:
                             with torch.no_grad():
-                                clean[number] = model(x).argmax(1) != y
+                                clean[number] = misclassified(model(x), y)
                         d, sparsity, histogram, forwards, backwards, seconds = attack_batch(
                             model, spec, budget, x, y, clean[number], config.seed,
                             config.cuda_graphs,

@@ -16,13 +16,14 @@ A factory is called without arguments and must return a ``torch.nn.Module`` mapp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -78,33 +79,57 @@ def _import_source(source: str, spec: str) -> object:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"model {spec!r}: the file {source!r} does not exist")
-        name = "_alma_bench_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        if name in sys.modules:
-            return sys.modules[name]
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"model {spec!r}: cannot import the file {source!r}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as error:  # the user's code: its error, as an argument error
-            del sys.modules[name]
-            raise ValueError(f"model {spec!r}: importing {source!r} failed: "
-                             f"{type(error).__name__}: {error}") from error  # fmt: skip
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return module
+        return _exec_file(path, source, spec)
     if not _is_module_name(source):
         raise ValueError(
             f"model {spec!r}: expected 'file.py:callable' or 'package.module:callable', got "
             f"the source {source!r}"
         )
+    # as `python -m`, whose sys.path starts with the working folder (a console script's does
+    # not): a package in the folder the command runs from is found either way
+    with _on_path(Path.cwd()):
+        try:
+            return importlib.import_module(source)
+        except ModuleNotFoundError as error:
+            raise ValueError(
+                f"model {spec!r}: cannot import module {source!r} ({error}; its "
+                "package must be in the working folder or on PYTHONPATH)"
+            ) from None
+
+
+@contextlib.contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` for the block (imports a user's code makes from there)."""
+    entry = str(folder.resolve())
+    sys.path.insert(0, entry)
     try:
-        return importlib.import_module(source)
-    except ModuleNotFoundError as error:
-        raise ValueError(f"model {spec!r}: cannot import module {source!r} ({error})") from None
+        yield
+    finally:
+        sys.path.remove(entry)
+
+
+def _exec_file(path: Path, source: str, spec: str) -> object:
+    """Import the factory file ``path`` (its own folder first on ``sys.path``, as ``python
+    file.py`` would have it, so its imports of modules beside it work)."""
+    name = "_alma_bench_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"model {spec!r}: cannot import the file {source!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        with _on_path(path.parent):
+            module_spec.loader.exec_module(module)
+    except Exception as error:  # the user's code: its error, as an argument error
+        del sys.modules[name]
+        raise ValueError(f"model {spec!r}: importing {source!r} failed: "
+                         f"{type(error).__name__}: {error}") from error  # fmt: skip
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _from_factory(spec: str, source: str, attribute: str) -> nn.Module:
@@ -202,14 +227,32 @@ def _module_code(module: nn.Module) -> str:
         return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
+def _source_file(module: nn.Module) -> bytes:
+    """The bytes of the file defining a module's class, for classes outside PyTorch (the
+    module-level helpers its forward calls live there); empty otherwise."""
+    cls = type(module)
+    if cls.__module__.split(".")[0] == "torch":
+        return b""
+    try:
+        return Path(inspect.getsourcefile(cls) or "").read_bytes()
+    except (OSError, TypeError):
+        return b""
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """A SHA-256 of the model's code (each module's forward: its class's source, or
-    TorchScript's code) and of its parameters and buffers (names, shapes, values): what the
-    resumable runner checks before reusing a finished batch, so an edited forward with the
-    same weights is recomputed too."""
+    TorchScript's code, and the file of each class outside PyTorch), of its ``repr`` (the
+    settings modules keep as attributes: a LeakyReLU's slope, a pooling size) and of its
+    parameters and buffers (names, shapes, values): what the resumable runner checks before
+    reusing a finished batch, so an edited model with the same weights is recomputed too."""
     digest = hashlib.sha256()
+    digest.update(repr(model).encode())
+    files: set[bytes] = set()
     for module in model.modules():
         digest.update(_module_code(module).encode())
+        files.add(_source_file(module))
+    for content in sorted(files):
+        digest.update(content)
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())

@@ -33,6 +33,31 @@ FACTORIES = textwrap.dedent(
 
     def needs_an_argument(width):
         return good()
+
+    def returns_nan():
+        return nn.Sequential(good(), Scale(float("nan")))
+
+    def not_differentiable():
+        return Detached(good())
+
+    def writes_into_its_input():
+        return nn.Sequential(nn.ReLU(inplace=True), good())
+
+    class Scale(nn.Module):
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def forward(self, x):
+            return x * self.factor
+
+    class Detached(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x).detach()
     """
 )
 
@@ -115,6 +140,11 @@ def test_a_bad_unseen_json_is_an_argument_error_before_the_benchmark(
                    "raised RuntimeError: boom in the factory"),
         ("needs_an_argument", "needs_an_argument() must run without arguments and return a "
                               "torch.nn.Module, but it raised TypeError"),
+        # these were a traceback (or a 100 % success row at distance 0, for NaN logits) after
+        # every earlier model had run
+        ("returns_nan", "returns non-finite logits (NaN or Inf) on the first image"),
+        ("not_differentiable", "returns logits that are not differentiable in its input"),
+        ("writes_into_its_input", "writes into its input tensor"),
     ],
 )  # fmt: skip
 def test_a_model_that_cannot_be_loaded_is_an_argument_error(
@@ -176,7 +206,9 @@ SWEEP = ["sweep", "--models", "mnist_regular", "--samples", "2", "--budgets", "2
 def test_sweep_refuses_repeated_values_and_empty_selections(
     extra: list[str], expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = _error([*SWEEP, *extra], capsys)
+    given = {word for word in extra if word.startswith("--")}  # instead of SWEEP's own
+    base = [w for i, w in enumerate(SWEEP) if w not in given and SWEEP[i - 1] not in given]
+    err = _error([*base, *extra], capsys)
     assert f"alma-bench sweep: error: argument{'s' if 'left' in expected else ''}" in err, err
     assert expected in err, err
 
@@ -330,3 +362,36 @@ def test_training_the_lagrangian_model_alone_needs_the_regular_weights(
                           "--data-dir", str(tmp_path / "no-mnist-here")])  # fmt: skip
     assert exit_info.value.code == 2
     assert "smallcnn_mnist_regular" in capsys.readouterr().err
+
+
+def test_an_option_given_twice_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse kept the last value without a word: ``--models a --models b`` ran b alone."""
+    err = _error(["--models", "mnist_regular", "--models", "mnist_adversarial"], capsys)
+    assert "argument --models: given twice" in err, err
+    err = _error(["sweep", "--samples", "4", "--samples=2"], capsys)
+    assert "argument --samples: given twice" in err, err
+
+
+def test_an_attack_without_default_budgets_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["--models", "mnist_regular", "--attacks", "fab-l2", "--samples", "2"], capsys)
+    assert "fab-l2 has no default budget: give --budgets" in err, err
+
+
+def test_factory_files_import_modules_beside_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A factory file importing a helper module of its folder failed with "No module named",
+    even when run from that folder (a console script's sys.path has no working folder)."""
+    from alma_plugin.bench.usermodels import load_model
+
+    (tmp_path / "helper_net_for_test.py").write_text(FACTORIES)
+    (tmp_path / "entry.py").write_text("from helper_net_for_test import good\n")
+    monkeypatch.chdir(tmp_path.parent)
+    assert isinstance(load_model(f"{tmp_path / 'entry.py'}:good"), torch.nn.Module)
+    package = tmp_path / "pkg_for_cli_test"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(FACTORIES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    assert isinstance(load_model("pkg_for_cli_test.nets:good"), torch.nn.Module)

@@ -184,6 +184,16 @@ def test_the_model_fingerprint_covers_its_code() -> None:
     assert model_fingerprint(plain) == model_fingerprint(plain)
 
 
+def test_the_model_fingerprint_covers_settings_held_as_attributes() -> None:
+    """A LeakyReLU's slope (no weight, no code of its own): an edited slope resumed the
+    batches of the old model."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LeakyReLU(0.01))
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LeakyReLU(-5.0))
+    other.load_state_dict(net.state_dict())
+    assert model_fingerprint(net) != model_fingerprint(other)
+
+
 # --- resumable runs ------------------------------------------------------------------------
 
 CALLS: list[int] = []
