@@ -18,6 +18,7 @@ gathers the results on rank 0.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import platform
 import shlex
@@ -303,6 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _subcommand(argv[0], argv[1:])
+    if argv and not argv[0].startswith("-"):  # the main command takes no positional argument
+        close = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _parser().error(f"unknown subcommand {argv[0]!r}{hint}; the subcommands are "
+                        f"{', '.join(SUBCOMMANDS)}")  # fmt: skip
     config, args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

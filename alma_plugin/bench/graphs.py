@@ -111,7 +111,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = BenchParser(prog="alma-bench graphs", description=(__doc__ or "").splitlines()[0])
+    parser = BenchParser(prog="alma-bench graphs", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda or cuda:N (default: cuda)")
     parser.add_argument("--models", nargs="+", default=["mnist_regular", "mnist_adversarial"],
                         choices=MODEL_NAMES)  # fmt: skip

@@ -108,7 +108,8 @@ def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
         return load_mnist_heldout()
     if not Path(name).is_file():
-        raise ValueError(f"data must be {EMBEDDED_DATA!r} or an .npz file, got {name!r}")
+        missing = " (no such file)" if name.endswith(".npz") else ""
+        raise ValueError(f"data must be {EMBEDDED_DATA!r} or an .npz file, got {name!r}{missing}")
     expected = "an .npz file (numpy.savez) with arrays 'images' and 'labels'"
     try:
         loaded = np.load(name, allow_pickle=False)
@@ -126,8 +127,9 @@ def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"data file {name!r}: expected integer labels (N,), got "
                          f"{labels.dtype} of shape {tuple(labels.shape)}")  # fmt: skip
     if images.size == 0 or not np.isfinite(images).all():
+        what = "empty" if images.size == 0 else "with NaN or Inf values"
         raise ValueError(f"data file {name!r}: expected a non-empty array of finite images, "
-                         f"got shape {tuple(images.shape)}")  # fmt: skip
+                         f"got one {what} of shape {tuple(images.shape)}")  # fmt: skip
     x = torch.from_numpy(images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1))
     if x.ndim != 4 or len(labels) != len(x) or x.min() < 0 or x.max() > 1:
         raise ValueError(

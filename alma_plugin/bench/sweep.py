@@ -249,7 +249,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(MODEL_NAMES),
         metavar="MODEL",
-        help=f"embedded model names or TorchScript files (default: {' '.join(MODEL_NAMES)})",
+        help=f"embedded model names, TorchScript files or file.py:factory / module:factory "
+        f"(default: {' '.join(MODEL_NAMES)})",
     )
     parser.add_argument(
         "--budgets",

@@ -186,9 +186,10 @@ def load_model(
     elif split is not None and (split[0].endswith(".py") or _is_module_name(split[0])):
         model = _from_factory(spec, *split)
     else:
+        missing = " (no such file)" if spec.endswith((".pt", ".pth", ".ts", ".jit")) else ""
         raise ValueError(
             f"model must be one of {', '.join(MODEL_NAMES)}, a TorchScript file, "
-            f"'file.py:callable' or 'module:callable', got {spec!r}"
+            f"'file.py:callable' or 'module:callable', got {spec!r}{missing}"
         )
     if mean is not None and std is not None and spec not in MODEL_NAMES:
         model = Normalized(model, mean, std)

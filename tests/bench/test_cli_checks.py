@@ -395,3 +395,13 @@ def test_factory_files_import_modules_beside_them(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
     assert isinstance(load_model("pkg_for_cli_test.nets:good"), torch.nn.Module)
+
+
+def test_a_mistyped_subcommand_names_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["sweeep", "--samples", "2"], capsys)  # was "unrecognized arguments: sweeep"
+    assert "unknown subcommand 'sweeep' (did you mean 'sweep'?)" in err, err
+
+
+def test_missing_files_are_named_as_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "'nope.pt' (no such file)" in _error(["--models", "nope.pt"], capsys)
+    assert "'nothere.npz' (no such file)" in _error(["--data", "nothere.npz"], capsys)
