@@ -1,5 +1,6 @@
 """Edge behaviours of the distances that no other test pinned (each found by mutation testing):
-safe_sqrt below 0, float64 kept, SSIM's gap maps under rounding, CIEDE2000 on one channel."""
+safe_sqrt below 0, float64 kept (from either operand), ℓp of empty samples, SSIM's gap maps
+under rounding, CIEDE2000 on one channel."""
 
 from __future__ import annotations
 
@@ -33,6 +34,27 @@ def test_distances_of_float64_inputs_are_computed_in_float64() -> None:
     assert value.dtype == torch.float64
     torch.testing.assert_close(value, torch.full((2,), 4e-10, dtype=torch.float64), rtol=1e-4,
                                atol=0)  # fmt: skip
+
+
+def test_a_float64_reference_makes_a_float32_pair_float64() -> None:
+    """Either operand in float64 makes the computation float64, the reference ``x`` too: its
+    1e-10 offset from a float32 ``x_adv`` is measured, not rounded away with ``x``."""
+    from alma_plugin.distances import l2
+
+    x_adv = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    value = l2(x_adv, x_adv.double() + 1e-10)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, torch.full((2,), 4e-10, dtype=torch.float64), rtol=1e-4,
+                               atol=0)  # fmt: skip
+
+
+def test_lp_distances_of_samples_without_features_are_zero() -> None:
+    """(N, 0) samples: ‖·‖ of an empty vector is 0 for every p (ℓ∞ too: the max of nothing)."""
+    from alma_plugin.distances import l1, l2, linf
+
+    empty = torch.zeros(3, 0)
+    for distance in (l1, l2, linf):
+        assert distance(empty, empty).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_ssim_gap_maps_stay_non_negative_where_rounding_dips_a_variance_below_zero() -> None:

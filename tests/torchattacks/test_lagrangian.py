@@ -78,6 +78,20 @@ def test_targeted_mode_moves_towards_the_target() -> None:
     assert float((after - before).mean()) > 0
 
 
+def test_least_likely_mode_attacks_the_least_likely_class() -> None:
+    """In targeted(least-likely) mode the targets are torchattacks' least-likely classes, not
+    the labels: the same attack as by_label mode given those classes."""
+    model = small_model()
+    x, y = batch()
+    least_likely = Lagrangian(model, seed=0)
+    least_likely.set_mode_targeted_least_likely(quiet=True)
+    targets = least_likely.get_least_likely_label(x, y)
+    assert (targets != y).all()
+    by_label = Lagrangian(model, seed=0)
+    by_label.set_mode_targeted_by_label(quiet=True)
+    assert torch.equal(least_likely(x, y), by_label(x, targets))
+
+
 def test_model_mode_and_grads_are_restored() -> None:
     model = small_model().train()
     x, y = batch()

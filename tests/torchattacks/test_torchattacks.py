@@ -272,6 +272,17 @@ def test_minimal_ensemble_modes(cnn: nn.Module, few: tuple[torch.Tensor, torch.T
     assert_unchanged(model, before)
 
 
+def test_minimal_ensemble_with_an_untargetable_member_has_no_targeted_mode(cnn: nn.Module) -> None:
+    """A member without a targeted mode (torchattacks' DeepFool) leaves the ensemble without
+    one: set_mode_targeted_* is refused and the ensemble stays in the default mode, instead of
+    judging success against targets that member never aims for."""
+    ensemble = MinimalEnsemble([ALMA(cnn, steps=10), torchattacks.DeepFool(cnn, steps=5)])
+    assert ensemble.supported_mode == ["default"]
+    with pytest.raises(ValueError, match="not supported"):
+        ensemble.set_mode_targeted_by_label(quiet=True)
+    assert ensemble.get_mode() == "default" and not ensemble.targeted
+
+
 @pytest.mark.parametrize("ensemble_training", [False, True])
 def test_minimal_ensemble_judges_in_its_own_mode(
     few: tuple[torch.Tensor, torch.Tensor], ensemble_training: bool

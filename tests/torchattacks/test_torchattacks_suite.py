@@ -534,6 +534,22 @@ def test_called_under_no_grad(
     assert torch.equal(adv, attack(x, y))
 
 
+@pytest.mark.parametrize("name", OURS)
+def test_called_under_inference_mode(
+    setup: tuple[nn.Module, torch.Tensor, torch.Tensor], name: str
+) -> None:
+    """Called inside an evaluation loop's ``torch.inference_mode()``: as under ``no_grad``, the
+    call lifts it, for MinimalEnsemble's members too (its torchattacks CW needs autograd)."""
+    model, x, y = setup
+    attack = ATTACKS[name](model)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        adv = attack(x, y)
+    assert_valid_output(adv, x, attack)
+    torch.manual_seed(0)
+    assert torch.equal(adv, attack(x, y))
+
+
 @pytest.mark.parametrize(("name", "dtype"), cases("label_dtype", ("int32", "uint8", "int16")))
 def test_integer_label_dtypes(
     setup: tuple[nn.Module, torch.Tensor, torch.Tensor], name: str, dtype: str
