@@ -19,13 +19,15 @@ from alma_plugin import alma, alma_prox, lagrangian
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+# The shapes of the contract table's JAX rows (4 × 1 × 8 × 8 images, 3 classes; 2 × 1 × 6 × 6
+# scenes): JAX compiles each primitive once per shape and dtype, and the two share them.
 RNG = np.random.default_rng(0)
-WEIGHTS = RNG.standard_normal((16, 4)) * 2  # (features, K): a 4-class linear classifier
-BIAS = RNG.standard_normal(4) * 0.1
-IMAGES = RNG.uniform(0.3, 0.7, (6, 1, 4, 4))
+WEIGHTS = RNG.standard_normal((64, 3)) * 2  # (features, K): a 3-class linear classifier
+BIAS = RNG.standard_normal(3) * 0.1
+IMAGES = RNG.uniform(0.3, 0.7, (4, 1, 8, 8))
 # a per-pixel 3-class segmenter: class k's logit is the tangent at u_k of 20·u²
 POINTS = np.array([-0.05, 0.0, 0.05])
-SCENES = RNG.uniform(0.45, 0.55, (2, 1, 5, 5))
+SCENES = RNG.uniform(0.45, 0.55, (2, 1, 6, 6))
 TOLERANCE = 1e-7
 
 
@@ -37,7 +39,7 @@ def classifier(framework: str) -> Callable[[Any], Any]:
         jnp = pytest.importorskip("jax.numpy")
         return lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(WEIGHTS) + jnp.asarray(BIAS)
     tf = pytest.importorskip("tensorflow")
-    return lambda x: tf.reshape(x, (-1, 16)) @ tf.constant(WEIGHTS) + tf.constant(BIAS)
+    return lambda x: tf.reshape(x, (-1, 64)) @ tf.constant(WEIGHTS) + tf.constant(BIAS)
 
 
 def segmenter(framework: str) -> Callable[[Any], Any]:
@@ -88,7 +90,7 @@ def clean_classes(model: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
 
 
 LABELS = clean_classes(classifier("torch"), IMAGES)
-TARGETS = (LABELS + 1) % 4
+TARGETS = (LABELS + 1) % 3
 LABEL_MAPS = clean_classes(segmenter("torch"), SCENES)
 
 
