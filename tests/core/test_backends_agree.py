@@ -4,7 +4,9 @@ eagerpy tensors, but each framework supplies its own primitives (the sub-gradien
 max at ties, reductions, sorting in the exact prox, the ℓ2 norm's safe square root at 0); a
 primitive that differs shows here as a different iterate, step after step. Float64 and an
 affine model keep the comparison exact up to the frameworks' reduction orders (≈ 1e-15 per
-step, measured ≤ 1e-9 after 50 steps), far below the 1e-7 asserted."""
+step; measured after 50 steps: ≤ 8e-10, except ALMA prox ℓ∞ on TensorFlow, 4e-8, whose
+oneDNN products round otherwise and whose prox steps are piecewise), below the 1e-6 asserted:
+a gradient scaled by 1 + 1e-6 on TensorFlow alone fails 3 of its 7 cases."""
 
 from __future__ import annotations
 
@@ -19,16 +21,14 @@ from alma_plugin import alma, alma_prox, lagrangian
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# The shapes of the contract table's JAX rows (4 × 1 × 8 × 8 images, 3 classes; 2 × 1 × 6 × 6
-# scenes): JAX compiles each primitive once per shape and dtype, and the two share them.
 RNG = np.random.default_rng(0)
-WEIGHTS = RNG.standard_normal((64, 3)) * 2  # (features, K): a 3-class linear classifier
-BIAS = RNG.standard_normal(3) * 0.1
-IMAGES = RNG.uniform(0.3, 0.7, (4, 1, 8, 8))
+WEIGHTS = RNG.standard_normal((16, 4)) * 2  # (features, K): a 4-class linear classifier
+BIAS = RNG.standard_normal(4) * 0.1
+IMAGES = RNG.uniform(0.3, 0.7, (6, 1, 4, 4))
 # a per-pixel 3-class segmenter: class k's logit is the tangent at u_k of 20·u²
 POINTS = np.array([-0.05, 0.0, 0.05])
-SCENES = RNG.uniform(0.45, 0.55, (2, 1, 6, 6))
-TOLERANCE = 1e-7
+SCENES = RNG.uniform(0.45, 0.55, (2, 1, 5, 5))
+TOLERANCE = 1e-6
 
 
 def classifier(framework: str) -> Callable[[Any], Any]:
@@ -39,7 +39,7 @@ def classifier(framework: str) -> Callable[[Any], Any]:
         jnp = pytest.importorskip("jax.numpy")
         return lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(WEIGHTS) + jnp.asarray(BIAS)
     tf = pytest.importorskip("tensorflow")
-    return lambda x: tf.reshape(x, (-1, 64)) @ tf.constant(WEIGHTS) + tf.constant(BIAS)
+    return lambda x: tf.reshape(x, (-1, 16)) @ tf.constant(WEIGHTS) + tf.constant(BIAS)
 
 
 def segmenter(framework: str) -> Callable[[Any], Any]:
@@ -90,7 +90,7 @@ def clean_classes(model: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
 
 
 LABELS = clean_classes(classifier("torch"), IMAGES)
-TARGETS = (LABELS + 1) % 3
+TARGETS = (LABELS + 1) % 4
 LABEL_MAPS = clean_classes(segmenter("torch"), SCENES)
 
 
