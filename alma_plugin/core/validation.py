@@ -260,25 +260,18 @@ _MODE_DEPENDENT = ("torch.nn.modules.dropout", "torch.nn.modules.batchnorm",
                    "torch.nn.modules.instancenorm")  # fmt: skip
 
 
-def _scripted_class(module: Any) -> type | None:
-    """The ``torch.nn`` class a TorchScript module was compiled from (``original_name``:
-    every scripted or traced submodule's own type is ``RecursiveScriptModule``), or None."""
+def _layer_class(module: Any) -> type:
+    """A module's class; for TorchScript, the ``torch.nn`` class it was compiled from
+    (``original_name``: every scripted or traced submodule's own type is
+    ``RecursiveScriptModule``)."""
     import torch
 
-    if not isinstance(module, torch.jit.ScriptModule):
-        return None
-    name = getattr(module, "original_name", None)
-    found = getattr(torch.nn, name, None) if isinstance(name, str) else None
-    return found if isinstance(found, type) else None
-
-
-def _is_mode_dependent(module: Any) -> bool:
-    cls = _scripted_class(module) or type(module)
-    return cls.__module__ in _MODE_DEPENDENT
-
-
-def _layer_name(module: Any) -> str:
-    return (_scripted_class(module) or type(module)).__name__
+    if isinstance(module, torch.jit.ScriptModule):
+        name = getattr(module, "original_name", None)
+        found = getattr(torch.nn, name, None) if isinstance(name, str) else None
+        if isinstance(found, type):
+            return found
+    return type(module)
 
 
 def warn_if_training(model: Any, name: str = "model") -> None:
@@ -295,9 +288,9 @@ def warn_if_training(model: Any, name: str = "model") -> None:
         training = [m for m in modules() if getattr(m, "training", False)]
     except TypeError:
         return
-    dependent = [_layer_name(m) for m in training if _is_mode_dependent(m)]
+    dependent = [cls for cls in map(_layer_class, training) if cls.__module__ in _MODE_DEPENDENT]
     if dependent:
-        layers = sorted(set(dependent))
+        layers = sorted({cls.__name__ for cls in dependent})
         warnings.warn(
             f"{name} has layers in training mode ({', '.join(layers)}): dropout and batch "
             "normalisation make the attacked model differ from its eval-mode behaviour (batch "
