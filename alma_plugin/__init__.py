@@ -16,10 +16,10 @@ distances in :mod:`alma_plugin.distances`, the embedded models and data in
 """
 
 from .core.lagrangian import LagrangianParams, LagrangianResult
+from .core.model_checks import ProbabilityOutputWarning, TrainingModeWarning
 from .core.params import PROX_INIT_LR, PROX_RHO_INIT, ALMAParams, ProxParams, budget_alpha
 from .core.precision import ReducedPrecisionWarning
 from .core.result import AttackResult, StepInfo
-from .core.validation import ProbabilityOutputWarning, TrainingModeWarning
 from .distances import DISTANCES, DistanceSpec
 from .functional import alma, alma_prox, lagrangian
 

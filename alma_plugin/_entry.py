@@ -11,15 +11,9 @@ from typing import Any
 import eagerpy as ep
 import numpy as np
 
+from .core.model_checks import warn_if_training
 from .core.result import AttackResult, StepInfo
-from .core.validation import (
-    as_labels,
-    as_tensor,
-    check_inputs,
-    on_framework_of,
-    warn_if_training,
-    working_dtype,
-)
+from .core.validation import as_labels, as_tensor, check_inputs, on_framework_of, working_dtype
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
 from .distances._common import unchecked
 
@@ -140,7 +134,7 @@ def converted(
 
 def judging(predicate: SuccessFn | None, restore: Callable[[ep.Tensor], Any]) -> SuccessFn | None:
     """The caller's success predicate, fed tensors of the caller's kind (as ``callback``); the
-    solver checks its answer (raw or eagerpy) with :func:`.core.validation.check_success`."""
+    solver checks its answer (raw or eagerpy) with :func:`.core.model_checks.check_success`."""
     if predicate is None:
         return None
 

@@ -38,15 +38,9 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, value_aux_and_grad
+from .model_checks import call_model, check_logits
 from .tensors import class_indices, expand, model_space
-from .validation import (
-    Bounds,
-    as_tensor,
-    call_model,
-    check_in_range,
-    check_logits,
-    working_dtype,
-)
+from .validation import Bounds, as_tensor, check_in_range, working_dtype
 
 __all__ = ["LAGRANGIAN_STEPS", "LagrangianParams", "LagrangianResult", "lagrangian_solve"]
 

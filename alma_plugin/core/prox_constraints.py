@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import eagerpy as ep
 import numpy as np
 
-from .validation import check_logits
+from .model_checks import check_logits
 
 __all__ = ["Constraints", "constraint_logits", "make_constraints"]
 

@@ -31,6 +31,7 @@ import numpy as np
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
 from .graphs import pick, run_steps
+from .model_checks import as_model_output, judge_success, versions, warn_if_probabilities
 from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
@@ -47,14 +48,7 @@ from .tensors import (
     representable_bounds,
     valid_logit_rows,
 )
-from .validation import (
-    as_model_output,
-    as_tensor,
-    judge_success,
-    versions,
-    warn_if_probabilities,
-    working_dtype,
-)
+from .validation import as_tensor, working_dtype
 
 __all__ = ["alma_prox_solve"]
 

@@ -19,6 +19,7 @@ from ..distances._common import unchecked
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
 from .graphs import run_steps
+from .model_checks import call_model, check_logits, judge_success, warn_if_probabilities
 from .params import ALMAParams
 from .penalties import get_penalty
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
@@ -33,15 +34,7 @@ from .tensors import (
     nan_to_zero,
     valid_logit_rows,
 )
-from .validation import (
-    Bounds,
-    as_tensor,
-    call_model,
-    check_logits,
-    judge_success,
-    warn_if_probabilities,
-    working_dtype,
-)
+from .validation import Bounds, as_tensor, working_dtype
 
 ModelFn = Callable[[ep.Tensor], Any]
 #: success(model_inputs, logits) -> bool (N,); model_inputs are in the host's bounds.

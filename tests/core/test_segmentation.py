@@ -202,7 +202,7 @@ def test_requires_grad_images_keep_no_graph(seg_net, scenes):
 
 
 def test_train_mode_warns(scenes):
-    from alma_plugin.core.validation import TrainingModeWarning
+    from alma_plugin.core.model_checks import TrainingModeWarning
 
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Dropout2d(0.1)).train()
     with pytest.warns(TrainingModeWarning):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from alma_plugin import StepInfo, alma
-from alma_plugin.core.validation import TrainingModeWarning
+from alma_plugin.core.model_checks import TrainingModeWarning
 from tests.core.host_reads import HostReads
 from tests.utils import CountingModel
 
