@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
+import numpy as np
 
 from ._entry import (
     SuccessFn,
@@ -79,6 +80,17 @@ def names_linf(arguments: dict[str, Any]) -> bool:
     return is_linf(arguments.get("distance"))
 
 
+def _shape_of(labels: Any) -> tuple[int, ...]:
+    """The shape of labels of any container; () where NumPy cannot tell (a ragged list: the
+    labels check names it)."""
+    if hasattr(labels, "shape"):
+        return tuple(labels.shape)
+    try:
+        return np.shape(labels)
+    except ValueError:
+        return ()
+
+
 @takes_params(ALMAParams, alternative=ProxParams, alternative_if=names_linf)
 @autograd_allowed
 def alma(
@@ -128,8 +140,10 @@ def alma(
             tensors of the inputs' kind (raw, or eagerpy if eagerpy tensors were given); default
             argmax ≠ y (or = t when targeted). A sample whose logits or distance are not
             finite never counts as a success, whatever the predicate says.
-        early_stop: stop once every sample has an adversarial with D below this value (0:
-            never, as Foolbox's ``epsilons`` starting at 0.0 imply).
+        early_stop: stop once every sample has an adversarial with D below this value, in
+            the [0, 1]-normalised units of ``result.distances`` whatever ``bounds`` are (0:
+            never, as Foolbox's ``epsilons`` starting at 0.0 imply). The Foolbox classes take
+            it in the raw units of their ``bounds``, as Foolbox's ``epsilons``.
         callback: called with a :class:`~alma_plugin.StepInfo` after every step.
         seed: seeds the random directions used where a gradient vanishes and the random
             starts of ``restarts`` > 1.
@@ -172,6 +186,13 @@ def alma(
         torch.Size([2, 1, 2, 2])
     """
     if check_attack_distance(distance) == LINF:
+        shape = _shape_of(labels)
+        if len(shape) > 1:  # alma() is for classification: one way to attack label maps
+            raise ValueError(
+                f"labels must have shape (N,) with distance='linf' (classification), got shape "
+                f"{shape}; for (N, H, W) label maps (segmentation), call "
+                "alma_prox(model, inputs, labels, masks=..., adv_threshold=...)"
+            )
         params = prox_params_for_linf(params)
         if lpips is not None:
             raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import eagerpy as ep
 import numpy as np
@@ -75,6 +75,12 @@ class LagrangianParams:
         decay: c ∈ (0, 1], the decay of α′ and the growth of λ′.
         kappa: κ, the C&W confidence: ℓ = min(margin, κ), in logits (inf: no clipping).
     """
+
+    #: The hint for an ``eps=`` keyword (``takes_params``): this attack is not a minimal one.
+    NO_BUDGET: ClassVar[str] = (
+        "the Lagrangian attack has no ε budget: the size of its perturbations follows the "
+        "multiplier λ (multiplier=) and the step size α (init_lr=)"
+    )
 
     init_lr: float = 0.1
     multiplier: float = 2.0

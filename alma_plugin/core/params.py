@@ -242,7 +242,9 @@ class ProxParams:
         gamma: ρ increase rate γ.  tau: constraint improvement rate τ.  check_steps: M.
         metric_eps: ε of eq. 5.18 (Adam's).
         scale_min, scale_init, scale_rate: w_min, w⁽⁰⁾ and γ_w of the constraint scaling, eq. 5.8.
-        constraint_masking: m̃⁽ᵗ⁾ of eq. 5.6 (False: the user mask m only).
+        constraint_masking: m̃⁽ᵗ⁾ of eq. 5.6 (False: the user mask m only). Dense outputs
+            (segmentation) only: with (N,) labels each sample has one constraint, and this
+            and ``mask_decay`` change nothing (as in ``LinfALMAProx``).
         mask_decay: the masking percentile decays 100% → ν (False: ν from the first step).
         restarts: R, the number of runs the step budget is split into (:mod:`.restarts`): run 0
             is Algorithm IV-2 from δ = 0, the others follow ``restart_mode``; each sample keeps
@@ -364,11 +366,12 @@ _PEER_KEYWORDS = {
 _NO_BUDGET = "a minimal attack has no ε budget: early_stop=ε stops once every sample is below it"
 
 
-def _hint(keyword: str, accepted: list[str]) -> str:
+def _hint(keyword: str, accepted: list[str], no_budget: str = _NO_BUDGET) -> str:
     """What an unknown keyword may have meant: another attack's name for one of ours, or a
-    close spelling (cutoff 0.8: "inti_lr" and "step", not "eps" for "steps")."""
+    close spelling (cutoff 0.8: "inti_lr" and "step", not "eps" for "steps"); ``no_budget``
+    answers "eps" (a params class's ``NO_BUDGET``, where it differs from a minimal attack's)."""
     if keyword in ("eps", "epsilon"):
-        return f" ({_NO_BUDGET})"
+        return f" ({no_budget})"
     ours = _PEER_KEYWORDS.get(keyword)
     if ours in accepted:
         return f" (did you mean {ours!r}? {keyword!r} is other attacks' name for it)"
@@ -397,6 +400,7 @@ def takes_params(
     ``cls`` are then refused before ``cls`` checks them against its own rules.
     """
     names = [f.name for f in fields(cls)]
+    no_budget = getattr(cls, "NO_BUDGET", _NO_BUDGET)
 
     def decorate(function: Callable[..., R]) -> Callable[..., R]:
         signature = inspect.signature(function)
@@ -429,7 +433,7 @@ def takes_params(
             as ALMAAttack or _SSIMFamily) and count the ``params`` the wrapper passes on."""
             unknown = [k for k in kwargs if k not in accepted or k == "self"]
             if unknown:
-                hint = _hint(unknown[0], accepted[int(is_init) :])
+                hint = _hint(unknown[0], accepted[int(is_init) :], no_budget)
                 raise TypeError(
                     f"{caller(args)} got an unexpected keyword argument {unknown[0]!r}{hint}"
                 )

@@ -53,14 +53,13 @@ weight files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import eagerpy as ep
 
 from ._color import CIEDE2000_INIT_LR_DISTANCE, check_color_input, ciede2000
-from ._common import Distance, distance_function
+from ._common import Distance, DistanceFunction, distance_function
 from ._lp import l1, l2, linf
 from ._ssim import (
     MS_SSIM_WEIGHTS,
@@ -75,9 +74,6 @@ from ._ssim import (
 if TYPE_CHECKING:
     from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
     from ._lpips import LPIPS, LPIPSWeightsNotFoundError
-
-#: An eagerpy-level distance ``(x_adv, x) -> (N,)``, as the attacks' core calls it.
-DistanceFunction = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -32,7 +33,8 @@ from typing import Any, Protocol, TypeVar, cast
 
 import eagerpy as ep
 
-EagerDistance = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
+#: An eagerpy-level distance ``(x_adv, x) -> (N,)``, as the attacks' core calls it.
+DistanceFunction = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
 T = TypeVar("T")
 
@@ -45,7 +47,11 @@ _FRAMEWORKS = {
 
 
 class Distance(Protocol):
-    """A per-sample distance ``D(x_adv, x) -> (N,)`` that returns the caller's tensor type."""
+    """A per-sample distance ``D(x_adv, x) -> (N,)`` that returns the caller's tensor type.
+
+    The adversarial comes first, as in the paper's D(x̃, x); Foolbox's
+    ``fb.distances.Distance`` is called the other way round, ``(references, perturbed)``
+    (every distance of this package is symmetric, so the values agree either way)."""
 
     def __call__(self, x_adv: T, x: T) -> T: ...  # pragma: no cover
 
@@ -174,7 +180,7 @@ def check_unit_range(t: ep.Tensor, name: str, distance: str) -> None:
 
 
 def apply_distance(
-    function: EagerDistance, x_adv: Any, x: Any, unit_range: str | None = None
+    function: DistanceFunction, x_adv: Any, x: Any, unit_range: str | None = None
 ) -> Any:
     """Call an eagerpy-level distance under the package's contract (see module docstring);
     ``unit_range``: the name of a distance defined on images in [0, 1] (checked)."""
@@ -188,30 +194,38 @@ def apply_distance(
 
 
 def distance_function(
-    function: EagerDistance | None = None, *, unit_range: str | None = None
+    function: DistanceFunction | None = None, *, unit_range: str | None = None
 ) -> Any:
     """Decorate an eagerpy-level distance ``(x_adv, x) -> (N,)`` with the package's contract;
     ``@distance_function(unit_range="ssim")`` for a distance of images in [0, 1]."""
 
-    def decorate(function: EagerDistance) -> Distance:
+    def decorate(function: DistanceFunction) -> Distance:
         @functools.wraps(function)
         def wrapper(x_adv: Any, x: Any) -> Any:
             return apply_distance(function, x_adv, x, unit_range)
 
         wrapper.unchecked = function  # type: ignore[attr-defined]
+        # What help() and inspect.signature show: the caller's tensor type in and out, not
+        # the eagerpy types of the function inside.
+        signature = inspect.signature(function)
+        typed = [p.replace(annotation=T) for p in signature.parameters.values()]
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=typed, return_annotation=T
+        )
+        wrapper.__annotations__ = {**{p.name: T for p in typed}, "return": T}
         return wrapper
 
     return decorate if function is None else decorate(function)
 
 
-def unchecked(distance: Callable[[Any, Any], Any]) -> EagerDistance:
+def unchecked(distance: Callable[[Any, Any], Any]) -> DistanceFunction:
     """The eagerpy-level function behind a :func:`distance_function` (any other callable is
     returned as it is): the same values and gradients, without the contract's validation,
     dtype promotion and non-finite masking. For callers whose arguments are finite eagerpy
     tensors of one dtype of at least 32 bits, such as a solver's iterates (clipped to the
     box) against its validated input: there the checks change nothing, and they are a third
     of the operations of an ℓp distance and its gradient, every step."""
-    return cast(EagerDistance, getattr(distance, "unchecked", distance))
+    return cast(DistanceFunction, getattr(distance, "unchecked", distance))
 
 
 def zero_where(condition: ep.Tensor, x: ep.Tensor) -> ep.Tensor:

@@ -80,7 +80,14 @@ from typing import TypeVar, cast
 
 import eagerpy as ep
 
-from ._common import apply_distance, distance_function, flatten, stop_gradient, zero_where
+from ._common import (
+    DistanceFunction,
+    apply_distance,
+    distance_function,
+    flatten,
+    stop_gradient,
+    zero_where,
+)
 from ._gaussian import (
     SIGMA,
     WINDOW,
@@ -92,8 +99,6 @@ from ._gaussian import (
 )
 
 T = TypeVar("T")
-#: An eagerpy-level distance ``(x_adv, x) -> (N,)``.
-DistanceFunction = Callable[[ep.Tensor, ep.Tensor], ep.Tensor]
 
 K1 = 0.01
 K2 = 0.03

@@ -100,6 +100,12 @@ class ALMAAttack(MinimalAttack):
         params: ALMAParams | None = None,
     ) -> None:
         assert params is not None
+        if not hasattr(type(self), "distance_name"):  # the base class, exported for isinstance
+            raise TypeError(
+                f"{type(self).__name__} is the base class of the ALMA Foolbox attacks: use "
+                "L1ALMA, L2ALMA, CIEDE2000ALMA, SSIMALMA, MSSSIMALMA or LPIPSALMA (or a subclass "
+                "that sets distance_name)"
+            )
         spec = get_distance(self.distance_name)
         self.steps = check_positive_int("steps", steps)
         self.seed = check_positive_int("seed", seed, minimum=0)

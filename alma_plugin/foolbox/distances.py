@@ -148,7 +148,12 @@ class WithinSegment(Distance):
     keeps x̃ exactly, and every value of a clipped one lies between those of x and x̃, so
     inside the model's bounds. Measures exactly as the wrapped distance. :meth:`ALMAAttack
     .for_model` gives ``__call__`` and ``repeat`` this view of ``fb.distances.l1`` / ``l2`` /
-    ``linf``; the attack's own :attr:`distance` stays Foolbox's object."""
+    ``linf``; the attack's own :attr:`distance` stays Foolbox's object.
+
+    Args:
+        lp: the Foolbox ℓp distance measured and clipped within segments: ``fb.distances.l1``,
+            ``l2`` or ``linf``.
+    """
 
     def __init__(self, lp: Distance) -> None:
         self.lp = lp

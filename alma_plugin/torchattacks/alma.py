@@ -42,8 +42,8 @@ class ALMA(StateRestoringAttack):
             of the Foolbox classes). (Default: None)
         early_stop (float): stop once every sample has an adversarial with D below this
             (for "linf": normalised ℓ∞); None or 0 never stop early.
-        seed (int): seeds the random directions used where a gradient vanishes and the
-            random starts of ``restarts`` > 1 (ALMA and ALMA prox). A seeded
+        seed (int): seeds the random starts of ``restarts`` > 1 (ALMA and ALMA prox) and,
+            for ALMA, the random directions used where a gradient vanishes. A seeded
             attack is deterministic: calling it again on the same batch returns the same
             result (there is no ``repeat``), except after ``set_mode_targeted_random``,
             whose targets come from torch's global generator as in torchattacks (the same

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from alma_plugin import ALMAParams, ProxParams, StepInfo, alma
+from alma_plugin import ALMAParams, ProxParams, StepInfo, alma, alma_prox
 from alma_plugin.core.constraints import dlr_plus, restart_goal
 from alma_plugin.core.prox_solver import alma_prox_solve
 from alma_plugin.core.restarts import Place
@@ -179,8 +179,7 @@ def test_predictions_of_unfooled_samples_empty_batches_and_dense_outputs() -> No
     empty = alma(_model(), x[:0], y[:0])
     assert empty.predictions is not None and empty.predictions.shape == (0,)
     labels = torch.zeros(2, 4, 4, dtype=torch.long)
-    segmentation = alma(torch.nn.Conv2d(1, 3, 1), torch.rand(2, 1, 4, 4), labels, distance="linf",
-                        steps=3)  # fmt: skip
+    segmentation = alma_prox(torch.nn.Conv2d(1, 3, 1), torch.rand(2, 1, 4, 4), labels, steps=3)
     assert segmentation.predictions is None
 
 
@@ -234,7 +233,7 @@ def test_dense_outputs_refuse_class_restarts() -> None:
     y = torch.zeros(2, 4, 4, dtype=torch.long)
     params = ProxParams(restarts=2, restart_mode="classes")
     with pytest.raises(ValueError, match=r"restart_mode='classes' needs one label per sample"):
-        alma(model, x, y, distance="linf", steps=10, params=params)
+        alma_prox(model, x, y, steps=10, params=params)
 
 
 @pytest.mark.parametrize("distance", ["l2", "linf"])

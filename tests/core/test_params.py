@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin import ALMAParams, LagrangianParams, ProxParams, alma, alma_prox
+from alma_plugin import ALMAParams, LagrangianParams, ProxParams, alma, alma_prox, lagrangian
 from alma_plugin.foolbox import L2ALMA, LinfALMAProx
-from alma_plugin.torchattacks import ALMA
+from alma_plugin.torchattacks import ALMA, Lagrangian
 
 NET = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
 X, Y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
@@ -75,6 +75,16 @@ def test_alma_keywords_with_linf_are_refused_before_alma_checks_them(call: Any) 
         call()
 
 
+@pytest.mark.parametrize("labels", [torch.zeros(2, 2, 2, dtype=torch.long), [[0, 1]] * 2])
+def test_alma_refuses_label_maps_with_linf_and_names_alma_prox(labels: Any) -> None:
+    """alma() is for classification, as torchattacks' ALMA: label maps go to alma_prox, which
+    takes the masks and ν (adv_threshold) that segmentation needs (before: alma() ran dense
+    ALMA prox with ν = 0.99 and no way to give either)."""
+    conv = nn.Conv2d(1, 3, 1)
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\).*call alma_prox\("):
+        alma(conv, X, labels, distance="linf", steps=2)
+
+
 @pytest.mark.parametrize(
     "call, hint",
     [
@@ -87,6 +97,8 @@ def test_alma_keywords_with_linf_are_refused_before_alma_checks_them(call: Any) 
         (lambda: alma(NET, X, Y, kappa=1), r"'kappa'$"),  # was 'alpha'
         (lambda: alma_prox(NET, X, Y, levels=256), r"'levels'$"),  # was 'labels'
         (lambda: LinfALMAProx(eps=0.3), r"no ε budget"),  # was 'steps'
+        (lambda: lagrangian(NET, X, Y, eps=0.3), r"Lagrangian attack has no ε budget.*multiplier"),
+        (lambda: Lagrangian(NET, epsilon=0.3), r"Lagrangian attack has no ε budget"),
     ],
 )
 def test_unknown_keywords_get_a_useful_hint_or_none(call: Any, hint: str) -> None:

@@ -96,3 +96,19 @@ def test_ssim_refuses_images_without_channels_and_hints_at_channels_last() -> No
     with pytest.raises(ValueError, match=r"channels last\? the layout is \(N, C, H, W\)"):
         ssim(last, last)
     assert ssim(torch.rand(0, 3, 16, 16), torch.rand(0, 3, 16, 16)).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "linf", "ciede2000", "ssim", "msssim", "lpips"])
+def test_public_distances_show_the_callers_tensor_type_in_their_signature(name: str) -> None:
+    """help() and inspect.signature show D(x_adv: T, x: T) -> T, the caller's type in and out
+    (before: the eagerpy annotations of the function inside, ep.Tensor -> ep.Tensor, for every
+    distance but SSIM and MS-SSIM)."""
+    import inspect
+
+    import alma_plugin.distances as distances
+
+    signature = inspect.signature(getattr(distances, name))
+    annotations = [p.annotation for p in list(signature.parameters.values())[:2]]
+    assert [*annotations, signature.return_annotation] == ["T"] * 3 or all(
+        getattr(a, "__name__", None) == "T" for a in [*annotations, signature.return_annotation]
+    )

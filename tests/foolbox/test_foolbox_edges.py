@@ -195,3 +195,12 @@ def test_alma_prox_returns_samples_within_epsilon_exactly_and_inside_the_bounds(
     assert success.all() and torch.equal(clipped, raw)
     assert clipped.min() >= lower and clipped.max() <= upper
     assert attack.distance is fb.distances.linf  # the attack itself is left unchanged
+
+
+def test_the_exported_base_class_is_refused_with_the_attacks_to_use() -> None:
+    """ALMAAttack is exported for isinstance checks; built directly it has no distance
+    (before: AttributeError 'ALMAAttack' object has no attribute 'distance_name')."""
+    from alma_plugin.foolbox import ALMAAttack
+
+    with pytest.raises(TypeError, match=r"ALMAAttack is the base class.*use L1ALMA, L2ALMA"):
+        ALMAAttack(steps=10)
