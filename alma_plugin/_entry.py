@@ -13,7 +13,14 @@ import numpy as np
 
 from .core.model_checks import warn_if_training
 from .core.result import AttackResult, StepInfo
-from .core.validation import as_labels, as_tensor, check_inputs, on_framework_of, working_dtype
+from .core.validation import (
+    as_labels,
+    as_tensor,
+    check_inputs,
+    host_array,
+    on_framework_of,
+    working_dtype,
+)
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
 from .distances._common import unchecked
 
@@ -57,7 +64,9 @@ def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
     """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
     # nested lists / tuples (label maps given as lists) have no .shape: NumPy reads it
     shape = tuple(
-        getattr(labels, "shape", np.shape(labels) if isinstance(labels, list | tuple) else ())
+        getattr(labels, "shape", host_array("labels", labels).shape)
+        if isinstance(labels, list | tuple)
+        else getattr(labels, "shape", ())
     )
     if len(shape) <= 1:
         return as_labels("labels", labels, x, (len(x),))
@@ -81,7 +90,7 @@ def checked_masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:
     nested list of booleans (or 0/1), as a tensor of the (checked) labels' framework and device,
     i.e. the inputs'. Their values are checked with the labels' (:mod:`.core.prox_constraints`)."""
     if isinstance(masks, np.ndarray | list | tuple):
-        array = np.asarray(masks)
+        array = host_array("masks", masks)
         if array.dtype.kind not in "biuf":
             raise TypeError(f"masks must hold booleans or 0/1 values, got dtype {array.dtype}")
         m: ep.Tensor | np.ndarray = array

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
-import numpy as np
 
 from ._entry import (
     SuccessFn,
@@ -47,6 +46,7 @@ from .core.validation import (
     check_flag,
     check_in_range,
     check_positive_int,
+    host_array,
     working_dtype,
 )
 from .distances import DISTANCES, DistanceFunction, get_distance
@@ -81,14 +81,8 @@ def names_linf(arguments: dict[str, Any]) -> bool:
 
 
 def _shape_of(labels: Any) -> tuple[int, ...]:
-    """The shape of labels of any container; () where NumPy cannot tell (a ragged list: the
-    labels check names it)."""
-    if hasattr(labels, "shape"):
-        return tuple(labels.shape)
-    try:
-        return np.shape(labels)
-    except ValueError:
-        return ()
+    """The shape of labels of any container (a tensor, an array, a nested list)."""
+    return tuple(labels.shape if hasattr(labels, "shape") else host_array("labels", labels).shape)
 
 
 @takes_params(ALMAParams, alternative=ProxParams, alternative_if=names_linf)

@@ -231,6 +231,9 @@ def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"loader must yield labels of shape (N,), one class per image, got "
                          f"images of shape {tuple(images.shape)} and labels of shape "
                          f"{tuple(labels.shape)}")  # fmt: skip
+    if not bool(torch.isfinite(images).all()):  # one NaN pixel would make every weight NaN
+        raise ValueError("loader's images contain NaN or Inf values: training on them would "
+                         "make the weights NaN")  # fmt: skip
     # inference tensors (a loader run under torch.inference_mode()) cannot enter autograd:
     # the step trains on copies, as the attacks attack copies
     images, labels = (t.clone() if t.is_inference() else t for t in (images, labels))
@@ -262,8 +265,15 @@ def _perturbed(output: Any, images: torch.Tensor) -> torch.Tensor:
 
 
 def _check_labels(labels: torch.Tensor, logits: torch.Tensor) -> None:
-    """Labels in [0, K), K the model's class count (cross-entropy's own IndexError names
-    neither the loader nor the value's meaning)."""
+    """Logits (N, K) and labels in [0, K), K the model's class count (cross-entropy's own
+    IndexError names neither the loader nor the value's meaning)."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = (f"a tensor of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor)
+               else type(logits).__name__)  # fmt: skip
+        raise TypeError(
+            f"model must return a tensor of logits of shape (N, K), got {got} (a model "
+            "returning a tuple or an object with .logits: wrap it)"
+        )
     classes = logits.shape[-1]
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
         raise ValueError(f"loader's labels must lie in [0, {classes}) for a model with "

@@ -182,12 +182,35 @@ def test_loader_errors_are_clear(loader: list[tuple[torch.Tensor, torch.Tensor]]
     with pytest.raises(ValueError, match="NaN or Inf"):  # was trained on: every weight NaN
         _quiet(model, [(images, labels)], attack=lambda x, y: x / (x > 0), warmup_epochs=0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    for broken in (torch.nan, torch.inf):  # before: trained on, every weight NaN (no attack)
+        with pytest.raises(ValueError, match="loader's images contain NaN or Inf"):
+            _quiet(model, [(torch.where(images > 0.5, broken, images), labels)], attack=None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(TypeError, match="images must be a floating-point tensor"):
         _quiet(model, [((images * 255).to(torch.uint8), labels)])  # was a bare matmul error
     for bad in (labels[:, None], labels[:5], torch.nn.functional.one_hot(labels, 10)):
         with pytest.raises(ValueError, match=r"labels of shape \(N,\)"):  # torch's own error
             _quiet(model, [(images, bad)])
     assert not model.training  # left in eval mode after every error
+
+
+class _TupleOutput(torch.nn.Module):
+    """A model returning (logits, features), as some feature-extracting models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_mnist_cnn()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x), x
+
+
+def test_a_model_returning_a_tuple_is_named(
+    loader: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Before: AttributeError 'tuple' object has no attribute 'shape', from the label check."""
+    with pytest.raises(TypeError, match=r"model must return a tensor of logits.*got tuple"):
+        _quiet(_TupleOutput(), loader[:1])
 
 
 def test_empty_batches_are_skipped(loader: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

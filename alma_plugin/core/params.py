@@ -75,15 +75,17 @@ def _check(params: Any, rules: dict[str, tuple[float, float, bool, bool]]) -> No
         if getattr(params, f.name) is None and "None" not in str(f.type):
             kind = _KINDS.get(str(f.type), f.type)
             raise TypeError(f"{f.name} must be {kind}, got None (NoneType)")
-    for f in fields(params):
-        value = getattr(params, f.name)
-        if value is None or f.name not in rules:
+    # In the rules' order: a field whose range is another field's value comes after it
+    # (μ_min, then μ_max ≥ μ_min, then μ⁽⁰⁾ in [μ_min, μ_max]), so the error names the field
+    # that is out of place, not a correct one measured against it.
+    for name, (low, high, open_low, open_high) in rules.items():
+        value = getattr(params, name)
+        if value is None:
             continue
-        low, high, open_low, open_high = rules[f.name]
         object.__setattr__(
             params,
-            f.name,
-            check_in_range(f.name, value, low, high, open_low=open_low, open_high=open_high),
+            name,
+            check_in_range(name, value, low, high, open_low=open_low, open_high=open_high),
         )
 
 

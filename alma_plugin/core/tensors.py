@@ -125,6 +125,14 @@ def representable_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[
     return inside(lower, upper), inside(upper, lower)
 
 
+def fits_dtype(like: ep.Tensor, *values: float) -> bool:
+    """Whether every value is finite in ``like``'s dtype (a bound of 1e39, or a range
+    upper − lower of 2e308, is inf in float32 / float64), on host scalars."""
+    scalar, _ = _dtype_scalars(like)
+    with np.errstate(over="ignore"):
+        return all(math.isfinite(float(scalar(value))) for value in values)
+
+
 def rounded_bounds(like: ep.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
     """The bounds as ``like``'s dtype rounds them (to the nearest value): where a caller's
     input computed as a bound itself lands. A white pixel normalised with ImageNet's red

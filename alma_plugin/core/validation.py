@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import eagerpy as ep
 import numpy as np
 
-from .tensors import representable_bounds, rounded_bounds
+from .tensors import fits_dtype, representable_bounds, rounded_bounds
 
 Bounds = tuple[float, float]
 
 
 def check_bounds(bounds: Any) -> Bounds:
     try:
-        if isinstance(bounds, str | bytes):  # "01" would be read as the pair (0, 1)
+        # "01" would be read as the pair (0, 1), {0: 1, 1: 2} as its keys, True as 1
+        if isinstance(bounds, str | bytes | Mapping | AbstractSet):
+            raise TypeError
+        if any(isinstance(b, str | bytes | bool | np.bool_) for b in bounds):
             raise TypeError
         lower, upper = (float(b) for b in bounds)
     except (TypeError, ValueError):
@@ -99,11 +104,20 @@ def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         )
     if "float" not in str(inputs.dtype):
         raise TypeError(f"inputs must be a floating-point tensor, got dtype {inputs.dtype}")
+    if len(inputs) and math.prod(inputs.shape[1:]) == 0:  # nothing to perturb or measure
+        raise ValueError(
+            f"inputs must have at least one value per sample, got shape {tuple(inputs.shape)}"
+        )
+    lower, upper = bounds
+    if not fits_dtype(inputs, lower, upper, upper - lower):
+        raise ValueError(
+            f"bounds must be finite in the inputs' dtype {inputs.dtype}, and so must their "
+            f"range upper - lower, got {bounds}"
+        )
     if len(inputs) == 0:
         return inputs
     if _has_non_finite(inputs):
         raise ValueError("inputs contain NaN or Inf values")
-    lower, upper = bounds
     low, high = inputs.min().item(), inputs.max().item()
     if outside_bounds(inputs, bounds, low, high):
         raise ValueError(
@@ -187,6 +201,18 @@ def as_tensor(name: str, value: Any) -> ep.Tensor:
     return tensor
 
 
+def host_array(name: str, value: Any) -> np.ndarray:
+    """``np.asarray(value)`` for a list, tuple or array the caller gave, refusing ragged
+    nesting with a TypeError naming ``name`` (NumPy's own error names neither)."""
+    try:
+        return np.asarray(value)
+    except ValueError:
+        raise TypeError(
+            f"{name} must be a rectangular nested list (the same length in every row: one entry "
+            "per sample, or per pixel), got a ragged one"
+        ) from None
+
+
 def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) -> ep.Tensor:
     """Integer class indices of ``shape`` as a tensor of ``like``'s framework and device, in
     that framework's index dtype (int64 for PyTorch), whatever the caller's integer dtype
@@ -194,7 +220,7 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
     if isinstance(value, ep.Tensor):
         labels = value
     elif isinstance(value, np.ndarray | list | tuple) or np.isscalar(value):
-        array = np.asarray(value)
+        array = host_array(name, value)
         if array.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer class indices, got dtype {array.dtype}")
         labels = _index_tensor(name, array.astype(np.int64), like)

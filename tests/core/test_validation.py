@@ -59,6 +59,12 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"bounds": (1, 0)}, ValueError, "bounds must be finite with lower < upper"),
         (X, Y, {"bounds": 1.0}, TypeError, "bounds must be a pair"),
         (X, Y, {"bounds": "01"}, TypeError, "bounds must be a pair"),  # was read as (0, 1)
+        (X, Y, {"bounds": {0: 1, 1: 2}}, TypeError, "bounds must be a pair"),  # was its keys
+        (X, Y, {"bounds": (True, 2)}, TypeError, "bounds must be a pair"),  # was (1.0, 2.0)
+        (X, Y, {"bounds": ("0", "1")}, TypeError, "bounds must be a pair"),  # was (0.0, 1.0)
+        # before: success False and distance inf everywhere (the range is inf in float32)
+        (X, Y, {"bounds": (0, 1e39)}, ValueError, r"bounds must be finite in the inputs' dtype"),
+        (X.double(), Y, {"bounds": (-1e308, 1e308)}, ValueError, r"and so must their range"),
         (X, Y, {"targeted": "False"}, TypeError, "targeted must be a bool, got 'False'"),
         (X, Y, {"targeted": 1}, TypeError, "targeted must be a bool"),
         (X, Y, {"targeted": np.bool_(False), "steps": 1}, None, None),
@@ -76,7 +82,19 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"is_adversarial": 3}, TypeError, "is_adversarial must be callable"),
         (X, Y, {"callback": "print"}, TypeError, "callback must be callable"),
         (X, Y, {"mu_init": 2.0, "mu_max": 1.0}, ValueError, "mu_init must lie in"),
+        # before: "mu_init must lie in [2e+12, 1e+12], got 1.0", naming the field left alone
+        (X, Y, {"mu_min": 2e12}, ValueError, r"mu_max must lie in \[2e\+12, inf\)"),
         (X.numpy(), Y, {}, TypeError, "inputs must be a PyTorch, JAX or TensorFlow tensor"),
+        # before: NumPy's "setting an array element with a sequence", naming no argument
+        (X, [[0, 1], [0], [1]], {}, TypeError, "labels must be a rectangular nested list"),
+        # before: torch's "min(): Expected reduction dim to be specified for input.numel() == 0"
+        (
+            X[:, :, :0],
+            Y,
+            {},
+            ValueError,
+            r"at least one value per sample, got shape \(3, 1, 0, 4\)",
+        ),
     ],
 )
 def test_bad_arguments(
