@@ -42,6 +42,7 @@ from .core.solver import alma_solve
 from .core.validation import (
     as_labels,
     check_bounds,
+    check_choice,
     check_early_stop,
     check_flag,
     check_in_range,
@@ -70,9 +71,7 @@ def check_attack_distance(distance: Any) -> str:
     else a registry name (lower case); an error listing every accepted name otherwise."""
     if is_linf(distance):
         return LINF
-    if not isinstance(distance, str) or distance.lower() not in DISTANCES:
-        raise ValueError(f"distance must be one of {[*sorted(DISTANCES), LINF]}, got {distance!r}")
-    return distance.lower()
+    return check_choice("distance", distance, [*sorted(DISTANCES), LINF])
 
 
 def names_linf(arguments: dict[str, Any]) -> bool:

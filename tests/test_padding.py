@@ -78,6 +78,9 @@ def test_none_is_symmetric_and_valid_differs(
     assert torch.equal(
         ALMA(model, "ssim", STEPS)(x, y), ALMA(model, "ssim", STEPS, padding="symmetric")(x, y)
     )
+    # Foolbox's classes too (before: padding=None was a ValueError there only)
+    assert SSIMALMA(steps=2, padding=None).padding == "symmetric"
+    assert MSSSIMALMA(steps=2, padding=None).padding == "symmetric"
     # Another objective, another descent (on 12×12 images the gradients differ everywhere).
     assert not torch.equal(runs["valid"].adversarials, runs["symmetric"].adversarials)
 
@@ -139,9 +142,10 @@ def test_padding_with_another_distance_is_refused(distance: str) -> None:
 def test_bad_padding_is_refused(distance: str, padding: object) -> None:
     model, x, y = _case((1, 12, 12), n=2)
     message = rf"padding must be one of \['valid', 'symmetric'\], got {padding!r}"
-    with pytest.raises(ValueError, match=message):
+    error = ValueError if isinstance(padding, str) else TypeError  # a number: the wrong type
+    with pytest.raises(error, match=message):
         alma(model, x, y, distance=distance, steps=2, padding=padding)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         ALMA(model, distance, 2, padding=padding)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         PADDED[distance](steps=2, padding=padding)  # type: ignore[arg-type]

@@ -105,7 +105,12 @@ def check_success(
             f"{name} must return {expected} of the model's framework "
             f"({type(like.raw).__name__}), got {type(tensor.raw).__name__}"
         )
-    if tuple(tensor.shape) != (batch_size,) or "bool" not in str(tensor.dtype):
+    if "bool" not in str(tensor.dtype):  # the wrong type of answer (a score, a class)
+        raise TypeError(
+            f"{name} must return {expected}, got dtype {tensor.dtype} and shape "
+            f"{tuple(tensor.shape)}"
+        )
+    if tuple(tensor.shape) != (batch_size,):
         raise ValueError(
             f"{name} must return {expected}, got dtype {tensor.dtype} and shape "
             f"{tuple(tensor.shape)}"

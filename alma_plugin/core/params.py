@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn, TypeVar, get_type_hints
 
 from .penalties import PENALTIES
-from .validation import check_flag, check_in_range, check_positive_int
+from .validation import check_choice, check_flag, check_in_range, check_positive_int
 
 __all__ = [
     "ALMA_STEPS",
@@ -45,9 +45,7 @@ RESTART_MODES: tuple[str, ...] = ("random", "classes")
 
 
 def _check_restart_mode(mode: object) -> str:
-    if not isinstance(mode, str) or mode.lower() not in RESTART_MODES:
-        raise ValueError(f"restart_mode must be one of {list(RESTART_MODES)}, got {mode!r}")
-    return mode.lower()
+    return check_choice("restart_mode", mode, RESTART_MODES)
 
 
 #: The default budgets: ALMA's 1000 steps (the paper's §4), ALMA prox's 500 (thesis §5.5.5.3).
@@ -153,9 +151,8 @@ class ALMAParams:
     restart_mode: str = "random"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.penalty, str) or self.penalty.upper() not in PENALTIES:
-            raise ValueError(f"penalty must be one of {sorted(PENALTIES)}, got {self.penalty!r}")
-        object.__setattr__(self, "penalty", self.penalty.upper())
+        penalty = check_choice("penalty", self.penalty, sorted(PENALTIES), upper=True)
+        object.__setattr__(self, "penalty", penalty)
         _check(
             self,
             {
@@ -178,9 +175,7 @@ class ALMAParams:
         object.__setattr__(self, "restarts", check_positive_int("restarts", self.restarts))
         if self.levels is not None:
             object.__setattr__(self, "levels", check_positive_int("levels", self.levels, 2))
-        if not isinstance(self.schedule, str) or self.schedule.lower() not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        object.__setattr__(self, "schedule", self.schedule.lower())
+        object.__setattr__(self, "schedule", check_choice("schedule", self.schedule, SCHEDULES))
         object.__setattr__(self, "restart_mode", _check_restart_mode(self.restart_mode))
 
     def for_budget(self, steps: int, init_lr_distance: float) -> ALMAParams:

@@ -17,6 +17,8 @@ from typing import Protocol
 
 import eagerpy as ep
 
+from .validation import check_choice
+
 
 class PenaltyFunction(Protocol):
     def __call__(self, y: ep.Tensor, rho: ep.Tensor, mu: ep.Tensor) -> ep.Tensor: ...
@@ -115,7 +117,4 @@ PENALTIES: dict[str, Penalty] = {
 
 def get_penalty(name: str) -> Penalty:
     """Look up a penalty by name (case-insensitive), with an error listing the known names."""
-    key = name.upper() if isinstance(name, str) else name
-    if key not in PENALTIES:
-        raise ValueError(f"penalty must be one of {sorted(PENALTIES)}, got {name!r}")
-    return PENALTIES[key]
+    return PENALTIES[check_choice("penalty", name, sorted(PENALTIES), upper=True)]

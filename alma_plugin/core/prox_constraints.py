@@ -40,8 +40,13 @@ def make_constraints(
         mask = ep.ones(y, y.shape).astype(bool)
     else:
         values = masks.astype(like.dtype).reshape((n, -1))
-        if not bool(ep.logical_or(values == 0, values == 1).all().item()):
-            raise ValueError("masks must hold only 0/1 (or boolean) values")
+        other = ep.logical_and(values != 0, values != 1)  # NaN included
+        if bool(other.any().item()):
+            wrong = float(ep.where(other, values, 0).abs().max().item())
+            raise ValueError(
+                f"masks must hold only 0/1 (or boolean) values, got others (largest in "
+                f"magnitude: {wrong:g})"
+            )
         mask = values > 0
     counts = mask.astype(like.dtype).sum(axis=1).numpy().astype(np.int64)
     if (counts == 0).any():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -39,6 +39,20 @@ def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
     return bool(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str], *, upper: bool = False) -> str:
+    """``value`` folded to lower (or ``upper``) case if it then is one of ``choices``: a
+    TypeError for a non-string (None, a number), a ValueError for another string, each
+    listing the choices."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {list(choices)}, got {value!r} ({type(value).__name__})"
+        )
+    folded = value.upper() if upper else value.lower()
+    if folded not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return folded
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:

@@ -125,7 +125,9 @@ DISTANCES: dict[str, DistanceSpec] = {
 
 def get_distance(name: str) -> DistanceSpec:
     """Look up a distance by name, with an error that lists the known names."""
-    if not isinstance(name, str) or name.lower() not in DISTANCES:
+    if not isinstance(name, str):
+        raise TypeError(f"distance must be one of {sorted(DISTANCES)}, got {name!r}")
+    if name.lower() not in DISTANCES:
         raise ValueError(f"distance must be one of {sorted(DISTANCES)}, got {name!r}")
     return DISTANCES[name.lower()]
 

@@ -75,6 +75,11 @@ def check_color_input(x: Any, argument: str = "x") -> None:
         x: the tensor to check (eagerpy or raw; only its ``shape`` is read).
         argument: the argument's name, quoted in the error message.
     """
+    if not hasattr(x, "shape"):
+        raise TypeError(
+            f"{argument} must be a tensor (PyTorch, JAX, TensorFlow, NumPy or eagerpy), got "
+            f"{type(x).__name__}"
+        )
     shape = tuple(x.shape)
     if len(shape) != 4 or shape[1] != 3:
         raise ValueError(

@@ -113,6 +113,11 @@ def linear_weight_candidates() -> list[Path]:
 def _load(source: WeightsSource, candidates: list[Path], what: str) -> Mapping[str, torch.Tensor]:
     if isinstance(source, Mapping):
         return source
+    if source is not None and not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"{what} weights must be a path or a state dict (or None: the default weights), "
+            f"got {type(source).__name__}"
+        )
     if source is not None:
         path = Path(source)
         if not path.is_file():

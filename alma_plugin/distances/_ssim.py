@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TypeVar, cast
 
@@ -111,8 +112,11 @@ _LOG_CLAMP = math.log(_CLAMP)
 
 
 def check_padding(padding: str) -> str:
-    """``padding`` if it is one of :data:`PADDINGS`, else a ValueError naming it."""
-    if not isinstance(padding, str) or padding not in PADDINGS:
+    """``padding`` if it is one of :data:`PADDINGS`, else an error naming it (TypeError for a
+    non-string)."""
+    if not isinstance(padding, str):
+        raise TypeError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
+    if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
     return padding
 
@@ -250,7 +254,11 @@ def _average_pool2(x: ep.Tensor) -> ep.Tensor:
 
 def ms_ssim_min_size(num_scales: int = len(MS_SSIM_WEIGHTS)) -> int:
     """Smallest side length for which ``num_scales`` scales each hold one 11×11 window."""
-    return WINDOW * 2 ** (num_scales - 1)
+    if isinstance(num_scales, bool) or not isinstance(num_scales, numbers.Integral):
+        raise TypeError(f"num_scales must be an integer, got {num_scales!r}")
+    if num_scales < 1:
+        raise ValueError(f"num_scales must be >= 1, got {num_scales!r}")
+    return WINDOW * 2 ** (int(num_scales) - 1)
 
 
 def ms_ssim_index(

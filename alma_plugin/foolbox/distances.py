@@ -12,7 +12,7 @@ from foolbox.attacks.base import T
 from foolbox.devutils import atleast_kd
 from foolbox.distances import Distance
 
-from ..core.validation import Bounds, check_bounds, outside_bounds, working_dtype
+from ..core.validation import Bounds, check_bounds, check_number, outside_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
 from ._common import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first
 
@@ -113,6 +113,7 @@ class NormalisedDistance(Distance):
     def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
         """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon`` (≥ 0; NaN and
         negative values are refused: no point satisfies D ≤ ε for them)."""
+        epsilon = check_number("epsilon", epsilon)
         if not epsilon >= 0:  # also NaN
             raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
         (x, y), restore_type = ep.astensors_(references, perturbed)

@@ -58,12 +58,13 @@ class _SSIMFamily(ALMAAttack):
         *,
         steps: int = ALMA_STEPS,
         seed: int = 0,
-        padding: str = "symmetric",
+        padding: str | None = "symmetric",
         cuda_graphs: bool = False,
         params: ALMAParams | None = None,
     ) -> None:
         super().__init__(steps=steps, seed=seed, cuda_graphs=cuda_graphs, params=params)
-        self.padding = check_padding(padding)
+        # None means the default, as in alma() and torchattacks' ALMA
+        self.padding = "symmetric" if padding is None else check_padding(padding)
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, padding={self.padding!r})"
@@ -80,8 +81,8 @@ class SSIMALMA(_SSIMFamily):
     least 11×11 pixels (one Gaussian window), either layout (``model.data_format``).
 
     Args:
-        padding : ``"symmetric"`` (default) or ``"valid"``: the windows whose SSIM gradient
-            the attack descends (see "Window coverage" below).
+        padding : ``"symmetric"`` (default, also meant by None) or ``"valid"``: the windows
+            whose SSIM gradient the attack descends (see "Window coverage" below).
         steps, seed, cuda_graphs, params, **hyperparameters : as :class:`L2ALMA`.
 """
         + _PADDING

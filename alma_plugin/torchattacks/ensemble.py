@@ -110,8 +110,12 @@ class MinimalEnsemble(StateRestoringAttack):
     """
 
     def __init__(self, attacks: Sequence[Attack], distance: str = "l2") -> None:
-        if isinstance(attacks, Attack) or not isinstance(attacks, Sequence) or not attacks:
+        if isinstance(attacks, Attack) or not isinstance(attacks, Sequence):
             raise TypeError(
+                f"attacks must be a non-empty list of torchattacks attacks, got {attacks!r}"
+            )
+        if not attacks:  # the right type, the wrong value
+            raise ValueError(
                 f"attacks must be a non-empty list of torchattacks attacks, got {attacks!r}"
             )
         for index, member in enumerate(attacks):
@@ -120,8 +124,13 @@ class MinimalEnsemble(StateRestoringAttack):
                     f"attacks[{index}] must be a torchattacks.attack.Attack, got "
                     f"{type(member).__name__}"
                 )
-        if len({id(member.model) for member in attacks}) != 1:
-            raise ValueError("attacks must all reference the same model")
+        for index, member in enumerate(attacks[1:], start=1):
+            if member.model is not attacks[0].model:
+                raise ValueError(
+                    f"attacks must all reference the same model: attacks[0] attacks a "
+                    f"{type(attacks[0].model).__name__} (id {id(attacks[0].model):#x}), "
+                    f"attacks[{index}] a {type(member.model).__name__} (id {id(member.model):#x})"
+                )
         first = _normalization_of(attacks[0])
         for index, member in enumerate(attacks[1:], start=1):
             if not _same_normalization(first, _normalization_of(member)):

@@ -139,7 +139,11 @@ def test_bad_inputs(seg_net, scenes):
         (dict(labels=y.float()), TypeError, "labels must be an integer"),
         (dict(labels=y + 4), ValueError, r"labels must lie in \[0, 4\)"),
         (dict(masks=m[:, :-1]), ValueError, "masks must have the labels' shape"),
-        (dict(masks=m.long() * 2), ValueError, "0/1"),
+        (
+            dict(masks=m.long() * 2),
+            ValueError,
+            r"0/1 \(or boolean\) values, got others \(largest in magnitude: 2\)",
+        ),
         (dict(masks=empty), ValueError, r"at least one pixel per sample; empty: \[1\]"),
         (dict(steps=0), ValueError, "steps must be >= 1"),
         (dict(adv_threshold=0.0), ValueError, r"adv_threshold must lie in \(0, 1\]"),

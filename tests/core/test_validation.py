@@ -54,6 +54,11 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"steps": 2.5}, TypeError, "steps must be an integer, got 2.5"),
         (X, Y, {"distance": "l3"}, ValueError, r"distance must be one of .*got 'l3'"),
         (X, Y, {"penalty": "P9"}, ValueError, r"penalty must be one of .*got 'P9'"),
+        # a non-string is the wrong type (before: ValueError, as a wrong name)
+        (X, Y, {"distance": 2}, TypeError, r"distance must be one of .*got 2 \(int\)"),
+        (X, Y, {"penalty": 2}, TypeError, r"penalty must be one of .*got 2 \(int\)"),
+        (X, Y, {"schedule": 2}, TypeError, r"schedule must be one of .*got 2 \(int\)"),
+        (X, Y, {"restart_mode": 3}, TypeError, r"restart_mode must be one of .*got 3 \(int\)"),
         (X, Y, {"alpha": 1.5}, ValueError, r"alpha must lie in \[0, 1\), got 1.5"),
         (X, Y, {"gamma": 0.5}, ValueError, "gamma must lie in"),
         (X, Y, {"bounds": (1, 0)}, ValueError, "bounds must be finite with lower < upper"),
@@ -169,13 +174,21 @@ def test_models_that_cannot_be_attacked_get_a_clear_error(model: nn.Module, head
         alma(lambda x: head(model(x)), X, Y, steps=3)
 
 
-@pytest.mark.parametrize("answer", [lambda l: l.argmax(1), lambda l: l[:, 0] > 0, lambda l: l > 0])
-def test_success_predicate_of_wrong_dtype_or_shape(model: nn.Module, answer) -> None:
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        (lambda l: l.argmax(1), TypeError),  # a class, not a decision (before: ValueError)
+        (lambda l: l[:, 0], TypeError),  # a score
+        (lambda l: l[:, 0] > 0, ValueError),  # cut to 2 samples below
+        (lambda l: l > 0, ValueError),
+    ],
+)
+def test_success_predicate_of_wrong_dtype_or_shape(model: nn.Module, answer, error) -> None:
     def predicate(inputs, logits):
         out = answer(logits)
         return out[:2] if out.dtype == torch.bool and out.ndim == 1 else out
 
-    with pytest.raises(ValueError, match=r"is_adversarial must return a boolean tensor of shape"):
+    with pytest.raises(error, match=r"is_adversarial must return a boolean tensor of shape"):
         alma(model, X, Y, steps=3, is_adversarial=predicate)
 
 

@@ -112,3 +112,14 @@ def test_public_distances_show_the_callers_tensor_type_in_their_signature(name: 
     assert [*annotations, signature.return_annotation] == ["T"] * 3 or all(
         getattr(a, "__name__", None) == "T" for a in [*annotations, signature.return_annotation]
     )
+
+
+def test_lpips_weights_and_colour_inputs_of_the_wrong_type_are_named() -> None:
+    """Before: pathlib's "expected str, bytes or os.PathLike object, not int", and
+    "'list' object has no attribute 'shape'"."""
+    from alma_plugin.distances import LPIPS, check_color_input
+
+    with pytest.raises(TypeError, match=r"backbone weights must be a path or a state dict.*int"):
+        LPIPS(backbone_weights=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"x must be a tensor .*got list"):
+        check_color_input([[0.0, 1.0]])

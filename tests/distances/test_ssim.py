@@ -188,6 +188,9 @@ def test_ms_ssim_matches_pytorch_msssim() -> None:
 def test_ms_ssim_minimum_size() -> None:
     assert ms_ssim_min_size() == 176
     assert ms_ssim_min_size(3) == 44
+    for wrong, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="num_scales must be"):  # were 5.5, 2.75, 31.1 and 11
+            ms_ssim_min_size(wrong)
     small = _t(np.random.default_rng(0).random((1, 3, 175, 200)))
     with pytest.raises(ValueError, match=r"at least 176×176.*5 scales"):
         msssim(small, small)

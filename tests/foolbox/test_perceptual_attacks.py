@@ -125,6 +125,14 @@ def test_clip_perturbation_refuses_an_epsilon_no_point_satisfies(epsilon: float)
         NormalisedDistance("ssim").clip_perturbation(x, x.flip(0), epsilon)
 
 
+@pytest.mark.parametrize("epsilon", [None, "0.1", True])
+def test_clip_perturbation_names_an_epsilon_that_is_not_a_number(epsilon: object) -> None:
+    """Before: Python's "'>=' not supported between 'NoneType' and 'int'" (True: read as 1)."""
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(TypeError, match="epsilon must be a number"):
+        NormalisedDistance("ssim").clip_perturbation(x, x.flip(0), epsilon)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("cls", [CIEDE2000ALMA, SSIMALMA])
 def test_distance_of_the_attack_refuses_inputs_outside_its_bounds(cls: type, cifar: tuple) -> None:
     """``attack.distance`` measures inputs in (0, 1): raw inputs of a (0, 255) or (-1, 1) model

@@ -164,9 +164,11 @@ def test_bad_input(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> No
         ALMA(cnn, gama=1.2)
     with pytest.raises(ValueError, match="Targeted mode is not supported"):
         MinimalEnsemble([torchattacks.DeepFool(cnn)]).set_mode_targeted_random(quiet=True)
-    with pytest.raises(TypeError, match="non-empty list"):
+    with pytest.raises(ValueError, match="non-empty list"):  # the right type: a list
         MinimalEnsemble([])
-    with pytest.raises(ValueError, match="same model"):
+    with pytest.raises(TypeError, match="non-empty list"):
+        MinimalEnsemble(ALMA(cnn))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"same model: attacks\[0\] attacks a .*attacks\[1\] a "):
         MinimalEnsemble([ALMA(cnn), ALMA(Normalized(cnn))])
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
         ALMA(lambda inputs: cnn(inputs))  # torchattacks reads its mode: refused at construction
