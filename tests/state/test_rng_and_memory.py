@@ -13,7 +13,7 @@ import functools
 import gc
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -170,6 +170,21 @@ class _SavedForBackward:
         _SavedForBackward.live -= 1
 
 
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """Everything alive before the test moved out of the collector's sight (``gc.freeze``):
+    :func:`_live` then counts, and collects, only what the test created. The counts compare
+    two moments of one test, so nothing older can change them; a full collection of the
+    heap the other tests left (JAX, TensorFlow, Foolbox loaded: millions of objects) took
+    seconds per count."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _live() -> tuple[int, int, int]:
     """(live torch tensors, autograd-saved tensors, gc-tracked Python objects)."""
     gc.collect()
@@ -239,6 +254,7 @@ class _AnySize(nn.Module):
 
 
 @pytest.mark.parametrize("entry", list(GROWTH))
+@pytest.mark.usefixtures("frozen_heap")
 def test_memory_does_not_grow_with_the_steps(entry: str) -> None:
     """Live tensors, tensors saved for backward and Python objects at the model's 12th and 100th
     (LPIPS: 60th) forward of one call: a history kept per step, or a graph kept alive, would add
@@ -291,6 +307,7 @@ def _graph_free(result: Any) -> None:
 
 
 @pytest.mark.parametrize("entry", list(REPEATED))
+@pytest.mark.usefixtures("frozen_heap")
 def test_repeated_calls_leave_nothing_behind(entry: str) -> None:
     """30 calls on the same model: no tensor, Python object, hook or attribute accumulates
     (caches keyed on tensors, hooks left registered, wrapped forwards), results graph-free."""
