@@ -3,7 +3,9 @@ one per labelled pixel in dense prediction, flattened to (N, M) for the solver."
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import eagerpy as ep
 import numpy as np
@@ -58,9 +60,11 @@ def make_constraints(
     if int(y.min().item()) < 0:
         where = " on masked pixels" if dense else ""
         raise ValueError(f"{name} must be >= 0{where}, got {int(y.min().item())}")
-    # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19); ν > 0, so at
-    # least one constraint, however small ν·‖m‖₁ is
-    needed = np.maximum(np.ceil(nu * counts - 1e-9), 1)
+    # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19), with ν·‖m‖₁
+    # exact (a rational: a slack of 1e-9 counted APSR = 0.5 a success for ν = 0.5 + 1e-10);
+    # ν > 0, so at least one constraint, however small ν·‖m‖₁ is
+    exact_nu = Fraction(nu)
+    needed = np.array([max(math.ceil(exact_nu * int(count)), 1) for count in counts])
     needed = ep.from_numpy(like, needed.astype(np.float32))
     return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense, name)
 

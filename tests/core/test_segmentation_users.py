@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -147,6 +148,41 @@ def test_jax_ignore_labels_are_refused_unmasked_and_ignored_masked() -> None:
 
 
 # --- 3. APSR and ν ---------------------------------------------------------------------------
+
+
+class _HalfFooled(nn.Module):
+    """Two classes on 1×W images whose logits ignore the input: the first ``fooled`` pixels
+    predict class 1, the others class 0, so with labels 0 the APSR is fooled / W whatever δ."""
+
+    def __init__(self, width: int, fooled: int) -> None:
+        super().__init__()
+        self.z = torch.zeros(2, 1, width)
+        self.z[1, 0, :fooled] = 5.0
+        self.z[0, 0, fooled:] = 5.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0 * x[:, :1] + self.z
+
+
+@pytest.mark.parametrize(
+    "width, fooled, nu, success",
+    [
+        (2, 1, 0.5, True),
+        (2, 1, 0.5 + 1e-10, False),  # before: a slack of 1e-9 counted it a success
+        (10, 3, 0.3, True),  # 0.3 is 0.29999999999999998890 in binary: 3 of 10 suffice
+        (10, 3, 0.1 * 3, False),  # 0.30000000000000004: 3 of 10 do not
+        (7, 7, 1.0, True),
+        (7, 6, 1.0, False),
+    ],
+)
+def test_success_is_apsr_at_least_nu_exactly(width: int, fooled: int, nu: float, success: bool):
+    """Eq. 5.19's APSR ≥ ν, decided exactly: fooled / ‖m‖₁ ≥ ν as rationals (the reported
+    APSR is a float32, 0.3 is 0.30000001 there, so comparing it with ν would not be exact)."""
+    x = torch.full((1, 1, 1, width), 0.5)
+    result = alma_prox(_HalfFooled(width, fooled), x, torch.zeros(1, 1, width, dtype=torch.long),
+                       adv_threshold=nu, steps=2)  # fmt: skip
+    assert result.apsr.item() == pytest.approx(fooled / width, rel=1e-7)
+    assert bool(result.success.item()) is success is (Fraction(fooled, width) >= Fraction(nu))
 
 
 @pytest.mark.parametrize("nu", [0.5, 0.99, 1.0])
