@@ -40,7 +40,7 @@ import numpy as np
 from .autodiff import check_differentiable, value_aux_and_grad
 from .model_checks import call_model, check_logits
 from .tensors import class_indices, expand, model_space
-from .validation import Bounds, as_tensor, check_in_range, working_dtype
+from .validation import Bounds, as_tensor, check_in_range, check_params_fit, working_dtype
 
 __all__ = ["LAGRANGIAN_STEPS", "LagrangianParams", "LagrangianResult", "lagrangian_solve"]
 
@@ -165,6 +165,7 @@ def lagrangian_solve(
     inputs = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
     dtype = working_dtype(inputs)
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
+    check_params_fit(p, x)
     to_model_space, remeasures = model_space(inputs, x, bounds, dtype)
 
     # 1. δ ~ N(0, σ²), projected so that x + δ lies in the bounds.

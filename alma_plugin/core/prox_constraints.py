@@ -64,8 +64,8 @@ def make_constraints(
     # exact (a rational: a slack of 1e-9 counted APSR = 0.5 a success for ν = 0.5 + 1e-10);
     # ν > 0, so at least one constraint, however small ν·‖m‖₁ is
     exact_nu = Fraction(nu)
-    needed = np.array([max(math.ceil(exact_nu * int(count)), 1) for count in counts])
-    needed = ep.from_numpy(like, needed.astype(np.float32))
+    least = np.array([max(math.ceil(exact_nu * int(count)), 1) for count in counts])
+    needed = ep.from_numpy(like, least.astype(np.float32))
     return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense, name)
 
 

@@ -48,7 +48,7 @@ from .tensors import (
     representable_bounds,
     valid_logit_rows,
 )
-from .validation import as_tensor, working_dtype
+from .validation import as_tensor, check_params_fit, working_dtype
 
 __all__ = ["alma_prox_solve"]
 
@@ -144,6 +144,7 @@ def alma_prox_solve(
     # float16/bfloat16: the state (ρ up to 1e15, Adam averages) is float32, the model is called
     # in its own dtype and the rounded input it saw is what is tracked and returned.
     x = x0.astype(working_dtype(x0))
+    check_params_fit(p, x)
     rounds = x.dtype != x0.dtype
     n = x.shape[0]
     c = make_constraints(labels, masks, adv_threshold, x, "targets" if targeted else "labels")

@@ -34,7 +34,7 @@ from .tensors import (
     nan_to_zero,
     valid_logit_rows,
 )
-from .validation import Bounds, as_tensor, working_dtype
+from .validation import Bounds, as_tensor, check_params_fit, working_dtype
 
 ModelFn = Callable[[ep.Tensor], Any]
 #: success(model_inputs, logits) -> bool (N,); model_inputs are in the host's bounds.
@@ -133,6 +133,7 @@ def alma_solve(
     # its own dtype (float16/bfloat16 models included) and that rounded input is what is judged.
     dtype = working_dtype(inputs)
     x = (inputs.astype(dtype) - lower) / scale  # the original input in [0, 1]
+    check_params_fit(c, x)
     to_model_space, remeasures = model_space(inputs, x, bounds, dtype, c.levels)
     start = inputs.astype(dtype)  # the inputs in the working dtype, in their own space
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -282,6 +283,19 @@ def on_framework_of(value: ep.Tensor | np.ndarray, like: ep.Tensor) -> ep.Tensor
         raw = value.raw.detach().to(like.raw.device)
         return ep.astensor(raw.clone() if raw.is_inference() else raw)
     return value
+
+
+def check_params_fit(params: Any, like: ep.Tensor) -> None:
+    """Every finite number of a params dataclass finite in ``like``'s dtype, the solver's
+    working dtype (``mu_max=1e39`` is inf in float32: the state built from it overflowed in
+    PyTorch with an error naming no field)."""
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, float) and math.isfinite(value) and not fits_dtype(like, value):
+            raise ValueError(
+                f"{f.name} must be finite in {like.dtype}, the dtype the attack computes in, "
+                f"got {value!r}"
+            )
 
 
 def working_dtype(inputs: ep.Tensor) -> Any:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin import alma, alma_prox
+from alma_plugin import alma, alma_prox, lagrangian
 
 
 @pytest.fixture
@@ -89,6 +89,8 @@ Y = torch.tensor([0, 1, 2])
         (X, Y, {"mu_init": 2.0, "mu_max": 1.0}, ValueError, "mu_init must lie in"),
         # before: "mu_init must lie in [2e+12, 1e+12], got 1.0", naming the field left alone
         (X, Y, {"mu_min": 2e12}, ValueError, r"mu_max must lie in \[2e\+12, inf\)"),
+        # before: torch's "value cannot be converted to type float without overflow"
+        (X, Y, {"mu_max": 1e39}, ValueError, r"mu_max must be finite in torch.float32, the dtype"),
         (X.numpy(), Y, {}, TypeError, "inputs must be a PyTorch, JAX or TensorFlow tensor"),
         # before: NumPy's "setting an array element with a sequence", naming no argument
         (X, [[0, 1], [0], [1]], {}, TypeError, "labels must be a rectangular nested list"),
@@ -449,3 +451,16 @@ def test_a_bound_as_the_inputs_dtype_rounds_it_is_inside(dtype: torch.dtype) -> 
     beyond[:, :, 0, 0] = torch.tensor(bounds[1] + 0.01, dtype=dtype)
     with pytest.raises(ValueError, match="inputs must lie within bounds"):
         alma(net, beyond, labels, steps=5, bounds=bounds)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda m, x: alma_prox(m, x, Y, steps=2, rho_max=1e300),
+        lambda m, x: lagrangian(m, x, Y, steps=2, multiplier=1e39),
+    ],
+)
+def test_hyperparameters_beyond_float32_are_named(model: nn.Module, attack) -> None:
+    with pytest.raises(ValueError, match=r"must be finite in torch.float32, the dtype the attack"):
+        attack(model, X)
+    attack(model.double(), X.double())  # fine in float64
