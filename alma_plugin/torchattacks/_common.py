@@ -204,3 +204,20 @@ class StateRestoringAttack(Attack):
         and the normalisation state when the attack raises."""
         with restored_state(self):
             return super().__call__(inputs, labels, *args, **kwargs)
+
+    def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        """torchattacks' ``(x − mean) / std`` in the inputs' dtype: its float32 mean and std
+        promote a float16 / bfloat16 batch to float32, which a half-precision model refuses
+        ("Input type (float) and bias type (c10::Half) should be the same")."""
+        mean, std = self._normalization_in(inputs)
+        return (inputs - mean) / std
+
+    def inverse_normalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        """torchattacks' ``x · std + mean`` in the inputs' dtype (see :meth:`normalize`)."""
+        mean, std = self._normalization_in(inputs)
+        return inputs * std + mean
+
+    def _normalization_in(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = inputs.dtype if inputs.is_floating_point() else None
+        mean, std = self.normalization_used["mean"], self.normalization_used["std"]
+        return mean.to(inputs.device, dtype), std.to(inputs.device, dtype)

@@ -198,3 +198,26 @@ def test_minimal_ensemble_refuses_members_with_other_normalisations() -> None:
     b.set_normalization_used([0.501], [0.25])
     with pytest.raises(ValueError, match="same set_normalization_used"):
         MinimalEnsemble([a, b])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_with_set_normalization_used(dtype: torch.dtype) -> None:
+    """torchattacks' float32 mean and std promoted the batch to float32 inside get_logits, and
+    a float16 / bfloat16 model refused it ("Input type (float) and bias type (c10::Half)");
+    torchattacks' PGD still does. Ours normalise in the inputs' dtype."""
+    from alma_plugin.torchattacks import ALMA, Lagrangian, MinimalEnsemble
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(64, 3)).to(dtype).eval()
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    shift, scale = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    images = ((torch.rand(4, 3, 4, 4) - shift) / scale).to(dtype)
+    labels = torch.tensor([0, 1, 2, 0])
+    attacks = [ALMA(model, "l2", 20), ALMA(model, "linf", 20), Lagrangian(model, seed=0)]
+    attacks.append(MinimalEnsemble(attacks[:2]))
+    for attack in attacks:
+        attack.set_normalization_used(mean, std)
+        adversarials = attack(images, labels)
+        assert adversarials.dtype == dtype and adversarials.shape == images.shape
+        unit = adversarials.float() * scale + shift  # back in [0, 1], up to the dtype's rounding
+        assert unit.min() >= -0.02 and unit.max() <= 1.02
