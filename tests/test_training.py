@@ -271,3 +271,10 @@ def test_integer_labels_of_any_dtype_and_a_callers_no_grad(
     with torch.inference_mode():  # was "element 0 of tensors does not require grad"
         log = _quiet(model, loader[:1])
     assert log[0].loss == reference
+
+
+def test_a_model_without_parameters_is_named(
+    loader: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    with pytest.raises(ValueError, match="model has no parameters to train"):
+        _quiet(torch.nn.Flatten(), loader[:1])

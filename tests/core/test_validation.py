@@ -464,3 +464,28 @@ def test_hyperparameters_beyond_float32_are_named(model: nn.Module, attack) -> N
     with pytest.raises(ValueError, match=r"must be finite in torch.float32, the dtype the attack"):
         attack(model, X)
     attack(model.double(), X.double())  # fine in float64
+
+
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        (lambda l: None, r"must return a boolean tensor of shape \(3,\), got NoneType"),
+        (lambda l: (l[:, 0] > 0).tolist(), r"must return a boolean tensor .*, got list"),
+        (
+            lambda l: (l[:, 0] > 0).numpy(),
+            r"must .* of the model's framework \(Tensor\), got ndarray",
+        ),
+    ],
+)
+def test_success_predicate_answering_no_tensor_of_the_models_framework(
+    model: nn.Module, answer, match: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"is_adversarial {match}"):
+        alma(model, X, Y, steps=2, is_adversarial=lambda inputs, logits: answer(logits.detach()))
+
+
+def test_masks_of_strings_are_refused_naming_the_dtype() -> None:
+    net = nn.Conv2d(1, 3, 1)
+    labels = torch.zeros(3, 4, 4, dtype=torch.long)
+    with pytest.raises(TypeError, match=r"masks must hold booleans or 0/1 values, got dtype <U1"):
+        alma_prox(net, X, labels, masks=np.full((3, 4, 4), "a"), steps=2)

@@ -204,3 +204,14 @@ def test_the_exported_base_class_is_refused_with_the_attacks_to_use() -> None:
 
     with pytest.raises(TypeError, match=r"ALMAAttack is the base class.*use L1ALMA, L2ALMA"):
         ALMAAttack(steps=10)
+
+
+def test_perceptual_attacks_name_inputs_that_are_not_image_batches() -> None:
+    """CIEDE2000, SSIM and the other perceptual distances measure images: a (N, D) batch is
+    refused before any model call, naming the layout expected."""
+    model = CountingModel(nn.Sequential(nn.Linear(12, 3)))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    for attack in (CIEDE2000ALMA(steps=2), SSIMALMA(steps=2)):
+        with pytest.raises(ValueError, match=r"needs a batch of images \(N, C, H, W\).*\(4, 12\)"):
+            attack(fmodel, torch.rand(4, 12), torch.tensor([0, 1, 2, 0]), epsilons=None)
+    assert model.forwards == 0

@@ -221,3 +221,17 @@ def test_half_precision_models_with_set_normalization_used(dtype: torch.dtype) -
         assert adversarials.dtype == dtype and adversarials.shape == images.shape
         unit = adversarials.float() * scale + shift  # back in [0, 1], up to the dtype's rounding
         assert unit.min() >= -0.02 and unit.max() <= 1.02
+
+
+def test_inputs_that_are_not_tensors_and_members_that_are_not_attacks_are_named() -> None:
+    import numpy as np
+
+    from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+
+    model = linear_classifier()
+    with pytest.raises(TypeError, match=r"must be a torch.Tensor, got ndarray"):
+        ALMA(model, "l2", 5)(np.zeros((2, 1, 4, 4)), torch.tensor([0, 1]))
+    with pytest.raises(
+        TypeError, match=r"attacks\[1\] must be a torchattacks.attack.Attack, got str"
+    ):
+        MinimalEnsemble([ALMA(model), "PGD"])  # type: ignore[list-item]
