@@ -49,7 +49,7 @@ class AttackResult(Generic[T]):
 
 
 @dataclass(frozen=True)
-class StepInfo:
+class StepInfo(Generic[T]):
     """What the ``callback`` of an attack sees after each step t (per-sample tensors of the
     caller's framework, as in the paper's Fig. 2).
 
@@ -61,9 +61,9 @@ class StepInfo:
     """
 
     step: int
-    distance: Any
-    constraint: Any
-    mu: Any
-    rho: Any
-    step_size: Any
-    success: Any
+    distance: T
+    constraint: T
+    mu: T
+    rho: T
+    step_size: T
+    success: T
