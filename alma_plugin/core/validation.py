@@ -131,8 +131,13 @@ def check_inputs(inputs: ep.Tensor, bounds: Bounds) -> ep.Tensor:
         )
     if len(inputs) == 0:
         return inputs
-    if _has_non_finite(inputs):
-        raise ValueError("inputs contain NaN or Inf values")
+    broken = _non_finite_samples(inputs)
+    if broken:
+        shown = ", ".join(map(str, broken[:10])) + (", ..." if len(broken) > 10 else "")
+        raise ValueError(
+            f"inputs contain NaN or Inf values, in {len(broken)} of {len(inputs)} samples "
+            f"(indices {shown})"
+        )
     low, high = inputs.min().item(), inputs.max().item()
     if outside_bounds(inputs, bounds, low, high):
         raise ValueError(
@@ -153,8 +158,10 @@ def outside_bounds(inputs: ep.Tensor, bounds: Bounds, low: float, high: float) -
     return low < min(lower - slack, rounded_lower) or high > max(upper + slack, rounded_upper)
 
 
-def _has_non_finite(x: ep.Tensor) -> bool:
-    return bool(ep.logical_or(x.isnan(), x.isinf()).any().item())
+def _non_finite_samples(x: ep.Tensor) -> list[int]:
+    """The indices of the samples holding a NaN or ±Inf (one host read)."""
+    per_sample = ep.logical_or(x.isnan(), x.isinf()).reshape((len(x), -1)).any(axis=1)
+    return np.flatnonzero(per_sample.numpy()).tolist()
 
 
 def check_labels(labels: ep.Tensor, batch_size: int, name: str = "labels") -> None:

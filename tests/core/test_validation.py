@@ -27,6 +27,13 @@ Y = torch.tensor([0, 1, 2])
         (X * 300, Y, {"bounds": (0, 255)}, ValueError, "within bounds"),
         (torch.where(X > 0.5, torch.nan, X), Y, {}, ValueError, "NaN or Inf"),
         (torch.where(X > 0.5, torch.inf, X), Y, {}, ValueError, "NaN or Inf"),
+        (
+            torch.where(torch.arange(3)[:, None, None, None] == 1, torch.nan, X),
+            Y,
+            {},
+            ValueError,
+            r"NaN or Inf values, in 1 of 3 samples \(indices 1\)",
+        ),
         (X.long(), Y, {}, TypeError, "inputs must be a floating-point tensor"),
         (X[0, 0, 0], Y, {}, ValueError, r"inputs must have shape|must lie|shape \(N, \.\.\.\)"),
         (X, Y[:2], {}, ValueError, r"labels must have shape \(3,\), got shape \(2,\)"),
