@@ -19,6 +19,7 @@ from .tensors import class_indices
 #: Margin (in logits) a sample must clear to count as satisfying the constraint, so that an
 #: exact argmax tie never counts as success.
 LOGIT_TOLERANCE = 1e-6
+#: Not in the paper: keeps d finite where the top three logits tie (z_π1 − z_π3 = 0).
 _DENOMINATOR_FLOOR = 1e-12
 
 

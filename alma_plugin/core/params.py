@@ -56,8 +56,9 @@ _POSITIVE = (0.0, math.inf, True, True)  # (low, high, open_low, open_high)
 
 
 def budget_alpha(steps: int) -> float:
-    """α of eq. 9 for a budget of ``steps`` (Appendix E): 0.5 for 100 steps or fewer, 0.9 for
-    1000 or more, linear in log₁₀(steps) between."""
+    """α of eq. 9 for a budget of ``steps``: the paper's 0.5 for 100 steps and 0.9 for 1000 (§4;
+    Appendix E gives 0.5–0.9 for 100–1000 iterations), held outside that range, and between
+    them linear in log₁₀(steps): this interpolation is the package's, not the paper's."""
     position = (math.log10(max(steps, 1)) - 2.0) / (3.0 - 2.0)
     return 0.5 + 0.4 * min(max(position, 0.0), 1.0)
 
@@ -217,6 +218,7 @@ PROX_INIT_LR = {"classification": 2e-1, "segmentation": 1e-3}
 #: λ⁽⁰⁾ = 0.1 and the ternary-search prox (the defaults then) and ρ⁽⁰⁾ = 0.01 → 1: adversarial
 #: 0.3258 → 0.3075 (validation 0.3273 → 0.3088) at 100 steps, 0.3225 → 0.2955 at 200; regular
 #: 0.1388 → 0.1153 (validation 0.1357 → 0.1248) at 100.
+#: (Measured before λ⁽⁰⁾ became 0.2 and the exact prox the default; not re-measured since.)
 #: ``rho_init=0.01`` restores the thesis' value.
 PROX_RHO_INIT = {"classification": 1.0, "segmentation": 0.01}
 
@@ -230,7 +232,8 @@ class ProxParams:
 
     Attributes:
         init_lr: λ⁽⁰⁾. None: :data:`PROX_INIT_LR` for the task (classification or segmentation).
-        lr_reduction: λ⁽ᴺ⁾ / λ⁽⁰⁾, reached by a geometric decay at the last step (§5.5.5.3: 0.1).
+        lr_reduction: λ⁽ᴺ⁾ / λ⁽⁰⁾ (§5.5.5.3: 0.1), reached at the last step by a geometric
+            decay from the first (the thesis gives no shape: the package's reading).
         alpha: α of steps 13 and 23 (multiplier EMA and the metric's second moment).
         mu_init: μ⁽⁰⁾.  mu_min, mu_max: the safeguarding interval of μ.
         rho_init: ρ⁽⁰⁾. None: :data:`PROX_RHO_INIT` for the task (the thesis' 0.01 for

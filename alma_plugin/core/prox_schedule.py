@@ -39,5 +39,7 @@ def scale_update(
 
 
 def step_size(init_lr: float, lr_reduction: float, progress: float) -> float:
-    """λ⁽ᵗ⁾, decayed geometrically from λ⁽⁰⁾ to λ⁽⁰⁾·r at the last step (§5.5.5.3)."""
+    """λ⁽ᵗ⁾, decayed geometrically from λ⁽⁰⁾ at the first step to λ⁽⁰⁾·r at the last.
+    §5.5.5.3 gives only the end points (10⁻³ decayed to 10⁻⁴), not the decay's shape or start:
+    geometric from the first step is the package's reading."""
     return init_lr * lr_reduction**progress

@@ -245,7 +245,8 @@ def alma_prox_solve(
                 goals_ = restart_goal(z_c, c.labels, reached)
             d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
-            # run aimed at a class counts any other class too
+            # run aimed at a class counts any other class too. Eq. 5.8's [d ≤ 0] is read as
+            # d < 0: DLR⁺ carries the 1e-6 tie tolerance, so d = 0 is a tie, not a success.
             d_c = stop_gradient(d)
             hit = is_satisfied(z_c, c.labels) if aims_at_class else d_c < 0
             if d.dtype != x.dtype:  # float64 logits: d in the state's dtype once judged

@@ -1,11 +1,14 @@
 """Step-size schedule of ALMA (§3.2.3): the initial step size η⁽⁰⁾ and its decay.
 
-η⁽⁰⁾ is chosen per sample so that the first gradient step increases the distance by exactly ε:
-D(P_[0,1](x − η⁽⁰⁾ g), x) = ε (to 0.1 %). The paper finds it by a line search that brackets the
-solution followed by a bisection (36 to 59 evaluations of D); here ℓ1 and ℓ2 are solved in
-closed form (no evaluation of D) and the other distances by a safeguarded secant on log D
-against log η (3 to 5 evaluations), with the bracketing search kept as the fallback for the
-samples these leave unsolved. Only the distance is evaluated, never the model.
+η⁽⁰⁾ is chosen per sample so that a plain step along the constraint's gradient g = ∇DLR⁺
+moves the distance by exactly ε: D(P_[0,1](x − η⁽⁰⁾ g), x) = ε (to 0.1 %), the paper's recipe.
+(The paper also states D(x̃⁽¹⁾, x) = ε, which the first real step, RMSProp and momentum on
+∇L, does not meet exactly; the recipe is what is implemented.) The paper finds η⁽⁰⁾ by a line
+search that brackets the solution followed by a bisection (36 to 59 evaluations of D); here
+ℓ1 and ℓ2 are solved in closed form (no evaluation of D) and the other distances by a
+safeguarded secant on log D against log η (3 to 5 evaluations), with the bracketing search
+kept as the fallback for the samples these leave unsolved. Only the distance is evaluated,
+never the model.
 
 The step size stays at η⁽⁰⁾ while a sample explores; from the step t* at which it first becomes
 adversarial it decays exponentially to η⁽⁰⁾·r at the last step (Fig. 3; r is ``lr_reduction``).

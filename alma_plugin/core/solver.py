@@ -251,7 +251,8 @@ def alma_solve(
             search = grad
             if random_start:
                 search = grad - value_aux_and_grad(lambda u: (distance(u, x).sum(), ()), x_adv)[2]
-            # A vanishing gradient gets a random unit direction so every sample moves (§3.2.3).
+            # A vanishing gradient gets a random unit direction so every sample moves (not in
+            # the paper, whose §3.2.3 search needs a direction; as the authors' code does).
             norms = search.flatten(start=1).square().sum(axis=1).sqrt()
             vanishing = expand(norms <= _VANISHING_GRADIENT, x)
             if vanishing.any():

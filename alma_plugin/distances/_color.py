@@ -1,6 +1,7 @@
 """CIEDE2000 colour difference of RGB images, per sample and differentiable, on eagerpy tensors.
 
-Pipeline (ALMA paper, Appendix B): sRGB in [0, 1] with the sRGB transfer curve undone →
+Pipeline (ALMA paper, Appendix B, with the sRGB standard's transfer curve, which eq. 13 leaves
+out and the authors' code applies): sRGB in [0, 1] with the transfer curve undone →
 CIE XYZ (D65, eq. 13) → CIELAB (eqs. 14-15) → per-pixel ΔE₀₀ (Sharma, Wu & Dalal, "The
 CIEDE2000 color-difference formula: implementation notes, supplementary test data, and
 mathematical observations", Color Res. Appl. 30(1), 2005) → image-level accumulation as the
