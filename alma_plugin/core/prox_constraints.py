@@ -3,14 +3,13 @@ one per labelled pixel in dense prediction, flattened to (N, M) for the solver."
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from fractions import Fraction
 
 import eagerpy as ep
 import numpy as np
 
 from .model_checks import check_logits
+from .prox_schedule import least_count
 
 __all__ = ["Constraints", "constraint_logits", "make_constraints"]
 
@@ -60,12 +59,9 @@ def make_constraints(
     if int(y.min().item()) < 0:
         where = " on masked pixels" if dense else ""
         raise ValueError(f"{name} must be >= 0{where}, got {int(y.min().item())}")
-    # success (APSR ≥ ν) ⇔ #satisfied ≥ ⌈ν‖m‖₁⌉, decided on integers (eq. 5.19), with ν·‖m‖₁
-    # exact (a rational: a slack of 1e-9 counted APSR = 0.5 a success for ν = 0.5 + 1e-10);
-    # ν > 0, so at least one constraint, however small ν·‖m‖₁ is
-    exact_nu = Fraction(nu)
-    least = np.array([max(math.ceil(exact_nu * int(count)), 1) for count in counts])
-    needed = ep.from_numpy(like, least.astype(np.float32))
+    # success (APSR ≥ ν, eq. 5.19) ⇔ #satisfied ≥ the least count k with k / ‖m‖₁ ≥ ν,
+    # decided on integers; ν > 0, so at least one constraint, however small ν·‖m‖₁ is
+    needed = ep.from_numpy(like, least_count(nu, counts).astype(np.float32))
     return Constraints(y, mask, counts, needed.astype(like.dtype), labels.shape, dense, name)
 
 

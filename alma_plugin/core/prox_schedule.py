@@ -6,16 +6,27 @@ from __future__ import annotations
 import eagerpy as ep
 import numpy as np
 
-__all__ = ["constraint_mask", "masking_rank", "scale_update", "step_size"]
+__all__ = ["constraint_mask", "least_count", "masking_rank", "scale_update", "step_size"]
+
+
+def least_count(fraction: float, counts: np.ndarray) -> np.ndarray:
+    """Per sample, the smallest k ≥ 1 with k / ‖m‖₁ ≥ ``fraction``, the ratio in float64 as
+    Python computes it: what "APSR ≥ ν" (eq. 5.19) and eq. 5.6's kept fraction mean for ‖m‖₁
+    constraints. No slack: 1 of 10 meets ν = 0.1, 1 of 2 does not meet ν = 0.5 + 10⁻¹⁰. (The
+    product rounds, so the ceiling is corrected by one either way where the ratio says so.)"""
+    counts = np.asarray(counts, dtype=np.int64)
+    k = np.maximum(np.ceil(fraction * counts), 1).astype(np.int64)
+    k = np.where((k > 1) & ((k - 1) / counts >= fraction), k - 1, k)
+    return np.where(k / counts < fraction, k + 1, k)
 
 
 def masking_rank(counts: np.ndarray, nu: float, progress: float, decay: bool) -> np.ndarray:
     """Per sample, the 0-based rank of the percentile ξ⁽ᵗ⁾ among its ‖m‖₁ constraints: the
     kept fraction decays linearly from 100% at the first step to ν at the last (eq. 5.6), or is
-    ν throughout when ``decay`` is False."""
-    fraction = 1 - (1 - nu) * (progress if decay else 1.0)
-    kept = counts - np.floor((1 - fraction) * counts + 1e-9).astype(np.int64)
-    return (np.maximum(kept, 1) - 1).reshape(-1, 1)  # ν·‖m‖₁ < 1 still keeps one constraint
+    ν throughout when ``decay`` is False; at least one constraint is kept. At the last step it
+    keeps exactly as many as success needs (:func:`least_count` of ν)."""
+    fraction = nu + (1 - nu) * (1 - progress if decay else 0.0)  # ν exactly at the last step
+    return (least_count(fraction, counts) - 1).reshape(-1, 1)
 
 
 def constraint_mask(d: ep.Tensor, mask: ep.Tensor, rank: ep.Tensor) -> ep.Tensor:

@@ -16,6 +16,8 @@ the first ρ check compares with d⁽¹⁾, ρ ≤ ρ_max and |g| ≤ 10¹⁸ (s
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -26,6 +28,14 @@ from alma_plugin import ProxParams, StepInfo, alma_prox
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 _TIE_TOLERANCE = 1e-6
+
+
+def _dlr_plus(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 4, DLR⁺ of logits z (B, K) for labels y (B,), from a sort (K ≥ 3)."""
+    others = z.masked_fill(nn.functional.one_hot(y, z.shape[1]).bool(), -math.inf)
+    ranked = z.sort(dim=1, descending=True).values
+    margin = z.gather(1, y[:, None])[:, 0] - others.max(dim=1).values + _TIE_TOLERANCE
+    return margin / (ranked[:, 0] - ranked[:, 2])
 
 
 def _p2_prox(y: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -74,10 +84,7 @@ def _transcription(
     for t in range(1, steps + 1):  # 2.
         leaf = delta.clone().requires_grad_(True)
         z = model((x + leaf).clamp(0, 1))  # 3. x̃ ∈ [0, 1]
-        others = z.masked_fill(nn.functional.one_hot(y, z.shape[1]).bool(), -math.inf)
-        ranked = z.sort(dim=1, descending=True).values
-        margin = z.gather(1, y[:, None])[:, 0] - others.max(dim=1).values + _TIE_TOLERANCE
-        d = margin / (ranked[:, 0] - ranked[:, 2])  # 4.
+        d = _dlr_plus(z, y)  # 4.
         d_c = d.detach()
         satisfied = d_c < 0
         w = torch.where(satisfied, w / (1 + p.scale_rate), w / (1 - p.scale_rate))  # 5–8.
@@ -137,3 +144,143 @@ def test_solver_is_algorithm_iv2(scale: float) -> None:
         )
     else:
         assert found.all()
+
+
+class _DenseStep(NamedTuple):
+    """One step of the dense transcription: what StepInfo reports (d NaN outside the masks),
+    then what the test checks the problem exercises."""
+
+    norm: torch.Tensor  # (N,) ‖δ⁽ᵗ⁻¹⁾‖∞, the iterate judged
+    d: torch.Tensor  # (N, M)
+    mu: torch.Tensor  # (N, M)
+    rho: torch.Tensor  # (N, M)
+    step_size: float  # λ⁽ᵗ⁾
+    success: torch.Tensor  # (N,) APSR ≥ ν
+    apsr: torch.Tensor  # (N,)
+    w: torch.Tensor  # (N,) eq. 5.8
+    kept: torch.Tensor  # (N, M) m̃⁽ᵗ⁾
+    stalled: torch.Tensor  # (N, M) ρ check: neither satisfied lately nor improved (else False)
+
+
+def _dense_transcription(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+    nu: Fraction,
+    p: ProxParams,
+    steps: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[_DenseStep]]:
+    """Algorithm IV-2 for logits (N, K, H, W): one DLR⁺ constraint per pixel of the user mask m,
+    the best ‖δ‖∞ and its APSR per sample (+inf and the clean input's APSR where none)."""
+    assert p.init_lr is not None and p.rho_init is not None
+    n = len(x)
+    m = masks.reshape(n, -1)  # the user mask, (N, M) with M = H·W row-major
+    count = m.sum(dim=1)  # ‖m‖₁
+    delta, v = torch.zeros_like(x), torch.zeros_like(x)  # 1.
+    w = torch.full((n, 1), p.scale_init, dtype=x.dtype)
+    mu = torch.full(m.shape, p.mu_init, dtype=x.dtype)
+    rho = torch.full(m.shape, p.rho_init, dtype=x.dtype)
+    low, high = -x, 1 - x  # Λ
+    best_norm = torch.full((n,), math.inf, dtype=x.dtype)
+    best_apsr = torch.zeros(n, dtype=x.dtype)
+    recent, d_ref = torch.zeros_like(m), torch.zeros(m.shape, dtype=x.dtype)
+    records = []
+    for t in range(1, steps + 1):  # 2.
+        leaf = delta.clone().requires_grad_(True)
+        z = model((x + leaf).clamp(0, 1))  # 3. x̃ ∈ [0, 1]
+        pixels = z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # (N·M, K)
+        d = _dlr_plus(pixels, y.reshape(-1)).reshape(n, -1)  # 4. one constraint per pixel
+        d_c = d.detach()
+        satisfied = (m & (d_c < 0)).sum(dim=1)  # APSR⁽ᵗ⁾ = satisfied / ‖m‖₁
+        reached = satisfied * nu.denominator >= nu.numerator * count  # APSR ≥ ν, in integers
+        w = torch.where(reached[:, None], w / (1 + p.scale_rate), w / (1 - p.scale_rate))  # 5–8.
+        w = w.clamp(p.scale_min, 1.0)  # 9.
+        kept_fraction = 1 - (1 - nu) * Fraction(t - 1, steps - 1)  # 10. 100% → ν, exact
+        kept = torch.zeros_like(m)
+        for i in range(n):
+            k = max(math.ceil(kept_fraction * int(count[i])), 1)
+            xi = d_c[i][m[i]].sort().values[k - 1]  # ξ⁽ᵗ⁾: the k-th smallest masked d
+            kept[i] = m[i] & (d_c[i] <= xi)  # 11. m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾]
+        d_leaf = d_c.clone().requires_grad_(True)  # 12. μ̂ = ∂/∂d m̃ᵀ P(w d, ρ, μ)
+        (mu_hat,) = torch.autograd.grad((kept * _p2_prox(w * d_leaf, rho, mu)).sum(), d_leaf)
+        mu = (p.alpha * mu + (1 - p.alpha) * mu_hat).clamp(p.mu_min, p.mu_max)  # 13.
+        recent = recent | (d_c <= 0)
+        if t == 1:
+            d_ref = d_c
+        stalled = torch.zeros_like(m)
+        if t % p.check_steps == 0:  # 14–20. ρ grows on the stalled constraints of m̃ only
+            stalled = ~(recent | (d_c <= p.tau * d_ref))
+            rho = torch.where(kept & stalled, (p.gamma * rho).clamp(max=p.rho_max), rho)
+            recent, d_ref = torch.zeros_like(recent), d_c
+        loss = (kept * _p2_prox(w * d, rho, mu)).sum()  # 21. L = m̃ᵀ P(w d, ρ, μ)
+        (g,) = torch.autograd.grad(loss, leaf)  # 22.
+        norm = delta.flatten(1).abs().amax(dim=1)  # 27. x̃⁽ᵗ⁾ = x + δ⁽ᵗ⁻¹⁾ was judged
+        apsr = satisfied.to(x.dtype) / count
+        if t == 1:
+            best_apsr = apsr
+        better = reached & (norm < best_norm)
+        best_norm = torch.where(better, norm, best_norm)
+        best_apsr = torch.where(better, apsr, best_apsr)
+        g = g.clamp(-1e18, 1e18)
+        lam = p.init_lr * p.lr_reduction ** ((t - 1) / (steps - 1))
+        v = p.alpha * v + (1 - p.alpha) * g**2  # 23.
+        s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps  # 24.
+        delta = _prox(delta - lam * g / s, lam, s, low, high).reshape(x.shape)  # 25.
+        reported = d_c.masked_fill(~m, math.nan)  # no constraint outside the masks
+        records.append(_DenseStep(norm, reported, mu, rho, lam, reached, apsr, w[:, 0], kept,
+                                  stalled))  # fmt: skip
+    return best_norm, best_apsr, records
+
+
+def test_dense_solver_is_algorithm_iv2() -> None:
+    """Segmentation: logits (N, K, H, W), a user mask m, ν = 0.75. On top of the classification
+    case, the transcription has one DLR⁺, μ and ρ per pixel, the masking of eq. 5.6 (steps
+    10–11: m̃ = m ∧ [d ≤ ξ⁽ᵗ⁾], ξ⁽ᵗ⁾ the k-th smallest d over m, k = max(⌈f‖m‖₁⌉, 1) in exact
+    fractions, f decaying linearly from 1 at t = 1 to ν at t = N), ρ grown only on the stalled
+    constraints of m̃ (steps 14–19), μ̂ = ∂/∂d m̃ᵀP(w d, ρ, μ) by autograd with respect to d (so
+    the chain-rule factor w comes from autograd), the scale w of eq. 5.8 driven by
+    APSR = #{m ∧ [d < 0]} / ‖m‖₁ against ν, and success as APSR ≥ ν decided in integers
+    (ν = 3/4 exactly). The module docstring's readings, and: satisfied is d < 0 (for APSR, w and
+    success; DLR⁺ carries the tie tolerance) where the thesis writes d ≤ 0, kept for the "recent"
+    set of the ρ rule; w compares with ν (eq. 5.8's text), not τ (step 5). The problem is made
+    to exercise all of it (asserted): m̃ drops masked pixels, some stalled masked pixel is left
+    out of m̃ at a check (ρ not grown there) while others grow, w falls below 1, and an APSR
+    lies in [ν, τ) (where comparing with τ would differ)."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(2, 4, 3, padding=1).double()  # K = 4, pixels coupled by the 3 × 3 kernel
+    x = torch.rand(2, 2, 3, 4, dtype=torch.float64)
+    y = model(x).argmax(dim=1)
+    masks = torch.ones(2, 3, 4, dtype=torch.bool)
+    masks[0, 0, :3] = False  # ‖m‖₁ = 9 and 11
+    masks[1, 2, 1] = False
+    nu, steps = 0.75, 40
+    params = ProxParams(init_lr=0.03, check_steps=4, alpha=0.7, scale_rate=0.1, rho_init=0.5)
+    p = params.for_task("segmentation")
+    assert p.rho_init is not None
+    records: list[StepInfo] = []
+    result = alma_prox(model, x, y, masks=masks, adv_threshold=nu, steps=steps, params=params,
+                       callback=records.append)  # fmt: skip
+    best_norm, best_apsr, expected = _dense_transcription(model, x, y, masks, Fraction(nu), p,
+                                                          steps)  # fmt: skip
+    assert len(records) == steps
+    for t, (info, step) in enumerate(zip(records, expected, strict=True), start=1):
+        got = (info.distance, info.constraint, info.mu, info.rho)
+        for name, a, b in zip(("‖δ‖∞", "d", "μ", "ρ"), got, step, strict=False):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, equal_nan=True,
+                                       msg=f"step {t}: {name}")  # fmt: skip
+        torch.testing.assert_close(info.step_size, torch.full_like(info.distance, step.step_size),
+                                   rtol=1e-9, atol=1e-12)  # fmt: skip
+        assert torch.equal(info.success, step.success), f"step {t}: success"
+    found = best_norm.isfinite()
+    assert torch.equal(result.success, found)
+    torch.testing.assert_close(result.distances[found], best_norm[found], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(result.apsr, best_apsr, rtol=1e-9, atol=1e-12)
+
+    m = masks.reshape(2, -1)
+    assert any(bool((m & ~step.kept).any()) for step in expected)  # 11. m̃ ≠ m
+    assert any(bool((step.stalled & m & ~step.kept).any()) for step in expected)
+    assert bool((expected[-1].rho[m] > p.rho_init).any())  # 19. ρ grew on masked pixels
+    assert any(bool((step.w < 1).any()) for step in expected)  # 5–9. w shrank
+    assert any(bool(((step.apsr >= nu) & (step.apsr < p.tau)).any()) for step in expected)
+    assert found.any() and not found.all()
