@@ -5,6 +5,7 @@ in which the ALMA paper (Rony et al., ICCV 2021, Table 3) states its ε."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import eagerpy as ep
@@ -118,38 +119,50 @@ class NormalisedDistance(Distance):
             raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
         (x, y), restore_type = ep.astensors_(references, perturbed)
         self._check_within_bounds(x, y)
-        inside = self._measure(x, y) <= epsilon
-        if inside.all().item():
-            return restore_type(y)
-        dtype = working_dtype(x)
-        xw = x.astype(dtype)
-        delta = y.astype(dtype) - xw
-        low = ep.zeros(xw, len(x)).astype(dtype)  # D(x, x) = 0 ≤ ε: always feasible
-        high = ep.ones(xw, len(x)).astype(dtype)
+        return restore_type(shrunk_within(x, y, epsilon, self._measure))
 
-        def candidate(scale: ep.Tensor) -> ep.Tensor:
-            # Rounded to the caller's dtype before it is measured: the point returned is the
-            # point checked, so D ≤ ε holds in bfloat16 / float16 too.
-            return (xw + atleast_kd(scale, x.ndim) * delta).astype(x.dtype)
 
-        for _ in range(_CLIP_BISECTION_STEPS):
-            mid = (low + high) / 2
-            feasible = self._measure(x, candidate(mid)) <= epsilon
-            low = ep.where(feasible, mid, low)
-            high = ep.where(feasible, high, mid)
-        shrunk = candidate(low)
-        return restore_type(ep.where(atleast_kd(inside, x.ndim), y, shrunk))
+def shrunk_within(
+    x: ep.Tensor,
+    y: ep.Tensor,
+    epsilon: float,
+    measure: Callable[[ep.Tensor, ep.Tensor], ep.Tensor],
+) -> ep.Tensor:
+    """``y`` with each perturbation y − x scaled by the largest s ∈ [0, 1] (bisection, 30
+    halvings) whose point, rounded to y's dtype, has ``measure(x, ·) ≤ ε``: the point returned
+    is the point checked, so D ≤ ε holds in bfloat16 / float16 too. Samples already within ε
+    come back unchanged; every value lies between those of x and y."""
+    inside = measure(x, y) <= epsilon
+    if inside.all().item():
+        return y
+    dtype = working_dtype(x)
+    xw = x.astype(dtype)
+    delta = y.astype(dtype) - xw
+    low = ep.zeros(xw, len(x)).astype(dtype)  # D(x, x) = 0 ≤ ε: always feasible
+    high = ep.ones(xw, len(x)).astype(dtype)
+
+    def candidate(scale: ep.Tensor) -> ep.Tensor:
+        return (xw + atleast_kd(scale, x.ndim) * delta).astype(x.dtype)
+
+    for _ in range(_CLIP_BISECTION_STEPS):
+        mid = (low + high) / 2
+        feasible = measure(x, candidate(mid)) <= epsilon
+        low = ep.where(feasible, mid, low)
+        high = ep.where(feasible, high, mid)
+    return ep.where(atleast_kd(inside, x.ndim), y, candidate(low))
 
 
 class WithinSegment(Distance):
     """A Foolbox ℓp distance whose ``clip_perturbation`` returns values between x and x̃.
 
     Foolbox clips to ε as ``x + (x̃ − x)·min(1, ε/‖x̃ − x‖)``, which rounds: x̃ comes back an
-    ulp away from itself, and an x̃ on a bound an ulp outside it. Here a sample within ε
-    keeps x̃ exactly, and every value of a clipped one lies between those of x and x̃, so
-    inside the model's bounds. Measures exactly as the wrapped distance. :meth:`ALMAAttack
-    .for_model` gives ``__call__`` and ``repeat`` this view of ``fb.distances.l1`` / ``l2`` /
-    ``linf``; the attack's own :attr:`distance` stays Foolbox's object.
+    ulp away from itself, an x̃ on a bound an ulp outside it, and a clipped sample up to
+    6·10⁻⁵ (relative) beyond ε, yet counted a success at ε. Here a sample within ε keeps x̃
+    exactly, every value of a clipped one lies between those of x and x̃, so inside the
+    model's bounds, and its distance, measured as returned, is at most ε. Measures exactly as
+    the wrapped distance. :meth:`ALMAAttack.for_model` gives ``__call__`` and ``repeat`` this
+    view of ``fb.distances.l1`` / ``l2`` / ``linf``; the attack's own :attr:`distance` stays
+    Foolbox's object.
 
     Args:
         lp: the Foolbox ℓp distance measured and clipped within segments: ``fb.distances.l1``,
@@ -173,7 +186,15 @@ class WithinSegment(Distance):
 
     def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
         (x, x_adv), restore_type = ep.astensors_(references, perturbed)
+        within = ep.astensor(self.lp(x, x_adv)) <= epsilon
+        if within.all().item():  # also spares Foolbox's clip an ε its dtype cannot hold
+            return restore_type(x_adv)
         clipped = ep.astensor(self.lp.clip_perturbation(x, x_adv, epsilon))
-        within = atleast_kd(ep.astensor(self.lp(x, x_adv)) <= epsilon, x.ndim)
         between = ep.minimum(ep.maximum(clipped, ep.minimum(x, x_adv)), ep.maximum(x, x_adv))
-        return restore_type(ep.where(within, x_adv, between))
+        between = ep.where(atleast_kd(within, x.ndim), x_adv, between)
+
+        def measure(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
+            return ep.astensor(self.lp(a, b))
+
+        # Foolbox's clip lands on ε up to rounding, either side: the last rounding removed
+        return restore_type(shrunk_within(x, between, epsilon, measure))
