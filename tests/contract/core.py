@@ -33,17 +33,10 @@ INVARIANTS = (
 
 
 def training_mode_warning() -> type[Warning]:
-    """The core's ``TrainingModeWarning`` (a placeholder no warning matches if it is missing)."""
-    from alma_plugin.core import validation
+    """The package's public ``TrainingModeWarning``."""
+    from alma_plugin import TrainingModeWarning
 
-    found = getattr(validation, "TrainingModeWarning", None)
-    if found is None:
-
-        class MissingTrainingModeWarning(UserWarning):
-            pass
-
-        return MissingTrainingModeWarning
-    return found
+    return TrainingModeWarning
 
 
 # --------------------------------------------------------------------------------------------
