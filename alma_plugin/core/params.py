@@ -218,7 +218,10 @@ PROX_INIT_LR = {"classification": 2e-1, "segmentation": 1e-3}
 #: λ⁽⁰⁾ = 0.1 and the ternary-search prox (the defaults then) and ρ⁽⁰⁾ = 0.01 → 1: adversarial
 #: 0.3258 → 0.3075 (validation 0.3273 → 0.3088) at 100 steps, 0.3225 → 0.2955 at 200; regular
 #: 0.1388 → 0.1153 (validation 0.1357 → 0.1248) at 100.
-#: (Measured before λ⁽⁰⁾ became 0.2 and the exact prox the default; not re-measured since.)
+#: Re-measured with today's λ⁽⁰⁾ = 0.2 and exact prox (validation images 500–599, medians at
+#: 100 / 200 steps): PGD-trained ρ⁽⁰⁾ = 0.01 0.3286 / 0.3132, 0.1 0.3186 / 0.3022, 1 0.3052 /
+#: 0.2987, 3 0.3024 / 0.3010, 10 0.3085 / 0.3039; regular 0.1451 / 0.1248, 0.1341 / 0.1239,
+#: 0.1255 / 0.1244, 0.1271 / 0.1270, 0.1301 / 0.1279 (docs/performance.md, "ρ⁽⁰⁾ re-measured").
 #: ``rho_init=0.01`` restores the thesis' value.
 PROX_RHO_INIT = {"classification": 1.0, "segmentation": 0.01}
 
