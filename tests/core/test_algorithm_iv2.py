@@ -69,6 +69,26 @@ def _prox(z: torch.Tensor, lam: float, s: torch.Tensor, low: torch.Tensor, high:
     return at(((a + b) / 2)[:, None])
 
 
+def _forward_backward_step(
+    delta: torch.Tensor,
+    g: torch.Tensor,
+    v: torch.Tensor,
+    t: int,
+    steps: int,
+    p: ProxParams,
+    low: torch.Tensor,
+    high: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Steps 23–25 at step t: the Adam-like metric of |g| ≤ 10¹⁸ and the prox step in it onto
+    Λ = [low, high], with λ⁽ᵗ⁾ = λ⁽⁰⁾·r^((t−1)/(N−1)). Returns δ⁽ᵗ⁾, the second moment, λ⁽ᵗ⁾."""
+    assert p.init_lr is not None
+    g = g.clamp(-1e18, 1e18)
+    lam = p.init_lr * p.lr_reduction ** ((t - 1) / (steps - 1))
+    v = p.alpha * v + (1 - p.alpha) * g**2  # 23.
+    s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps  # 24.
+    return _prox(delta - lam * g / s, lam, s, low, high).reshape(delta.shape), v, lam  # 25.
+
+
 def _transcription(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: ProxParams, steps: int
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
@@ -105,11 +125,7 @@ def _transcription(
         better = satisfied & (norm < best_norm)
         best = torch.where(better[:, None, None, None], delta, best)
         best_norm = torch.where(better, norm, best_norm)
-        g = g.clamp(-1e18, 1e18)
-        lam = p.init_lr * p.lr_reduction ** ((t - 1) / (steps - 1))
-        v = p.alpha * v + (1 - p.alpha) * g**2  # 23.
-        s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps  # 24.
-        delta = _prox(delta - lam * g / s, lam, s, low, high).reshape(x.shape)  # 25.
+        delta, v, lam = _forward_backward_step(delta, g, v, t, steps, p, low, high)  # 23–25.
         records.append((norm, d_c, mu, rho, lam, satisfied))
     return best_norm, records
 
@@ -222,11 +238,7 @@ def _dense_transcription(
         better = reached & (norm < best_norm)
         best_norm = torch.where(better, norm, best_norm)
         best_apsr = torch.where(better, apsr, best_apsr)
-        g = g.clamp(-1e18, 1e18)
-        lam = p.init_lr * p.lr_reduction ** ((t - 1) / (steps - 1))
-        v = p.alpha * v + (1 - p.alpha) * g**2  # 23.
-        s = (v / (1 - p.alpha**t)).sqrt() + p.metric_eps  # 24.
-        delta = _prox(delta - lam * g / s, lam, s, low, high).reshape(x.shape)  # 25.
+        delta, v, lam = _forward_backward_step(delta, g, v, t, steps, p, low, high)  # 23–25.
         reported = d_c.masked_fill(~m, math.nan)  # no constraint outside the masks
         records.append(_DenseStep(norm, reported, mu, rho, lam, reached, apsr, w[:, 0], kept,
                                   stalled))  # fmt: skip
