@@ -3,6 +3,9 @@ constraint scaling (eq. 5.8) and the step size λ⁽ᵗ⁾."""
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import eagerpy as ep
 import numpy as np
 
@@ -20,13 +23,18 @@ def least_count(fraction: float, counts: np.ndarray) -> np.ndarray:
     return np.where(k / counts < fraction, k + 1, k)
 
 
-def masking_rank(counts: np.ndarray, nu: float, progress: float, decay: bool) -> np.ndarray:
-    """Per sample, the 0-based rank of the percentile ξ⁽ᵗ⁾ among its ‖m‖₁ constraints: the
-    kept fraction decays linearly from 100% at the first step to ν at the last (eq. 5.6), or is
-    ν throughout when ``decay`` is False; at least one constraint is kept. At the last step it
-    keeps exactly as many as success needs (:func:`least_count` of ν)."""
-    fraction = nu + (1 - nu) * (1 - progress if decay else 0.0)  # ν exactly at the last step
-    return (least_count(fraction, counts) - 1).reshape(-1, 1)
+def masking_rank(counts: np.ndarray, nu: float, step: int, steps: int, decay: bool) -> np.ndarray:
+    """Per sample, the 0-based rank of the percentile ξ⁽ᵗ⁾ among its ‖m‖₁ constraints at step
+    t = ``step`` of N = ``steps``: the ⌈f‖m‖₁⌉ smallest constraints are kept (at least one),
+    f = 1 − (1 − ν)(t − 1)/(N − 1) decaying linearly from 100 % to ν (eq. 5.6), or f = ν
+    throughout when ``decay`` is False. Computed in exact fractions, ν as the decimal it is
+    written as (its shortest repr: 0.9 is 9/10), so an f‖m‖₁ that is an integer is not rounded
+    past it; the last step keeps at least what success needs (:func:`least_count` of ν), and
+    exactly that unless ν·‖m‖₁ falls within a rounding of an integer."""
+    progress = Fraction(step - 1, steps - 1) if decay and steps > 1 else Fraction(int(not decay))
+    fraction = 1 - (1 - Fraction(repr(float(nu)))) * progress
+    kept = [max(math.ceil(fraction * int(count)), 1) for count in np.ravel(counts)]
+    return (np.asarray(kept, dtype=np.int64) - 1).reshape(-1, 1)
 
 
 def constraint_mask(d: ep.Tensor, mask: ep.Tensor, rank: ep.Tensor) -> ep.Tensor:

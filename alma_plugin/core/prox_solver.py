@@ -191,7 +191,8 @@ def alma_prox_solve(
     ranks = None
     if p.constraint_masking and c.dense:
         ranks = ep.from_numpy(c.labels, np.stack(
-            [masking_rank(c.counts, adv_threshold, q, p.mask_decay) for q in progresses]
+            [masking_rank(c.counts, adv_threshold, t, steps, p.mask_decay)
+             for t in range(1, steps + 1)]
         ))  # fmt: skip
     step_sizes = [step_size(p.init_lr, p.lr_reduction, q) for q in progresses]  # λ⁽ᵗ⁾
     corrections = [1 - p.alpha**t for t in range(1, steps + 1)]  # Adam's 1 − αᵗ

@@ -350,23 +350,31 @@ def test_classification_bad_inputs(bars_cnn):
 
 
 @pytest.mark.parametrize(
-    ("count", "nu", "progress", "decay"),
-    [(10, 0.5, 0.0, False), (10, 0.5, 0.5, False), (10, 0.99, 0.5, True), (10, 0.95, 1.0, True),
-     (36, 0.99, 1.0, True), (100, 0.99, 1.0, True), (7, 0.5, 0.0, True), (3, 0.1, 1.0, True)],
+    ("count", "nu", "step", "steps", "decay"),
+    [(10, 0.5, 1, 3, False), (10, 0.5, 2, 3, False), (10, 0.99, 2, 3, True),
+     (10, 0.95, 3, 3, True), (36, 0.99, 5, 5, True), (100, 0.99, 5, 5, True),
+     (7, 0.5, 1, 9, True), (3, 0.1, 9, 9, True), (10, 0.1, 9, 9, True),
+     (7, 0.5, 15, 50, True),  # f‖m‖₁ = 6 exactly: 1 − ½·14/49 = 6/7
+     (490, 0.9, 2, 50, True),  # f‖m‖₁ = 489 exactly as written (0.9 in binary: 489.000…1)
+     (1, 0.99, 1, 1, True)],
 )  # fmt: skip
-def test_masking_rank_keeps_the_fraction_of_eq_5_6(count, nu, progress, decay):
+def test_masking_rank_keeps_the_fraction_of_eq_5_6(count, nu, step, steps, decay):
     """Eq. 5.6: m̃⁽ᵗ⁾ keeps the f-percentile of d, f = 1 − (1 − ν)(t − 1)/(N − 1) (ν throughout
-    without decay), so ‖m̃‖₁ ≥ f‖m‖₁ (ν‖m‖₁ ≤ ‖m̃‖₁ at the last step), and only the largest
-    constraints beyond that are discarded: the ⌈f‖m‖₁⌉ smallest are kept (at least one), the
-    percentile being the one of 0-based rank ⌈f‖m‖₁⌉ − 1. Exact fractions here."""
+    without decay), so ‖m̃‖₁ ≥ f‖m‖₁, and only the largest constraints beyond that are
+    discarded: the ⌈f‖m‖₁⌉ smallest are kept (at least one), the percentile being the one of
+    0-based rank ⌈f‖m‖₁⌉ − 1, in exact fractions of ν as written (a float f made 6/7·7 keep
+    all 7). The last step keeps at least what success needs."""
     from fractions import Fraction
 
-    from alma_plugin.core.prox_schedule import masking_rank
+    from alma_plugin.core.prox_schedule import least_count, masking_rank
 
-    fraction = 1 - (1 - Fraction(str(nu))) * (Fraction(str(progress)) if decay else 1)
+    progress = Fraction(step - 1, steps - 1) if decay and steps > 1 else Fraction(int(not decay))
+    fraction = 1 - (1 - Fraction(str(nu))) * progress
     kept = max(math.ceil(fraction * count), 1)
-    rank = masking_rank(np.array([count]), nu, progress, decay)
+    rank = masking_rank(np.array([count]), nu, step, steps, decay)
     assert rank.shape == (1, 1) and int(rank[0, 0]) == kept - 1
+    if step == steps or not decay:
+        assert kept >= int(least_count(nu, np.array([count]))[0])
 
 
 def test_constraint_mask_keeps_the_user_masked_constraints_up_to_the_percentile():
