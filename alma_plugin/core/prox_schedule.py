@@ -14,9 +14,9 @@ __all__ = ["constraint_mask", "least_count", "masking_rank", "scale_update", "st
 
 def least_count(fraction: float, counts: np.ndarray) -> np.ndarray:
     """Per sample, the smallest k ≥ 1 with k / ‖m‖₁ ≥ ``fraction``, the ratio in float64 as
-    Python computes it: what "APSR ≥ ν" (eq. 5.19) and eq. 5.6's kept fraction mean for ‖m‖₁
-    constraints. No slack: 1 of 10 meets ν = 0.1, 1 of 2 does not meet ν = 0.5 + 10⁻¹⁰. (The
-    product rounds, so the ceiling is corrected by one either way where the ratio says so.)"""
+    Python computes it: what "APSR ≥ ν" (eq. 5.19) means for ‖m‖₁ constraints. No slack: 1 of
+    10 meets ν = 0.1, 1 of 2 does not meet ν = 0.5 + 10⁻¹⁰. (The product rounds, so the
+    ceiling is corrected by one either way where the ratio says so.)"""
     counts = np.asarray(counts, dtype=np.int64)
     k = np.maximum(np.ceil(fraction * counts), 1).astype(np.int64)
     k = np.where((k > 1) & ((k - 1) / counts >= fraction), k - 1, k)
