@@ -22,13 +22,16 @@ def random_lpips() -> Any:
     return make_distance("lpips", torch.device("cpu"))
 
 
+#: One sample's shape per distance, with the batch of 4 (``distance_case``): the shapes of
+#: tests/distances/test_distances_contract.py and the other JAX tests, since JAX compiles every
+#: primitive once per shape (SSIM needs 11×11, MS-SSIM 176×176, CIEDE2000 and LPIPS 3 channels).
 DISTANCE_SHAPES = {
-    "l1": (1, 4, 4),
-    "l2": (1, 4, 4),
-    "linf": (1, 4, 4),
-    "ciede2000": (3, 4, 4),
-    "ssim": (1, 12, 12),
-    "msssim": (1, 176, 176),
+    "l1": (3, 12, 12),
+    "l2": (3, 12, 12),
+    "linf": (3, 12, 12),
+    "ciede2000": (3, 12, 12),
+    "ssim": (3, 12, 12),
+    "msssim": (3, 176, 176),
     "lpips": (3, 32, 32),
 }
 
@@ -49,7 +52,7 @@ def distance_case(
     name: str,
     *,
     framework: str = "torch",
-    n: int = 3,
+    n: int = 4,
     dtype: str = "float32",
     nan_rows: Sequence[int] = (),
     inf_rows: Sequence[int] = (),

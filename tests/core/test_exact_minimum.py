@@ -59,7 +59,8 @@ def test_jax_model_through_eagerpy() -> None:
         return inputs.reshape(inputs.shape[0], -1) @ weight.T + bias
 
     rng = np.random.default_rng(0)
-    x = jnp.asarray(0.35 + 0.3 * rng.random((8, 1, 8, 8)), dtype=jnp.float32)
+    # the contract table's (4, 1, 8, 8) float32 batch: JAX compiles each primitive per shape
+    x = jnp.asarray(0.35 + 0.3 * rng.random((4, 1, 8, 8)), dtype=jnp.float32)
     y = jnp.argmax(jax_model(x), axis=1)
     result = alma(jax_model, x, y, distance="l2", steps=300)
     assert isinstance(result.adversarials, jax.Array)

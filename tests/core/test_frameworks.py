@@ -16,8 +16,12 @@ from alma_plugin import alma, alma_prox, distances, lagrangian
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-WEIGHTS = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
-IMAGES = np.random.default_rng(1).uniform(size=(4, 1, 4, 4)).astype(np.float32)
+# The (4, 1, 8, 8) float32 batch and 3 classes of the contract table's JAX rows: JAX compiles
+# each primitive per shape, so the JAX tests share shapes. Weights scaled to logits of the
+# size a (4, 1, 4, 4) batch of N(0, 1) weights gave.
+F = 64  # features
+WEIGHTS = (np.random.default_rng(0).normal(size=(F, 3)) / 2).astype(np.float32)
+IMAGES = np.random.default_rng(1).uniform(size=(4, 1, 8, 8)).astype(np.float32)
 
 
 def tf_linear(logit_dtype: str) -> Any:
@@ -25,7 +29,7 @@ def tf_linear(logit_dtype: str) -> Any:
     weights = tf.constant(WEIGHTS)
 
     def model(x: Any) -> Any:
-        return tf.cast(tf.reshape(tf.cast(x, tf.float32), (-1, 16)) @ weights, logit_dtype)
+        return tf.cast(tf.reshape(tf.cast(x, tf.float32), (-1, F)) @ weights, logit_dtype)
 
     return model
 
@@ -53,7 +57,7 @@ def test_a_jax_predicate_gets_concrete_arrays_in_alma_prox() -> None:
     weights = jnp.asarray(WEIGHTS)
 
     def model(x: Any) -> Any:
-        return x.reshape(-1, 16) @ weights
+        return x.reshape(-1, F) @ weights
 
     x = jnp.asarray(IMAGES)
     labels = model(x).argmax(1)
@@ -74,23 +78,23 @@ def test_logits_that_ignore_the_input_have_a_zero_gradient(framework: str) -> No
     module = pytest.importorskip("jax.numpy" if framework == "jax" else "tensorflow")
     constant = module.asarray([[0.0, 2.0, 1.0]]) if framework == "jax" else None
     if framework == "jax":
-        x = module.asarray(IMAGES[:2])
+        x = module.asarray(IMAGES)
 
         def model(inputs: Any) -> Any:
             return module.tile(constant, (inputs.shape[0], 1))
 
-        labels = module.asarray([1, 0])
+        labels = module.asarray([1, 0, 1, 0])
     else:
-        x = module.constant(IMAGES[:2])
+        x = module.constant(IMAGES)
 
         def model(inputs: Any) -> Any:
             return module.tile(module.constant([[0.0, 2.0, 1.0]]), (inputs.shape[0], 1))
 
-        labels = module.constant([1, 0], dtype="int64")
+        labels = module.constant([1, 0, 1, 0], dtype="int64")
     for distance in ("l2", "linf"):
         result = alma(model, x, labels, distance=distance, steps=5)
-        assert np.asarray(result.success).tolist() == [False, True]
-        assert float(np.asarray(result.distances)[1]) == 0
+        assert np.asarray(result.success).tolist() == [False, True, False, True]
+        assert (np.asarray(result.distances)[1::2] == 0).all()
     assert np.asarray(lagrangian(model, x, labels, steps=2, seed=0).perturbed).shape == x.shape
 
 
@@ -127,7 +131,7 @@ def _softmax_linear(framework: str, log: bool) -> tuple[Any, Any, Any]:
         weights = torch.from_numpy(WEIGHTS)
 
         def model(x: Any) -> Any:
-            z = x.reshape(-1, 16) @ weights
+            z = x.reshape(-1, F) @ weights
             return z.log_softmax(1) if log else z.softmax(1)
 
         x: Any = torch.from_numpy(IMAGES)
@@ -138,7 +142,7 @@ def _softmax_linear(framework: str, log: bool) -> tuple[Any, Any, Any]:
         w = jnp.asarray(WEIGHTS)
 
         def model(x: Any) -> Any:
-            z = x.reshape(-1, 16) @ w
+            z = x.reshape(-1, F) @ w
             return jax.nn.log_softmax(z, 1) if log else jax.nn.softmax(z, 1)
 
         x = jnp.asarray(IMAGES)
@@ -147,7 +151,7 @@ def _softmax_linear(framework: str, log: bool) -> tuple[Any, Any, Any]:
     w = tf.constant(WEIGHTS)
 
     def model(x: Any) -> Any:
-        z = tf.reshape(x, (-1, 16)) @ w
+        z = tf.reshape(x, (-1, F)) @ w
         return tf.nn.log_softmax(z, 1) if log else tf.nn.softmax(z, 1)
 
     x = tf.constant(IMAGES)
@@ -177,9 +181,9 @@ def test_error_messages_name_the_types_users_know() -> None:
     jnp = pytest.importorskip("jax.numpy")
     weights = jnp.asarray(WEIGHTS)
     x = jnp.asarray(IMAGES)
-    labels = (x.reshape(-1, 16) @ weights).argmax(1)
+    labels = (x.reshape(-1, F) @ weights).argmax(1)
     with pytest.raises(TypeError, match=r"model must return a jax\.Array of logits .*got tuple"):
-        alma(lambda b: (b.reshape(-1, 16) @ weights,), x, labels, steps=2)
+        alma(lambda b: (b.reshape(-1, F) @ weights,), x, labels, steps=2)
     tf = pytest.importorskip("tensorflow")
     model = tf_linear("float32")
     inputs = tf.constant(IMAGES)
@@ -193,18 +197,18 @@ def test_error_messages_name_the_types_users_know() -> None:
 def _binary_overflowing(framework: str) -> tuple[Any, Any, Any]:
     """A 2-class linear model whose class-1 logit is +∞ everywhere, in ``framework``."""
     weights = WEIGHTS[:, :2]
-    labels = np.argmax(IMAGES.reshape(4, 16) @ weights, 1)
+    labels = np.argmax(IMAGES.reshape(4, F) @ weights, 1)
     if framework == "torch":
         w = torch.from_numpy(weights)
         overflow = torch.tensor([0.0, torch.inf])
-        return (lambda x: x.reshape(-1, 16) @ w + overflow), torch.from_numpy(IMAGES), labels
+        return (lambda x: x.reshape(-1, F) @ w + overflow), torch.from_numpy(IMAGES), labels
     if framework == "jax":
         jnp = pytest.importorskip("jax.numpy")
         w, overflow = jnp.asarray(weights), jnp.asarray([0.0, np.inf], dtype=jnp.float32)
-        return (lambda x: x.reshape(-1, 16) @ w + overflow), jnp.asarray(IMAGES), labels
+        return (lambda x: x.reshape(-1, F) @ w + overflow), jnp.asarray(IMAGES), labels
     tf = pytest.importorskip("tensorflow")
     w, overflow = tf.constant(weights), tf.constant([0.0, np.inf])
-    return (lambda x: tf.reshape(x, (-1, 16)) @ w + overflow), tf.constant(IMAGES), labels
+    return (lambda x: tf.reshape(x, (-1, F)) @ w + overflow), tf.constant(IMAGES), labels
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])

@@ -127,12 +127,18 @@ def test_linf_gradient_at_ties_is_split_evenly_on_every_backend(backend: str) ->
 # --- through alma(): the clip and the re-measurement in the model's space --------------------
 
 
+# JAX compiles each primitive once per shape: the JAX rows here take the (4, 3, 12, 12) images
+# (and 3 classes) of the other JAX tests (test_distances_contract.py, test_foolbox_jax.py, the
+# contract table's perceptual rows), unless the shape is the point.
+BATCH = (4, 3, 12, 12)
+
+
 def _affine_problem(bounds: tuple[float, float], zeros: bool) -> tuple:
-    """A linear 10-class model on (4, 3, 8, 8) images in ``bounds`` (NumPy arrays)."""
+    """A linear 3-class model on (4, 3, 12, 12) images in ``bounds`` (NumPy arrays)."""
     rng = np.random.default_rng(0)
-    weights = rng.normal(0, 0.3, (192, 10)).astype(np.float32)
-    bias = rng.normal(0, 0.1, (10,)).astype(np.float32)
-    x = rng.random((4, 3, 8, 8)).astype(np.float32)
+    weights = rng.normal(0, 0.2, (432, 3)).astype(np.float32)
+    bias = rng.normal(0, 0.1, (3,)).astype(np.float32)
+    x = rng.random(BATCH).astype(np.float32)
     if zeros:
         x[:, :, :3] = 0.0  # pixels on the lower bound, as MNIST's background
     labels = (x.reshape(4, -1) @ weights + bias).argmax(1)
@@ -195,13 +201,13 @@ def test_alma_from_an_adversarial_input_returns_it_on_every_backend(
     """Labels the model does not predict: the input itself, distance exactly 0, no NaN."""
     convert, flatten, numpy = _tensors(backend)
     rng = np.random.default_rng(1)
-    x = rng.random((2, 3, 12, 12)).astype(np.float32)
+    x = rng.random(BATCH).astype(np.float32)
     logits = convert(np.array([0.0, 0.0, 1.0], np.float32))
 
     def model(u: Any) -> Any:  # class 2 everywhere (a gradient of 0)
         return flatten(u)[:, :3] * 0 + logits
 
-    result = alma(model, convert(x), convert(np.array([0, 1])), distance=distance, steps=3)
+    result = alma(model, convert(x), convert(np.array([0, 1, 0, 1])), distance=distance, steps=3)
     adversarials, dists = numpy(result.adversarials), numpy(result.distances)
     np.testing.assert_array_equal(adversarials, x)
     assert (dists == 0).all() and bool(np.asarray(result.success).all())
@@ -329,7 +335,7 @@ def test_normalised_distance_has_the_functional_values_on_every_backend(
 
     convert, _, _ = _tensors(backend)
     rng = np.random.default_rng(0)
-    x = rng.random((3, 3, 12, 12)).astype(np.float32)
+    x = rng.random(BATCH).astype(np.float32)
     x_adv = np.clip(x + rng.uniform(-0.2, 0.2, x.shape), 0, 1).astype(np.float32)
     expected = np.asarray(getattr(distances, name)(x_adv.astype(np.float64), x.astype(np.float64)))
     lower, upper = 0.0, 255.0

@@ -44,8 +44,10 @@ from tests.distances.test_lpips import _random_backbone, _random_linear
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 NAMES = ("l1", "l2", "linf", "ciede2000", "ssim", "msssim", "lpips")
-SIDE = {"msssim": 176, "lpips": 32}  # smallest sizes those distances accept; 16 otherwise
-N = 4  # one batch shape for every case: JAX compiles each operation once per shape
+SIDE = {"msssim": 176, "lpips": 32}  # smallest sizes those distances accept; 12 otherwise
+# one batch shape for every case, that of the other JAX tests' 12×12 RGB images (the contract
+# table's distance rows, the JAX Foolbox tests): JAX compiles each operation once per shape
+N = 4
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "float64")
 JAX_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -62,7 +64,7 @@ def _distance(name: str) -> Callable[[Any, Any], Any]:
 @functools.cache
 def _images(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(x_adv, x) float64 arrays in [0, 1] of the size ``name`` needs."""
-    side = SIDE.get(name, 16)
+    side = SIDE.get(name, 12)
     rng = np.random.default_rng(0)
     x = rng.random((N, 3, side, side))
     x_adv = np.clip(x + rng.uniform(-0.1, 0.1, x.shape), 0, 1)
