@@ -89,14 +89,6 @@ class Table:
 INEXACT = (0.1, 0.3)
 NORMALISED_MNIST = ((0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081)
 
-# JAX compiles every primitive once per shape and dtype (seconds per new combination, for the
-# whole pytest process), so the JAX rows share shapes with the other JAX tests where the size is
-# not the point: the float64 rows take tests/core/test_backends_agree.py's float64 batches,
-# (6, 1, 4, 4) with 4 classes and (2, 1, 5, 5) scenes; the perceptual Foolbox rows and the
-# dense rows take 3 channels (tests/foolbox/test_foolbox_jax.py, test_segmentation_users.py).
-X64 = {"n": 6, "shape": (1, 4, 4), "k": 4}
-X64_SCENES = {"size": 5}
-
 
 def _classifier_cases(
     t: Table,
@@ -175,7 +167,7 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"{prefix}-labels-out-of-range", P(b, label_offset=3), raises("labels"), jax=jax)
             t.add(f"{prefix}-early_stop-0", P(b, early_stop=0.0), jax=jax)
             if jax:
-                t.add(f"{prefix}-float64", P(b, dtype="float64", **X64), x64=True)
+                t.add(f"{prefix}-float64", P(b, dtype="float64"), x64=True)
                 if distance == "l2":
                     for dtype in HALF_DTYPES:
                         t.add(f"{prefix}-{dtype}", P(b, dtype=dtype), jax=True)
@@ -258,7 +250,7 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("alma-linf-torch-restarts-classes", P(b_torch, distance="linf", params=classes))
     t.add("alma-linf-jax-restarts-classes", P(b_jax, distance="linf", params=classes), jax=True)
     t.add("alma-linf-jax-basic", P(b_jax, distance="linf"), jax=True, slow=True)
-    t.add("alma-linf-jax-float64", P(b_jax, distance="linf", dtype="float64", **X64), x64=True,
+    t.add("alma-linf-jax-float64", P(b_jax, distance="linf", dtype="float64"), x64=True,
           slow=True)  # fmt: skip
     t.add("prox-restarts-classes-dense", P(prox_case, params=classes), raises("restart_mode"))
 
@@ -347,9 +339,7 @@ def table() -> list[tuple[Case, bool, bool]]:
     # the same dense attack on JAX and TensorFlow segmenters (first JAX run: compiles its prox)
     for framework in ("jax", "tf"):
         add = functools.partial(t.add, jax=framework == "jax", tf=framework == "tf", slow=True)
-        # JAX: (2, 3, 6, 6) scenes, 4 classes, as test_segmentation_users.py's JAX tests
-        b = P(prox_case, framework=framework,
-              **({"channels": 3, "k": 4} if framework == "jax" else {}))  # fmt: skip
+        b = P(prox_case, framework=framework)
         prefix = f"prox-{framework}"
         add(f"{prefix}-basic", b)
         add(f"{prefix}-masked", P(b, masked=True, mask_container=framework))
@@ -361,8 +351,8 @@ def table() -> list[tuple[Case, bool, bool]]:
         add(f"{prefix}-restarts", P(b, params=ProxParams(restarts=2, init_lr=0.05)))
         if framework == "tf":
             add(f"{prefix}-float64", P(b, dtype="float64"))
-    t.add("prox-jax-float64", P(prox_case, framework="jax", dtype="float64", **X64_SCENES),
-          x64=True, slow=True)  # fmt: skip
+    t.add("prox-jax-float64", P(prox_case, framework="jax", dtype="float64"), x64=True,
+          slow=True)  # fmt: skip
 
     # Foolbox attacks
     for attack in ("L2ALMA", "L1ALMA", "LinfALMAProx"):
@@ -375,7 +365,7 @@ def table() -> list[tuple[Case, bool, bool]]:
             t.add(f"{prefix}-epsilons-None", P(b, epsilons=[None, 0.5]), jax=jax)
             t.add(f"{prefix}-epsilon-0", P(b, epsilons=0.0), NO_SUCCESS_NEEDED, jax=jax)
             if jax:
-                t.add(f"{prefix}-float64", P(b, dtype="float64", **X64), x64=True)
+                t.add(f"{prefix}-float64", P(b, dtype="float64"), x64=True)
             if not jax:
                 t.add(f"{prefix}-labels-numpy", P(b, container="numpy"),
                       either("labels|criterion"))  # fmt: skip
@@ -402,8 +392,9 @@ def table() -> list[tuple[Case, bool, bool]]:
         for jax in (False, True):
             prefix = f"fb-{attack}-{'jax' if jax else 'torch'}"
             steps = 30 if attack == "CIEDE2000ALMA" else 10
-            if jax:  # 3 channels of 12×12, as test_foolbox_jax.py's JAX perceptual attacks
-                shape, last = (3, 12, 12), (12, 12, 3)  # (SSIM there needs 8 steps, not 5)
+            if jax:  # JAX compiles each primitive per shape: 3 channels of 12×12, as the JAX
+                # distance rows below (SSIM on them needs 8 steps, not 5)
+                shape, last = (3, 12, 12), (12, 12, 3)
             b = P(foolbox_case, attack, shape=shape, framework="jax" if jax else "torch",
                   steps=steps, epsilons=(0.0, 0.01, None))  # fmt: skip
             t.add(f"{prefix}-basic", b, jax=jax, slow=jax)
@@ -511,7 +502,7 @@ def table() -> list[tuple[Case, bool, bool]]:
         t.add(f"{prefix}-multiplier-negative", P(b, multiplier=-1.0), raises("multiplier"),
               jax=jax)  # fmt: skip
         if jax:
-            t.add(f"{prefix}-float64", P(b, dtype="float64", **X64), x64=True)
+            t.add(f"{prefix}-float64", P(b, dtype="float64"), x64=True)
     b = P(lagrangian_case, torchattacks=True)
     _classifier_cases(t, "ta-Lagrangian", b, bounds=False)
     t.add("ta-Lagrangian-decay-0", P(b, decay=0.0), raises("decay"))

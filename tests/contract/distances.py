@@ -22,16 +22,16 @@ def random_lpips() -> Any:
     return make_distance("lpips", torch.device("cpu"))
 
 
-#: One sample's shape per distance, with the batch of 4 (``distance_case``): the shapes of
-#: tests/distances/test_distances_contract.py and the other JAX tests, since JAX compiles every
-#: primitive once per shape (SSIM needs 11×11, MS-SSIM 176×176, CIEDE2000 and LPIPS 3 channels).
+#: One sample's shape per distance, with the batch of 4 (``distance_case``): JAX compiles every
+#: primitive once per shape, so its rows share the (4, 3, 12, 12) batch of the table's JAX
+#: perceptual Foolbox rows (SSIM needs 11×11, MS-SSIM 176×176, CIEDE2000 and LPIPS 3 channels).
 DISTANCE_SHAPES = {
     "l1": (3, 12, 12),
     "l2": (3, 12, 12),
     "linf": (3, 12, 12),
     "ciede2000": (3, 12, 12),
     "ssim": (3, 12, 12),
-    "msssim": (3, 176, 176),
+    "msssim": (1, 176, 176),
     "lpips": (3, 32, 32),
 }
 

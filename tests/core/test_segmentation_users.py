@@ -65,10 +65,6 @@ def _left_half_mask(labels: torch.Tensor) -> torch.Tensor:
 
 FAST = dict(steps=60, init_lr=1e-2)
 
-# The JAX tests' (2, 3, 6, 6) scenes (and 4 classes) are those of the contract table's JAX dense rows
-# (tests/test_contract.py): JAX compiles each primitive once per shape.
-JAX_SCENE = (6, 6)
-
 
 # --- 1. ignore labels ------------------------------------------------------------------------
 
@@ -96,7 +92,7 @@ def test_jax_labels_beyond_int32_are_refused() -> None:
     jnp = pytest.importorskip("jax.numpy")
     rng = np.random.default_rng(0)
     weights = jnp.asarray(rng.normal(size=(CLASSES, 3)).astype(np.float32))
-    x = jnp.asarray(_images(2, *JAX_SCENE).numpy())
+    x = jnp.asarray(_images(2, 4, 6).numpy())
     labels = np.asarray(jnp.einsum("kc,nchw->nkhw", weights, x).argmax(1)).astype(np.int64)
     labels[0, 0, 0] += 2**32  # 2³² + c wrapped to int32 is the valid class c
     with pytest.raises(ValueError, match="labels"):
@@ -132,7 +128,7 @@ def test_jax_ignore_labels_are_refused_unmasked_and_ignored_masked() -> None:
     def model(x: Any) -> Any:
         return jnp.einsum("kc,nchw->nkhw", weights, (x - 0.5) * 20)
 
-    x = jnp.asarray(_images(2, *JAX_SCENE).numpy())
+    x = jnp.asarray(_images(2, 4, 6).numpy())
     labels = np.asarray(model(x).argmax(1))
     mask = np.ones(labels.shape, dtype=bool)
     mask[:, 0] = False
