@@ -17,6 +17,7 @@ from .core.validation import (
     as_labels,
     as_tensor,
     check_inputs,
+    container_shape,
     host_array,
     on_framework_of,
     working_dtype,
@@ -62,12 +63,7 @@ def check_distance_inputs(name: str, x: ep.Tensor) -> None:
 
 def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
     """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
-    # nested lists / tuples (label maps given as lists) have no .shape: NumPy reads it
-    shape = tuple(
-        getattr(labels, "shape", host_array("labels", labels).shape)
-        if isinstance(labels, list | tuple)
-        else getattr(labels, "shape", ())
-    )
+    shape = container_shape("labels", labels)  # label maps may come as nested lists
     if len(shape) <= 1:
         return as_labels("labels", labels, x, (len(x),))
     expected = (len(x), *x.shape[2:])

@@ -47,7 +47,7 @@ from .core.validation import (
     check_flag,
     check_in_range,
     check_positive_int,
-    host_array,
+    container_shape,
     working_dtype,
 )
 from .distances import DISTANCES, DistanceFunction, get_distance
@@ -77,11 +77,6 @@ def check_attack_distance(distance: Any) -> str:
 def names_linf(arguments: dict[str, Any]) -> bool:
     """Whether a call's bound arguments ask for ℓ∞ (ALMA prox's hyperparameters)."""
     return is_linf(arguments.get("distance"))
-
-
-def _shape_of(labels: Any) -> tuple[int, ...]:
-    """The shape of labels of any container (a tensor, an array, a nested list)."""
-    return tuple(labels.shape if hasattr(labels, "shape") else host_array("labels", labels).shape)
 
 
 @takes_params(ALMAParams, alternative=ProxParams, alternative_if=names_linf)
@@ -179,7 +174,7 @@ def alma(
         torch.Size([2, 1, 2, 2])
     """
     if check_attack_distance(distance) == LINF:
-        shape = _shape_of(labels)
+        shape = container_shape("labels", labels)
         if len(shape) > 1:  # alma() is for classification: one way to attack label maps
             raise ValueError(
                 f"labels must have shape (N,) with distance='linf' (classification), got shape "

@@ -235,6 +235,14 @@ def host_array(name: str, value: Any) -> np.ndarray:
         ) from None
 
 
+def container_shape(name: str, value: Any) -> tuple[int, ...]:
+    """The shape of a tensor, an array or a nested list or tuple (a ragged one is a TypeError
+    naming ``name``); () for anything else, which the labels' own checks then name."""
+    if hasattr(value, "shape"):
+        return tuple(value.shape)
+    return host_array(name, value).shape if isinstance(value, list | tuple) else ()
+
+
 def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) -> ep.Tensor:
     """Integer class indices of ``shape`` as a tensor of ``like``'s framework and device, in
     that framework's index dtype (int64 for PyTorch), whatever the caller's integer dtype
