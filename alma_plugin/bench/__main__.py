@@ -39,6 +39,7 @@ from .arguments import (
     device_argument,
     distinct_argument,
     integer_option,
+    model_argument,
     models_argument,
     output_argument,
     path_option,
@@ -140,6 +141,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
     if args.std is not None and (len(args.std) != len(args.mean) or min(args.std) <= 0):
         parser.error(f"arguments --mean/--std: expected as many values each (one per channel) "
                      f"and std > 0, got --mean {args.mean} and --std {args.std}")  # fmt: skip
+    if args.mean is not None and all(model in MODEL_NAMES for model in args.models):
+        parser.error(f"arguments --mean/--std: they normalise the inputs of non-embedded models "
+                     f"only, and every --models is embedded ({' '.join(args.models)}; inputs in "
+                     f"[0, 1]): drop them or add your model")  # fmt: skip
     models_argument(parser, args.models)
     distinct_argument(parser, "--attacks", args.attacks or [])
     distinct_argument(parser, "--budgets", args.budgets or [])
@@ -178,12 +183,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
             model = load_model(name, "cpu", config)
         except ValueError as error:
             parser.error(f"argument --models: {error}")
-        logits = _checked_logits(parser, name, model, images[:1], args.data)
         chosen = labels[: args.samples]
-        if len(chosen) and (chosen.min() < 0 or chosen.max() >= logits.shape[1]):
-            parser.error(f"argument --data: labels must lie in [0, {logits.shape[1]}) (the "
-                         f"classes of {name!r}), got [{int(chosen.min())}, "
-                         f"{int(chosen.max())}]")  # fmt: skip
+        model_argument(parser, name, model, images, chosen, args.data)
         accuracy[name] = _clean_accuracy(model, images[: args.samples], chosen, args.batch_size)
     pairs, notes = plan(config)
     if not pairs:
@@ -191,47 +192,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
         parser.error("arguments --attacks/--distance/--budgets: no attack left to run for "
                      f"attacks={args.attacks} and distances={args.distance}{why}")  # fmt: skip
     return config, args
-
-
-def _checked_logits(
-    parser: argparse.ArgumentParser, name: str, model: torch.nn.Module, image: torch.Tensor,
-    data: str,
-) -> torch.Tensor:  # fmt: skip
-    """The logits of one image, after the checks every attack would otherwise fail (or,
-    worse, count as a success) on, after other models had run: the model runs on the data,
-    returns finite logits (N, classes) differentiable in its input, and does not write into
-    that input (ALMA returns the tensor the model judged)."""
-    probe = image.clone().requires_grad_(True)
-    given = probe * 1  # not a leaf: an in-place write shows in its version counter
-    try:
-        logits = model(given)
-        gradient = None
-        if isinstance(logits, torch.Tensor) and logits.requires_grad:
-            (gradient,) = torch.autograd.grad(logits.sum(), probe, allow_unused=True)
-    except Exception as error:  # a user model that does not fit the data
-        last = (str(error).strip().splitlines() or [type(error).__name__])[-1]  # TorchScript's
-        parser.error(
-            f"argument --models: {name!r} fails on one image of --data {data!r} of shape "
-            f"{tuple(image.shape[1:])}: {last}"
-        )
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
-        parser.error(f"argument --models: {name!r} must return logits (N, classes), got {got}")
-    if not bool(torch.isfinite(logits).all()):
-        parser.error(
-            f"argument --models: {name!r} returns non-finite logits (NaN or Inf) on the first "
-            f"image of --data {data!r}: no attack can be measured on it"
-        )
-    if gradient is None:
-        parser.error(f"argument --models: {name!r} returns logits that are not differentiable "
-                     "in its input (torch.no_grad() or .detach() inside it?): the attacks need "
-                     "their gradient")  # fmt: skip
-    if given._version:
-        parser.error(
-            f"argument --models: {name!r} writes into its input tensor (e.g. "
-            "nn.ReLU(inplace=True) as its first layer): make that layer out of place"
-        )
-    return logits.detach()
 
 
 def _clean_accuracy(

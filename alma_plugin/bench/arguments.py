@@ -29,6 +29,7 @@ __all__ = [
     "distinct_argument",
     "integer_option",
     "json_file_argument",
+    "model_argument",
     "models_argument",
     "output_argument",
     "path_option",
@@ -237,3 +238,53 @@ def cuda_graphs_argument(
         parser.error(f"argument --cuda-graphs: needs a CUDA --device, got --device "
                      f"{str(device)!r}")  # fmt: skip
     return cuda_graphs
+
+
+def model_argument(
+    parser: argparse.ArgumentParser, name: str, model: torch.nn.Module, images: torch.Tensor,
+    labels: torch.Tensor, data: str, data_option: str | None = "--data",
+) -> None:  # fmt: skip
+    """One ``--models`` entry, checked on the first of ``images`` before any attack: what
+    every attack would otherwise fail on (or, worse, count as a success) after other models
+    had run. The model runs on the data, returns finite logits (N, classes) differentiable in
+    its input, does not write into that input (ALMA returns the tensor the model judged), and
+    ``labels`` (the attacked samples') are among its classes. Else an argument error (exit
+    status 2) naming ``--models`` (or ``data_option``), the model and what was expected;
+    ``data_option`` None: the command has no option for its ``data``."""
+    image = images[:1]
+    source = f"{data_option} {data!r}" if data_option else f"the data {data!r}"
+    probe = image.clone().requires_grad_(True)
+    given = probe * 1  # not a leaf: an in-place write shows in its version counter
+    try:
+        logits = model(given)
+        gradient = None
+        if isinstance(logits, torch.Tensor) and logits.requires_grad:
+            (gradient,) = torch.autograd.grad(logits.sum(), probe, allow_unused=True)
+    except Exception as error:  # a user model that does not fit the data
+        last = (str(error).strip().splitlines() or [type(error).__name__])[-1]  # TorchScript's
+        parser.error(
+            f"argument --models: {name!r} fails on one image of {source} of shape "
+            f"{tuple(image.shape[1:])}: {last}"
+        )
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits)
+        parser.error(f"argument --models: {name!r} must return logits (N, classes), got {got}")
+    if not bool(torch.isfinite(logits).all()):
+        parser.error(
+            f"argument --models: {name!r} returns non-finite logits (NaN or Inf) on the first "
+            f"image of {source}: no attack can be measured on it"
+        )
+    if gradient is None:
+        parser.error(f"argument --models: {name!r} returns logits that are not differentiable "
+                     "in its input (torch.no_grad() or .detach() inside it?): the attacks need "
+                     "their gradient")  # fmt: skip
+    if given._version:
+        parser.error(
+            f"argument --models: {name!r} writes into its input tensor (e.g. "
+            "nn.ReLU(inplace=True) as its first layer): make that layer out of place"
+        )
+    classes = logits.shape[1]
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        parser.error(f"argument {data_option or '--models'}: labels must lie in [0, {classes}) "
+                     f"(the classes of {name!r}), got [{int(labels.min())}, "
+                     f"{int(labels.max())}] in {source}")  # fmt: skip

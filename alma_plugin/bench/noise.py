@@ -34,6 +34,7 @@ from .arguments import (
     add_threads_option,
     budget_option,
     device_argument,
+    distinct_argument,
     integer_option,
     seed_option,
 )
@@ -139,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [key for key in args.attacks if key not in ATTACKS]
     if unknown:
         parser.error(f"argument --attacks: unknown {unknown}; known: {', '.join(ATTACKS)}")
+    for key in args.attacks:  # was ModuleNotFoundError from inside the first attack
+        if get_attack(key).unavailable() is not None:
+            parser.error(f"argument --attacks: {key} needs the {get_attack(key).requires!r} "
+                         "package, which is not installed (it cannot be imported)")  # fmt: skip
+    for option in ("models", "attacks", "budgets"):  # rows are keyed by them, as in the table
+        distinct_argument(parser, f"--{option}", getattr(args, option))
     device = device_argument(parser, args.device)
     images, labels = load_data(EMBEDDED_DATA)
     if args.first + args.samples > len(images):

@@ -19,6 +19,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -111,16 +112,21 @@ class BatchStore:
             / f"{first:06d}-{last:06d}.json"
         )
 
-    def load(self, path: Path, fingerprint: str) -> Record | None:
+    def load(
+        self, path: Path, fingerprint: str, indices: Sequence[int] | None = None
+    ) -> Record | None:
         """The finished batch at ``path`` when resuming and its fingerprint matches, else None
-        (a missing, unreadable or stale file means: compute the batch)."""
+        (a missing, unreadable or stale file, or one whose record is not one distance per
+        sample of ``indices``, the batch's sample positions, means: compute the batch)."""
         if not self.resume or not path.is_file():
             return None
         try:
             payload = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if payload.get("fingerprint") != fingerprint:
+        # Valid JSON of another shape ([], a list as the record) was an AttributeError; a
+        # record not of this batch's samples an IndexError in the table, or rows of others.
+        if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
             return None
         names = {f.name for f in fields(Record)}
         try:
@@ -130,7 +136,12 @@ class BatchStore:
                 if key in values:
                     values[key] = [from_json(v) for v in values[key]]
             record = Record(**values)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+        n = len(record.indices)
+        if ((indices is not None and record.indices != list(indices))
+                or len(record.distances) != n or len(record.sparsity) not in (0, n)
+                or not all(d >= 0 for d in record.distances)):  # fmt: skip  # NaN is not >= 0
             return None
         self.reused += 1
         return record

@@ -270,7 +270,7 @@ def run_shard(
                             seed=config.seed, device=config.device, images=x, labels=y,
                             cuda_graphs=config.cuda_graphs and spec.cuda_graphs,
                         )  # fmt: skip
-                        part = store.load(path, fingerprint)
+                        part = store.load(path, fingerprint, index.tolist())
                     if part is None:
                         if number not in clean:
                             with torch.no_grad():

@@ -46,6 +46,7 @@ from .arguments import (
     device_argument,
     distinct_argument,
     integer_option,
+    model_argument,
     models_argument,
     output_argument,
     path_option,
@@ -356,14 +357,17 @@ def _check(
                      f"variants={args.variants}, peers={args.peers} and "
                      f"distances={args.distance}{why}")  # fmt: skip
     output_argument(parser, "--output", args.output)
-    images, _ = load_data(EMBEDDED_DATA)
+    images, labels = load_data(EMBEDDED_DATA)
     if args.samples > len(images):
         parser.error(f"argument --samples: at most {len(images)}, got {args.samples}")
     for name in args.models:  # before any attack runs (a bad name used to be a traceback)
         try:
-            load_model(name, "cpu")
+            model = load_model(name, "cpu")
         except ValueError as error:
             parser.error(f"argument --models: {error}")
+        # as the main command: a model returning NaN was a table of 'inf (nan, 0%)' cells, one
+        # that does not fit the images a traceback from inside the first attack
+        model_argument(parser, name, model, images, labels[: args.samples], EMBEDDED_DATA, None)
     return pairs, skipped
 
 

@@ -41,7 +41,6 @@ on the shared, loaded 2-core machine), 564 KiB of weights.)
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import time
@@ -55,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.lagrangian import LagrangianParams
 from ..zoo.data import (
     HELDOUT_FILENAME,
     HELDOUT_START,
@@ -63,6 +63,14 @@ from ..zoo.data import (
     read_idx_labels,
 )
 from ..zoo.models import MODEL_NAMES, SmallCNN, state_dict_to_arrays, weights_filename
+from .arguments import (
+    BenchParser,
+    integer_option,
+    output_argument,
+    path_option,
+    real_option,
+    seed_option,
+)
 
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
@@ -279,20 +287,23 @@ def report(out: Path, x: torch.Tensor, y: torch.Tensor, seed: int, pgd_steps: in
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"))
-    parser.add_argument("--out", type=Path, default=Path("alma_plugin/zoo/assets"))
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch.set_num_threads (results depend on it)"
-    )
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--regular-epochs", type=int, default=TrainConfig.regular_epochs)
-    parser.add_argument("--adv-epochs", type=int, default=TrainConfig.adv_epochs)
-    parser.add_argument("--adv-eps", type=float, default=TrainConfig.adv_eps)
-    parser.add_argument("--adv-steps", type=int, default=TrainConfig.adv_steps)
-    parser.add_argument("--lag-epochs", type=int, default=TrainConfig.lag_epochs)
-    parser.add_argument("--lag-init-lr", type=float, default=TrainConfig.lag_init_lr)
-    parser.add_argument("--lag-multiplier", type=float, default=TrainConfig.lag_multiplier)
+    parser = BenchParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=path_option("data-dir"),
+                        default=Path("../shared/data/mnist"))  # fmt: skip
+    parser.add_argument("--out", type=path_option("out"), default=Path("alma_plugin/zoo/assets"))
+    parser.add_argument("--threads", type=integer_option("threads", 1), default=1,
+                        help="torch.set_num_threads (results depend on it)")  # fmt: skip
+    parser.add_argument("--seed", type=seed_option(), default=TrainConfig.seed)
+    # Epochs and steps >= 1: 0 (or less) saved untrained weights, or failed in the Lagrangian
+    # training after the other two; a negative eps trained on flipped PGD perturbations.
+    for name in ("regular-epochs", "adv-epochs", "adv-steps", "lag-epochs"):
+        default = getattr(TrainConfig, name.replace("-", "_"))
+        parser.add_argument(f"--{name}", type=integer_option(name, 1), default=default)
+    parser.add_argument("--adv-eps", type=real_option("adv-eps", 0.0), default=TrainConfig.adv_eps)
+    parser.add_argument("--lag-init-lr", type=real_option("lag-init-lr"),
+                        default=TrainConfig.lag_init_lr)  # fmt: skip
+    parser.add_argument("--lag-multiplier", type=real_option("lag-multiplier"),
+                        default=TrainConfig.lag_multiplier)  # fmt: skip
     parser.add_argument(
         "--models",
         nargs="+",
@@ -301,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="all: the three models (and the held-out asset); mnist_lagrangian: only it",
     )
     parser.add_argument("--progress", action="store_true", help="progress bars (tqdm)")
-    parser.add_argument("--eval-pgd-steps", type=int, default=20)
+    parser.add_argument("--eval-pgd-steps", type=integer_option("eval-pgd-steps", 1), default=20)
     parser.add_argument(
         "--report-only", action="store_true", help="skip training; evaluate the stored weights"
     )
@@ -311,9 +322,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.report_only and args.no_report:
         parser.error("--report-only and --no-report are mutually exclusive")
+    try:  # checked now, not when the Lagrangian training starts after the other two
+        LagrangianParams(init_lr=args.lag_init_lr, multiplier=args.lag_multiplier)
+    except ValueError as error:
+        parser.error(f"arguments --lag-init-lr/--lag-multiplier: {error}")
+    if not args.report_only:
+        output_argument(parser, "--out", args.out)
 
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     config = TrainConfig(
         seed=args.seed,
         regular_epochs=args.regular_epochs,
@@ -330,6 +345,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--models mnist_lagrangian warm-starts from the regular model's weights, "
                      f"{regular}: not found (train them first with --models all, or point "
                      "--out at a folder that holds them)")  # fmt: skip
+    missing = [name for name in (IMAGES_FILE, LABELS_FILE) if not (args.data_dir / name).is_file()]
+    if missing:  # was FileNotFoundError from inside the reader
+        parser.error(f"argument --data-dir: expected the MNIST test set files {IMAGES_FILE} and "
+                     f"{LABELS_FILE} in {str(args.data_dir)!r}, missing {missing}")  # fmt: skip
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
     x_train, y_train, held_images, held_labels = load_split(args.data_dir)
     x_held = torch.from_numpy(held_images.astype(np.float32) / 255.0).unsqueeze(1)
     y_held = torch.from_numpy(held_labels.astype(np.int64))

@@ -39,6 +39,7 @@ from .arguments import (
     BenchParser,
     add_threads_option,
     budget_option,
+    distinct_argument,
     integer_option,
     json_file_argument,
     path_option,
@@ -245,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--samples must lie in [1, 1000], got {args.samples}")
     if args.steps < 1 or args.pgd_steps < 1:
         parser.error("--steps and --pgd-steps must be >= 1")
+    distinct_argument(parser, "--models", args.models)  # was one row for a model given twice
     if args.json is not None:  # before the benchmark runs, not after
         json_file_argument(parser, "--json", args.json)
     if args.threads is not None:

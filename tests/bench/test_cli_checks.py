@@ -43,6 +43,9 @@ FACTORIES = textwrap.dedent(
     def writes_into_its_input():
         return nn.Sequential(nn.ReLU(inplace=True), good())
 
+    def five_classes():
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))
+
     class Scale(nn.Module):
         def __init__(self, factor):
             super().__init__()
@@ -405,3 +408,111 @@ def test_a_mistyped_subcommand_names_the_subcommands(capsys: pytest.CaptureFixtu
 def test_missing_files_are_named_as_missing(capsys: pytest.CaptureFixture[str]) -> None:
     assert "'nope.pt' (no such file)" in _error(["--models", "nope.pt"], capsys)
     assert "'nothere.npz' (no such file)" in _error(["--data", "nothere.npz"], capsys)
+
+
+# --- 10. the audit of the subcommands: checks the main command had, and resumed batches -------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # sweep ran user models unchecked: NaN logits gave a table of 'inf (nan, 0%)' cells,
+        # the others a traceback from inside the first attack
+        (["sweep", "--models", "{dir}/factories.py:returns_nan"],
+         "argument --models: '{dir}/factories.py:returns_nan' returns non-finite logits"),
+        (["sweep", "--models", "{dir}/factories.py:not_differentiable"],
+         "returns logits that are not differentiable in its input"),
+        (["sweep", "--models", "{dir}/factories.py:writes_into_its_input"],
+         "writes into its input tensor"),
+        (["sweep", "--models", "{dir}/factories.py:five_classes"],
+         "argument --models: labels must lie in [0, 5) (the classes of '{dir}/factories.py:"
+         "five_classes'), got [6, 7] in the data 'mnist_heldout'"),
+        # --mean/--std normalise non-embedded models only: with embedded ones alone, ignored
+        ([*TINY, "--mean", "0.5", "--std", "0.2"],
+         "arguments --mean/--std: they normalise the inputs of non-embedded models only"),
+        # noise: a value twice ran its rows twice
+        (["noise", "--budgets", "2", "2"], "argument --budgets: each value once"),
+        (["noise", "--attacks", "ddn-l2", "ddn-l2", "--budgets", "2"],
+         "argument --attacks: each value once"),
+        (["unseen", "--models", "mnist_regular", "mnist_regular"],
+         "argument --models: each value once"),
+    ],
+)  # fmt: skip
+def test_subcommands_check_as_the_main_command(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "factories.py").write_text(FACTORIES)
+    argv = [word.format(dir=tmp_path) for word in argv]
+    small = {
+        "sweep": ["--samples", "2", "--budgets", "2", "--output", str(tmp_path / "out")],
+        "noise": ["--samples", "2", "--replicates", "2"],
+        "unseen": ["--samples", "2", "--steps", "2", "--pgd-steps", "1", "--quiet"],
+    }
+    err = _error([*argv, *small.get(argv[0], [])], capsys)
+    assert expected.format(dir=tmp_path) in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("adv_lib") is not None, reason="adv_lib installed")
+def test_noise_with_a_missing_library_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """It was ModuleNotFoundError from inside the first attack."""
+    err = _error(["noise", "--attacks", "alma-l2", "adv_lib_alma-l2", "--samples", "2",
+                  "--budgets", "2", "--replicates", "2"], capsys)  # fmt: skip
+    assert "argument --attacks: adv_lib_alma-l2 needs the 'adv_lib' package" in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # each was a traceback, or (epochs <= 0) untrained weights saved without a word
+        (["--threads", "0"], "argument --threads: threads must be >= 1, got 0"),
+        (["--seed", "-1"], "argument --seed: seed must be >= 0, got -1"),
+        (["--regular-epochs", "0"], "argument --regular-epochs: regular-epochs must be >= 1"),
+        (["--lag-epochs", "-2"], "argument --lag-epochs: lag-epochs must be >= 1, got -2"),
+        (["--eval-pgd-steps", "0"], "argument --eval-pgd-steps: eval-pgd-steps must be >= 1"),
+        (["--adv-eps", "-0.1"], "argument --adv-eps: adv-eps must be a finite number >= 0"),
+        (["--lag-init-lr", "0"], "arguments --lag-init-lr/--lag-multiplier: init_lr must"),
+        ([], "argument --data-dir: expected the MNIST test set files "
+             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in"),
+        (["--seed", "1", "--seed", "2"], "argument --seed: given twice"),
+    ],
+)  # fmt: skip
+def test_train_mnist_checks_its_arguments(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alma_plugin.bench import train_mnist
+
+    # no MNIST there: without the checks, a test fails at once instead of training for hours
+    argv += ["--data-dir", str(tmp_path / "no-mnist-here"), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        train_mnist.main(argv)
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda payload: [],  # valid JSON, not the file's shape: was AttributeError
+        lambda payload: {**payload, "record": [1]},  # was AttributeError
+        lambda payload: {**payload, "record": {**payload["record"], "distances": [0.5]}},
+        lambda payload: {**payload, "record": {**payload["record"], "indices": [5, 6, 7]}},
+        lambda payload: {**payload, "record": {**payload["record"], "sparsity": [1.0]}},
+        lambda payload: {**payload, "record": {**payload["record"],
+                                               "distances": [None, 0.5, 1.0]}},
+    ],
+    ids=["list", "record-list", "short-distances", "other-samples", "short-sparsity", "nan"],
+)  # fmt: skip
+def test_a_batch_file_of_another_shape_is_recomputed(corrupt: object, tmp_path: Path) -> None:
+    """A batch file with the right fingerprint but a record that is not one distance per
+    sample of its batch was a traceback (AttributeError, or an IndexError or NaN error in the
+    table) or, for other sample positions, rows labelled with the wrong samples."""
+    store = resume.BatchStore(tmp_path, resume=True)
+    record = Record("m", "a-l2", "A", "l2", 5, "5 steps", [0, 1, 2], [0.5, math.inf, 0.0],
+                    3, 3, 0.1, [1.5, math.nan, math.nan], [1, 2])  # fmt: skip
+    path = tmp_path / "000000-000002.json"
+    store.save(path, "f", record)
+    assert store.load(path, "f", [0, 1, 2]) is not None
+    payload = json.loads(path.read_text())
+    path.write_text(json.dumps(corrupt(payload)))  # type: ignore[operator]
+    assert store.load(path, "f", [0, 1, 2]) is None
