@@ -12,8 +12,15 @@ from alma_plugin.zoo import load_mnist_heldout
 from tests.utils import tiny_mnist_cnn, train_classifier
 
 # Two intra-op threads (the CI machines have 2 cores); ALMA_TEST_THREADS=1 checks the suite
-# with one, as it must pass with either.
-torch.set_num_threads(int(os.environ.get("ALMA_TEST_THREADS", "2")))
+# with one, as it must pass with either. Under pytest-xdist (`-n 2`, the README's command) each
+# worker process takes one core: one thread per worker, for PyTorch and for the JAX and
+# TensorFlow rows (their thread pools are sized from these variables when first imported).
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+torch.set_num_threads(int(os.environ.get("ALMA_TEST_THREADS", "1" if _WORKER else "2")))
+if _WORKER:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 
 @pytest.fixture(scope="session")
