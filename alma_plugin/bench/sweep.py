@@ -120,12 +120,15 @@ def alma_variant(variant: str, norm: str, restarts: int = 1, mode: str = "random
                    run=run)  # fmt: skip
 
 
-def prox_variant(restarts: int, mode: str = "random") -> AttackSpec:
+def prox_variant(
+    restarts: int, mode: str = "random", smooth_max: float | None = None
+) -> AttackSpec:
     """The registry's ``alma_prox-linf`` with ``restarts`` runs sharing each budget
-    (``ProxParams.restarts``, ``restart_mode``, seeded by the sweep's seed): key
-    ``alma_prox_r<R>[c]-linf``; the registry's own spec for one run."""
+    (``ProxParams.restarts``, ``restart_mode``, seeded by the sweep's seed) and the smoothed
+    max κ (``ProxParams.smooth_max``): key ``alma_prox[_r<R>[c]][_k<κ>]-linf``; the registry's
+    own spec for one run of the published algorithm."""
     base = get_attack("alma_prox-linf")
-    if restarts == 1:
+    if restarts == 1 and smooth_max is None:
         return base
 
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int,
@@ -134,11 +137,27 @@ def prox_variant(restarts: int, mode: str = "random") -> AttackSpec:
 
         alma_fb = importlib.import_module("alma_plugin.foolbox")
         attack = alma_fb.LinfALMAProx(steps=budget, seed=seed, restarts=restarts,
-                                      restart_mode=mode, cuda_graphs=cuda_graphs)  # fmt: skip
+                                      restart_mode=mode, smooth_max=smooth_max,
+                                      cuda_graphs=cuda_graphs)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     key, label = _restarts_suffix(restarts, mode)
+    if smooth_max is not None:
+        key, label = f"{key}_k{smooth_max:g}", f"{label}, κ = {smooth_max:g}"
     return replace(base, key=f"alma_prox{key}-linf", label=f"ALMA prox ({label[2:]})", run=run)
+
+
+def _smooth_max_option(text: str) -> float | None:
+    """``--smooth-max``: 'none' or a finite number > 0."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected 'none' or a number > 0, got {text!r}")
+    return value
 
 
 def _specs(
@@ -147,12 +166,13 @@ def _specs(
     norms: Sequence[str],
     restarts: Sequence[int],
     mode: str = "random",
+    smooth_maxes: Sequence[float | None] = (None,),
 ) -> list[Any]:
     specs = [alma_variant(v, n, r, mode) for n in ("l2", "l1") if n in norms for v in variants
              for r in restarts]  # fmt: skip
     for key in peers:
         if key == "alma_prox-linf":
-            specs += [prox_variant(r, mode) for r in restarts]
+            specs += [prox_variant(r, mode, k) for r in restarts for k in smooth_maxes]
         else:
             specs.append(get_attack(key))
     return [s for s in specs if s.norm in norms]
@@ -285,6 +305,15 @@ def _parser() -> argparse.ArgumentParser:
         "ProxParams.restart_mode; default: random)",
     )
     parser.add_argument(
+        "--smooth-max",
+        nargs="+",
+        type=_smooth_max_option,
+        default=[None],
+        metavar="KAPPA",
+        help="run ALMA prox once per κ (ProxParams.smooth_max, a number > 0) or 'none' (the "
+        "published gradient; default: none)",
+    )
+    parser.add_argument(
         "--peers",
         nargs="*",
         default=list(PEERS),
@@ -348,7 +377,9 @@ def _check(
     models_argument(parser, args.models)
     for option in ("budgets", "restarts", "variants", "peers"):
         distinct_argument(parser, f"--{option}", getattr(args, option))
-    specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode)
+    distinct_argument(parser, "--smooth-max", args.smooth_max)
+    specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode,
+                   args.smooth_max)  # fmt: skip
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
     if not pairs:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import eagerpy as ep
 
+from .autodiff import stop_gradient
 from .tensors import class_indices
 
 #: Margin (in logits) a sample must clear to count as satisfying the constraint, so that an
@@ -40,10 +41,16 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
 
     ``labels`` holds the true classes y, or the targets t when ``targeted``.
     """
-    num_classes = logits.shape[-1]
     margin = _margin(logits, labels, targeted)
-    if num_classes < (4 if targeted else 3):
+    if logits.shape[-1] < (4 if targeted else 3):
         return margin  # eq. 3: the denominator's π3 (π4) does not exist
+    scale, missing = _denominator(logits, targeted)
+    return ep.where(missing, margin, margin / scale)
+
+
+def _denominator(logits: ep.Tensor, targeted: bool) -> tuple[ep.Tensor, ep.Tensor]:
+    """DLR⁺'s denominator z_π1 − z_π3 (tDLR⁺'s z_π1 − (z_π3 + z_π4)/2) per constraint, for
+    K ≥ 3 (4) classes, and where it is replaced by 1 (eq. 3)."""
     if targeted:
         top, _ = logits.topk(4, sorted=True)
         scale = top[..., 0] - (top[..., 2] + top[..., 3]) / 2
@@ -56,8 +63,36 @@ def dlr_plus(logits: ep.Tensor, labels: ep.Tensor, targeted: bool = False) -> ep
     # the denominator is +∞ and d ≡ 0; such a constraint falls back to eq. 3, as for small K
     # (its denominator set to 1 first, so that no ∞/∞ reaches the gradient through where).
     missing = lowest == -ep.inf
-    scale = ep.where(missing, 1.0, scale).maximum(_DENOMINATOR_FLOOR)
-    return ep.where(missing, margin, margin / scale)
+    return ep.where(missing, 1.0, scale).maximum(_DENOMINATOR_FLOOR), missing
+
+
+def smoothed_dlr_plus(logits: ep.Tensor, labels: ep.Tensor, temperature: float) -> ep.Tensor:
+    """DLR⁺(z, y) (eq. 4) in value, with the gradient of (z_y − LSE(z_{i≠y}))/s: the max over
+    the other classes smoothed into a log-sum-exp of temperature κ·s (κ = ``temperature``), at
+    the current denominator s (held fixed). Not in the papers (``ProxParams.smooth_max``).
+
+    DLR⁺'s gradient moves the logits of y and of the runner-up only, so a short run heads for
+    the runner-up even where another class lies closer; the log-sum-exp's gradient weighs every
+    other class i by softmax(z_i / κs), those nearly as likely as the runner-up included. The
+    value, so success, the multipliers and the masking, stays DLR⁺'s exactly (d + g − g for a
+    finite g is d bit for bit). The gradient is only that of Σ_i w_i z_i with the weights w held
+    fixed, equal to the log-sum-exp's; it tends to DLR⁺'s at a fixed denominator as κ → 0.
+    """
+    d = stop_gradient(dlr_plus(logits, labels))
+    z = stop_gradient(logits)
+    num_classes = z.shape[-1]
+    scale = _denominator(z, False)[0] if num_classes >= 3 else ep.ones(z, z.shape[:-1])
+    is_label = class_indices(labels, num_classes) == labels.expand_dims(-1)
+    others = ep.where(is_label, -ep.inf, z)
+    shifted = (others - others.max(axis=-1, keepdims=True)) / (temperature * scale).expand_dims(-1)
+    weights = shifted.exp()
+    weights = weights / weights.sum(axis=-1, keepdims=True)  # softmax of the others; 0 at y
+    weights = ep.where(weights > 0, weights, 0.0)  # NaN (every other logit −∞) → no weight
+    # logits where their weight is 0 (y, −∞ logits) leave the sum: 0 · (−∞) would be NaN
+    weighted = (weights * ep.where(weights > 0, logits, 0.0)).sum(axis=-1)
+    label_logit = logits.take_along_axis(labels.expand_dims(-1), axis=-1).squeeze(-1)
+    direction = (label_logit - weighted) / scale
+    return d + (direction - stop_gradient(direction))
 
 
 def _most_likely_other(

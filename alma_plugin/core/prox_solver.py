@@ -29,7 +29,13 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import check_class_restarts, dlr_plus, is_satisfied, restart_goal
+from .constraints import (
+    check_class_restarts,
+    dlr_plus,
+    is_satisfied,
+    restart_goal,
+    smoothed_dlr_plus,
+)
 from .graphs import pick, run_steps
 from .model_checks import as_model_output, judge_success, versions, warn_if_probabilities
 from .params import ProxParams
@@ -244,7 +250,10 @@ def alma_prox_solve(
             z_c = stop_gradient(z)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
                 goals_ = restart_goal(z_c, c.labels, reached)
-            d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
+            if p.smooth_max is None or targeted or aims_at_class:
+                d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
+            else:  # DLR⁺'s value, the gradient of its smoothed max (not in the thesis)
+                d = smoothed_dlr_plus(z, goals_, p.smooth_max)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
             # run aimed at a class counts any other class too. Eq. 5.8's [d ≤ 0] is read as
             # d < 0: DLR⁺ carries the 1e-6 tie tolerance, so d = 0 is a tie, not a success.

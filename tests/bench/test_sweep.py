@@ -62,6 +62,13 @@ def test_variant_specs() -> None:
     spec = sweep.prox_variant(4, "classes")
     assert (spec.key, spec.label) == ("alma_prox_r4c-linf", "ALMA prox (R = 4 classes)")
     assert sweep.prox_variant(1, "classes").key == "alma_prox-linf"
+    spec = sweep.prox_variant(1, smooth_max=0.1)
+    assert (spec.key, spec.label) == ("alma_prox_k0.1-linf", "ALMA prox (κ = 0.1)")
+    spec = sweep.prox_variant(2, "classes", 0.25)
+    assert (spec.key, spec.label) == (
+        "alma_prox_r2c_k0.25-linf",
+        "ALMA prox (R = 2 classes, κ = 0.25)",
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,6 +81,10 @@ def test_variant_specs() -> None:
         (["--restarts", "0"], "--restarts"),
         (["--budgets", "2", "10", "--restarts", "3"], "--restarts"),
         (["--restart-mode", "targets"], "--restart-mode"),
+        (["--smooth-max", "0"], "--smooth-max"),
+        (["--smooth-max", "inf"], "--smooth-max"),
+        (["--smooth-max", "abc"], "--smooth-max"),
+        (["--smooth-max", "0.1", "0.1"], "--smooth-max"),
     ],
 )
 def test_argument_errors_exit_2(argv, message, capsys) -> None:
@@ -124,4 +135,14 @@ def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
                      "--restart-mode", "classes", "--no-plots")  # fmt: skip
     assert {r["attack"] for r in rows} == {"alma_paper-l2", "alma_paper_r3c-l2", "alma_prox-linf",
                                            "alma_prox_r3c-linf"}  # fmt: skip
+    assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
+
+
+def test_smooth_max_runs_alma_prox_once_per_kappa(tmp_path) -> None:
+    """``--smooth-max none 0.1``: ALMA prox with the published gradient and with κ = 0.1
+    (``ProxParams.smooth_max``), each one forward and one backward per step."""
+    rows = _run_rows(tmp_path / "out", "--variants", "--peers", "alma_prox-linf", "--distance",
+                     "linf", "--budgets", "6", "--smooth-max", "none", "0.1",
+                     "--no-plots")  # fmt: skip
+    assert {r["attack"] for r in rows} == {"alma_prox-linf", "alma_prox_k0.1-linf"}
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)

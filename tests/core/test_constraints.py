@@ -1,12 +1,16 @@
-"""DLR⁺ (eq. 4) and tDLR⁺ (eq. 18): sign ⇔ attack goal, scale invariance, small K fallbacks."""
+"""DLR⁺ (eq. 4) and tDLR⁺ (eq. 18): sign ⇔ attack goal, scale invariance, small K fallbacks;
+the smoothed max of DLR⁺'s gradient (``ProxParams.smooth_max``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import eagerpy as ep
+import numpy as np
 import pytest
 import torch
 
-from alma_plugin.core.constraints import dlr_plus, is_satisfied
+from alma_plugin.core.constraints import dlr_plus, is_satisfied, smoothed_dlr_plus
 
 
 def _random_logits(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -119,3 +123,100 @@ def test_smallest_class_counts_with_a_denominator_use_it() -> None:
         d_t = dlr_plus(ep.astensor(scale * z4), ep.astensor(t), True).item()
         assert d == pytest.approx(expected, abs=1e-5)
         assert d_t == pytest.approx(expected_t, abs=1e-5)
+
+
+# --- the smoothed max of DLR⁺'s gradient (ProxParams.smooth_max) ----------------------------
+
+
+def _smoothed_reference(z: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+    """(z_y − T·log Σ_{i≠y} exp(z_i / T)) / s with s = z_π1 − z_π3 and T = κ·s held fixed,
+    written with torch.logsumexp: the function whose gradient ``smoothed_dlr_plus`` takes."""
+    top = z.detach().topk(3, dim=1).values
+    s = top[:, 0] - top[:, 2]
+    temperature = (kappa * s).unsqueeze(1)
+    others = z.masked_fill(torch.nn.functional.one_hot(y, z.shape[1]).bool(), -torch.inf)
+    lse = temperature.squeeze(1) * torch.logsumexp(others / temperature, dim=1)
+    return (z.gather(1, y[:, None]).squeeze(1) - lse) / s
+
+
+@pytest.mark.parametrize("kappa", [0.05, 0.3, 2.0])
+def test_smoothed_dlr_has_dlr_values_and_the_log_sum_exp_gradient(kappa: float) -> None:
+    """Value: DLR⁺ bit for bit (success, μ, ρ and the masking read it). Gradient: that of the
+    log-sum-exp formula written independently with torch.logsumexp (float64)."""
+    z = (torch.randn(64, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+         * 3).requires_grad_(True)  # fmt: skip
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(7))
+    d = smoothed_dlr_plus(ep.astensor(z), ep.astensor(y), kappa).raw
+    assert torch.equal(d.detach(), dlr_plus(ep.astensor(z.detach()), ep.astensor(y)).raw)
+    (gradient,) = torch.autograd.grad(d.sum(), z)
+    (expected,) = torch.autograd.grad(_smoothed_reference(z, y, kappa).sum(), z)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-12)
+    # every other class pulls (a softmax weight > 0), y pushes with 1/s
+    assert (gradient.gather(1, y[:, None]) > 0).all()
+    assert ((gradient < 0).sum(1) == 9).all()
+
+
+def test_smoothed_dlr_tends_to_dlr_at_a_fixed_denominator() -> None:
+    """κ → 0: the log-sum-exp is the max, the gradient DLR⁺'s with its denominator held
+    (−1/s on the runner-up only, 1/s on y)."""
+    z = torch.tensor([[3.0, 1.0, 2.0, -1.0, 0.5], [0.0, 4.0, 1.0, 3.0, 2.5]],
+                     dtype=torch.float64, requires_grad=True)  # fmt: skip
+    y = torch.tensor([2, 1])
+    d = smoothed_dlr_plus(ep.astensor(z), ep.astensor(y), 1e-4).raw
+    (gradient,) = torch.autograd.grad(d.sum(), z)
+    expected = torch.zeros_like(z)
+    expected[0, 2], expected[0, 0] = 1 / 2.0, -1 / 2.0  # s = 3 − 1
+    expected[1, 1], expected[1, 3] = 1 / 1.5, -1 / 1.5  # s = 4 − 2.5
+    torch.testing.assert_close(gradient, expected, rtol=0, atol=1e-12)
+
+
+def test_smoothed_dlr_with_impossible_classes_and_two_classes_stays_finite() -> None:
+    """−∞ logits (log-softmax underflowing) get no weight and leave a finite gradient; every
+    other class −∞ (no weight at all) and K = 2 (eq. 3, s = 1) keep DLR⁺'s value."""
+    inf = torch.inf
+    z = torch.tensor([[2.0, -inf, 1.0, -inf], [1.0, -inf, -inf, -inf], [0.5, 3.0, -inf, 1.0]],
+                     dtype=torch.float64, requires_grad=True)  # fmt: skip
+    y = torch.tensor([0, 0, 1])
+    d = smoothed_dlr_plus(ep.astensor(z), ep.astensor(y), 0.1).raw
+    assert torch.equal(d.detach(), dlr_plus(ep.astensor(z.detach()), ep.astensor(y)).raw)
+    (gradient,) = torch.autograd.grad(d[[0, 2]].sum(), z)
+    assert torch.isfinite(gradient).all() and (gradient[[0, 2]].abs().sum(1) > 0).all()
+    z2 = torch.tensor([[1.0, 3.5], [2.0, -1.0]], requires_grad=True)
+    y2 = torch.tensor([0, 0])
+    d2 = smoothed_dlr_plus(ep.astensor(z2), ep.astensor(y2), 0.1).raw
+    assert torch.equal(d2.detach(), dlr_plus(ep.astensor(z2.detach()), ep.astensor(y2)).raw)
+    (gradient2,) = torch.autograd.grad(d2.sum(), z2)
+    torch.testing.assert_close(gradient2, torch.tensor([[1.0, -1.0], [1.0, -1.0]]))
+
+
+@pytest.mark.parametrize("backend", ["jax", "tf"])
+def test_smoothed_dlr_agrees_with_pytorch_on_every_backend(backend: str) -> None:
+    """The same values (bit for bit DLR⁺'s in each framework) and gradients in float64 on JAX
+    and TensorFlow as on PyTorch: stop-gradient and the softmax weights behave alike."""
+    z = torch.randn(8, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    y = torch.randint(0, 6, (8,), generator=torch.Generator().manual_seed(9))
+    leaf = z.clone().requires_grad_(True)
+    d = smoothed_dlr_plus(ep.astensor(leaf), ep.astensor(y), 0.2).raw
+    (expected,) = torch.autograd.grad(d.sum(), leaf)
+    if backend == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+        try:
+            zj, yj = jax.numpy.asarray(z.numpy()), jax.numpy.asarray(y.numpy())
+
+            def f(u: Any) -> Any:
+                return smoothed_dlr_plus(ep.astensor(u), ep.astensor(yj), 0.2).raw
+
+            value, gradient = f(zj), jax.grad(lambda u: f(u).sum())(zj)
+        finally:
+            jax.config.update("jax_enable_x64", False)
+    else:
+        tf = pytest.importorskip("tensorflow")
+        zt = tf.Variable(z.numpy())
+        with tf.GradientTape() as tape:
+            value = smoothed_dlr_plus(ep.astensor(zt + 0), ep.astensor(tf.constant(y.numpy())),
+                                      0.2).raw  # fmt: skip
+            total = tf.reduce_sum(value)
+        gradient = tape.gradient(total, zt)
+    np.testing.assert_allclose(np.asarray(value), d.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(gradient), expected.numpy(), rtol=1e-10, atol=1e-12)
