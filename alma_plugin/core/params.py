@@ -272,8 +272,9 @@ class ProxParams:
             (:func:`~alma_plugin.core.constraints.smoothed_dlr_plus`), so that a step moves
             towards every class nearly as likely as the runner-up rather than the runner-up
             alone; DLR⁺'s value, hence success, μ, ρ, w and the masking, is unchanged. κ = 0.1
-            gave 1–3 % smaller ℓ∞ norms per sample at 100–1000 steps on the MNIST models
-            (docs/performance.md "ALMA prox with a smoothed max"). Untargeted constraints
+            gave 2–5 % smaller ℓ∞ norms per sample than None at 100–1000 steps on the three
+            MNIST models, smaller than APGD-ℓ∞'s per sample (docs/performance.md "ALMA prox
+            with a smoothed max"); segmentation was not measured. Untargeted constraints
             only: tDLR⁺ (``targeted``, a "classes" restart's runs) keeps its gradient.
     """
 
