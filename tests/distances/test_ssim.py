@@ -131,8 +131,11 @@ def test_finite_gradient_at_identical_inputs(function: DistanceFunction) -> None
     assert x_adv.grad is not None and torch.isfinite(x_adv.grad).all()
 
 
-def _reference_ms_ssim(a: np.ndarray, b: np.ndarray, weights: Sequence[float]) -> float:
-    """MS-SSIM of one (C, H, W) pair with scipy.ndimage filtering and numpy pooling."""
+def _reference_ms_ssim_factors(
+    p: np.ndarray, q: np.ndarray, weights: Sequence[float]
+) -> list[float]:
+    """The mean cs of each scale (l·cs at the coarsest) of one grey (H, W) pair (Wang et al.
+    2003), scipy.ndimage filtering and numpy pooling in float64, before the clamp."""
     c1, c2 = 0.01**2, 0.03**2
 
     def filt(image: np.ndarray) -> np.ndarray:
@@ -142,18 +145,26 @@ def _reference_ms_ssim(a: np.ndarray, b: np.ndarray, weights: Sequence[float]) -
         h, w = image.shape[0] // 2, image.shape[1] // 2
         return image[: 2 * h, : 2 * w].reshape(h, 2, w, 2).mean(axis=(1, 3))
 
-    per_channel = []
-    for p, q in zip(a, b, strict=True):
-        value = 1.0
-        for scale, beta in enumerate(weights):
-            mp, mq = filt(p), filt(q)
-            vp, vq, cov = filt(p * p) - mp**2, filt(q * q) - mq**2, filt(p * q) - mp * mq
-            cs = (2 * cov + c2) / (vp + vq + c2)
-            if scale == len(weights) - 1:
-                cs = cs * (2 * mp * mq + c1) / (mp**2 + mq**2 + c1)
-            value *= max(cs.mean(), 1e-8) ** beta
-            p, q = pool(p), pool(q)
-        per_channel.append(value)
+    factors = []
+    for scale in range(len(weights)):
+        mp, mq = filt(p), filt(q)
+        vp, vq, cov = filt(p * p) - mp**2, filt(q * q) - mq**2, filt(p * q) - mp * mq
+        cs = (2 * cov + c2) / (vp + vq + c2)
+        if scale == len(weights) - 1:
+            cs = cs * (2 * mp * mq + c1) / (mp**2 + mq**2 + c1)
+        factors.append(float(cs.mean()))
+        p, q = pool(p), pool(q)
+    return factors
+
+
+def _reference_ms_ssim(a: np.ndarray, b: np.ndarray, weights: Sequence[float]) -> float:
+    """MS-SSIM of one (C, H, W) pair: each scale's factor clamped below at 1e-8 (the module's
+    documented rule), the channels averaged."""
+    per_channel = [
+        np.prod([max(f, 1e-8) ** beta for f, beta in
+                 zip(_reference_ms_ssim_factors(p, q, weights), weights, strict=True)])
+        for p, q in zip(a, b, strict=True)
+    ]  # fmt: skip
     return float(np.mean(per_channel))
 
 
@@ -489,3 +500,38 @@ def test_one_minus_exp_is_accurate_on_every_backend(backend: str) -> None:
     ours = _one_minus_exp(_backend(backend)(logs)).numpy()
     assert ours.dtype == np.float32 and ours[0] == 0 and not np.signbit(ours[0])
     np.testing.assert_allclose(ours, -np.expm1(logs.astype(np.float64)), rtol=2e-6)
+
+
+# MS-SSIM where its edge cases act (a factor small but above the 1e-8 clamp; a constant
+# shift, whose local variance of x̃ − x rounds below 0 in float32)
+
+
+def test_a_factor_just_above_the_clamp_counts_with_its_value() -> None:
+    """x̃ nearly constant (0.4971·x + 0.5029·(1 − x)): the finest scale's cs is ≈ 2e-5, above
+    the 1e-8 clamp, so it counts as itself, (2e-5)^0.0448 = 0.62, not as the clamp's 0.44."""
+    x = np.random.default_rng(0).uniform(0, 1, (176, 176))
+    t = 0.4971
+    x_adv = t * x + (1 - t) * (1 - x)
+    finest = _reference_ms_ssim_factors(x_adv, x, MS_SSIM_WEIGHTS)[0]
+    assert 1e-7 < finest < 1e-3
+    ours = ms_ssim_index(
+        ep.astensor(torch.from_numpy(x_adv)[None, None]),
+        ep.astensor(torch.from_numpy(x)[None, None]),
+    )
+    np.testing.assert_allclose(
+        ours.raw.numpy(), [_reference_ms_ssim(x_adv[None], x[None], MS_SSIM_WEIGHTS)], rtol=1e-9
+    )
+
+
+def test_a_constant_shift_keeps_float32_precision() -> None:
+    """x̃ = x + 0.3: the local variance of x̃ − x is 0, and rounds to −4e-8 in float32;
+    counted as such it made 1 − MS-SSIM 2.6e-4 (relative) off. Against the float64
+    reference, float32 agrees to 1e-5."""
+    x = np.random.default_rng(1).uniform(0, 0.5, (176, 176))
+    x_adv = x + 0.3
+    expected = 1 - _reference_ms_ssim(x_adv[None], x[None], MS_SSIM_WEIGHTS)
+    ours = msssim(
+        torch.from_numpy(x_adv).float()[None, None], torch.from_numpy(x).float()[None, None]
+    )
+    assert ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.double().numpy(), [expected], rtol=1e-5)
