@@ -75,8 +75,9 @@ def smoothed_dlr_plus(logits: ep.Tensor, labels: ep.Tensor, temperature: float) 
     the runner-up even where another class lies closer; the log-sum-exp's gradient weighs every
     other class i by softmax(z_i / κs), those nearly as likely as the runner-up included. The
     value, so success, the multipliers and the masking, stays DLR⁺'s exactly (d + g − g for a
-    finite g is d bit for bit). The gradient is only that of Σ_i w_i z_i with the weights w held
-    fixed, equal to the log-sum-exp's; it tends to DLR⁺'s at a fixed denominator as κ → 0.
+    finite g is d bit for bit; an infinite g is left out). The gradient is only that of
+    Σ_i w_i z_i with the weights w held fixed, equal to the log-sum-exp's; it tends to DLR⁺'s
+    at a fixed denominator as κ → 0.
     """
     d = stop_gradient(dlr_plus(logits, labels))
     z = stop_gradient(logits)
@@ -92,7 +93,10 @@ def smoothed_dlr_plus(logits: ep.Tensor, labels: ep.Tensor, temperature: float) 
     weighted = (weights * ep.where(weights > 0, logits, 0.0)).sum(axis=-1)
     label_logit = logits.take_along_axis(labels.expand_dims(-1), axis=-1).squeeze(-1)
     direction = (label_logit - weighted) / scale
-    return d + (direction - stop_gradient(direction))
+    # an infinite logit (y's at −∞: misclassified whatever moves) makes the direction ±∞ and
+    # g − g NaN: those constraints keep DLR⁺'s value with no gradient, as DLR⁺ gives them
+    finite = ep.logical_not(ep.logical_or(direction.isnan(), direction.isinf()))
+    return d + ep.where(finite, direction - stop_gradient(direction), 0.0)
 
 
 def _most_likely_other(

@@ -181,6 +181,15 @@ def test_smoothed_dlr_with_impossible_classes_and_two_classes_stays_finite() -> 
     assert torch.equal(d.detach(), dlr_plus(ep.astensor(z.detach()), ep.astensor(y)).raw)
     (gradient,) = torch.autograd.grad(d[[0, 2]].sum(), z)
     assert torch.isfinite(gradient).all() and (gradient[[0, 2]].abs().sum(1) > 0).all()
+    # y's logit −∞ (misclassified whatever moves): DLR⁺'s −∞, not NaN, so a sample already
+    # misclassified stays a success; another class at +∞: NaN as DLR⁺ (no success, by
+    # valid_logit_rows anyway)
+    z_inf = torch.tensor([[-inf, 1.0, 0.5, 0.0], [1.0, inf, 0.5, 0.0]], dtype=torch.float64,
+                         requires_grad=True)  # fmt: skip
+    y_inf = torch.tensor([0, 0])
+    d_inf = smoothed_dlr_plus(ep.astensor(z_inf), ep.astensor(y_inf), 0.1).raw
+    assert d_inf[0].item() == -inf and torch.isnan(d_inf[1])
+    assert torch.isnan(dlr_plus(ep.astensor(z_inf.detach()), ep.astensor(y_inf)).raw[1])
     z2 = torch.tensor([[1.0, 3.5], [2.0, -1.0]], requires_grad=True)
     y2 = torch.tensor([0, 0])
     d2 = smoothed_dlr_plus(ep.astensor(z2), ep.astensor(y2), 0.1).raw
