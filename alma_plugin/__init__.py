@@ -17,7 +17,14 @@ distances in :mod:`alma_plugin.distances`, the embedded models and data in
 
 from .core.lagrangian import LagrangianParams, LagrangianResult
 from .core.model_checks import ProbabilityOutputWarning, TrainingModeWarning
-from .core.params import PROX_INIT_LR, PROX_RHO_INIT, ALMAParams, ProxParams, budget_alpha
+from .core.params import (
+    PROX_INIT_LR,
+    PROX_RHO_INIT,
+    PROX_SMOOTH_MAX,
+    ALMAParams,
+    ProxParams,
+    budget_alpha,
+)
 from .core.precision import ReducedPrecisionWarning
 from .core.result import AttackResult, StepInfo
 from .distances import DISTANCES, DistanceSpec
@@ -29,6 +36,7 @@ __all__ = [
     "DISTANCES",
     "PROX_INIT_LR",
     "PROX_RHO_INIT",
+    "PROX_SMOOTH_MAX",
     "ALMAParams",
     "AttackResult",
     "DistanceSpec",

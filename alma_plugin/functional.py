@@ -280,8 +280,10 @@ def alma_prox(
             nothing: with one run, the attack is deterministic whatever the seed).
         cuda_graphs: as :func:`alma`.
         params: a :class:`~alma_plugin.ProxParams` whose fields the keywords below replace.
-        **hyperparameters: every field of :class:`~alma_plugin.ProxParams`; ``init_lr=None``
-            takes λ⁽⁰⁾ for the task (``PROX_INIT_LR``: classification or segmentation).
+        **hyperparameters: every field of :class:`~alma_plugin.ProxParams`; ``init_lr``,
+            ``rho_init`` and ``smooth_max`` left at None take λ⁽⁰⁾, ρ⁽⁰⁾ and κ for the task
+            (``PROX_INIT_LR``, ``PROX_RHO_INIT``, ``PROX_SMOOTH_MAX``: classification or
+            segmentation).
 
     Returns:
         An :class:`~alma_plugin.AttackResult` with ``apsr`` set (and ``predictions`` in

@@ -253,17 +253,19 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("alma-linf-jax-float64", P(b_jax, distance="linf", dtype="float64"), x64=True,
           slow=True)  # fmt: skip
     t.add("prox-restarts-classes-dense", P(prox_case, params=classes), raises("restart_mode"))
-    # the smoothed max of DLR⁺'s gradient (ProxParams.smooth_max): classification, dense
-    # (segmentation), with class restarts (their tDLR⁺ runs keep the plain gradient), on JAX
-    smooth = ProxParams(smooth_max=0.1)
-    t.add("alma-linf-torch-smooth_max", P(b_torch, distance="linf", params=smooth))
+    # the smoothed max of DLR⁺'s gradient (ProxParams.smooth_max; classification's default is
+    # κ = 0.1, so the rows above run it): κ = 0, the thesis' gradient, for classification, on
+    # PyTorch and JAX; κ > 0 for dense outputs (segmentation, whose default is 0), masked and
+    # targeted (tDLR⁺ keeps the plain gradient); class restarts (their aimed runs keep tDLR⁺)
+    thesis = ProxParams(smooth_max=0.0)
+    t.add("alma-linf-torch-smooth_max-0", P(b_torch, distance="linf", params=thesis))
+    t.add("alma-linf-jax-smooth_max-0", P(b_jax, distance="linf", params=thesis), jax=True)
     t.add("alma-linf-torch-smooth_max-restarts-classes", P(b_torch, distance="linf",
-          params=ProxParams(smooth_max=0.1, restarts=2, restart_mode="classes")))  # fmt: skip
-    t.add("alma-linf-jax-smooth_max", P(b_jax, distance="linf", params=smooth), jax=True)
+          params=ProxParams(smooth_max=0.3, restarts=2, restart_mode="classes")))  # fmt: skip
     t.add("prox-smooth_max", P(prox_case, params=ProxParams(smooth_max=0.1, init_lr=0.05)))
     t.add("prox-smooth_max-masked-targeted", P(prox_case, masked=True, targeted=True,
           params=ProxParams(smooth_max=0.1, init_lr=0.05)))  # fmt: skip
-    t.add("prox-smooth_max-0", P(prox_case, smooth_max=0.0), raises("smooth_max"))
+    t.add("prox-smooth_max-negative", P(prox_case, smooth_max=-0.1), raises("smooth_max"))
 
     # perceptual distances through alma() (PyTorch; JAX runs them through Foolbox below)
     for distance, shape in (("ciede2000", (3, 8, 8)), ("ssim", (1, 12, 12))):

@@ -125,8 +125,9 @@ def prox_variant(
 ) -> AttackSpec:
     """The registry's ``alma_prox-linf`` with ``restarts`` runs sharing each budget
     (``ProxParams.restarts``, ``restart_mode``, seeded by the sweep's seed) and the smoothed
-    max κ (``ProxParams.smooth_max``): key ``alma_prox[_r<R>[c]][_k<κ>]-linf``; the registry's
-    own spec for one run of the published algorithm."""
+    max κ (``ProxParams.smooth_max``; None: the default, :data:`~alma_plugin.PROX_SMOOTH_MAX`):
+    key ``alma_prox[_r<R>[c]][_k<κ>]-linf``; the registry's own spec for one run with the
+    defaults."""
     base = get_attack("alma_prox-linf")
     if restarts == 1 and smooth_max is None:
         return base
@@ -148,15 +149,18 @@ def prox_variant(
 
 
 def _smooth_max_option(text: str) -> float | None:
-    """``--smooth-max``: 'none' or a finite number > 0."""
-    if text.lower() == "none":
+    """``--smooth-max``: 'default' (None: the task's κ) or a finite number ≥ 0 (0: DLR⁺'s own
+    gradient, as the thesis)."""
+    if text.lower() == "default":
         return None
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected 'none' or a number > 0, got {text!r}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"expected 'default' or a finite number >= 0 (0: the thesis' gradient), got {text!r}"
+        )
     return value
 
 
@@ -310,8 +314,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_smooth_max_option,
         default=[None],
         metavar="KAPPA",
-        help="run ALMA prox once per κ (ProxParams.smooth_max, a number > 0) or 'none' (the "
-        "published gradient; default: none)",
+        help="run ALMA prox once per κ (ProxParams.smooth_max: a number >= 0, 0 for the thesis' "
+        "gradient of DLR+) or 'default' (PROX_SMOOTH_MAX, 0.1 for classification; the default)",
     )
     parser.add_argument(
         "--peers",

@@ -64,6 +64,8 @@ def test_variant_specs() -> None:
     assert sweep.prox_variant(1, "classes").key == "alma_prox-linf"
     spec = sweep.prox_variant(1, smooth_max=0.1)
     assert (spec.key, spec.label) == ("alma_prox_k0.1-linf", "ALMA prox (κ = 0.1)")
+    spec = sweep.prox_variant(1, smooth_max=0.0)
+    assert (spec.key, spec.label) == ("alma_prox_k0-linf", "ALMA prox (κ = 0)")
     spec = sweep.prox_variant(2, "classes", 0.25)
     assert (spec.key, spec.label) == (
         "alma_prox_r2c_k0.25-linf",
@@ -81,7 +83,8 @@ def test_variant_specs() -> None:
         (["--restarts", "0"], "--restarts"),
         (["--budgets", "2", "10", "--restarts", "3"], "--restarts"),
         (["--restart-mode", "targets"], "--restart-mode"),
-        (["--smooth-max", "0"], "--smooth-max"),
+        (["--smooth-max", "-0.1"], "--smooth-max"),
+        (["--smooth-max", "none"], "--smooth-max"),
         (["--smooth-max", "inf"], "--smooth-max"),
         (["--smooth-max", "abc"], "--smooth-max"),
         (["--smooth-max", "0.1", "0.1"], "--smooth-max"),
@@ -139,10 +142,12 @@ def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
 
 
 def test_smooth_max_runs_alma_prox_once_per_kappa(tmp_path) -> None:
-    """``--smooth-max none 0.1``: ALMA prox with the published gradient and with κ = 0.1
-    (``ProxParams.smooth_max``), each one forward and one backward per step."""
+    """``--smooth-max default 0 0.3``: ALMA prox with the default κ (PROX_SMOOTH_MAX), with
+    the thesis' gradient and with κ = 0.3 (``ProxParams.smooth_max``), each one forward and
+    one backward per step; κ = 0 is a different attack from the default."""
     rows = _run_rows(tmp_path / "out", "--variants", "--peers", "alma_prox-linf", "--distance",
-                     "linf", "--budgets", "6", "--smooth-max", "none", "0.1",
+                     "linf", "--budgets", "6", "--smooth-max", "default", "0", "0.3",
                      "--no-plots")  # fmt: skip
-    assert {r["attack"] for r in rows} == {"alma_prox-linf", "alma_prox_k0.1-linf"}
+    assert {r["attack"] for r in rows} == {"alma_prox-linf", "alma_prox_k0-linf",
+                                           "alma_prox_k0.3-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)

@@ -138,7 +138,8 @@ def test_solver_is_algorithm_iv2(scale: float) -> None:
         model[1].weight.mul_(scale)
     x = torch.rand(16, 3, 2, 2, dtype=torch.float64)
     y = model(x).argmax(dim=1)
-    params = ProxParams(init_lr=0.1, check_steps=4, alpha=0.7, scale_rate=0.1)
+    # smooth_max=0: DLR⁺'s own gradient, as Algorithm IV-2 (classification's default smooths it)
+    params = ProxParams(init_lr=0.1, check_steps=4, alpha=0.7, scale_rate=0.1, smooth_max=0.0)
     steps = 30
     records: list[StepInfo] = []
     result = alma_prox(model, x, y, steps=steps, params=params, callback=records.append)
