@@ -266,6 +266,15 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("prox-smooth_max-masked-targeted", P(prox_case, masked=True, targeted=True,
           params=ProxParams(smooth_max=0.1, init_lr=0.05)))  # fmt: skip
     t.add("prox-smooth_max-negative", P(prox_case, smooth_max=-0.1), raises("smooth_max"))
+    # ALMA's smoothed max (ALMAParams.smooth_max, default 0: the paper's gradient)
+    t.add("alma-l2-torch-smooth_max", P(b_torch, smooth_max=0.1))
+    t.add("alma-l1-torch-smooth_max-restarts-classes", P(b_torch, distance="l1", k=5,
+          restarts=2, restart_mode="classes", smooth_max=0.3))  # fmt: skip
+    t.add("alma-l2-torch-smooth_max-targeted", P(b_torch, targeted=True, smooth_max=0.1))
+    t.add("alma-l2-jax-smooth_max", P(b_jax, smooth_max=0.1), jax=True)
+    t.add("alma-ssim-torch-smooth_max", P(b_torch, distance="ssim", shape=(1, 12, 12),
+          smooth_max=0.1))  # fmt: skip
+    t.add("alma-l2-torch-smooth_max-inf", P(b_torch, smooth_max=float("inf")), raises("smooth_max"))
 
     # perceptual distances through alma() (PyTorch; JAX runs them through Foolbox below)
     for distance, shape in (("ciede2000", (3, 8, 8)), ("ssim", (1, 12, 12))):
@@ -395,6 +404,9 @@ def table() -> list[tuple[Case, bool, bool]]:
           restarts=2, epsilons=(100.0,)))  # fmt: skip
     t.add("fb-L2ALMA-torch-restarts-above-steps", P(foolbox_case, "L2ALMA", restarts=11),
           raises("restarts"))  # fmt: skip
+    for attack in ("L1ALMA", "LinfALMAProx"):  # ALMA's and ALMA prox's smoothed max
+        t.add(f"fb-{attack}-torch-smooth_max", P(foolbox_case, attack, smooth_max=0.2,
+              epsilons=(0.0, 0.5, None)))  # fmt: skip
     for attack in ("L2ALMA", "LinfALMAProx"):
         t.add(f"fb-{attack}-torch-restarts-classes", P(foolbox_case, attack, restarts=2,
               restart_mode="classes", epsilons=(0.0, 0.5, None)))  # fmt: skip
@@ -447,6 +459,7 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("ta-ALMA-linf-restarts", P(torchattacks_case, distance="linf",
           params=ProxParams(restarts=2)))  # fmt: skip
     t.add("ta-ALMA-l2-restarts-classes", P(torchattacks_case, restarts=2, restart_mode="classes"))
+    t.add("ta-ALMA-l2-smooth_max", P(torchattacks_case, smooth_max=0.1))
     t.add("ta-ALMA-linf-restarts-classes", P(torchattacks_case, distance="linf",
           params=ProxParams(restarts=2, restart_mode="classes")))  # fmt: skip
     b = P(torchattacks_case, distance="ssim", shape=(1, 12, 12))

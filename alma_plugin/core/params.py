@@ -54,6 +54,7 @@ ALMA_STEPS = 1000
 PROX_STEPS = 500
 
 _POSITIVE = (0.0, math.inf, True, True)  # (low, high, open_low, open_high)
+_NON_NEGATIVE = (0.0, math.inf, False, True)
 
 
 def budget_alpha(steps: int) -> float:
@@ -130,6 +131,14 @@ class ALMAParams:
             class at x that neither y nor the adversarial of an earlier run took, as
             AutoAttack's APGD-T aims at the top classes; success is still any
             misclassification. Needs K ≥ R + 1 classes.
+        smooth_max: κ of a smoothed max in DLR⁺'s gradient (not in the paper), as
+            :attr:`ProxParams.smooth_max`: 0 (default): the gradient of DLR⁺ (eq. 4), Algorithm
+            2 as published; κ > 0: the gradient of (z_y − LSE(z_{i≠y}))/s, the max over the
+            other classes smoothed at temperature κ·s, s = z_π1 − z_π3 held
+            (:func:`~alma_plugin.core.constraints.smoothed_dlr_plus`); DLR⁺'s value, hence
+            success, μ and ρ, is unchanged. Untargeted runs only: tDLR⁺ (``targeted``, the
+            aimed runs of ``restart_mode="classes"``) keeps its gradient. Measured in
+            docs/performance.md ("ALMA with a smoothed max").
     """
 
     alpha: float | None = None
@@ -151,6 +160,7 @@ class ALMAParams:
     restarts: int = 1
     restart_distance: float | None = None
     restart_mode: str = "random"
+    smooth_max: float = 0.0
 
     def __post_init__(self) -> None:
         penalty = check_choice("penalty", self.penalty, sorted(PENALTIES), upper=True)
@@ -171,6 +181,7 @@ class ALMAParams:
                 "rmsprop_decay": (0.0, 1.0, False, True),
                 "momentum": (0.0, 1.0, False, True),
                 "restart_distance": _POSITIVE,
+                "smooth_max": _NON_NEGATIVE,  # 0: DLR⁺'s own gradient
             },
         )
         object.__setattr__(self, "check_steps", check_positive_int("check_steps", self.check_steps))
@@ -333,7 +344,7 @@ class ProxParams:
                 "scale_rate": (0.0, 1.0, True, True),
                 "prox_precision": _POSITIVE,
                 "restart_distance": _POSITIVE,
-                "smooth_max": (0.0, math.inf, False, True),  # 0: DLR⁺'s own gradient
+                "smooth_max": _NON_NEGATIVE,  # 0: DLR⁺'s own gradient
             },
         )
         object.__setattr__(self, "check_steps", check_positive_int("check_steps", self.check_steps))

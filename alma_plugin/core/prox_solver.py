@@ -250,7 +250,7 @@ def alma_prox_solve(
             z_c = stop_gradient(z)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
                 goals_ = restart_goal(z_c, c.labels, reached)
-            if not p.smooth_max or targeted or aims_at_class:  # κ resolved (for_task)
+            if not p.smooth_max or targeted or aims_at_class:  # κ resolved: 0 is DLR⁺ itself
                 d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
             else:  # DLR⁺'s value, the gradient of its smoothed max (not in the thesis)
                 d = smoothed_dlr_plus(z, goals_, p.smooth_max)

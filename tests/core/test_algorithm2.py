@@ -46,6 +46,9 @@ def _derivative(penalty: str, y: torch.Tensor, rho: torch.Tensor, mu: torch.Tens
 def _transcription(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: ALMAParams, steps: int, norm: float
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+    """Algorithm 2; with ``p.smooth_max`` = κ > 0, L's gradient through d is that of
+    (z_y − T·log Σ_{i≠y} exp(z_i / T)) / s with T = κ·s and s = z_π1 − z_π3 held (the value
+    stays DLR⁺'s)."""
     assert p.alpha is not None and p.init_lr is not None
     assert p.rmsprop_decay is not None and p.momentum is not None
     n = len(x)
@@ -64,6 +67,12 @@ def _transcription(
         ranked = z.sort(dim=1, descending=True).values
         margin = z.gather(1, y[:, None])[:, 0] - others.max(dim=1).values + _TIE_TOLERANCE
         d = margin / (ranked[:, 0] - ranked[:, 2])  # 4. DLR⁺ (eq. 4)
+        if p.smooth_max > 0:
+            s = (ranked[:, 0] - ranked[:, 2]).detach()
+            temperature = p.smooth_max * s
+            smooth = temperature * torch.logsumexp(others / temperature[:, None], dim=1)
+            direction = (z.gather(1, y[:, None])[:, 0] - smooth) / s
+            d = d.detach() + (direction - direction.detach())
         mu_hat = _derivative(p.penalty, d, rho, mu)  # 5.
         mu = (p.alpha * mu + (1 - p.alpha) * mu_hat).clamp(p.mu_min, p.mu_max)  # 6. (eq. 9)
         distance = torch.linalg.vector_norm((u - x).flatten(1), ord=norm, dim=1)
@@ -92,9 +101,11 @@ def _transcription(
     return best, best_distance, records
 
 
-@pytest.mark.parametrize("penalty", ["P2", "PHR"])
+@pytest.mark.parametrize(
+    ("penalty", "smooth_max"), [("P2", 0.0), ("PHR", 0.0), ("P2", 0.1)]
+)  # κ > 0: ALMAParams.smooth_max, not in the paper
 @pytest.mark.parametrize(("distance", "norm"), [("l2", 2.0), ("l1", 1.0)])
-def test_solver_is_algorithm_2(penalty: str, distance: str, norm: float) -> None:
+def test_solver_is_algorithm_2(penalty: str, smooth_max: float, distance: str, norm: float) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 5)).double()
     with torch.no_grad():  # a flat model: some samples stay unsolved and ρ grows
@@ -103,7 +114,8 @@ def test_solver_is_algorithm_2(penalty: str, distance: str, norm: float) -> None
     y = model(x).argmax(dim=1)
     # α ≠ 0.5, so that swapping α and 1 − α in the μ average (eq. 9) is caught
     params = ALMAParams(alpha=0.7, init_lr=0.1 if distance == "l2" else 0.05, check_steps=4,
-                        penalty=penalty, gamma=2.0, rmsprop_decay=0.8, momentum=0.6)  # fmt: skip
+                        penalty=penalty, gamma=2.0, rmsprop_decay=0.8, momentum=0.6,
+                        smooth_max=smooth_max)  # fmt: skip
     steps = 30
     records: list[StepInfo] = []
     result = alma(model, x, y, distance=distance, steps=steps, params=params,
@@ -116,7 +128,11 @@ def test_solver_is_algorithm_2(penalty: str, distance: str, norm: float) -> None
         for name, a, b in zip(("D", "d", "μ", "ρ", "η"), got, reference, strict=False):
             torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10, msg=f"step {t}: {name}")
         assert torch.equal(info.success, reference[5]), f"step {t}: success"
-    assert result.success.any() and not result.success.all()  # both outcomes are exercised
-    assert bool((torch.stack([r[3] for r in expected]) > 2).any())  # so is the ρ rule
+    rho = torch.stack([r[3] for r in expected])
+    if smooth_max == 0:
+        assert result.success.any() and not result.success.all()  # both outcomes are exercised
+        assert bool((rho > 2).any())  # so is the ρ rule
+    else:  # the smoothed gradient solves every sample of this flat model, ρ grows once
+        assert result.success.all() and bool((rho > 1).any())
     torch.testing.assert_close(result.adversarials, best, rtol=1e-7, atol=1e-10)
     torch.testing.assert_close(result.distances, best_distance, rtol=1e-7, atol=1e-10)

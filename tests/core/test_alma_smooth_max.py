@@ -1,0 +1,86 @@
+"""ALMA's smoothed max (``ALMAParams.smooth_max``, not in the paper): the default is Algorithm 2
+as published, κ > 0 changes the gradient of untargeted DLR⁺ only, and what it reports holds.
+Step by step against a transcription: ``tests/core/test_algorithm2.py``; the quality is
+measured in docs/performance.md, not asserted here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alma_plugin import ALMAParams, alma
+from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.mark.parametrize(
+    "value, error",
+    [(-0.1, ValueError), (-1e-300, ValueError), (math.inf, ValueError), (math.nan, ValueError),
+     ("0.1", TypeError), (None, TypeError)],
+)  # fmt: skip
+def test_smooth_max_is_validated(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="smooth_max"):
+        ALMAParams(smooth_max=value)  # type: ignore[arg-type]
+
+
+def test_default_is_the_published_gradient() -> None:
+    assert ALMAParams().smooth_max == 0.0
+    assert ALMAParams(smooth_max=0).smooth_max == 0.0
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    model = load_smallcnn("mnist_adversarial")
+    images, labels = load_mnist_heldout()
+    x, y = images[940:960], labels[940:960]
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    return model, x[correct][:10], y[correct][:10]
+
+
+@pytest.mark.parametrize("distance", ["l2", "l1"])
+def test_untargeted_runs_change_and_their_successes_hold(mnist, distance: str) -> None:
+    model, x, y = mnist
+    plain = alma(model, x, y, distance=distance, steps=40)
+    explicit_zero = alma(model, x, y, distance=distance, steps=40, smooth_max=0.0)
+    smooth = alma(model, x, y, distance=distance, steps=40, smooth_max=0.1)
+    assert torch.equal(plain.adversarials, explicit_zero.adversarials)
+    assert not torch.equal(plain.adversarials, smooth.adversarials)
+    assert bool(smooth.success.all())
+    with torch.no_grad():
+        assert (model(smooth.adversarials).argmax(1) != y).all()
+    assert 0 <= float(smooth.adversarials.min()) and float(smooth.adversarials.max()) <= 1
+
+
+def test_targeted_runs_keep_the_published_gradient(mnist) -> None:
+    """tDLR⁺ (eq. 18) is left as it is: a targeted attack gives the same bits with κ."""
+    model, x, y = mnist
+    targets = (y + 1) % 10
+    plain = alma(model, x, targets, targeted=True, distance="l2", steps=20)
+    smooth = alma(model, x, targets, targeted=True, distance="l2", steps=20, smooth_max=0.1)
+    assert torch.equal(plain.adversarials, smooth.adversarials)
+
+
+def test_class_restarts_smooth_run_0_only(mnist, monkeypatch) -> None:
+    """With ``restart_mode="classes"``, κ smooths run 0 (untargeted) only; the aimed runs keep
+    tDLR⁺'s gradient: the smoothed constraint is built at each of run 0's 10 steps, not after."""
+    import alma_plugin.core.solver as solver
+
+    model, x, y = mnist
+    calls: list[int] = []
+    smoothed = solver.smoothed_dlr_plus
+
+    def counted(*args: object) -> object:
+        calls.append(len(steps_seen))
+        return smoothed(*args)  # type: ignore[arg-type]
+
+    steps_seen: list[int] = []
+    monkeypatch.setattr(solver, "smoothed_dlr_plus", counted)
+    result = alma(model, x, y, distance="l2", steps=20, restarts=2, restart_mode="classes",
+                  smooth_max=0.1, callback=lambda info: steps_seen.append(1))  # fmt: skip
+    assert calls == list(range(10)) and len(steps_seen) == 20
+    with torch.no_grad():
+        assert (model(result.adversarials[result.success]).argmax(1) != y[result.success]).all()
