@@ -82,27 +82,41 @@ _COLUMNS = ("model", "norm", "attack", "label", "budget", "samples", "success", 
             "optimality", "forwards", "backwards", "seconds")  # fmt: skip
 
 
-def _restarts_suffix(restarts: int, mode: str = "random") -> tuple[str, str]:
-    """The key and label suffixes of a spec with ``restarts`` runs (none for one run):
+def _suffix(
+    restarts: int, mode: str = "random", smooth_max: float | None = None
+) -> tuple[str, str]:
+    """The key and label suffixes of a spec (none for one run with the default κ):
     ``_r<R>`` / ", R = <R>" for random restarts, ``_r<R>c`` / ", R = <R> classes" for
-    ``restart_mode="classes"``."""
-    if restarts == 1:
-        return "", ""
-    if mode == "classes":
-        return f"_r{restarts}c", f", R = {restarts} classes"
-    return f"_r{restarts}", f", R = {restarts}"
+    ``restart_mode="classes"``, then ``_k<κ>`` / ", κ = <κ>" for a smoothed max."""
+    key, label = "", ""
+    if restarts > 1:
+        classes = mode == "classes"
+        key, label = f"_r{restarts}{'c' if classes else ''}", f", R = {restarts}"
+        label += " classes" if classes else ""
+    if smooth_max is not None:
+        key, label = f"{key}_k{smooth_max:g}", f"{label}, κ = {smooth_max:g}"
+    return key, label
 
 
-def alma_variant(variant: str, norm: str, restarts: int = 1, mode: str = "random") -> AttackSpec:
+def alma_variant(
+    variant: str,
+    norm: str,
+    restarts: int = 1,
+    mode: str = "random",
+    smooth_max: float | None = None,
+) -> AttackSpec:
     """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2)
-    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``):
-    key ``alma_<variant>[_r<R>[c]]-<norm>``, run through the product's Foolbox class like the
-    registry's ``alma-<norm>``."""
+    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``) and
+    the smoothed max κ (``ALMAParams.smooth_max``; None: the default, 0): key
+    ``alma_<variant>[_r<R>[c]][_k<κ>]-<norm>``, run through the product's Foolbox class like
+    the registry's ``alma-<norm>``."""
     if variant not in ALMA_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     options = {**ALMA_VARIANTS[variant], "restarts": restarts, "restart_mode": mode}
+    if smooth_max is not None:
+        options["smooth_max"] = smooth_max
     name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
 
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budget: int, seed: int,
@@ -115,7 +129,7 @@ def alma_variant(variant: str, norm: str, restarts: int = 1, mode: str = "random
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     base = get_attack(f"alma-{norm}")
-    key, label = _restarts_suffix(restarts, mode)
+    key, label = _suffix(restarts, mode, smooth_max)
     return replace(base, key=f"alma_{variant}{key}-{norm}", label=f"ALMA ({variant}{label})",
                    run=run)  # fmt: skip
 
@@ -142,9 +156,7 @@ def prox_variant(
                                       cuda_graphs=cuda_graphs)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
-    key, label = _restarts_suffix(restarts, mode)
-    if smooth_max is not None:
-        key, label = f"{key}_k{smooth_max:g}", f"{label}, κ = {smooth_max:g}"
+    key, label = _suffix(restarts, mode, smooth_max)
     return replace(base, key=f"alma_prox{key}-linf", label=f"ALMA prox ({label[2:]})", run=run)
 
 
@@ -172,8 +184,8 @@ def _specs(
     mode: str = "random",
     smooth_maxes: Sequence[float | None] = (None,),
 ) -> list[Any]:
-    specs = [alma_variant(v, n, r, mode) for n in ("l2", "l1") if n in norms for v in variants
-             for r in restarts]  # fmt: skip
+    specs = [alma_variant(v, n, r, mode, k) for n in ("l2", "l1") if n in norms
+             for v in variants for r in restarts for k in smooth_maxes]  # fmt: skip
     for key in peers:
         if key == "alma_prox-linf":
             specs += [prox_variant(r, mode, k) for r in restarts for k in smooth_maxes]
@@ -314,8 +326,10 @@ def _parser() -> argparse.ArgumentParser:
         type=_smooth_max_option,
         default=[None],
         metavar="KAPPA",
-        help="run ALMA prox once per κ (ProxParams.smooth_max: a number >= 0, 0 for the thesis' "
-        "gradient of DLR+) or 'default' (PROX_SMOOTH_MAX, 0.1 for classification; the default)",
+        help="run ALMA's variants and ALMA prox once per κ of a smoothed max in DLR+'s gradient "
+        "(ALMAParams / ProxParams.smooth_max: a number >= 0, 0 for the papers' gradient) or "
+        "'default' (each one's default: 0 for ALMA, PROX_SMOOTH_MAX's 0.1 for ALMA prox; the "
+        "default)",
     )
     parser.add_argument(
         "--peers",

@@ -66,6 +66,13 @@ def test_variant_specs() -> None:
     assert (spec.key, spec.label) == ("alma_prox_k0.1-linf", "ALMA prox (κ = 0.1)")
     spec = sweep.prox_variant(1, smooth_max=0.0)
     assert (spec.key, spec.label) == ("alma_prox_k0-linf", "ALMA prox (κ = 0)")
+    spec = sweep.alma_variant("paper", "l1", smooth_max=0.1)
+    assert (spec.key, spec.label) == ("alma_paper_k0.1-l1", "ALMA (paper, κ = 0.1)")
+    spec = sweep.alma_variant("cosine", "l2", 2, "classes", 0.3)
+    assert (spec.key, spec.label) == (
+        "alma_cosine_r2c_k0.3-l2",
+        "ALMA (cosine, R = 2 classes, κ = 0.3)",
+    )
     spec = sweep.prox_variant(2, "classes", 0.25)
     assert (spec.key, spec.label) == (
         "alma_prox_r2c_k0.25-linf",
@@ -141,13 +148,16 @@ def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
 
 
-def test_smooth_max_runs_alma_prox_once_per_kappa(tmp_path) -> None:
-    """``--smooth-max default 0 0.3``: ALMA prox with the default κ (PROX_SMOOTH_MAX), with
-    the thesis' gradient and with κ = 0.3 (``ProxParams.smooth_max``), each one forward and
-    one backward per step; κ = 0 is a different attack from the default."""
-    rows = _run_rows(tmp_path / "out", "--variants", "--peers", "alma_prox-linf", "--distance",
-                     "linf", "--budgets", "6", "--smooth-max", "default", "0", "0.3",
-                     "--no-plots")  # fmt: skip
-    assert {r["attack"] for r in rows} == {"alma_prox-linf", "alma_prox_k0-linf",
-                                           "alma_prox_k0.3-linf"}  # fmt: skip
+def test_smooth_max_runs_alma_and_alma_prox_once_per_kappa(tmp_path) -> None:
+    """``--smooth-max default 0 0.3``: ALMA and ALMA prox with their default κ (ALMA: 0; ALMA
+    prox: PROX_SMOOTH_MAX's 0.1), with the papers' gradient and with κ = 0.3
+    (``ALMAParams`` / ``ProxParams.smooth_max``), each one forward and one backward per step.
+    κ = 0 is ALMA's default (the same medians) and not ALMA prox's."""
+    rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
+                     "--distance", "l1", "linf", "--budgets", "6", "--smooth-max", "default",
+                     "0", "0.3", "--no-plots")  # fmt: skip
+    median = {r["attack"]: r["median"] for r in rows}
+    assert set(median) == {f"{a}{k}-{n}" for a, n in (("alma_paper", "l1"), ("alma_prox", "linf"))
+                           for k in ("", "_k0", "_k0.3")}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
+    assert median["alma_paper-l1"] == median["alma_paper_k0-l1"]
