@@ -161,8 +161,8 @@ def prox_variant(
 
 
 def _smooth_max_option(text: str) -> float | None:
-    """``--smooth-max``: 'default' (None: the task's κ) or a finite number ≥ 0 (0: DLR⁺'s own
-    gradient, as the thesis)."""
+    """``--smooth-max``: 'default' (None: each attack's default κ) or a finite number ≥ 0 (0:
+    DLR⁺'s own gradient, as published)."""
     if text.lower() == "default":
         return None
     try:
@@ -171,7 +171,7 @@ def _smooth_max_option(text: str) -> float | None:
         value = math.nan
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(
-            f"expected 'default' or a finite number >= 0 (0: the thesis' gradient), got {text!r}"
+            f"expected 'default' or a finite number >= 0 (0: the papers' gradient), got {text!r}"
         )
     return value
 
