@@ -47,6 +47,9 @@ class LinfALMAProx(MinimalAttack):
     ≈ 0.3/255; classification norms are ~100× larger, so ``init_lr=None`` takes
     ``PROX_INIT_LR["classification"]`` (0.2). Pass a smaller ``init_lr`` for models whose
     minimal ℓ∞ norms are far below 0.1 (e.g. ImageNet, where they are ≈ 1/255).
+    ``smooth_max=None`` takes κ = ``PROX_SMOOTH_MAX["classification"]`` (0.1): the step descends
+    DLR⁺ with its max over the other classes smoothed (not in the thesis; DLR⁺'s value and
+    success are unchanged); ``smooth_max=0`` is the thesis' gradient.
 
     Foolbox conventions:
         * ``early_stop`` (Foolbox passes ``min(epsilons)`` when no epsilon is None; raw units
