@@ -234,6 +234,8 @@ PROX_INIT_LR = {"classification": 2e-1, "segmentation": 1e-3}
 #: 100 / 200 steps): PGD-trained ρ⁽⁰⁾ = 0.01 0.3286 / 0.3132, 0.1 0.3186 / 0.3022, 1 0.3052 /
 #: 0.2987, 3 0.3024 / 0.3010, 10 0.3085 / 0.3039; regular 0.1451 / 0.1248, 0.1341 / 0.1239,
 #: 0.1255 / 0.1244, 0.1271 / 0.1270, 0.1301 / 0.1279 (docs/performance.md, "ρ⁽⁰⁾ re-measured").
+#: With the smoothed max (PROX_SMOOTH_MAX) ρ⁽⁰⁾ = 1 still gives the smallest median in all
+#: four (PGD-trained 0.2954 / 0.2930, regular 0.1241 / 0.1225; "ALMA prox with a smoothed max").
 #: ``rho_init=0.01`` restores the thesis' value.
 PROX_RHO_INIT = {"classification": 1.0, "segmentation": 0.01}
 
