@@ -99,6 +99,18 @@ def smoothed_dlr_plus(logits: ep.Tensor, labels: ep.Tensor, temperature: float) 
     return d + ep.where(finite, direction - stop_gradient(direction), 0.0)
 
 
+def descent_constraint(
+    logits: ep.Tensor, labels: ep.Tensor, targeted: bool, smooth_max: float
+) -> ep.Tensor:
+    """The constraint d a solver step descends (step 4 of Algorithm 2 / IV-2): tDLR⁺ when
+    ``targeted`` (a targeted attack, or a run aimed at a class), else DLR⁺, whose gradient is
+    that of its smoothed max where ``smooth_max`` = κ > 0 (:func:`smoothed_dlr_plus`; κ = 0 is
+    DLR⁺ itself)."""
+    if targeted or not smooth_max:
+        return dlr_plus(logits, labels, targeted)
+    return smoothed_dlr_plus(logits, labels, smooth_max)
+
+
 def _most_likely_other(
     logits: ep.Tensor, labels: ep.Tensor, excluded: tuple[ep.Tensor, ...]
 ) -> tuple[ep.Tensor, ep.Tensor]:

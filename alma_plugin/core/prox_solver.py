@@ -29,13 +29,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import (
-    check_class_restarts,
-    dlr_plus,
-    is_satisfied,
-    restart_goal,
-    smoothed_dlr_plus,
-)
+from .constraints import check_class_restarts, descent_constraint, is_satisfied, restart_goal
 from .graphs import pick, run_steps
 from .model_checks import as_model_output, judge_success, versions, warn_if_probabilities
 from .params import ProxParams
@@ -107,9 +101,9 @@ def alma_prox_solve(
     labels' shape, bool or 0/1) selects the constrained pixels m. Success is APSR ≥ ν
     (``adv_threshold``); ``is_adversarial(model_inputs, logits) → (N,) bool`` (e.g. a Foolbox
     criterion) replaces the per-sample success test in classification. ``params`` has its
-    ``init_lr`` and ``rho_init`` resolved (:meth:`ProxParams.for_task`). ``early_stop`` ends
-    the run once every sample has an adversarial with normalised ‖δ‖∞ below it. The callback
-    sees eagerpy tensors.
+    ``init_lr``, ``rho_init`` and ``smooth_max`` resolved (:meth:`ProxParams.for_task`).
+    ``early_stop`` ends the run once every sample has an adversarial with normalised ‖δ‖∞
+    below it. The callback sees eagerpy tensors.
 
     Host synchronisation: after the first step (input and output checks) the loop reads
     nothing back from the device, except one boolean every M = ``check_steps`` steps when
@@ -143,7 +137,8 @@ def alma_prox_solve(
         return run_restarts(run, steps, params.restarts, early_stop)
     restart, step_offset, solved = place.index, place.offset, place.solved
     p = params
-    assert p.init_lr is not None and p.rho_init is not None
+    assert p.init_lr is not None and p.rho_init is not None and p.smooth_max is not None
+    smooth_max = p.smooth_max  # κ, resolved for the task
     lower, upper = bounds
     span = upper - lower
     x0 = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
@@ -250,10 +245,8 @@ def alma_prox_solve(
             z_c = stop_gradient(z)
             if aims_at_class and t == 1:  # the logits at x + δ⁽⁰⁾ = x rank the other classes
                 goals_ = restart_goal(z_c, c.labels, reached)
-            if not p.smooth_max or targeted or aims_at_class:  # κ resolved: 0 is DLR⁺ itself
-                d = dlr_plus(z, goals_, targeted or aims_at_class)  # 4. d = DLR⁺ (tDLR⁺)
-            else:  # DLR⁺'s value, the gradient of its smoothed max (not in the thesis)
-                d = smoothed_dlr_plus(z, goals_, p.smooth_max)
+            # 4. d = DLR⁺ (tDLR⁺); κ > 0: the gradient of a smoothed max (not in the thesis)
+            d = descent_constraint(z, goals_, targeted or aims_at_class, smooth_max)
             # the denominator is positive: d < 0 is the argmax test (False for NaN logits); a
             # run aimed at a class counts any other class too. Eq. 5.8's [d ≤ 0] is read as
             # d < 0: DLR⁺ carries the 1e-6 tie tolerance, so d = 0 is a tie, not a success.

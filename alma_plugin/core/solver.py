@@ -17,13 +17,7 @@ import numpy as np
 from ..distances import DistanceFunction
 from ..distances._common import unchecked
 from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
-from .constraints import (
-    check_class_restarts,
-    dlr_plus,
-    is_satisfied,
-    restart_goal,
-    smoothed_dlr_plus,
-)
+from .constraints import check_class_restarts, descent_constraint, is_satisfied, restart_goal
 from .graphs import run_steps
 from .model_checks import call_model, check_logits, judge_success, warn_if_probabilities
 from .params import ALMAParams
@@ -206,10 +200,8 @@ def alma_solve(
             goals = s.goals
             if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
                 goals = restart_goal(stop_gradient(logits), labels, reached)
-            if not c.smooth_max or targeted or aims_at_class:  # κ = 0 is DLR⁺ itself
-                d = dlr_plus(logits, goals, targeted or aims_at_class)  # 4. d ← DLR⁺, or tDLR⁺
-            else:  # DLR⁺'s value, the gradient of its smoothed max (not in the paper)
-                d = smoothed_dlr_plus(logits, goals, c.smooth_max)
+            # 4. d ← DLR⁺(z, y), or tDLR⁺ (κ > 0: the gradient of a smoothed max, not in the paper)
+            d = descent_constraint(logits, goals, targeted or aims_at_class, c.smooth_max)
             # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test (and
             # False for NaN logits); a run aimed at a class counts any other class too.
             hit = is_satisfied(stop_gradient(logits), labels) if aims_at_class else d < 0

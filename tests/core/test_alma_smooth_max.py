@@ -67,18 +67,18 @@ def test_targeted_runs_keep_the_published_gradient(mnist) -> None:
 def test_class_restarts_smooth_run_0_only(mnist, monkeypatch) -> None:
     """With ``restart_mode="classes"``, κ smooths run 0 (untargeted) only; the aimed runs keep
     tDLR⁺'s gradient: the smoothed constraint is built at each of run 0's 10 steps, not after."""
-    import alma_plugin.core.solver as solver
+    import alma_plugin.core.constraints as constraints
 
     model, x, y = mnist
     calls: list[int] = []
-    smoothed = solver.smoothed_dlr_plus
+    smoothed = constraints.smoothed_dlr_plus
 
     def counted(*args: object) -> object:
         calls.append(len(steps_seen))
         return smoothed(*args)  # type: ignore[arg-type]
 
     steps_seen: list[int] = []
-    monkeypatch.setattr(solver, "smoothed_dlr_plus", counted)
+    monkeypatch.setattr(constraints, "smoothed_dlr_plus", counted)
     result = alma(model, x, y, distance="l2", steps=20, restarts=2, restart_mode="classes",
                   smooth_max=0.1, callback=lambda info: steps_seen.append(1))  # fmt: skip
     assert calls == list(range(10)) and len(steps_seen) == 20
