@@ -218,7 +218,7 @@ def alma(
         x,
         y,
         distance=function,
-        params=params.for_budget(steps, spec.init_lr_distance),
+        params=params.for_budget(steps, spec.init_lr_distance, spec.smooth_max),
         steps=steps,
         bounds=bounds,
         targeted=targeted,

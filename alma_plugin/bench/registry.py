@@ -60,7 +60,7 @@ class AttackSpec:
 # --- ALMA (this package) --------------------------------------------------------------------
 
 
-def _alma(name: str) -> RunFn:
+def _alma(name: str, **options: float) -> RunFn:
     def run(
         model: nn.Module,
         x: torch.Tensor,
@@ -72,7 +72,8 @@ def _alma(name: str) -> RunFn:
         import foolbox as fb
 
         alma_fb = importlib.import_module("alma_plugin.foolbox")
-        attack = getattr(alma_fb, name)(steps=budget, seed=seed, cuda_graphs=cuda_graphs)
+        attack = getattr(alma_fb, name)(steps=budget, seed=seed, cuda_graphs=cuda_graphs,
+                                        **options)  # fmt: skip
         # ``run`` is the attack itself; ``__call__`` would add one forward to judge epsilons.
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
@@ -119,6 +120,19 @@ def _entries() -> list[AttackSpec]:
             default_budgets=both,
             cuda_graphs=True,
         ),
+        # Algorithm 2 exactly as published: DLR⁺'s own gradient, not the distance's default
+        # smoothed max (ALMAParams.smooth_max, not in the paper).
+        *(
+            AttackSpec(
+                f"alma_alg2-{norm}",
+                "ALMA (Algorithm 2)",
+                norm,
+                "alma_plugin",
+                _alma(name, smooth_max=0.0),
+                cuda_graphs=True,
+            )
+            for norm, name in (("l1", "L1ALMA"), ("l2", "L2ALMA"))
+        ),  # fmt: skip
         AttackSpec(
             "alma_prox-linf", "ALMA prox", "linf", "alma_plugin", _alma_prox, cuda_graphs=True
         ),

@@ -5,8 +5,8 @@ samples of the embedded models (regular, PGD-trained, Lagrangian-trained), throu
 comparison runner (:func:`.runner.run_shard`: counted model calls, re-evaluated candidates,
 the conventions of :mod:`.report`). ALMA ℓ1 / ℓ2
 runs in each of its variants (:data:`ALMA_VARIANTS`: the step-size schedules of
-``ALMAParams.schedule``, the paper's Algorithm 2 first), next to ALMA prox, DDN, FMN (ℓ1, ℓ2,
-ℓ∞) and APGD (ℓ2, ℓ∞).
+``ALMAParams.schedule``, the paper's first), with its default smoothed max (``--smooth-max 0``
+for Algorithm 2's gradient), next to ALMA prox, DDN, FMN (ℓ1, ℓ2, ℓ∞) and APGD (ℓ2, ℓ∞).
 
 For each (model, norm) the table and the plots give, per attack and budget, the median distance
 (failures as +inf) and AttackBench's optimality (:func:`.metrics.optimality`), computed against
@@ -107,7 +107,8 @@ def alma_variant(
 ) -> AttackSpec:
     """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2)
     with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``) and
-    the smoothed max κ (``ALMAParams.smooth_max``; None: the default, 0): key
+    the smoothed max κ (``ALMAParams.smooth_max``; None: the distance's default,
+    ``DISTANCES[norm].smooth_max``, 0.1; 0: Algorithm 2's gradient): key
     ``alma_<variant>[_r<R>[c]][_k<κ>]-<norm>``, run through the product's Foolbox class like
     the registry's ``alma-<norm>``."""
     if variant not in ALMA_VARIANTS:
@@ -328,8 +329,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KAPPA",
         help="run ALMA's variants and ALMA prox once per κ of a smoothed max in DLR+'s gradient "
         "(ALMAParams / ProxParams.smooth_max: a number >= 0, 0 for the papers' gradient) or "
-        "'default' (each one's default: 0 for ALMA, PROX_SMOOTH_MAX's 0.1 for ALMA prox; the "
-        "default)",
+        "'default' (each one's default: DISTANCES[norm].smooth_max, 0.1, for ALMA's l1 and l2, "
+        "PROX_SMOOTH_MAX's 0.1 for ALMA prox; the default)",
     )
     parser.add_argument(
         "--peers",

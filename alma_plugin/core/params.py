@@ -94,8 +94,10 @@ def _check(params: Any, rules: dict[str, tuple[float, float, bool, bool]]) -> No
 class ALMAParams:
     """Hyperparameters of ALMA (Algorithm 2 of Rony et al., ICCV 2021, with §3.2).
 
-    Defaults are the paper's (§4 "Hyperparameters", Appendix E); fields left at None are
-    resolved for a budget and a distance by :meth:`for_budget`.
+    Defaults are the paper's (§4 "Hyperparameters", Appendix E) but one: :attr:`smooth_max`, a
+    smoothed max in DLR⁺'s gradient that is not in the paper (``smooth_max=0`` is Algorithm 2
+    exactly). Fields left at None are resolved for a budget and a distance by
+    :meth:`for_budget`.
 
     Attributes:
         alpha: α, EMA coefficient of the multiplier (eq. 9). None: :func:`budget_alpha`.
@@ -132,13 +134,15 @@ class ALMAParams:
             AutoAttack's APGD-T aims at the top classes; success is still any
             misclassification. Needs K ≥ R + 1 classes.
         smooth_max: κ of a smoothed max in DLR⁺'s gradient (not in the paper), as
-            :attr:`ProxParams.smooth_max`: 0 (default): the gradient of DLR⁺ (eq. 4), Algorithm
-            2 as published; κ > 0: the gradient of (z_y − LSE(z_{i≠y}))/s, the max over the
-            other classes smoothed at temperature κ·s, s = z_π1 − z_π3 held
+            :attr:`ProxParams.smooth_max`: κ > 0: the gradient of (z_y − LSE(z_{i≠y}))/s, the
+            max over the other classes smoothed at temperature κ·s, s = z_π1 − z_π3 held
             (:func:`~alma_plugin.core.constraints.smoothed_dlr_plus`); DLR⁺'s value, hence
-            success, μ and ρ, is unchanged. Untargeted runs only: tDLR⁺ (``targeted``, the
-            aimed runs of ``restart_mode="classes"``) keeps its gradient. Measured in
-            docs/performance.md ("ALMA with a smoothed max").
+            success, μ and ρ, is unchanged. 0: the gradient of DLR⁺ (eq. 4), **Algorithm 2 as
+            published**. None (default): the distance's κ (``DISTANCES[name].smooth_max``:
+            0.1 for ℓ1, ℓ2, CIEDE2000 and LPIPS, where it was measured to lower the minimal
+            distances; 0 for SSIM, where it did not on every model, and MS-SSIM). Untargeted
+            runs only: tDLR⁺ (``targeted``, the aimed runs of ``restart_mode="classes"``)
+            keeps its gradient. Measured in docs/performance.md ("ALMA with a smoothed max").
     """
 
     alpha: float | None = None
@@ -160,7 +164,7 @@ class ALMAParams:
     restarts: int = 1
     restart_distance: float | None = None
     restart_mode: str = "random"
-    smooth_max: float = 0.0
+    smooth_max: float | None = None
 
     def __post_init__(self) -> None:
         penalty = check_choice("penalty", self.penalty, sorted(PENALTIES), upper=True)
@@ -191,11 +195,11 @@ class ALMAParams:
         object.__setattr__(self, "schedule", check_choice("schedule", self.schedule, SCHEDULES))
         object.__setattr__(self, "restart_mode", _check_restart_mode(self.restart_mode))
 
-    def for_budget(self, steps: int, init_lr_distance: float) -> ALMAParams:
+    def for_budget(self, steps: int, init_lr_distance: float, smooth_max: float) -> ALMAParams:
         """These params with every None resolved for ``steps`` and a distance whose Table 3 ε
-        is ``init_lr_distance``: α by :func:`budget_alpha` for the steps of one run (the
-        longest of :attr:`restarts`), RMSProp decay and momentum = α, the restarts' distance
-        = ε."""
+        is ``init_lr_distance`` and whose κ is ``smooth_max`` (``DISTANCES[name]``): α by
+        :func:`budget_alpha` for the steps of one run (the longest of :attr:`restarts`),
+        RMSProp decay and momentum = α, the restarts' distance = ε."""
         steps = check_positive_int("steps", steps)
         run = -(-steps // self.restarts)
         alpha = budget_alpha(run) if self.alpha is None else self.alpha
@@ -205,6 +209,7 @@ class ALMAParams:
             alpha=alpha,
             init_lr_distance=epsilon,
             restart_distance=epsilon if self.restart_distance is None else self.restart_distance,
+            smooth_max=smooth_max if self.smooth_max is None else self.smooth_max,
             rmsprop_decay=alpha if self.rmsprop_decay is None else self.rmsprop_decay,
             momentum=alpha if self.momentum is None else self.momentum,
         )

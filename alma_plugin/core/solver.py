@@ -124,7 +124,8 @@ def alma_solve(
     c = params
     penalty = get_penalty(c.penalty)
     assert c.alpha is not None and c.rmsprop_decay is not None and c.momentum is not None
-    alpha, rmsprop_decay, momentum = c.alpha, c.rmsprop_decay, c.momentum
+    assert c.smooth_max is not None  # κ, resolved for the distance (ALMAParams.for_budget)
+    alpha, rmsprop_decay, momentum, smooth_max = c.alpha, c.rmsprop_decay, c.momentum, c.smooth_max
     lower, upper = bounds
     scale = upper - lower
     inputs = as_tensor("inputs", inputs)  # detached: no graph into the caller's tensor
@@ -201,7 +202,7 @@ def alma_solve(
             if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
                 goals = restart_goal(stop_gradient(logits), labels, reached)
             # 4. d ← DLR⁺(z, y), or tDLR⁺ (κ > 0: the gradient of a smoothed max, not in the paper)
-            d = descent_constraint(logits, goals, targeted or aims_at_class, c.smooth_max)
+            d = descent_constraint(logits, goals, targeted or aims_at_class, smooth_max)
             # DLR⁺'s denominator is positive: d < 0 is exactly the tolerant argmax test (and
             # False for NaN logits); a run aimed at a class counts any other class too.
             hit = is_satisfied(stop_gradient(logits), labels) if aims_at_class else d < 0

@@ -113,7 +113,7 @@ class ALMAAttack(MinimalAttack):
         #: The hyperparameters as given (None: the paper's rule for the budget and distance).
         self.params = params
         check_restarts(self.steps, params.restarts)
-        self._resolved = params.for_budget(self.steps, spec.init_lr_distance)
+        self._resolved = params.for_budget(self.steps, spec.init_lr_distance, spec.smooth_max)
         self.distance_function: DistanceFunction = spec.function
         # What the perceptual distance measures: (0, 1) channels first, unless this is the
         # per-call copy made by for_model.

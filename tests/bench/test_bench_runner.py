@@ -190,10 +190,33 @@ def test_the_registry_declares_cuda_graphs_for_alma_and_alma_prox_only() -> None
     from alma_plugin.bench.sweep import alma_variant, prox_variant
 
     declared = {key for key, spec in ATTACKS.items() if spec.cuda_graphs}
-    assert declared == {"alma-l1", "alma-l2", "alma_prox-linf"}
+    assert declared == {"alma-l1", "alma-l2", "alma_alg2-l1", "alma_alg2-l2", "alma_prox-linf"}
     variants = [alma_variant("paper", "l2", 2, "classes"), prox_variant(4), ATTACKS["alma-l1"]]
     for spec in variants:
         assert spec.cuda_graphs and "cuda_graphs" in inspect.signature(spec.run).parameters
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2"])
+def test_algorithm_2_rows_are_the_published_gradient_and_alma_rows_the_default(norm: str) -> None:
+    """``alma_alg2-<norm>`` is ALMA with ``smooth_max=0`` (Algorithm 2 as published) and
+    ``alma-<norm>`` ALMA with its defaults (the distance's κ = 0.1): the same bits as ``alma()``
+    called so, and not each other's."""
+    from alma_plugin import alma
+    from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+
+    model = load_smallcnn("mnist_adversarial")
+    images, labels = load_mnist_heldout()
+    x, y = images[:6], labels[:6]
+    with torch.no_grad():
+        x, y = x[model(x).argmax(1) == y], y[model(x).argmax(1) == y]
+    published = ATTACKS[f"alma_alg2-{norm}"].run(model, x, y, 20, 0)
+    default = ATTACKS[f"alma-{norm}"].run(model, x, y, 20, 0)
+    assert ATTACKS[f"alma_alg2-{norm}"].label == "ALMA (Algorithm 2)"
+    assert torch.equal(
+        published, alma(model, x, y, distance=norm, steps=20, smooth_max=0).adversarials
+    )
+    assert torch.equal(default, alma(model, x, y, distance=norm, steps=20).adversarials)
+    assert not torch.equal(published, default)
 
 
 def test_cuda_graphs_enter_the_batch_fingerprint_only_when_set() -> None:
@@ -238,6 +261,7 @@ def test_default_plan() -> None:
     pairs, notes = plan(BenchConfig())
     budgets = {(spec.key, budget) for spec, budget in pairs}
     assert {("alma-l1", 100), ("alma-l1", 1000), ("alma-l2", 100), ("alma-l2", 1000)} <= budgets
+    assert {("alma_alg2-l1", 100), ("alma_alg2-l2", 100)} <= budgets  # the paper's, beside
     assert ("alma_prox-linf", 100) in budgets and ("ddn-l2", 100) in budgets
     assert ("cw-l2", 100) in budgets and ("apgd-linf", 100) in budgets
     if ATTACKS["adv_lib_alma-l2"].unavailable():

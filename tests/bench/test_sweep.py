@@ -149,15 +149,16 @@ def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
 
 
 def test_smooth_max_runs_alma_and_alma_prox_once_per_kappa(tmp_path) -> None:
-    """``--smooth-max default 0 0.3``: ALMA and ALMA prox with their default κ (ALMA: 0; ALMA
-    prox: PROX_SMOOTH_MAX's 0.1), with the papers' gradient and with κ = 0.3
-    (``ALMAParams`` / ``ProxParams.smooth_max``), each one forward and one backward per step.
-    κ = 0 is ALMA's default (the same medians) and not ALMA prox's."""
+    """``--smooth-max default 0 0.1``: ALMA and ALMA prox with their default κ (ALMA's ℓ1:
+    ``DISTANCES["l1"].smooth_max``; ALMA prox: ``PROX_SMOOTH_MAX``'s, both 0.1), with the
+    papers' gradient and with κ = 0.1 (``ALMAParams`` / ``ProxParams.smooth_max``), each one
+    forward and one backward per step. The default is κ = 0.1 (the same medians) for both."""
     rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
                      "--distance", "l1", "linf", "--budgets", "6", "--smooth-max", "default",
-                     "0", "0.3", "--no-plots")  # fmt: skip
+                     "0", "0.1", "--no-plots")  # fmt: skip
     median = {r["attack"]: r["median"] for r in rows}
     assert set(median) == {f"{a}{k}-{n}" for a, n in (("alma_paper", "l1"), ("alma_prox", "linf"))
-                           for k in ("", "_k0", "_k0.3")}  # fmt: skip
+                           for k in ("", "_k0", "_k0.1")}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
-    assert median["alma_paper-l1"] == median["alma_paper_k0-l1"]
+    assert median["alma_paper-l1"] == median["alma_paper_k0.1-l1"]
+    assert median["alma_prox-linf"] == median["alma_prox_k0.1-linf"]

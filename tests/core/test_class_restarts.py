@@ -138,7 +138,7 @@ def test_run_k_skips_every_class_earlier_runs_aimed_at_or_returned(distance: str
         alma_prox_solve(lambda u: model(u.raw), x, y, params=params, steps=5, place=place,
                         callback=seen.append)  # fmt: skip
     else:
-        alma_params = ALMAParams(restarts=3, restart_mode="classes").for_budget(15, 0.1)
+        alma_params = ALMAParams(restarts=3, restart_mode="classes").for_budget(15, 0.1, 0.0)
         alma_solve(lambda u: model(u.raw), x, y, distance=l2, params=alma_params, steps=5,
                    place=place, callback=seen.append)  # fmt: skip
     with torch.no_grad():

@@ -63,7 +63,8 @@ def _segmenter(n: int = 3, size: int = 6, device: str = "cpu"):
 
 def _alma_core(model, x, y, *, graphs: bool, distance: str = "l2", steps: int = 30, **options):
     kwargs = {k: options.pop(k) for k in ("early_stop", "targeted", "callback") if k in options}
-    params = ALMAParams(**options).for_budget(steps, get_distance(distance).init_lr_distance)
+    spec = get_distance(distance)
+    params = ALMAParams(**options).for_budget(steps, spec.init_lr_distance, spec.smooth_max)
     return solver.alma_solve(lambda u: model(u.raw), ep.astensor(x), ep.astensor(y),
                              distance=get_distance(distance).objective, params=params,
                              steps=steps, cuda_graphs=graphs, **kwargs)  # fmt: skip

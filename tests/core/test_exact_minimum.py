@@ -32,7 +32,17 @@ def _affine_model(seed: int = 0) -> nn.Module:
     return model
 
 
-def test_alma_l2_reaches_the_exact_minimum_of_an_affine_model() -> None:
+@pytest.mark.parametrize(
+    "smooth_max, worst, above_1_percent",
+    [(0.0, 0.06, 24), (None, 0.15, 4)],  # Algorithm 2's gradient; the default κ = 0.1
+)
+def test_alma_l2_reaches_the_exact_minimum_of_an_affine_model(
+    smooth_max: float | None, worst: float, above_1_percent: int
+) -> None:
+    """Measured (float64): with DLR⁺'s gradient the median gap is 1.4 % (14 of 24 samples above
+    1 %, the worst 5.5 %); with the smoothed max 0.01 % (3 above 1 %, the worst 12 %: its
+    stationary point weighs the classes tied at the boundary, so it can settle a little off
+    the exact minimum on a sample where two classes are close)."""
     model = _affine_model()
     gen = torch.Generator().manual_seed(1)
     x = (0.35 + 0.3 * torch.rand(24, 1, 8, 8, generator=gen)).double()  # far from the box
@@ -40,12 +50,13 @@ def test_alma_l2_reaches_the_exact_minimum_of_an_affine_model() -> None:
         y = model(x).argmax(1)
     linear = model[1]
     exact = _closed_form_l2(linear.weight.detach().numpy(), linear.bias.detach().numpy(), x.numpy())
-    result = alma(model, x, y, distance="l2", steps=1000)
+    result = alma(model, x, y, distance="l2", steps=1000, smooth_max=smooth_max)
     assert result.success.all()
     found = result.distances.numpy()
     assert np.all(found >= exact * (1 - 1e-6))  # nobody beats the exact minimum
     gaps = found / exact - 1
-    assert np.median(gaps) < 0.02 and gaps.max() < 0.06, gaps
+    assert np.median(gaps) < 0.02 and gaps.max() < worst, gaps
+    assert (gaps > 0.01).sum() <= above_1_percent, gaps
 
 
 def test_jax_model_through_eagerpy() -> None:

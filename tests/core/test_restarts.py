@@ -93,15 +93,19 @@ def test_a_restart_starts_at_restart_distance() -> None:
     assert (seen[10].distance <= 0.05 + 1e-7).all() and (seen[10].distance > 0.025).all()
 
 
-def test_a_random_restart_searches_its_initial_step_along_the_constraint_gradient() -> None:
+@pytest.mark.parametrize("smooth_max", [0.0, None])  # Algorithm 2's gradient; the default κ
+def test_a_random_restart_searches_its_initial_step_along_the_constraint_gradient(
+    smooth_max: float | None,
+) -> None:
     """§3.2.3 at a random restart: η⁽⁰⁾ of run k ≥ 1 makes the first step along ∇DLR⁺(x̃⁽⁰⁾)
-    add ε to D. There D ≠ 0 and ∇L = ∇D + P′·∇DLR⁺, so ∇D must be taken out of the search
-    direction. x̃⁽⁰⁾ and η⁽⁰⁾ are recomputed here (float64) and compared with the step size the
-    callback reports at run 1's first step. (A search along ∇L survived the suite before this
-    test.)"""
+    (with a smoothed max, the gradient the steps descend) add ε to D. There D ≠ 0 and
+    ∇L = ∇D + P′·∇DLR⁺, so ∇D must be taken out of the search direction. x̃⁽⁰⁾ and η⁽⁰⁾ are
+    recomputed here (float64) and compared with the step size the callback reports at run 1's
+    first step. (A search along ∇L survived the suite before this test.)"""
     import eagerpy as ep
 
-    from alma_plugin.core.constraints import dlr_plus
+    from alma_plugin import DISTANCES
+    from alma_plugin.core.constraints import descent_constraint
     from alma_plugin.core.restarts import restart_rng, uniform_noise
     from alma_plugin.core.schedules import initial_step_size
     from alma_plugin.distances import l2
@@ -114,12 +118,14 @@ def test_a_random_restart_searches_its_initial_step_along_the_constraint_gradien
         y = model(x).argmax(1)
     seen: list[StepInfo] = []
     alma(model, x, y, steps=4, restarts=2, restart_mode="random", init_lr_distance=0.1,
-         restart_distance=0.3, callback=seen.append)  # fmt: skip
+         restart_distance=0.3, smooth_max=smooth_max, callback=seen.append)  # fmt: skip
+    kappa = DISTANCES["l2"].smooth_max if smooth_max is None else smooth_max
     ex = ep.astensor(x)
     noise = uniform_noise(ex, restart_rng(0, 1))
     start = (ex - initial_step_size(l2, ex, noise, 0.3).reshape((-1, 1, 1, 1)) * noise).clip(0, 1)
     leaf = start.raw.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(dlr_plus(ep.astensor(model(leaf)), ep.astensor(y)).raw.sum(), leaf)
+    d = descent_constraint(ep.astensor(model(leaf)), ep.astensor(y), False, kappa)
+    (g,) = torch.autograd.grad(d.raw.sum(), leaf)
     expected = initial_step_size(l2, ex, ep.astensor(g), 0.1).raw
     torch.testing.assert_close(seen[2].step_size, expected, rtol=1e-9, atol=0)  # run 1, step 0
 
@@ -208,7 +214,7 @@ def test_a_run_stops_early_for_samples_earlier_runs_solved(distance: str) -> Non
             result = alma_prox_solve(lambda u: model(u.raw), x, y, params=params, steps=30,
                                      early_stop=1e-9, place=place)  # fmt: skip
         else:
-            params = ALMAParams(restarts=2).for_budget(60, 0.1)
+            params = ALMAParams(restarts=2).for_budget(60, 0.1, 0.0)
             result = alma_solve(lambda u: model(u.raw), x, y, distance=l2, params=params,
                                 steps=30, early_stop=1e-9, place=place)  # fmt: skip
         return result.steps_run

@@ -200,12 +200,18 @@ def test_inputs_adversarial_from_the_start_decay_from_step_zero() -> None:
     torch.testing.assert_close(etas[-1], 0.01 * etas[0], rtol=1e-12, atol=0)
 
 
-def test_the_attacks_initial_step_is_searched_along_the_constraint_gradient() -> None:
+@pytest.mark.parametrize("smooth_max", [0.0, None])  # Algorithm 2's gradient; the default κ
+def test_the_attacks_initial_step_is_searched_along_the_constraint_gradient(
+    smooth_max: float | None,
+) -> None:
     """§3.2.3: η⁽⁰⁾ makes D(P[x − η⁽⁰⁾∇DLR⁺(x)], x) = ε; for ℓ2 away from the box edges,
-    η⁽⁰⁾ = ε / ‖∇DLR⁺(x)‖₂. The attack gets ∇DLR⁺ as ∇L / P′(d) (at x, D ≡ 0): searching along
-    ∇L itself gives a step P′(d) times too small."""
-    from alma_plugin import alma
-    from alma_plugin.core.constraints import dlr_plus
+    η⁽⁰⁾ = ε / ‖∇DLR⁺(x)‖₂ — with a smoothed max, along the gradient the steps descend. The
+    attack gets it as ∇L / P′(d) (at x, D ≡ 0): searching along ∇L itself gives a step P′(d)
+    times too small."""
+    from alma_plugin import DISTANCES, alma
+    from alma_plugin.core.constraints import descent_constraint
+
+    kappa = DISTANCES["l2"].smooth_max if smooth_max is None else smooth_max
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).double().eval()
@@ -213,8 +219,9 @@ def test_the_attacks_initial_step_is_searched_along_the_constraint_gradient() ->
     with torch.no_grad():
         y = model(x).argmax(1)
     leaf = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(dlr_plus(ep.astensor(model(leaf)), ep.astensor(y)).raw.sum(), leaf)
+    d = descent_constraint(ep.astensor(model(leaf)), ep.astensor(y), False, kappa)
+    (g,) = torch.autograd.grad(d.raw.sum(), leaf)
     etas: list[torch.Tensor] = []
-    alma(model, x, y, steps=2, init_lr_distance=0.1,
+    alma(model, x, y, steps=2, init_lr_distance=0.1, smooth_max=smooth_max,
          callback=lambda info: etas.append(info.step_size))  # fmt: skip
     torch.testing.assert_close(etas[0], 0.1 / g.flatten(1).norm(dim=1), rtol=1e-9, atol=0)

@@ -287,7 +287,7 @@ def test_a_non_finite_distance_is_never_a_success() -> None:
         return d + stop_gradient(ep.where(d > 0.05, float("nan"), 0.0))
 
     result = alma_solve(lambda u: model(u.raw), ep.astensor(x), ep.astensor(y),
-                        distance=l2_nan_beyond, params=ALMAParams().for_budget(50, 0.1),
+                        distance=l2_nan_beyond, params=ALMAParams().for_budget(50, 0.1, 0.0),
                         steps=50)  # fmt: skip
     success, distances = result.success.raw, result.distances.raw
     assert torch.equal(success, torch.isfinite(distances))

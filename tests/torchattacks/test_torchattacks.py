@@ -55,8 +55,10 @@ def test_default_mode(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) ->
     assert_unchanged(cnn, before)
     assert attack.get_mode() == "default"
     assert attack.params is None  # nothing given: the distance's defaults at each call
-    resolved = ALMAParams().for_budget(attack.steps, DISTANCES["l2"].init_lr_distance)
+    spec = DISTANCES["l2"]
+    resolved = ALMAParams().for_budget(attack.steps, spec.init_lr_distance, spec.smooth_max)
     assert resolved.alpha == 0.5 and resolved.init_lr_distance == 0.1  # paper defaults
+    assert resolved.smooth_max == 0.1  # not in the paper: ℓ2's κ
 
 
 @pytest.mark.parametrize("mode", ["function", "random", "least_likely", "label"])
