@@ -28,7 +28,7 @@ MAX_COMMITTED_BYTES = 400 * 1024
 def current_defaults() -> dict[str, Any]:
     """Every default a notebook's numbers depend on: the params classes (ALMA, ALMA prox, the
     Lagrangian attack), the default budgets, ALMA prox's λ⁽⁰⁾, ρ⁽⁰⁾ and κ per task and each
-    distance's Table 3 ε."""
+    distance's Table 3 ε and ALMA's κ."""
     from alma_plugin.core.params import ALMA_STEPS, PROX_STEPS
 
     return {
@@ -40,6 +40,7 @@ def current_defaults() -> dict[str, Any]:
         "PROX_SMOOTH_MAX": dict(alma_plugin.PROX_SMOOTH_MAX),
         "steps": {"alma": ALMA_STEPS, "alma_prox": PROX_STEPS},
         "init_lr_distance": {n: s.init_lr_distance for n, s in alma_plugin.DISTANCES.items()},
+        "smooth_max": {n: s.smooth_max for n, s in alma_plugin.DISTANCES.items()},
     }
 
 
