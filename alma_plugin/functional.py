@@ -158,7 +158,9 @@ def alma(
             an ALMA hyperparameter keyword with "linf" is a ``TypeError``, even at its default).
         **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``, …),
-            with the paper's defaults, as ``inspect.signature(alma)`` shows.
+            with the paper's defaults, as ``inspect.signature(alma)`` shows, but for
+            ``smooth_max`` (None: the distance's κ, ``DISTANCES[name].smooth_max``; 0:
+            Algorithm 2's gradient).
 
     Returns:
         An :class:`~alma_plugin.AttackResult` of tensors of the inputs' kind (raw, or eagerpy

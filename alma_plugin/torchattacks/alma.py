@@ -68,7 +68,9 @@ class ALMA(StateRestoringAttack):
             ``params`` nor a keyword is given: the defaults of the distance at each call.
         **hyperparameters: every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
-            ...) with the paper's defaults, as ``inspect.signature(ALMA)`` shows.
+            ...) with the paper's defaults, as ``inspect.signature(ALMA)`` shows, but for
+            ``smooth_max`` (None: the distance's κ, ``DISTANCES[name].smooth_max``; 0:
+            Algorithm 2's gradient).
 
     ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips``, ``padding``, ``cuda_graphs``
     and ``params`` are kept as attributes of the same name and read at each call:
