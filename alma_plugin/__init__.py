@@ -17,15 +17,9 @@ distances in :mod:`alma_plugin.distances`, the embedded models and data in
 
 from .core.lagrangian import LagrangianParams, LagrangianResult
 from .core.model_checks import ProbabilityOutputWarning, TrainingModeWarning
-from .core.params import (
-    PROX_INIT_LR,
-    PROX_RHO_INIT,
-    PROX_SMOOTH_MAX,
-    ALMAParams,
-    ProxParams,
-    budget_alpha,
-)
+from .core.params import ALMAParams, budget_alpha
 from .core.precision import ReducedPrecisionWarning
+from .core.prox_params import PROX_INIT_LR, PROX_RHO_INIT, PROX_SMOOTH_MAX, ProxParams
 from .core.result import AttackResult, StepInfo
 from .distances import DISTANCES, DistanceSpec
 from .functional import alma, alma_prox, lagrangian

@@ -21,21 +21,16 @@ from ._entry import (
 )
 from .core.autodiff import autograd_allowed
 from .core.graphs import check_cuda_graphs
+from .core.keywords import takes_params
 from .core.lagrangian import (
     LAGRANGIAN_STEPS,
     LagrangianParams,
     LagrangianResult,
     lagrangian_solve,
 )
-from .core.params import (
-    ALMA_STEPS,
-    PROX_STEPS,
-    ALMAParams,
-    ProxParams,
-    prox_params_for_linf,
-    takes_params,
-)
+from .core.params import ALMA_STEPS, PROX_STEPS, ALMAParams
 from .core.precision import warn_if_reduced_precision
+from .core.prox_params import ProxParams, prox_params_for_linf
 from .core.prox_solver import alma_prox_solve
 from .core.result import AttackResult, StepInfo
 from .core.solver import alma_solve

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from ..core.graphs import warmup_stream
-from ..core.params import ALMAParams, ProxParams
+from ..core.params import ALMAParams
+from ..core.prox_params import ProxParams
 from ..core.prox_solver import alma_prox_solve
 from ..core.solver import alma_solve
 from ..distances import DISTANCES, DistanceFunction, get_distance

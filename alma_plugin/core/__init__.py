@@ -2,8 +2,9 @@
 torchattacks."""
 
 from .constraints import dlr_plus, is_satisfied
-from .params import ALMAParams, ProxParams, budget_alpha
+from .params import ALMAParams, budget_alpha
 from .penalties import PENALTIES, Penalty, get_penalty
+from .prox_params import ProxParams
 from .prox_solver import alma_prox_solve
 from .result import AttackResult, StepInfo
 from .schedules import decayed_step_size, initial_step_size

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 import eagerpy as ep
@@ -39,8 +39,9 @@ import numpy as np
 
 from .autodiff import check_differentiable, value_aux_and_grad
 from .model_checks import call_model, check_logits
+from .params import NON_NEGATIVE, POSITIVE, check_fields
 from .tensors import class_indices, expand, model_space
-from .validation import Bounds, as_tensor, check_in_range, check_params_fit, working_dtype
+from .validation import Bounds, as_tensor, check_params_fit, working_dtype
 
 __all__ = ["LAGRANGIAN_STEPS", "LagrangianParams", "LagrangianResult", "lagrangian_solve"]
 
@@ -49,8 +50,6 @@ ModelFn = Callable[[ep.Tensor], Any]
 
 #: N, the paper's number of iterations ("at least five steps are required", §3).
 LAGRANGIAN_STEPS = 5
-
-_POSITIVE = (0.0, math.inf, True, True)
 
 
 @dataclass(frozen=True)
@@ -89,19 +88,16 @@ class LagrangianParams:
     kappa: float = 1.0
 
     def __post_init__(self) -> None:
-        rules = {
-            "init_lr": _POSITIVE,
-            "multiplier": (0.0, math.inf, False, True),
-            "init_variance": (0.0, math.inf, False, True),
-            "decay": (0.0, 1.0, True, False),
-            "kappa": (0.0, math.inf, True, False),
-        }
-        for f in fields(self):
-            low, high, open_low, open_high = rules[f.name]
-            value = check_in_range(
-                f.name, getattr(self, f.name), low, high, open_low=open_low, open_high=open_high
-            )
-            object.__setattr__(self, f.name, value)
+        check_fields(
+            self,
+            {
+                "init_lr": POSITIVE,
+                "multiplier": NON_NEGATIVE,
+                "init_variance": NON_NEGATIVE,
+                "decay": (0.0, 1.0, True, False),
+                "kappa": (0.0, math.inf, True, False),
+            },
+        )
 
     def schedule(self, step: int, steps: int) -> tuple[float, float]:
         """(λ′, α′) at step i of N: λ·c^(1−i/N) and α·c^(i/N) (Algorithm 1)."""

@@ -29,7 +29,7 @@ import math
 
 import eagerpy as ep
 
-from .params import ProxParams
+from .prox_params import ProxParams
 from .tensors import full
 
 __all__ = ["exact_beta", "linf_box_prox", "ternary_iterations"]

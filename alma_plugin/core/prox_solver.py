@@ -32,10 +32,10 @@ from .autodiff import check_differentiable, stop_gradient, value_aux_and_grad
 from .constraints import check_class_restarts, descent_constraint, is_satisfied, restart_goal
 from .graphs import pick, run_steps
 from .model_checks import as_model_output, judge_success, versions, warn_if_probabilities
-from .params import ProxParams
 from .penalties import p2_prox, p2_prox_derivative
 from .prox import linf_box_prox
 from .prox_constraints import constraint_logits, make_constraints
+from .prox_params import ProxParams
 from .prox_schedule import constraint_mask, masking_rank, scale_update, step_size
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo

@@ -24,7 +24,8 @@ from foolbox.distances import Distance, l1, l2
 from foolbox.models import Model
 
 from ..core.graphs import check_cuda_graphs
-from ..core.params import ALMA_STEPS, ALMAParams, takes_params
+from ..core.keywords import takes_params
+from ..core.params import ALMA_STEPS, ALMAParams
 from ..core.restarts import check_restarts
 from ..core.solver import alma_solve
 from ..core.validation import Bounds, check_bounds, check_flag, check_positive_int

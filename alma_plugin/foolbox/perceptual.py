@@ -9,7 +9,8 @@ from __future__ import annotations
 import eagerpy as ep
 from foolbox.models import Model
 
-from ..core.params import ALMA_STEPS, ALMAParams, takes_params
+from ..core.keywords import takes_params
+from ..core.params import ALMA_STEPS, ALMAParams
 from ..distances import MS_SSIM_WEIGHTS, DistanceFunction, ms_ssim_min_size
 from ..distances._ssim import check_padding, descent_objective
 from .alma import _CONVENTIONS, _REFERENCE, ALMAAttack, _stable_repr

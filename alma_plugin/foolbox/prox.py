@@ -11,7 +11,9 @@ from foolbox.distances import Distance, linf
 from foolbox.models import Model
 
 from ..core.graphs import check_cuda_graphs
-from ..core.params import PROX_STEPS, ProxParams, takes_params
+from ..core.keywords import takes_params
+from ..core.params import PROX_STEPS
+from ..core.prox_params import ProxParams
 from ..core.prox_solver import alma_prox_solve
 from ..core.restarts import check_restarts
 from ..core.validation import check_flag, check_positive_int

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 
 from .._entry import checked_lpips
-from ..core.params import ALMAParams, ProxParams, prox_params_for_linf, takes_params
+from ..core.keywords import takes_params
+from ..core.params import ALMAParams
+from ..core.prox_params import ProxParams, prox_params_for_linf
 from ..core.restarts import check_restarts
 from ..core.validation import check_early_stop, check_flag, check_positive_int
 from ..distances import DistanceFunction

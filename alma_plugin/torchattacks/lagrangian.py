@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.keywords import takes_params
 from ..core.lagrangian import LAGRANGIAN_STEPS, LagrangianParams
-from ..core.params import takes_params
 from ..core.validation import check_positive_int
 from ..distances import get_distance
 from ..functional import lagrangian
