@@ -231,9 +231,9 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("prox-restarts-above-steps", P(prox_case, steps=2, params=ProxParams(restarts=3)),
           raises("restarts"))  # fmt: skip
     # restarts aimed at the next classes (restart_mode="classes"): untargeted classification
-    # only, K ≥ R + 1
+    # only, K ≥ R
     t.add("alma-torch-restarts-classes", P(b_torch, restarts=2, restart_mode="classes"))
-    t.add("alma-l1-torch-restarts-classes-k5", P(b_torch, distance="l1", k=5, restarts=4,
+    t.add("alma-l1-torch-restarts-classes-k5", P(b_torch, distance="l1", k=5, restarts=5,
           restart_mode="classes"))  # fmt: skip
     t.add("alma-l2-jax-restarts-classes", P(b_jax, restarts=2, restart_mode="classes"), jax=True)
     t.add("alma-torch-restarts-classes-early_stop", P(b_torch, restarts=2, early_stop=100.0,
@@ -242,7 +242,7 @@ def table() -> list[tuple[Case, bool, bool]]:
           restart_mode="classes"))  # fmt: skip
     t.add("alma-torch-restarts-classes-targeted", P(b_torch, restarts=2, targeted=True,
           restart_mode="classes"), raises("restart_mode"))  # fmt: skip
-    t.add("alma-torch-restarts-classes-above-k", P(b_torch, restarts=3, restart_mode="classes"),
+    t.add("alma-torch-restarts-classes-above-k", P(b_torch, restarts=4, restart_mode="classes"),
           raises("restarts"))  # fmt: skip
     t.add("alma-torch-restart_mode-unknown", P(b_torch, restarts=2, restart_mode="target"),
           raises("restart_mode"))  # fmt: skip

@@ -61,8 +61,8 @@ def problems(draw: Any) -> dict[str, Any]:
     steps = draw(st.integers(1, 8))
     targeted = draw(st.booleans())
     restarts = draw(st.integers(1, min(steps, 3)))  # R runs share the steps
-    # restarts aimed at the next classes: untargeted, with a class for every run (K ≥ R + 1)
-    classes_allowed = not targeted and 1 < restarts < k
+    # restarts aimed at the next classes: untargeted, with a class for every run (K ≥ R)
+    classes_allowed = not targeted and 1 < restarts <= k
     mode = draw(st.sampled_from(("random", "classes"))) if classes_allowed else "random"
     return {
         "seed": draw(st.integers(0, 2**16)),

@@ -126,12 +126,13 @@ def _most_likely_other(
 
 def check_class_restarts(num_classes: int, restarts: int) -> None:
     """``restart_mode="classes"`` aims run k at a class that neither the label nor runs
-    1 … k − 1 aimed at, so R runs need K ≥ R + 1 classes. The solvers check it at run 0's
-    first forward (where K becomes known), before the other runs spend their model calls."""
-    if restarts > 1 and num_classes < restarts + 1:
+    1 … k − 1 aimed at: runs 1 … R − 1 take R − 1 classes besides the label, so R runs need
+    K ≥ R classes. The solvers check it at run 0's first forward (where K becomes known),
+    before the other runs spend their model calls."""
+    if restarts > 1 and num_classes < restarts:
         raise ValueError(
             f"restart_mode='classes' aims run k at a class that neither the label nor runs "
-            f"1 … k − 1 aimed at, so restarts=R needs at least R + 1 classes: got "
+            f"1 … k − 1 aimed at, so restarts=R needs at least R classes: got "
             f"restarts={restarts} and a model with K={num_classes} classes"
         )
 
@@ -143,7 +144,7 @@ def restart_goal(logits: ep.Tensor, labels: ep.Tensor, reached: tuple[ep.Tensor,
     (``reached``, shaped like ``labels``; −1 where a run found none). Where that leaves no
     class, the most likely one other than the label and the earlier goals. The earlier goals
     are recomputed from the same logits (every such run starts at x), so no run has to hand
-    its goal on. As AutoAttack's APGD-T and FAB-T aim at the top classes; needs K ≥ k + 2."""
+    its goal on. As AutoAttack's APGD-T and FAB-T aim at the top classes; needs K ≥ k + 1."""
     check_class_restarts(logits.shape[-1], len(reached) + 1)
     goals: tuple[ep.Tensor, ...] = ()
     for run in range(1, len(reached) + 1):

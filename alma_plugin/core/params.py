@@ -123,7 +123,7 @@ class ALMAParams:
             k ≥ 1 starts at x and minimises D under tDLR⁺ (eq. 18) towards the most likely
             class at x that neither y nor the adversarial of an earlier run took, as
             AutoAttack's APGD-T aims at the top classes; success is still any
-            misclassification. Needs K ≥ R + 1 classes.
+            misclassification. Needs K ≥ R classes.
         smooth_max: κ of a smoothed max in DLR⁺'s gradient (not in the paper), as
             :attr:`ProxParams.smooth_max`: κ > 0: the gradient of (z_y − LSE(z_{i≠y}))/s, the
             max over the other classes smoothed at temperature κ·s, s = z_π1 − z_π3 held

@@ -100,7 +100,7 @@ class ProxParams:
             (``restart_distance``). "classes" (untargeted classification only): run k ≥ 1
             starts at δ = 0 under tDLR⁺ towards the most likely class at x that neither y nor
             the adversarial of an earlier run took, as ALMA's (:class:`ALMAParams`); success
-            is still any misclassification. Needs K ≥ R + 1 classes.
+            is still any misclassification. Needs K ≥ R classes.
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵

@@ -68,7 +68,7 @@ def _as_backend(backend: str, *arrays: np.ndarray) -> list[ep.Tensor]:
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax", "numpy"])
-@pytest.mark.parametrize("runs", [1, 2, K - 2])
+@pytest.mark.parametrize("runs", [1, 2, K - 2, K - 1])
 def test_restart_goal_matches_a_brute_force_search(backend: str, runs: int) -> None:
     """Run k skips the label, the goals of runs 1 … k − 1 and the classes runs 0 … k − 1
     returned (−1: that run found nothing for the sample), and takes the largest logit among
@@ -87,17 +87,17 @@ def test_restart_goal_matches_a_brute_force_search(backend: str, runs: int) -> N
 
 def test_restart_goal_without_a_class_left_is_a_clear_error() -> None:
     z, y = ep.astensor(torch.zeros(2, K)), ep.astensor(torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match=rf"restarts=R needs at least R \+ 1 classes.*K={K}"):
-        restart_goal(z, y, (y,) * (K - 1))
+    with pytest.raises(ValueError, match=rf"restarts=R needs at least R classes.*K={K}"):
+        restart_goal(z, y, (y,) * K)
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
 def test_too_few_classes_are_refused_at_the_first_forward(distance: str) -> None:
-    """R runs need K ≥ R + 1 classes: refused when K is first known (run 0's first forward),
+    """R runs need K ≥ R classes: refused when K is first known (run 0's first forward),
     not after runs 0 … R − 2 have spent their model calls."""
     model = CountingModel(_model())
-    with pytest.raises(ValueError, match=rf"restarts=R needs at least R \+ 1 classes.*K={K}"):
-        _attack(distance, model, steps=40, restarts=K, restart_mode="classes")
+    with pytest.raises(ValueError, match=rf"restarts=R needs at least R classes.*K={K}"):
+        _attack(distance, model, steps=40, restarts=K + 1, restart_mode="classes")
     assert model.forwards == 1
 
 
@@ -237,9 +237,41 @@ def test_dense_outputs_refuse_class_restarts() -> None:
 
 
 @pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_as_many_runs_as_classes_aim_at_every_other_class(distance: str) -> None:
+    """R = K: runs 1 … K − 1 take the K − 1 classes other than y, one each, so every class is
+    aimed at; the attack makes exactly its N forwards and each returned adversarial fools the
+    model."""
+    seen: list[StepInfo] = []
+    model = CountingModel(_model())
+    result = _attack(distance, model, steps=3 * K, restarts=K, restart_mode="classes",
+                     callback=seen.append)  # fmt: skip
+    assert model.forwards == 3 * K
+    x, y = _batch()
+    with torch.no_grad():
+        z = ep.astensor(_model()(x))
+        fooled = _model()(result.adversarials).argmax(1) != y
+    assert (fooled == result.success).all()
+    # tDLR⁺(z(x), c) for every class c; each run starts at x, so its first constraint is one
+    # of them per sample: the run's goal.
+    towards = torch.stack([
+        dlr_plus(z, ep.astensor(torch.full_like(y, c)), targeted=True).raw for c in range(K)
+    ])  # fmt: skip
+    goals = []
+    for run in range(1, K):
+        first = seen[3 * run].constraint.reshape(1, -1)
+        assert seen[3 * run].distance.abs().max() == 0
+        matches = (towards - first).abs() < 1e-6
+        assert (matches.sum(0) == 1).all()  # exactly one class per sample
+        goals.append(matches.float().argmax(0))
+    aimed = torch.stack(goals, 1).sort(1).values  # (N, K − 1): every class but y, once each
+    others = torch.stack([torch.tensor([c for c in range(K) if c != label]) for label in y])
+    assert torch.equal(aimed, others)
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
 def test_more_restarts_than_other_classes_is_a_clear_error(distance: str) -> None:
-    with pytest.raises(ValueError, match=rf"restarts=R needs at least R \+ 1 classes.*K={K}"):
-        _attack(distance, steps=12, restarts=K, restart_mode="classes")
+    with pytest.raises(ValueError, match=rf"restarts=R needs at least R classes.*K={K}"):
+        _attack(distance, steps=14, restarts=K + 1, restart_mode="classes")
 
 
 @pytest.mark.parametrize("params", [ALMAParams, ProxParams])
