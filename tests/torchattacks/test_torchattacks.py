@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -251,6 +253,32 @@ def test_save_with_dataloader(
         assert saved["adv_inputs"].shape == x.shape and torch.equal(saved["labels"], y)
         assert rob_acc == 0.0 and 0 < mean_l2 < 5
         assert (predict(cnn, saved["adv_inputs"]) != y).all()
+
+
+def test_save_int_keeps_levels_under_normalisation(
+    cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor], tmp_path: Any
+) -> None:
+    """``levels=256`` adversarials saved with ``save_type="int"`` after
+    ``set_normalization_used``: the saved uint8 image is the grid image the attack returned
+    (torchattacks truncated x_n·std + mean, 1 ulp below k/255, to k − 1), so every saved
+    adversarial still fools the model after loading, and the clean MNIST images come back
+    exactly."""
+    x, y = few[0][:8], few[1][:8]
+    model = Normalized(cnn)
+    attack = ALMA(model, steps=40, levels=256)
+    attack.set_normalization_used(MEAN, STD)
+    normalised = (x - MEAN[0]) / STD[0]
+    loader = DataLoader(TensorDataset(normalised, y), batch_size=4)
+    path = tmp_path / "adv.pt"  # type: ignore[operator]
+    attack.save(loader, save_path=path, verbose=False, save_type="int", save_clean_inputs=True)
+    saved = torch.load(path)
+    assert saved["adv_inputs"].dtype == torch.uint8
+    assert torch.equal(saved["clean_inputs"], (x * 255).round().to(torch.uint8))
+    in_memory = attack(normalised, y) * STD[0] + MEAN[0]
+    assert torch.equal(saved["adv_inputs"], (in_memory * 255).round().to(torch.uint8))
+    fooled = predict(cnn, in_memory) != y
+    assert fooled.all()
+    assert (predict(cnn, saved["adv_inputs"].float() / 255) != y).all()
 
 
 def test_minimal_ensemble_modes(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) -> None:

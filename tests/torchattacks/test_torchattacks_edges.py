@@ -235,3 +235,46 @@ def test_inputs_that_are_not_tensors_and_members_that_are_not_attacks_are_named(
         TypeError, match=r"attacks\[1\] must be a torchattacks.attack.Attack, got str"
     ):
         MinimalEnsemble([ALMA(model), "PGD"])  # type: ignore[list-item]
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_grey_level_survives_the_normalisation_round_trip(dtype: torch.dtype) -> None:
+    """Images holding all 256 levels (black and white included), normalised with ImageNet's
+    mean and std in the model's dtype: torchattacks' inverse normalisation brings them back
+    up to the dtype's rounding outside [0, 1] (bfloat16: a black pixel as −0.00195), which is
+    accepted and clamped; an image truly outside [0, 1] is still refused, with the hint."""
+    from alma_plugin.torchattacks import ALMA, Lagrangian, MinimalEnsemble
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(1024, 3)).to(dtype).eval()
+    shift = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    scale = torch.tensor(IMAGENET_STD)[:, None, None]
+    levels = torch.arange(256.0).reshape(1, 1, 16, 16) / 255
+    images = levels.expand(2, 3, 16, 16).clone()
+    images[1] = images[1].flip(-1)
+    normalised = ((images - shift) / scale).to(dtype)
+    labels = torch.tensor([0, 1])
+    attacks = [ALMA(model, "l2", 5), ALMA(model, "linf", 5), Lagrangian(model, seed=0)]
+    attacks.append(MinimalEnsemble(attacks[:2]))
+    for attack in attacks:
+        attack.set_normalization_used(IMAGENET_MEAN, IMAGENET_STD)
+        adversarials = attack(normalised, labels)
+        assert adversarials.dtype == dtype and adversarials.shape == images.shape
+    outside = ((images - 0.05 - shift) / scale).to(dtype)  # a black pixel at −0.05
+    attack = ALMA(model, "l2", 5)
+    attack.set_normalization_used(IMAGENET_MEAN, IMAGENET_STD)
+    with pytest.raises(ValueError, match=r"within bounds \(0.0, 1.0\).*set_normalization_used"):
+        attack(outside, labels)
+
+
+def test_a_nan_input_is_named_without_the_bounds_hint() -> None:
+    from alma_plugin.torchattacks import ALMA
+
+    x = torch.rand(2, 1, 4, 4)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or Inf values, in 1 of 2 samples") as error:
+        ALMA(linear_classifier(), "l2", 5)(x, torch.tensor([0, 1]))
+    assert "set_normalization_used" not in str(error.value)
