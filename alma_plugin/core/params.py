@@ -130,8 +130,8 @@ class ALMAParams:
             (:func:`~alma_plugin.core.constraints.smoothed_dlr_plus`); DLR⁺'s value, hence
             success, μ and ρ, is unchanged. 0: the gradient of DLR⁺ (eq. 4), **Algorithm 2 as
             published**. None (default): the distance's κ (``DISTANCES[name].smooth_max``:
-            0.1 for ℓ1, ℓ2, CIEDE2000 and LPIPS, where it was measured to lower the minimal
-            distances; 0 for SSIM, where it did not on every model, and MS-SSIM). Untargeted
+            0.1 for ℓ1, ℓ2, CIEDE2000, MS-SSIM and LPIPS, where it was measured to lower the
+            minimal distances; 0 for SSIM, where it did not on every model). Untargeted
             runs only: tDLR⁺ (``targeted``, the aimed runs of ``restart_mode="classes"``)
             keeps its gradient. Measured in docs/performance.md ("ALMA with a smoothed max").
     """

@@ -34,7 +34,7 @@ def test_default_is_the_distances_kappa() -> None:
     assert ALMAParams(smooth_max=0).smooth_max == 0.0
     kappas = {name: spec.smooth_max for name, spec in DISTANCES.items()}
     assert kappas == {"l1": 0.1, "l2": 0.1, "ciede2000": 0.1, "lpips": 0.1, "ssim": 0.0,
-                      "msssim": 0.0}  # fmt: skip
+                      "msssim": 0.1}  # fmt: skip
     for name, spec in DISTANCES.items():
         resolved = ALMAParams().for_budget(100, spec.init_lr_distance, spec.smooth_max)
         assert resolved.smooth_max == kappas[name]
