@@ -205,22 +205,37 @@ def test_half_precision_models_with_set_normalization_used(dtype: torch.dtype) -
     """torchattacks' float32 mean and std promoted the batch to float32 inside get_logits, and
     a float16 / bfloat16 model refused it ("Input type (float) and bias type (c10::Half)");
     torchattacks' PGD still does. Ours normalise in the inputs' dtype."""
-    from alma_plugin.torchattacks import ALMA, Lagrangian, MinimalEnsemble
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(64, 3)).to(dtype).eval()
     mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
     shift, scale = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
     images = ((torch.rand(4, 3, 4, 4) - shift) / scale).to(dtype)
     labels = torch.tensor([0, 1, 2, 0])
-    attacks = [ALMA(model, "l2", 20), ALMA(model, "linf", 20), Lagrangian(model, seed=0)]
-    attacks.append(MinimalEnsemble(attacks[:2]))
-    for attack in attacks:
-        attack.set_normalization_used(mean, std)
-        adversarials = attack(images, labels)
+    for adversarials in _every_attack_normalised(model, images, labels, mean, std, steps=20):
         assert adversarials.dtype == dtype and adversarials.shape == images.shape
         unit = adversarials.float() * scale + shift  # back in [0, 1], up to the dtype's rounding
         assert unit.min() >= -0.02 and unit.max() <= 1.02
+
+
+def _every_attack_normalised(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    steps: int,
+) -> list[torch.Tensor]:
+    """The outputs of ALMA ℓ2, ALMA ℓ∞, Lagrangian and a MinimalEnsemble, each after
+    ``set_normalization_used(mean, std)``, on normalised ``images``."""
+    from alma_plugin.torchattacks import ALMA, Lagrangian, MinimalEnsemble
+
+    attacks = [ALMA(model, "l2", steps), ALMA(model, "linf", steps), Lagrangian(model, seed=0)]
+    attacks.append(MinimalEnsemble(attacks[:2]))
+    outputs = []
+    for attack in attacks:
+        attack.set_normalization_used(mean, std)
+        outputs.append(attack(images, labels))
+    return outputs
 
 
 def test_inputs_that_are_not_tensors_and_members_that_are_not_attacks_are_named() -> None:
@@ -246,7 +261,7 @@ def test_every_grey_level_survives_the_normalisation_round_trip(dtype: torch.dty
     mean and std in the model's dtype: torchattacks' inverse normalisation brings them back
     up to the dtype's rounding outside [0, 1] (bfloat16: a black pixel as −0.00195), which is
     accepted and clamped; an image truly outside [0, 1] is still refused, with the hint."""
-    from alma_plugin.torchattacks import ALMA, Lagrangian, MinimalEnsemble
+    from alma_plugin.torchattacks import ALMA
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(1024, 3)).to(dtype).eval()
@@ -257,11 +272,8 @@ def test_every_grey_level_survives_the_normalisation_round_trip(dtype: torch.dty
     images[1] = images[1].flip(-1)
     normalised = ((images - shift) / scale).to(dtype)
     labels = torch.tensor([0, 1])
-    attacks = [ALMA(model, "l2", 5), ALMA(model, "linf", 5), Lagrangian(model, seed=0)]
-    attacks.append(MinimalEnsemble(attacks[:2]))
-    for attack in attacks:
-        attack.set_normalization_used(IMAGENET_MEAN, IMAGENET_STD)
-        adversarials = attack(normalised, labels)
+    outputs = _every_attack_normalised(model, normalised, labels, IMAGENET_MEAN, IMAGENET_STD, 5)
+    for adversarials in outputs:
         assert adversarials.dtype == dtype and adversarials.shape == images.shape
     outside = ((images - 0.05 - shift) / scale).to(dtype)  # a black pixel at −0.05
     attack = ALMA(model, "l2", 5)
