@@ -17,7 +17,9 @@ class AttackResult(Generic[T]):
     """The outcome of an attack on a batch of N inputs.
 
     adversarials: per input, the adversarial with the smallest distance found, or the input
-        itself where none was found; the inputs' type, dtype, device and shape.
+        itself where none was found (clipped onto the bounds, where it left them by at most
+        the rounding they tolerate: 10⁻⁶ of the range); the inputs' type, dtype, device and
+        shape.
     distances: (N,) D(adversarial, input) in the [0, 1]-normalised input space; +inf where no
         adversarial was found (ALMA prox: the normalised ‖δ‖∞).
     success: (N,) bool, an adversarial was found (ALMA prox on dense outputs: APSR ≥ ν).
