@@ -14,21 +14,15 @@ from torch.utils.hooks import RemovableHandle
 from torchattacks.attack import Attack
 
 from ..core.validation import as_labels, as_tensor, check_inputs
-from ..distances import DistanceSpec, get_distance
+from ..distances import DistanceSpec, get_distance, linf
 from ..functional import check_attack_distance
 
 BOUNDS = (0.0, 1.0)
 
 
-def _linf(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
-    """‖x̃ − x‖∞ per sample; NaN where the sample holds NaN (never a small distance)."""
-    difference = (x_adv - x).flatten(start=1).abs()
-    nan = ep.logical_not(difference == difference).any(axis=1)
-    return ep.where(nan, ep.full_like(difference[:, 0], float("nan")), difference.max(axis=1))
-
-
-#: ℓ∞ for comparing outputs (MinimalEnsemble); ALMA routes it to ALMA prox, which has no ε.
-LINF = DistanceSpec("linf", _linf, float("nan"))
+#: ℓ∞ for comparing outputs (MinimalEnsemble; NaN for a sample holding NaN, never a small
+#: distance); ALMA routes it to ALMA prox, which has no ε.
+LINF = DistanceSpec("linf", linf, float("nan"))
 
 
 def resolve_distance(distance: Any) -> DistanceSpec:
