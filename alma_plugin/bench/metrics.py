@@ -9,7 +9,7 @@ of one model for one norm:
 
 **Optimality** (AttackBench, Cinà et al. 2024, "AttackBench: Evaluating gradient-based attacks
 for adversarial examples"). The best of all attacks is ``d*_i = min_a d_{a,i}``; ``D`` is the
-largest finite ``d*_i``. An attack's robust accuracy ``ρ_a(ε) = mean_i [d_{a,i} > ε]`` is a step
+largest finite ``d*_i`` (over the samples some attack fooled: ``d*_i > 0``). An attack's robust accuracy ``ρ_a(ε) = mean_i [d_{a,i} > ε]`` is a step
 function of ε, so the area under it on ``[0, D]`` is exactly ``A_a = mean_i min(d_{a,i}, D)``.
 Likewise ``A* = mean_i min(d*_i, D)`` (the best-of-all curve, the lowest possible) and
 ``A_worst = mean_i D·[d*_i > 0]`` (no sample fooled within ``[0, D]``: the clean accuracy times
@@ -87,7 +87,10 @@ def best_of_all(distances: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float6
 
 
 def _areas(d: npt.NDArray[np.float64], best: npt.NDArray[np.float64]) -> tuple[float, ...]:
-    finite = best[np.isfinite(best)]
+    # D comes from the samples some run fooled; a sample misclassified before the attack
+    # (d* = 0) fooled by nobody, so with no other D is undefined, not 0 (which made every
+    # run, one that fooled nothing included, score 1.0).
+    finite = best[np.isfinite(best) & (best > 0)]
     if not len(finite):
         return (math.nan,) * 4
     top = float(finite.max())  # D
@@ -106,8 +109,9 @@ def optimality(distances: Mapping[str, npt.ArrayLike]) -> dict[str, float]:
 
     Returns:
         attack name → ``1 − (A_a − A*) / (A_worst − A*)`` in [0, 1]; NaN for every attack when
-        no attack fooled any sample (``D`` undefined); 1.0 when ``A_worst == A*`` (every sample
-        was misclassified before the attack, or ``D == 0``).
+        no attack fooled any sample the model classified correctly (``D`` undefined: every
+        ``d*_i`` is 0 or +inf); 1.0 when ``A_worst == A*`` (every fooled sample's ``d*_i`` is
+        ``D``).
     """
     names, stacked = _stack(distances)
     best = stacked.min(axis=0)

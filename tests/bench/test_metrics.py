@@ -84,10 +84,13 @@ def test_all_failed_is_undefined() -> None:
     np.testing.assert_array_equal(best_of_all(runs), [INF, INF])
 
 
-def test_only_misclassified_samples_give_one() -> None:
-    # D = 0 and A_worst = A* = 0: defined as 1.0; zeros are nobody's win.
-    runs = {"A": [0.0, 0.0], "B": [0.0, 0.0]}
-    assert optimality(runs) == {"A": 1.0, "B": 1.0}
+@pytest.mark.parametrize("second", [0.0, INF])
+def test_no_fooled_sample_is_undefined_whatever_was_misclassified_before(second: float) -> None:
+    # Only samples misclassified before the attack (d = 0), the rest failed: nobody fooled
+    # anything, so D is undefined (it was taken as 0, and every run scored 1.0); zeros are
+    # nobody's win.
+    runs = {"A": [0.0, second, INF], "B": [0.0, second, INF]}
+    assert all(math.isnan(v) for v in optimality(runs).values())
     assert win_counts(runs) == {"A": 0, "B": 0}
 
 
