@@ -187,6 +187,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
         model_argument(parser, name, model, images, chosen, args.data)
         accuracy[name] = _clean_accuracy(model, images[: args.samples], chosen, args.batch_size)
     pairs, notes = plan(config)
+    for spec, budget in pairs:
+        if (why := spec.check_budget(budget)) is not None:
+            parser.error(f"argument --budgets: {why}")
     if not pairs:
         why = "".join(f"; {note}" for note in notes)  # e.g. adv_lib is not installed
         parser.error("arguments --attacks/--distance/--budgets: no attack left to run for "

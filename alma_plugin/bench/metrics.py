@@ -9,11 +9,12 @@ of one model for one norm:
 
 **Optimality** (AttackBench, Cinà et al. 2024, "AttackBench: Evaluating gradient-based attacks
 for adversarial examples"). The best of all attacks is ``d*_i = min_a d_{a,i}``; ``D`` is the
-largest finite ``d*_i`` (over the samples some attack fooled: ``d*_i > 0``). An attack's robust accuracy ``ρ_a(ε) = mean_i [d_{a,i} > ε]`` is a step
-function of ε, so the area under it on ``[0, D]`` is exactly ``A_a = mean_i min(d_{a,i}, D)``.
-Likewise ``A* = mean_i min(d*_i, D)`` (the best-of-all curve, the lowest possible) and
-``A_worst = mean_i D·[d*_i > 0]`` (no sample fooled within ``[0, D]``: the clean accuracy times
-``D``). Then
+largest finite ``d*_i`` over the samples some attack fooled (``d*_i > 0``). An attack's
+robust accuracy ``ρ_a(ε) = mean_i [d_{a,i} > ε]`` is a step function of ε, so the area
+under it on ``[0, D]`` is exactly ``A_a = mean_i min(d_{a,i}, D)``. Likewise
+``A* = mean_i min(d*_i, D)`` (the best-of-all curve, the lowest possible) and
+``A_worst = mean_i D·[d*_i > 0]`` (no sample fooled within ``[0, D]``: the clean accuracy
+times ``D``). Then
 
     optimality_a = 1 − (A_a − A*) / (A_worst − A*)   ∈ [0, 1],
 

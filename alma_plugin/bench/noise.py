@@ -144,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if get_attack(key).unavailable() is not None:
             parser.error(f"argument --attacks: {key} needs the {get_attack(key).requires!r} "
                          "package, which is not installed (it cannot be imported)")  # fmt: skip
+    for key in args.attacks:
+        for budget in args.budgets:
+            if (why := get_attack(key).check_budget(budget)) is not None:
+                parser.error(f"argument --budgets: {why}")
     for option in ("models", "attacks", "budgets"):  # rows are keyed by them, as in the table
         distinct_argument(parser, f"--{option}", getattr(args, option))
     device = device_argument(parser, args.device)

@@ -181,6 +181,10 @@ def _apgd_steps(budget: int) -> int:
     return max(1, budget // _apgd_searches(budget) - 1)
 
 
+#: One iteration (two gradients) for each of the 5 searches below 100 steps.
+APGD_MIN_BUDGET = 2 * _apgd_searches(1)
+
+
 def apgd_note(budget: int) -> str:
     searches, steps = _apgd_searches(budget), _apgd_steps(budget)
     return f"{searches} x ({steps} + 1) gradients (binary search on eps)"

@@ -37,6 +37,10 @@ class AttackSpec:
     default_budgets: the budgets of the no-argument run.
     cuda_graphs: the attack takes ``cuda_graphs=True`` as a keyword of ``run`` (ALMA and ALMA
     prox: ``--cuda-graphs``); the others never receive it.
+    min_budget: the smallest budget the attack's split honours (C&W and EAD: one step for each
+    of 9 binary-search steps; APGD: 5 searches of one iteration, 2 gradients each); below it
+    the attack would spend more than the budget, so such budgets are refused
+    (:meth:`check_budget`).
     """
 
     key: str
@@ -48,6 +52,14 @@ class AttackSpec:
     requires: str | None = None
     default_budgets: tuple[int, ...] = (100,)
     cuda_graphs: bool = False
+    min_budget: int = 1
+
+    def check_budget(self, budget: int) -> str | None:
+        """None when the attack can spend ``budget`` as its table says, else why not."""
+        if budget >= self.min_budget:
+            return None
+        return (f"{self.key} spends a budget as {self.budget_note(self.min_budget)}, so it "
+                f"needs at least {self.min_budget}, got {budget}")  # fmt: skip
 
     def unavailable(self) -> str | None:
         """None when the attack can run, else why not."""
@@ -183,6 +195,7 @@ def _entries() -> list[AttackSpec]:
             "foolbox",
             peers.foolbox_attack(peers.foolbox_binary("EADAttack")),
             peers.binary_note,
+            min_budget=peers.BINARY_SEARCH_STEPS,
         ),  # fmt: skip
         AttackSpec(
             "cw-l2",
@@ -191,6 +204,7 @@ def _entries() -> list[AttackSpec]:
             "foolbox",
             peers.foolbox_attack(peers.foolbox_binary("L2CarliniWagnerAttack")),
             peers.binary_note,
+            min_budget=peers.BINARY_SEARCH_STEPS,
         ),  # fmt: skip
         # torchattacks' FAB has no working ℓ1 (its perturb() leaves the norm undefined). FAB
         # (one backward per class and step) and DeepFool (a Python loop over images) are too
@@ -208,10 +222,24 @@ def _entries() -> list[AttackSpec]:
             lambda budget: f"at most {budget} steps, overshoot 0.02",
             default_budgets=(),
         ),  # fmt: skip
-        AttackSpec("apgd-l2", "APGD", "l2", "torchattacks", peers.apgd("l2"), peers.apgd_note),
         AttackSpec(
-            "apgd-linf", "APGD", "linf", "torchattacks", peers.apgd("linf"), peers.apgd_note
-        ),
+            "apgd-l2",
+            "APGD",
+            "l2",
+            "torchattacks",
+            peers.apgd("l2"),
+            peers.apgd_note,
+            min_budget=peers.APGD_MIN_BUDGET,
+        ),  # fmt: skip
+        AttackSpec(
+            "apgd-linf",
+            "APGD",
+            "linf",
+            "torchattacks",
+            peers.apgd("linf"),
+            peers.apgd_note,
+            min_budget=peers.APGD_MIN_BUDGET,
+        ),  # fmt: skip
     ]
 
 

@@ -401,6 +401,9 @@ def _check(
                    args.smooth_max)  # fmt: skip
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
+    for spec, budget in pairs:
+        if (why := spec.check_budget(budget)) is not None:
+            parser.error(f"argument --budgets: {why}")
     if not pairs:
         why = "".join(f"; {note}" for note in skipped)
         parser.error(f"arguments --variants/--peers/--distance: no attack left to run for "

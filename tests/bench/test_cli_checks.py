@@ -216,6 +216,44 @@ def test_sweep_refuses_repeated_values_and_empty_selections(
     assert expected in err, err
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--attacks", "cw-l2", "--budgets", "8"], "cw-l2 spends a budget as 9 x 1 steps"),
+        (
+            ["--attacks", "ead-l1", "alma-l1", "--budgets", "100", "3"],
+            "ead-l1 spends a budget as 9 x 1 steps (binary search on c), so it needs at least 9, "
+            "got 3",
+        ),
+        (["--attacks", "apgd-linf", "--budgets", "9"], "apgd-linf spends a budget as 5 x (1 + 1)"),
+        (
+            ["sweep", "--peers", "apgd-l2", "--variants", "--budgets", "9", "50"],
+            "apgd-l2 spends a budget as 5 x (1 + 1) gradients (binary search on eps), so it needs "
+            "at least 10, got 9",
+        ),  # fmt: skip
+        (["noise", "--attacks", "cw-l2", "--budgets", "5"], "cw-l2 spends a budget as 9 x 1"),
+    ],
+)
+def test_budgets_an_attack_cannot_split_are_refused(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """C&W and EAD split a budget over 9 binary-search steps, APGD over 5 searches of an
+    iteration and its starting gradient: below 9 and 10 they spent more than the budget while
+    the table said the budget (C&W at 3: 9 backwards per sample)."""
+    err = _error([*argv, "--samples", "2"], capsys)
+    assert f"error: argument --budgets: {expected}" in err, err
+
+
+def test_the_smallest_splittable_budgets_are_spent_exactly() -> None:
+    from alma_plugin.bench.registry import ATTACKS
+
+    for key, smallest in (("cw-l2", 9), ("ead-l1", 9), ("apgd-l2", 10), ("apgd-linf", 10)):
+        assert ATTACKS[key].min_budget == smallest
+        assert ATTACKS[key].check_budget(smallest) is None
+    assert all(spec.check_budget(1) is None for key, spec in ATTACKS.items()
+               if key.split("-")[0] not in ("cw", "ead", "apgd"))  # fmt: skip
+
+
 # --- 5. seeds and budgets too large for the generators ----------------------------------------
 
 
@@ -444,7 +482,7 @@ def test_subcommands_check_as_the_main_command(
     (tmp_path / "factories.py").write_text(FACTORIES)
     argv = [word.format(dir=tmp_path) for word in argv]
     small = {
-        "sweep": ["--samples", "2", "--budgets", "2", "--output", str(tmp_path / "out")],
+        "sweep": ["--samples", "2", "--budgets", "10", "--output", str(tmp_path / "out")],
         "noise": ["--samples", "2", "--replicates", "2"],
         "unseen": ["--samples", "2", "--steps", "2", "--pgd-steps", "1", "--quiet"],
     }
