@@ -71,7 +71,9 @@ __all__ = [
 DEFAULT_BUDGETS: tuple[int, ...] = (50, 100, 200, 500, 1000)
 
 #: ALMA variants by name → the ALMAParams keywords that select them: one per step-size
-#: schedule (``ALMAParams.schedule``; "paper" is Algorithm 2 as published).
+#: schedule (``ALMAParams.schedule``; "paper" is the paper's schedule, Fig. 3). Each runs with
+#: the distance's default κ unless ``--smooth-max`` says otherwise: Algorithm 2 as published
+#: is the paper's schedule with ``--smooth-max 0`` (the main command's ``alma_alg2-<norm>``).
 ALMA_VARIANTS: dict[str, dict[str, Any]] = {name: {"schedule": name} for name in SCHEDULES}
 
 #: The registry's attacks swept next to ALMA's variants.
@@ -131,7 +133,8 @@ def alma_variant(
 
     base = get_attack(f"alma-{norm}")
     key, label = _suffix(restarts, mode, smooth_max)
-    return replace(base, key=f"alma_{variant}{key}-{norm}", label=f"ALMA ({variant}{label})",
+    return replace(base, key=f"alma_{variant}{key}-{norm}",
+                   label=f"ALMA ({variant} schedule{label})",
                    run=run)  # fmt: skip
 
 

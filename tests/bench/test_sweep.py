@@ -53,12 +53,12 @@ def test_variant_specs() -> None:
     with pytest.raises(ValueError, match="norm"):
         sweep.alma_variant("paper", "linf")
     spec = sweep.alma_variant("paper", "l1", restarts=2)
-    assert (spec.key, spec.label) == ("alma_paper_r2-l1", "ALMA (paper, R = 2)")
+    assert (spec.key, spec.label) == ("alma_paper_r2-l1", "ALMA (paper schedule, R = 2)")
     assert sweep.prox_variant(1).key == "alma_prox-linf"
     spec = sweep.prox_variant(4)
     assert (spec.key, spec.label, spec.norm) == ("alma_prox_r4-linf", "ALMA prox (R = 4)", "linf")
     spec = sweep.alma_variant("paper", "l2", restarts=2, mode="classes")
-    assert (spec.key, spec.label) == ("alma_paper_r2c-l2", "ALMA (paper, R = 2 classes)")
+    assert (spec.key, spec.label) == ("alma_paper_r2c-l2", "ALMA (paper schedule, R = 2 classes)")
     spec = sweep.prox_variant(4, "classes")
     assert (spec.key, spec.label) == ("alma_prox_r4c-linf", "ALMA prox (R = 4 classes)")
     assert sweep.prox_variant(1, "classes").key == "alma_prox-linf"
@@ -67,7 +67,7 @@ def test_variant_specs() -> None:
     spec = sweep.prox_variant(1, smooth_max=0.0)
     assert (spec.key, spec.label) == ("alma_prox_k0-linf", "ALMA prox (κ = 0)")
     spec = sweep.alma_variant("paper", "l1", smooth_max=0.1)
-    assert (spec.key, spec.label) == ("alma_paper_k0.1-l1", "ALMA (paper, κ = 0.1)")
+    assert (spec.key, spec.label) == ("alma_paper_k0.1-l1", "ALMA (paper schedule, κ = 0.1)")
     spec = sweep.alma_variant("cosine", "l2", 2, "classes", 0.3)
     assert (spec.key, spec.label) == (
         "alma_cosine_r2c_k0.3-l2",
@@ -122,7 +122,7 @@ def test_tiny_run_writes_csv_table_and_plot(tmp_path) -> None:
         (f"alma_{v}-l2", b) for v in ("paper", "exponential") for b in ("2", "4")
     }
     assert all(float(r["forwards"]) == float(r["budget"]) for r in rows)  # counted, 1 per step
-    assert "ALMA (paper)" in (out / "sweep.md").read_text()
+    assert "ALMA (paper schedule)" in (out / "sweep.md").read_text()
     assert (out / "sweep_mnist_regular.png").exists()
 
 
