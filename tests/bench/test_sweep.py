@@ -71,7 +71,7 @@ def test_variant_specs() -> None:
     spec = sweep.alma_variant("cosine", "l2", 2, "classes", 0.3)
     assert (spec.key, spec.label) == (
         "alma_cosine_r2c_k0.3-l2",
-        "ALMA (cosine, R = 2 classes, κ = 0.3)",
+        "ALMA (cosine schedule, R = 2 classes, κ = 0.3)",
     )
     spec = sweep.prox_variant(2, "classes", 0.25)
     assert (spec.key, spec.label) == (
