@@ -186,6 +186,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, argparse
         chosen = labels[: args.samples]
         model_argument(parser, name, model, images, chosen, args.data)
         accuracy[name] = _clean_accuracy(model, images[: args.samples], chosen, args.batch_size)
+        if accuracy[name] < 0.5:  # before the run: labels in the wrong order look like this
+            print(f"alma-bench: warning: {name} classifies {accuracy[name]:.1%} of the "
+                  f"{args.samples} samples of {args.data!r} as labelled; every sample it "
+                  "gets wrong counts as fooled at distance 0: check that the labels are the "
+                  "model's classes, in its order", file=sys.stderr)  # fmt: skip
     pairs, notes = plan(config)
     for spec, budget in pairs:
         if (why := spec.check_budget(budget)) is not None:

@@ -533,3 +533,25 @@ def test_help_gives_every_default(
     batch = {"sweep": 50, "noise": 100, "reeval": 500, "overhead": 128, "step0": 4}.get(str(name))
     if batch is not None:
         assert re.search(rf"--batch-size [A-Z_]+[ ,].{{0,80}}?default: {batch}\b", help_text)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_labels_a_model_mostly_disagrees_with_are_warned_of_before_the_run(
+    shift: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels in another order than the model's classes (here shifted by one) pass the range
+    check, and every misclassified sample then counts as fooled at distance 0: the parser
+    warns before anything runs; correct labels give no warning."""
+    from alma_plugin.zoo import load_mnist_heldout
+
+    images, labels = load_mnist_heldout()
+    path = tmp_path / "data.npz"
+    np.savez(path, images=(images[:8].numpy() * 255).round().astype(np.uint8),
+             labels=(labels[:8].numpy() + shift) % 10)  # fmt: skip
+    cli.parse_args(["--models", "mnist_regular", "--data", str(path), "--samples", "8",
+                    "--attacks", "alma-l2", "--output", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    warned = re.search(
+        r"alma-bench: warning: mnist_regular classifies [\d.]+% of the 8 samples", err
+    )
+    assert bool(warned) == bool(shift), err
