@@ -111,6 +111,12 @@ def load_data(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         missing = " (no such file)" if name.endswith(".npz") else ""
         raise ValueError(f"data must be {EMBEDDED_DATA!r} or an .npz file, got {name!r}{missing}")
     expected = "an .npz file (numpy.savez) with arrays 'images' and 'labels'"
+    with open(name, "rb") as file:
+        magic = file.read(6)
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        # numpy would read anything else as a pickle and suggest allow_pickle=True
+        raise ValueError(f"data file {name!r}: expected {expected}, got a file that is "
+                         f"neither an .npz (zip) nor an .npy file")  # fmt: skip
     try:
         loaded = np.load(name, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:

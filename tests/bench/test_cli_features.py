@@ -555,3 +555,17 @@ def test_labels_a_model_mostly_disagrees_with_are_warned_of_before_the_run(
         r"alma-bench: warning: mnist_regular classifies [\d.]+% of the 8 samples", err
     )
     assert bool(warned) == bool(shift), err
+
+
+def test_data_that_is_not_numpy_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A JSON file given as --data: numpy read it as a pickle and suggested allow_pickle."""
+    path = tmp_path / "results.json"
+    path.write_text('{"images": []}')
+    with pytest.raises(SystemExit) as error:
+        cli.main(["--data", str(path)])
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert "got a file that is neither an .npz (zip) nor an .npy file" in err, err
+    assert "allow_pickle" not in err
