@@ -174,6 +174,11 @@ def models_argument(parser: argparse.ArgumentParser, models: Sequence[str]) -> N
     """``--models``: each label once, and no two labels with the same file-system name (their
     result files and batch folders would overwrite each other)."""
     labels = [usermodels.model_label(m) for m in models]
+    for label in dict.fromkeys(labels):
+        given = [m for m, other in zip(models, labels, strict=True) if other == label]
+        if len(set(given)) > 1:  # two files of the same name: say which
+            parser.error(f"argument --models: {given} all get the label {label!r} (their "
+                         f"rows and result files would be pooled); rename one")  # fmt: skip
     distinct_argument(parser, "--models", labels)
     seen: dict[str, str] = {}
     for label in labels:

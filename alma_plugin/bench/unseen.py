@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.samples <= 1000:
-        parser.error(f"--samples must lie in [1, 1000], got {args.samples}")
+        parser.error(f"argument --samples: must lie in [1, 1000], got {args.samples}")
     if args.steps < 1 or args.pgd_steps < 1:
         parser.error("--steps and --pgd-steps must be >= 1")
     distinct_argument(parser, "--models", args.models)  # was one row for a model given twice

@@ -474,12 +474,19 @@ def test_missing_files_are_named_as_missing(capsys: pytest.CaptureFixture[str]) 
          "argument --attacks: each value once"),
         (["unseen", "--models", "mnist_regular", "mnist_regular"],
          "argument --models: each value once"),
+        # two TorchScript files of the same name in two folders: named by their paths
+        (["--attacks", "alma-l2", "--budgets", "2", "--samples", "2", "--models",
+          "{dir}/a/m.pt", "{dir}/b/m.pt"],
+         "argument --models: ['{dir}/a/m.pt', '{dir}/b/m.pt'] all get the label 'm'"),
     ],
 )  # fmt: skip
 def test_subcommands_check_as_the_main_command(
     argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "factories.py").write_text(FACTORIES)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.pt").write_bytes(b"")
     argv = [word.format(dir=tmp_path) for word in argv]
     small = {
         "sweep": ["--samples", "2", "--budgets", "10", "--output", str(tmp_path / "out")],
@@ -554,3 +561,8 @@ def test_a_batch_file_of_another_shape_is_recomputed(corrupt: object, tmp_path: 
     payload = json.loads(path.read_text())
     path.write_text(json.dumps(corrupt(payload)))  # type: ignore[operator]
     assert store.load(path, "f", [0, 1, 2]) is None
+
+
+def test_unseen_names_its_samples_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["unseen", "--samples", "2000"], capsys)
+    assert "alma-bench unseen: error: argument --samples: must lie in [1, 1000], got 2000" in err
