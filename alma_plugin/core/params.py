@@ -52,11 +52,12 @@ def budget_alpha(steps: int) -> float:
     """α of eq. 9 for a budget of ``steps``: the paper's 0.5 for 100 steps and 0.9 for 1000 (§4;
     Appendix E gives 0.5–0.9 for 100–1000 iterations), held outside that range, and between
     them linear in log₁₀(steps): this interpolation is the package's, not the paper's."""
+    steps = check_positive_int("steps", steps)
     position = (math.log10(max(steps, 1)) - 2.0) / (3.0 - 2.0)
     return 0.5 + 0.4 * min(max(position, 0.0), 1.0)
 
 
-_KINDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "True or False"}
+_KINDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "a bool"}
 
 
 def check_fields(params: Any, rules: dict[str, tuple[float, float, bool, bool]]) -> None:
@@ -98,6 +99,10 @@ class ALMAParams:
         lr_reduction: r, the step size decays to η⁽⁰⁾·r at the last step (Fig. 3).
         penalty: P, "P2" (eq. 10), "P1", "P3" or "PHR" (Appendix D).
         mu_init, rho_init: μ⁽⁰⁾, ρ⁽⁰⁾.  mu_min, mu_max: the safeguarding interval of μ.
+        rho_max: a cap on ρ, beyond the paper: ρ grows by γ every M steps where a sample stays
+            unsolved, and P2's ρ² overflows float32 from ρ ≈ 1.8e19 (≈ 2400 steps at the
+            defaults), which made μ NaN and froze the sample. 1e15 is ALMA prox's cap; no run
+            of the paper's budgets (ρ ≤ 1.2¹⁰⁰ ≈ 8.3e7 at 1000 steps) reaches it.
         gamma: γ, growth factor of ρ.  tau: τ, required constraint improvement.
         check_steps: M, steps between two ρ checks.
         rmsprop_decay, momentum: RMSProp β and momentum of the step (§3.2.4; the paper gives no
@@ -145,6 +150,7 @@ class ALMAParams:
     rho_init: float = 1.0
     mu_min: float = 1e-6
     mu_max: float = 1e12
+    rho_max: float = 1e15
     gamma: float = 1.2
     tau: float = 0.95
     check_steps: int = 10
@@ -170,7 +176,8 @@ class ALMAParams:
                 "mu_min": POSITIVE,
                 "mu_max": (self.mu_min, math.inf, False, True),
                 "mu_init": (self.mu_min, self.mu_max, False, False),
-                "rho_init": POSITIVE,
+                "rho_max": POSITIVE,
+                "rho_init": (0.0, self.rho_max, True, False),
                 "gamma": (1.0, math.inf, False, True),
                 "tau": (0.0, 1.0, False, False),
                 "rmsprop_decay": (0.0, 1.0, False, True),

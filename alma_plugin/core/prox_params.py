@@ -14,7 +14,7 @@ from .params import (
     check_fields,
     check_restart_mode_name,
 )
-from .validation import check_flag, check_positive_int
+from .validation import check_choice, check_flag, check_positive_int
 
 __all__ = [
     "PROX_INIT_LR",
@@ -152,8 +152,8 @@ class ProxParams:
                 "mu_min": POSITIVE,
                 "mu_max": (self.mu_min, math.inf, False, True),
                 "mu_init": (self.mu_min, self.mu_max, False, False),
-                "rho_init": POSITIVE,
                 "rho_max": POSITIVE,
+                "rho_init": (0.0, self.rho_max, True, False),  # ρ only grows up to ρ_max
                 "gamma": (1.0, math.inf, False, True),  # as ALMA's: γ = 1, ρ never grows
                 "tau": (0.0, 1.0, False, False),
                 "metric_eps": POSITIVE,
@@ -175,11 +175,18 @@ class ProxParams:
         """These params with ``init_lr``, ``rho_init`` and ``smooth_max`` resolved for
         "classification" or "segmentation" (:data:`PROX_INIT_LR`, :data:`PROX_RHO_INIT`,
         :data:`PROX_SMOOTH_MAX`), ``restart_distance`` as λ⁽⁰⁾ / 4 where None."""
+        task = check_choice("task", task, sorted(PROX_INIT_LR))
         init_lr = PROX_INIT_LR[task] if self.init_lr is None else self.init_lr
+        rho_init = PROX_RHO_INIT[task] if self.rho_init is None else self.rho_init
+        if rho_init > self.rho_max:  # only the task's ρ⁽⁰⁾ can be: a given one was checked
+            raise ValueError(
+                f"rho_max must be >= rho_init, which is {rho_init!r} for {task} "
+                f"(PROX_RHO_INIT), got rho_max={self.rho_max!r}: pass rho_init too"
+            )
         return replace(
             self,
             init_lr=init_lr,
-            rho_init=PROX_RHO_INIT[task] if self.rho_init is None else self.rho_init,
+            rho_init=rho_init,
             smooth_max=PROX_SMOOTH_MAX[task] if self.smooth_max is None else self.smooth_max,
             restart_distance=(
                 init_lr / 4 if self.restart_distance is None else self.restart_distance

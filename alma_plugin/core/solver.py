@@ -288,7 +288,7 @@ def alma_solve(
             stalled = ep.logical_and(
                 ever_adversarial.logical_not(), d > c.tau * constraint_at_last_check
             )
-            rho = ep.where(stalled, c.gamma * rho, rho)
+            rho = ep.where(stalled, (c.gamma * rho).minimum(c.rho_max), rho)
             constraint_at_last_check = d
 
         stopped = s.stopped

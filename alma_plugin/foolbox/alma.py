@@ -255,7 +255,7 @@ class L2ALMA(ALMAAttack):
         params : An :class:`~alma_plugin.ALMAParams`, whose fields the keywords below replace.
         **hyperparameters : Every field of :class:`~alma_plugin.ALMAParams` (``alpha``,
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
-            ``rho_init``, ``mu_min``, ``mu_max``, ``gamma``, ``tau``, ``check_steps``,
+            ``rho_init``, ``mu_min``, ``mu_max``, ``rho_max``, ``gamma``, ``tau``, ``check_steps``,
             ``rmsprop_decay``, ``momentum``, ``levels``, ``schedule``, ``restarts``,
             ``restart_distance``, ``restart_mode``, ``smooth_max``), with the paper's defaults
             as ``inspect.signature(L2ALMA)`` shows; None fields follow the paper's rules for

@@ -9,6 +9,7 @@ from __future__ import annotations
 import eagerpy as ep
 from foolbox.models import Model
 
+from .._entry import checked_lpips
 from ..core.keywords import takes_params
 from ..core.params import ALMA_STEPS, ALMAParams
 from ..distances import MS_SSIM_WEIGHTS, DistanceFunction, ms_ssim_min_size
@@ -156,12 +157,13 @@ class LPIPSALMA(ALMAAttack):
         super().__init__(steps=steps, seed=seed, cuda_graphs=cuda_graphs, params=params)
         self.lpips = lpips
         if lpips is not None:
-            if not callable(lpips):
-                raise TypeError(
-                    "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
-                    f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
-                )
+            # The solver's objective: one distance per sample, checked as alma()'s and
+            # torchattacks' ALMA check it (not an IndexError from deep in the solver).
+            self._descent = checked_lpips(lpips, "lpips")
             self.distance_function = lpips
+
+    def descent_function(self) -> DistanceFunction:
+        return super().descent_function() if self.lpips is None else self._descent
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, lpips={_stable_repr(self.lpips)})"

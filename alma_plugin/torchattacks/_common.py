@@ -13,6 +13,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 from torchattacks.attack import Attack
 
+from .._entry import check_distance_inputs
 from ..core.validation import as_labels, as_tensor, check_inputs
 from ..distances import DistanceSpec, get_distance, linf
 from ..functional import check_attack_distance
@@ -66,11 +67,8 @@ def prepare(
             )
         raise ValueError(f"{error}{hint}") from None
     checked = as_labels("labels", labels, ep.astensor(images), (len(images),)).raw
-    if spec.needs_color and (images.ndim != 4 or images.shape[1] != 3):
-        raise ValueError(
-            f"distance={spec.name!r} needs RGB images of shape (N, 3, H, W), got shape "
-            f"{tuple(images.shape)}"
-        )
+    if spec is not LINF:  # colour and size, before any model call (MinimalEnsemble's members)
+        check_distance_inputs(spec.name, ep.astensor(images))
     # Inverse normalisation may leave values a rounding error outside [0, 1].
     return images.clamp(0.0, 1.0), checked
 

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torchattacks.attack import Attack
 
+from .._entry import checked_lpips
 from ..core.tensors import valid_logit_rows
-from ..distances import DistanceSpec
+from ..distances import DistanceFunction, DistanceSpec
 from ._common import (
     StateRestoringAttack,
     modes_kept,
@@ -103,13 +104,22 @@ class MinimalEnsemble(StateRestoringAttack):
     Arguments:
         attacks (list): the member attacks, all on the same model.
         distance (str): D used to compare outputs: a registry name or "linf". (Default: "l2")
+        lpips (callable, optional): for ``distance="lpips"``, the LPIPS network that compares
+            the outputs, as ALMA's ``lpips=`` (an :class:`alma_plugin.distances.LPIPS`, or a
+            callable (x_adv, x) -> (N,)). None: the default weights, looked for before any
+            member runs. (Default: None)
 
     Examples::
         >>> ensemble = MinimalEnsemble([ALMA(model, steps=100), torchattacks.DeepFool(model)])
         >>> adv_images = ensemble(images, labels)
     """
 
-    def __init__(self, attacks: Sequence[Attack], distance: str = "l2") -> None:
+    def __init__(
+        self,
+        attacks: Sequence[Attack],
+        distance: str = "l2",
+        lpips: DistanceFunction | None = None,
+    ) -> None:
         if isinstance(attacks, Attack) or not isinstance(attacks, Sequence):
             raise TypeError(
                 f"attacks must be a non-empty list of torchattacks attacks, got {attacks!r}"
@@ -140,9 +150,12 @@ class MinimalEnsemble(StateRestoringAttack):
                     f"{_described(_normalization_of(member))}"
                 )
         spec = resolve_distance(distance)
+        if lpips is not None:
+            checked_lpips(lpips, spec.name)  # the distance and a callable, as ALMA's
         super().__init__("MinimalEnsemble", attacks[0].model)
         self.attacks = list(attacks)
         self.distance = spec.name
+        self.lpips = lpips
         self.device = attacks[0].device
         targetable = all("targeted" in member.supported_mode for member in attacks)
         self.supported_mode = ["default", "targeted"] if targetable else ["default"]
@@ -175,6 +188,7 @@ class MinimalEnsemble(StateRestoringAttack):
         images, labels = prepare(self, images, labels, spec)
         if len(images) == 0:
             return images
+        measure = self._measure(spec)  # before the members run: the LPIPS weights too
         targets = target_labels(self, images, labels) if self.targeted else None
         best = images.clone()
         best_distance = torch.full((len(images),), float("inf"), device=images.device)
@@ -185,11 +199,22 @@ class MinimalEnsemble(StateRestoringAttack):
                 with modes_kept(self.model):
                     outputs = member(images, labels)
                 outputs = self._checked_output(member, outputs, images)
-                success, distance = self._judge(outputs, images, labels, targets, spec)
+                success, distance = self._judge(outputs, images, labels, targets, measure)
                 better = success & (distance < best_distance)
                 best[better] = outputs[better]
                 best_distance = torch.where(better, distance, best_distance)
         return best
+
+    def _measure(self, spec: DistanceSpec) -> DistanceFunction:
+        """D for comparing the members' outputs: the distance's function, or ``lpips``."""
+        if spec.name != "lpips":
+            return spec.function
+        if self.lpips is None:
+            from ..distances._lpips import default_lpips
+
+            default_lpips()  # LPIPSWeightsNotFoundError now, not after every member ran
+            return spec.function
+        return checked_lpips(self.lpips, spec.name)
 
     @staticmethod
     def _checked_output(member: Attack, outputs: Any, images: torch.Tensor) -> torch.Tensor:
@@ -210,7 +235,7 @@ class MinimalEnsemble(StateRestoringAttack):
         images: torch.Tensor,
         labels: torch.Tensor,
         targets: torch.Tensor | None,
-        spec: DistanceSpec,
+        measure: DistanceFunction,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Success (re-evaluated on the model) and D(output, image) for each sample.
 
@@ -230,6 +255,6 @@ class MinimalEnsemble(StateRestoringAttack):
         predictions = logits.argmax(1)
         success = predictions == targets if targets is not None else predictions != labels
         # Distances in float32 whatever the images' dtype (float16 rounds small distances).
-        distance = spec.function(ep.astensor(outputs.float()), ep.astensor(images.float())).raw
+        distance = measure(ep.astensor(outputs.float()), ep.astensor(images.float())).raw
         distance = distance.to(images.device, torch.float32)
         return success & finite & torch.isfinite(distance), distance

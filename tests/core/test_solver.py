@@ -67,6 +67,26 @@ def test_rho_grows_geometrically_when_the_model_ignores_its_input() -> None:
     assert torch.equal(result.adversarials, x)
 
 
+@pytest.mark.parametrize("penalty", ["P2", "P1", "P3", "PHR"])
+def test_rho_growth_stops_at_rho_max_and_mu_stays_finite(penalty: str) -> None:
+    """ρ grows by γ every M steps while a sample stays unsolved; uncapped, P2's ρ² overflowed
+    float32 (ρ ≈ 1.8e19, ≈ 2400 steps at the defaults) and μ became NaN, freezing the
+    sample. γ = 10¹⁰ every step reaches that in 2 steps."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-4)  # too flat to be fooled in [0, 1]
+        model[1].bias.copy_(torch.tensor([3.0, 1.0, 0.0, -1.0, -2.0]))
+    x, _ = _batch(4)
+    y = torch.zeros(4, dtype=torch.long)
+    records: list[StepInfo] = []
+    alma(model, x, y, steps=20, gamma=1e10, check_steps=1, penalty=penalty,
+         callback=records.append)  # fmt: skip
+    rho = torch.stack([r.rho for r in records])
+    mu = torch.stack([r.mu for r in records])
+    assert rho.max() == torch.tensor(1e15) and torch.isfinite(mu).all()
+    assert (rho[1:] >= rho[:-1]).all()  # capped, never lowered
+
+
 def test_mu_stays_in_safeguard_interval() -> None:
     model = _linear_model()
     x, y = _batch(16)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from alma_plugin import alma, alma_prox, lagrangian
+from alma_plugin import ALMAParams, ProxParams, alma, alma_prox, budget_alpha, lagrangian
 
 
 @pytest.fixture
@@ -237,6 +237,41 @@ def test_lpips_inputs_and_outputs_are_checked_before_any_model_call() -> None:
              lpips=scalar_lpips, steps=2)  # fmt: skip
 
 
+def _scalar_lpips(x_adv, x):  # one number for the batch, not one per sample
+    return (x_adv - x).abs().sum()
+
+
+def _lpips_alma(model, x, y):
+    return alma(model, x, y, distance="lpips", lpips=_scalar_lpips, steps=2)
+
+
+def _lpips_torchattacks(model, x, y):
+    from alma_plugin.torchattacks import ALMA
+
+    return ALMA(model, "lpips", steps=2, lpips=_scalar_lpips)(x, y)
+
+
+def _lpips_foolbox(model, x, y):
+    import foolbox as fb
+
+    from alma_plugin.foolbox import LPIPSALMA
+
+    return LPIPSALMA(steps=2, lpips=_scalar_lpips)(fb.PyTorchModel(model, (0, 1)), x, y,
+                                                  epsilons=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", [_lpips_alma, _lpips_torchattacks, _lpips_foolbox])
+def test_a_custom_lpips_is_checked_by_every_entry_point(attack) -> None:
+    """Before: Foolbox's LPIPSALMA stored the callable as given, and a scalar answer failed
+    with an IndexError from deep in the solver."""
+    pytest.importorskip("foolbox")
+    pytest.importorskip("torchattacks")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"lpips must return one distance per sample, shape"):
+        attack(model, x, torch.tensor([0, 1]))
+
+
 def test_an_empty_float16_batch_has_the_dtypes_of_a_non_empty_one(model: nn.Module) -> None:
     half = model.half()
     empty = alma(half, X[:0].half(), Y[:0], steps=2)
@@ -432,6 +467,37 @@ def test_yes_no_arguments_take_numpy_bools(model: nn.Module) -> None:
     alma_prox(model, X, Y, steps=1, mask_decay=np.False_)
     with pytest.raises(TypeError, match="mask_decay must be a bool, got 1"):
         ProxParams(mask_decay=1)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        # before: accepted, and ρ's first growth, (γρ).minimum(ρ_max), lowered it to ρ_max
+        (lambda: ProxParams(rho_init=1e16), ValueError, r"rho_init must lie in \(0, 1e\+15\]"),
+        (lambda: ALMAParams(rho_init=2.0, rho_max=1.0), ValueError, r"rho_init must lie in"),
+        (
+            lambda: ProxParams(rho_max=0.5).for_task("classification"),
+            ValueError,
+            r"rho_max must be >= rho_init, which is 1.0 for classification",
+        ),
+        # before: a bare KeyError: 'classifcation'
+        (lambda: ProxParams().for_task("classifcation"), ValueError, "task must be one of"),
+        # before: nan for NaN, 0.5 for 0, −5 and True, a bare TypeError for "100"
+        (lambda: budget_alpha(float("nan")), TypeError, "steps must be an integer"),
+        (lambda: budget_alpha(0), ValueError, "steps must be >= 1, got 0"),
+        (lambda: budget_alpha(True), TypeError, "steps must be an integer"),
+        (lambda: budget_alpha("100"), TypeError, "steps must be an integer"),
+        (lambda: ProxParams(constraint_masking=None), TypeError, "must be a bool, got None"),
+    ],
+)
+def test_params_refuse_inconsistent_values(make, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_rho_max_below_the_task_default_is_fine_with_an_explicit_rho_init() -> None:
+    assert ProxParams(rho_max=0.5).for_task("segmentation").rho_init == 0.01
+    assert ProxParams(rho_max=0.5, rho_init=0.5).for_task("classification").rho_init == 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

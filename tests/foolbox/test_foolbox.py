@@ -481,7 +481,8 @@ def test_repr_is_stable_across_processes_and_runs(fmodel: fb.PyTorchModel, few: 
     assert here[1] == (
         "L2ALMA(steps=10, seed=0, params=ALMAParams(alpha=None, init_lr_distance=None, "
         "init_lr=None, lr_reduction=0.01, penalty='P2', mu_init=1.0, rho_init=1.0, "
-        "mu_min=1e-06, mu_max=1000000000000.0, gamma=1.5, tau=0.95, check_steps=10, "
+        "mu_min=1e-06, mu_max=1000000000000.0, rho_max=1000000000000000.0, gamma=1.5, "
+        "tau=0.95, check_steps=10, "
         "rmsprop_decay=None, momentum=None, levels=256, schedule='paper', restarts=1, "
         "restart_distance=None, restart_mode='random', smooth_max=None))"
     )

@@ -141,7 +141,7 @@ def test_registry_distances(
     adv = attack(x, y)
     changed = (adv != x).flatten(1).any(1)
     assert changed.any() and (predict(cnn, adv)[changed] != y[changed]).all()
-    with pytest.raises(ValueError, match="needs RGB images"):
+    with pytest.raises(ValueError, match="needs RGB inputs"):
         ALMA(cnn, distance="ciede2000", steps=5)(x, y)
 
 

@@ -290,3 +290,51 @@ def test_a_nan_input_is_named_without_the_bounds_hint() -> None:
     with pytest.raises(ValueError, match=r"NaN or Inf values, in 1 of 2 samples") as error:
         ALMA(linear_classifier(), "l2", 5)(x, torch.tensor([0, 1]))
     assert "set_normalization_used" not in str(error.value)
+
+
+class _CountingLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, 10)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x.flatten(1))
+
+
+def _l1_as_lpips(x_adv: Any, x: Any) -> Any:  # a custom "LPIPS": one distance per sample
+    return (x_adv - x).flatten(1).abs().mean(1)
+
+
+def test_minimal_ensemble_checks_what_its_distance_needs_before_any_member_runs() -> None:
+    """Before: MS-SSIM on 32-px images and LPIPS without weights failed only after every
+    member had run (6 model calls), and the ensemble had no ``lpips=`` to pass weights."""
+    from alma_plugin.distances import LPIPSWeightsNotFoundError
+    from alma_plugin.distances._lpips import default_lpips
+    from alma_plugin.torchattacks import ALMA, MinimalEnsemble
+
+    torch.manual_seed(0)
+    net = _CountingLinear().eval()
+    x = torch.rand(2, 3, 32, 32)
+    y = net(x).argmax(1)
+    with pytest.raises(ValueError, match=r"distance='msssim' needs inputs .* H, W >= 176"):
+        MinimalEnsemble([ALMA(net, "l2", steps=5)], distance="msssim")(x, y)
+    with pytest.raises(ValueError, match="lpips= is only used with distance='lpips'"):
+        MinimalEnsemble([ALMA(net, "l2", steps=5)], lpips=_l1_as_lpips)
+    try:
+        default_lpips()
+    except LPIPSWeightsNotFoundError:  # this machine has no weights: the error comes first
+        net.calls = 0
+        member = ALMA(net, "lpips", steps=5, lpips=_l1_as_lpips)
+        with pytest.raises(LPIPSWeightsNotFoundError):
+            MinimalEnsemble([member], distance="lpips")(x, y)
+    assert net.calls <= 1  # at most torchattacks' own look at the model, no member's run
+
+    net.calls = 0
+    member = ALMA(net, "lpips", steps=20, lpips=_l1_as_lpips)
+    ensemble = MinimalEnsemble([member], distance="lpips", lpips=_l1_as_lpips)
+    outputs = ensemble(x, y)
+    torch.testing.assert_close(outputs, member(x, y))  # one member: its output, deterministic
+    with torch.no_grad():
+        assert (net(outputs).argmax(1) != y).all()
