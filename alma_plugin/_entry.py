@@ -61,24 +61,25 @@ def check_distance_inputs(name: str, x: ep.Tensor) -> None:
             )
 
 
-def label_maps(labels: Any, x: ep.Tensor) -> ep.Tensor:
-    """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs."""
-    shape = container_shape("labels", labels)  # label maps may come as nested lists
+def label_maps(labels: Any, x: ep.Tensor, name: str = "labels") -> ep.Tensor:
+    """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs; ``name`` is what
+    errors call them ("targets" for a targeted attack, as ALMA's)."""
+    shape = container_shape(name, labels)  # label maps may come as nested lists
     if len(shape) <= 1:
-        return as_labels("labels", labels, x, (len(x),))
+        return as_labels(name, labels, x, (len(x),))
     expected = (len(x), *x.shape[2:])
     if x.ndim != 4:  # (N, *S) maps for (N, C, *S) volumes or signals: the core would take them
         raise ValueError(
-            f"labels must have shape (N,) or (N, H, W); (N, H, W) label maps need (N, C, H, W) "
+            f"{name} must have shape (N,) or (N, H, W); (N, H, W) label maps need (N, C, H, W) "
             f"inputs, got labels of shape {shape} for {x.ndim}-D inputs of shape "
             f"{tuple(x.shape)} (label maps of volumes or 1-D signals are not supported)"
         )
     if shape != expected:
         raise ValueError(
-            f"labels must have shape (N,) or (N, H, W) = {expected} for inputs of shape "
+            f"{name} must have shape (N,) or (N, H, W) = {expected} for inputs of shape "
             f"{tuple(x.shape)}, got shape {shape}"
         )
-    return as_labels("labels", labels, x, expected)
+    return as_labels(name, labels, x, expected)
 
 
 def checked_masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:

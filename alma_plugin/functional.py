@@ -303,7 +303,7 @@ def alma_prox(
     targeted = check_flag("targeted", targeted)
     x, restore = entry(model, inputs, bounds, is_adversarial, callback)
     graphs = check_cuda_graphs(cuda_graphs, x)
-    y = label_maps(labels, x)
+    y = label_maps(labels, x, "targets" if targeted else "labels")
     dense = y.ndim > 1
     if masks is not None and not dense:
         raise ValueError(f"masks select pixels of (N, H, W) label maps (segmentation); with "

@@ -137,7 +137,22 @@ def test_padding_with_another_distance_is_refused(distance: str) -> None:
         L2ALMA(steps=2, padding="valid")  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize("padding", ["same", "reflect", "VALID", 0])
+def test_padding_is_case_folded_as_every_option_name(
+    gray: tuple[nn.Module, torch.Tensor, torch.Tensor],
+) -> None:
+    """As distance="L2", penalty="p2" or schedule="Paper": "VALID" is "valid" everywhere
+    (before, the three entry points refused it, unlike every other option name)."""
+    model, x, y = gray
+    exact = alma(model, x, y, distance="ssim", steps=3, padding="valid").adversarials
+    assert torch.equal(alma(model, x, y, distance="ssim", steps=3, padding="VALID").adversarials,
+                       exact)  # fmt: skip
+    assert ALMA(model, "ssim", 3, padding="Valid").padding == "valid"
+    assert SSIMALMA(steps=3, padding="VALID").padding == "valid"
+    torch.testing.assert_close(ssim(x.flip(0), x, padding="Symmetric"),
+                               ssim(x.flip(0), x, padding="symmetric"), rtol=0, atol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("padding", ["same", "reflect", "valid windows", 0])
 @pytest.mark.parametrize("distance", ["ssim", "msssim"])
 def test_bad_padding_is_refused(distance: str, padding: object) -> None:
     model, x, y = _case((1, 12, 12), n=2)

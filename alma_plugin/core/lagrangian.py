@@ -38,7 +38,7 @@ import eagerpy as ep
 import numpy as np
 
 from .autodiff import check_differentiable, value_aux_and_grad
-from .model_checks import call_model, check_logits
+from .model_checks import call_model, check_logits, warn_if_probabilities
 from .params import NON_NEGATIVE, POSITIVE, check_fields
 from .tensors import class_indices, expand, model_space
 from .validation import Bounds, as_tensor, check_params_fit, working_dtype
@@ -183,14 +183,16 @@ def lagrangian_solve(
         if logits.dtype != dtype:
             logits = logits.astype(dtype)
         loss = margin_loss(logits, labels, targeted, p.kappa)  # ℓ(f(x + δ), y)
-        return loss.sum(), loss
+        return loss.sum(), logits
 
     for step in range(steps):
         # 2. λ′ ← λ·c^(1−i/N), α′ ← α·c^(i/N).
         multiplier, step_size = p.schedule(step, steps)
         # 3. g ← ∇(ℓ − λ′‖δ‖₂): one forward and one backward for ℓ; ‖δ‖₂'s gradient is δ/‖δ‖₂
         #    (0 at δ = 0). A NaN region of the model gives no step rather than a NaN iterate.
-        _, _, grad = value_aux_and_grad(loss_fn, x_adv)
+        _, logits, grad = value_aux_and_grad(loss_fn, x_adv)
+        if step == 0:  # κ is in logits: on probabilities the margin saturates
+            warn_if_probabilities(logits, "the margin loss ℓ and its confidence κ")
         grad = ep.where(grad.isnan(), 0, grad)
         delta = x_adv - x
         norms = _per_sample_norm(delta)

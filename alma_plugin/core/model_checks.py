@@ -66,13 +66,14 @@ class ProbabilityOutputWarning(UserWarning):
     """The attacked model returns probabilities, not logits (see :func:`warn_if_probabilities`)."""
 
 
-def warn_if_probabilities(logits: ep.Tensor) -> None:
+def warn_if_probabilities(logits: ep.Tensor, defined: str = "ALMA's constraint DLR⁺") -> None:
     """Warn when the model's first outputs look like probabilities: every value in [0, 1] and
     every sample's (every pixel's) classes, on axis 1, summing to 1. DLR⁺ (eq. 4) is a ratio of
     logit differences; on a softmax output the differences saturate with the probabilities, and
     the attack follows a gradient that vanishes near the boundary: ALMA-ℓ2 on an MNIST SmallCNN
     with a final softmax found perturbations 4.5 times larger than on its logits (ℓ1: 10
-    times), with no other sign of trouble. One host read per call (step 0)."""
+    times), with no other sign of trouble. ``defined``: what is defined on logits (the
+    Lagrangian attack's margin loss, whose κ is in logits). One host read per call (step 0)."""
     values = logits.float32() if "float16" in str(logits.dtype) else logits
     if values.shape[0] == 0 or values.shape[1] < 2:
         return
@@ -82,7 +83,7 @@ def warn_if_probabilities(logits: ep.Tensor) -> None:
         return
     warnings.warn(
         "model outputs look like probabilities (every value in [0, 1], every row summing to "
-        "1): ALMA's constraint DLR⁺ is defined on logits, and on probabilities it saturates, so "
+        f"1): {defined} is defined on logits, and on probabilities it saturates, so "
         "the perturbations found can be several times larger than the minimal ones. Attack "
         "the model without its final softmax (logits or log-probabilities).",
         ProbabilityOutputWarning,

@@ -56,9 +56,11 @@ def make_constraints(
     y = ep.where(mask, y, 0)  # labels of unmasked pixels (e.g. 255) are ignored
     y = y.astype(ep.arange(y, 1).dtype)  # the framework's index dtype, for the gather
     dense = masks is not None or labels.ndim > 1
-    if int(y.min().item()) < 0:
+    low = int(y.min().item())
+    if low < 0:  # ≥ K is checked once the model has answered (constraint_logits)
         where = " on masked pixels" if dense else ""
-        raise ValueError(f"{name} must be >= 0{where}, got {int(y.min().item())}")
+        raise ValueError(f"{name} must lie in [0, K){where}, K the model's class count, got "
+                         f"values in [{low}, {int(y.max().item())}]")  # fmt: skip
     # success (APSR ≥ ν, eq. 5.19) ⇔ #satisfied ≥ the least count k with k / ‖m‖₁ ≥ ν,
     # decided on integers; ν > 0, so at least one constraint, however small ν·‖m‖₁ is
     needed = ep.from_numpy(like, least_count(nu, counts).astype(np.float32))

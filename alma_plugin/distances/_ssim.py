@@ -112,13 +112,14 @@ _LOG_CLAMP = math.log(_CLAMP)
 
 
 def check_padding(padding: str) -> str:
-    """``padding`` if it is one of :data:`PADDINGS`, else an error naming it (TypeError for a
+    """``padding`` folded to lower case if it is one of :data:`PADDINGS` (as every option name
+    of the package: distances, penalties, schedules), else an error naming it (TypeError for a
     non-string)."""
     if not isinstance(padding, str):
         raise TypeError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
-    if padding not in PADDINGS:
+    if padding.lower() not in PADDINGS:
         raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
-    return padding
+    return padding.lower()
 
 
 #: The distances whose attacks take a ``padding`` (the windows whose gradient they descend).
@@ -132,7 +133,7 @@ def check_padding_for(distance: str, padding: str | None) -> str | None:
     ``padding``, its value and the distance."""
     if padding is None:
         return None
-    check_padding(padding)
+    padding = check_padding(padding)
     if distance not in PADDED_DISTANCES:
         raise ValueError(
             f"padding= is only used with distance='ssim' or 'msssim', got padding={padding!r} "
@@ -202,7 +203,7 @@ def _ssim_gap(
     x_adv: ep.Tensor, x: ep.Tensor, data_range: float = 1.0, padding: str = "valid"
 ) -> ep.Tensor:
     """1 − SSIM(x̃, x) per sample, shape (N,), without cancellation: ≥ 0, 0 where x̃ = x."""
-    check_padding(padding)
+    padding = check_padding(padding)
     _check_images(x_adv, x, WINDOW)
     one_minus_l, one_minus_cs = _ssim_gaps(x_adv, x_adv - x, data_range, padding)
     # 1 − l·cs = (1 − l) + l·(1 − cs)
@@ -235,7 +236,7 @@ def ssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     ``padding="valid"`` (default) is scikit-image's SSIM; ``"symmetric"`` averages over one
     window per pixel with a symmetric extension at the border (full coverage).
     """
-    check_padding(padding)
+    padding = check_padding(padding)
     return cast(
         T, apply_distance(functools.partial(_ssim_distance, padding=padding), x_adv, x, "ssim")
     )
@@ -297,7 +298,7 @@ def _ms_ssim_gap(
 ) -> ep.Tensor:
     """1 − MS-SSIM(x̃, x) per sample, shape (N,), without cancellation (arguments as for
     :func:`ms_ssim_index`): ≥ 0, 0 where x̃ = x."""
-    check_padding(padding)
+    padding = check_padding(padding)
     if len(weights) < 1:
         raise ValueError("weights must hold at least one exponent")
     min_size = ms_ssim_min_size(len(weights))
@@ -339,7 +340,7 @@ def msssim(x_adv: T, x: T, *, padding: str = "valid") -> T:
     Images of shape (N, C, H, W) with min(H, W) ≥ ``ms_ssim_min_size()`` = 176.
     ``padding`` as for :func:`ssim`, at every scale.
     """
-    check_padding(padding)
+    padding = check_padding(padding)
     return cast(
         T, apply_distance(functools.partial(_msssim_distance, padding=padding), x_adv, x, "msssim")
     )
@@ -381,7 +382,7 @@ def descent_objective(name: str, padding: str = "symmetric") -> DistanceFunction
     """The function an attack minimising ``name`` ("ssim" or "msssim") descends: with
     ``padding="symmetric"`` (default) :func:`ssim_objective` / :func:`msssim_objective`, with
     ``"valid"`` the exact distance itself (scikit-image's windows, border included)."""
-    check_padding(padding)
+    padding = check_padding(padding)
     functions = {"ssim": (ssim, ssim_objective), "msssim": (msssim, msssim_objective)}
     if name not in functions:
         raise ValueError(f"name must be 'ssim' or 'msssim', got {name!r}")

@@ -42,12 +42,12 @@ _PADDING = """
         :attr:`distance` — what the result is measured, clipped to ``epsilons`` and judged
         with — is always the exact, scikit-image-compatible SSIM (valid windows). Valid windows
         give the outer 5 pixels almost no weight, so descending their gradient puts the
-        perturbation into the image border and corners. With ``padding="symmetric"`` (default)
-        the attack descends the gradient of the full-coverage SSIM (one window per pixel,
-        symmetric extension: every pixel weighs the same) while every value it compares (best
-        iterate, ε of the first step, ``early_stop``) is the exact one;
-        ``padding="valid"`` descends the exact SSIM itself (the behaviour of scikit-image's
-        windows, border artefact included). See :mod:`alma_plugin.distances._ssim`.
+        perturbation into the image border and corners. With ``padding="symmetric"``
+        (default, also meant by None) the attack descends the gradient of the full-coverage
+        SSIM (one window per pixel, symmetric extension: every pixel weighs the same) while
+        every value it compares (best iterate, ε of the first step, ``early_stop``) is the
+        exact one; ``padding="valid"`` descends the exact SSIM itself (the behaviour of
+        scikit-image's windows, border artefact included). See :mod:`alma_plugin.distances._ssim`.
 """
 
 
@@ -60,12 +60,12 @@ class _SSIMFamily(ALMAAttack):
         *,
         steps: int = ALMA_STEPS,
         seed: int = 0,
-        padding: str | None = "symmetric",
+        padding: str | None = None,
         cuda_graphs: bool = False,
         params: ALMAParams | None = None,
     ) -> None:
         super().__init__(steps=steps, seed=seed, cuda_graphs=cuda_graphs, params=params)
-        # None means the default, as in alma() and torchattacks' ALMA
+        # None (the signature's default, as alma()'s and torchattacks' ALMA's): "symmetric"
         self.padding = "symmetric" if padding is None else check_padding(padding)
 
     def __repr__(self) -> str:

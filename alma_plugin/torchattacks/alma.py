@@ -10,7 +10,7 @@ import torch
 
 from .._entry import checked_lpips
 from ..core.keywords import takes_params
-from ..core.params import ALMAParams
+from ..core.params import ALMA_STEPS, PROX_STEPS, ALMAParams
 from ..core.prox_params import ProxParams, prox_params_for_linf
 from ..core.restarts import check_restarts
 from ..core.validation import check_early_stop, check_flag, check_positive_int
@@ -134,8 +134,9 @@ class ALMA(StateRestoringAttack):
             raise TypeError(
                 f"params must be an ALMAParams for distance={self.distance!r}, got {params!r}"
             )
-        if self.steps is not None and params is not None:
-            check_restarts(self.steps, params.restarts)
+        if params is not None:  # steps=None: alma()'s budget for the distance
+            budget = self.steps or (PROX_STEPS if self.distance == "linf" else ALMA_STEPS)
+            check_restarts(budget, params.restarts)
         if lpips is not None:
             checked_lpips(lpips, self.distance)  # the distance and a callable, as alma()'s
         self.supported_mode = ["default", "targeted"]

@@ -159,20 +159,27 @@ def _softmax_linear(framework: str, log: bool) -> tuple[Any, Any, Any]:
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])
-@pytest.mark.parametrize("distance", ["l2", "linf"])
-def test_probability_outputs_are_warned_about(framework: str, distance: str) -> None:
+@pytest.mark.parametrize("entry", ["l2", "linf", "lagrangian"])
+def test_probability_outputs_are_warned_about(framework: str, entry: str) -> None:
     """A model that ends in a softmax gets a ProbabilityOutputWarning (ALMA-ℓ2 on an MNIST
     SmallCNN with a final softmax found perturbations 4.5 times larger than on its logits, with
-    no other sign); its log-softmax, which ALMA handles as logits, gets none."""
-    from alma_plugin import ProbabilityOutputWarning
+    no other sign; the Lagrangian attack's κ is in logits); its log-softmax, which the attacks
+    handle as logits, gets none. (Before, lagrangian() did not warn.)"""
+    from alma_plugin import ProbabilityOutputWarning, lagrangian
+
+    def attack(model: Any, x: Any, labels: Any) -> None:
+        if entry == "lagrangian":
+            lagrangian(model, x, labels, steps=3)
+        else:
+            alma(model, x, labels, distance=entry, steps=3)
 
     model, x, labels = _softmax_linear(framework, log=False)
     with pytest.warns(ProbabilityOutputWarning, match="look like probabilities"):
-        alma(model, x, labels, distance=distance, steps=3)
+        attack(model, x, labels)
     model, x, labels = _softmax_linear(framework, log=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ProbabilityOutputWarning)
-        alma(model, x, labels, distance=distance, steps=3)
+        attack(model, x, labels)
 
 
 def test_error_messages_name_the_types_users_know() -> None:

@@ -330,7 +330,11 @@ def test_classification_bad_inputs(bars_cnn):
         (dict(labels=y[:1]), ValueError, "labels must have shape"),
         (dict(labels=y[:, None]), ValueError, r"labels must have shape \(N,\)"),
         (dict(labels=torch.tensor([0, 4])), ValueError, r"labels must lie in \[0, 4\)"),
-        (dict(labels=torch.tensor([0, -1])), ValueError, "labels must be >= 0"),
+        (
+            dict(labels=torch.tensor([0, -1])),
+            ValueError,
+            r"labels must lie in \[0, K\), K the .* \[-1, 0\]",
+        ),
         (dict(steps=0), ValueError, "steps must be >= 1, got 0"),
         (dict(steps=2.5), TypeError, "steps must be an integer"),
         (dict(bounds=(1, 0)), ValueError, "bounds"),

@@ -52,6 +52,21 @@ def test_more_runs_than_steps_is_a_clear_error() -> None:
         split_budget(3, 4)
 
 
+def test_every_class_checks_restarts_against_its_default_budget_at_construction() -> None:
+    """Before: torchattacks' ALMA with steps=None accepted restarts=2000 at construction and
+    refused it only at the call, while its docs (and the Foolbox classes) check values there."""
+    pytest.importorskip("torchattacks")
+    from alma_plugin.core.params import PROX_STEPS
+    from alma_plugin.torchattacks import ALMA as TorchattacksALMA
+
+    model = _model()
+    with pytest.raises(ValueError, match=r"restarts=1001 with steps=1000"):
+        TorchattacksALMA(model, restarts=1001)
+    with pytest.raises(ValueError, match=rf"restarts={PROX_STEPS + 1} with steps={PROX_STEPS}"):
+        TorchattacksALMA(model, "linf", params=ProxParams(restarts=PROX_STEPS + 1))
+    TorchattacksALMA(model, restarts=1000)  # one step per run: allowed
+
+
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
 @pytest.mark.parametrize(("steps", "restarts"), [(10, 2), (11, 3), (5, 5)])
 def test_exactly_one_forward_and_backward_per_step(

@@ -55,7 +55,7 @@ Y = torch.tensor([0, 1, 2])
             torch.tensor([0, -1, 2]),
             {"targeted": True, "distance": "linf"},
             ValueError,
-            r"targets must be >= 0, got -1",
+            r"targets must lie in \[0, K\), K the model.s class count, got values in \[-1, 2\]",
         ),
         (X, Y, {"steps": 0}, ValueError, "steps must be >= 1, got 0"),
         (X, Y, {"steps": 2.5}, TypeError, "steps must be an integer, got 2.5"),
