@@ -29,6 +29,10 @@ _PEER_KEYWORDS = {
     "random_start": "restarts",
     "n_restarts": "restarts",
 }
+#: Where a peer keyword is also ours with another meaning (ALMA's α), the hint says whose.
+_PEER_MEANINGS = {
+    "alpha": "PGD's name for the step size; alma()'s alpha is the multiplier's EMA coefficient"
+}
 _NO_BUDGET = "a minimal attack has no ε budget: early_stop=ε stops once every sample is below it"
 
 
@@ -40,7 +44,8 @@ def _hint(keyword: str, accepted: list[str], no_budget: str = _NO_BUDGET) -> str
         return f" ({no_budget})"
     ours = _PEER_KEYWORDS.get(keyword)
     if ours in accepted:
-        return f" (did you mean {ours!r}? {keyword!r} is other attacks' name for it)"
+        whose = _PEER_MEANINGS.get(keyword, "other attacks' name for it")
+        return f" (did you mean {ours!r}? {keyword!r} is {whose})"
     close = difflib.get_close_matches(keyword, accepted, n=1, cutoff=0.8)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

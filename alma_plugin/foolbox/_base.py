@@ -15,7 +15,7 @@ from foolbox.models import Model
 
 from ..core.autodiff import autograd_allowed
 from ..core.precision import warn_if_reduced_precision
-from ..core.validation import Bounds, check_early_stop
+from ..core.validation import Bounds, check_early_stop, check_positive_int
 from ._common import (
     check_epsilons,
     check_model_and_inputs,
@@ -66,7 +66,7 @@ class MinimalAttack(MinimizationAttack):
         """Foolbox's ``Repeated``, comparing with the distance of the attacked model
         (:meth:`for_model`), with the checks and empty-batch results of ``__call__``. The
         attacks are deterministic given ``seed``: every repetition returns the same result."""
-        return _Repeated(self, times)
+        return _Repeated(self, check_positive_int("times", times))
 
     @autograd_allowed  # called under torch.inference_mode(): as under torch.no_grad()
     def run(

@@ -54,7 +54,10 @@ class NormalisedDistance(Distance):
         function: DistanceFunction | None = None,
         data_format: str = CHANNELS_FIRST,
     ) -> None:
-        self.spec = get_distance(name)
+        try:
+            self.spec = get_distance(name)
+        except (TypeError, ValueError) as error:  # named as the argument here is
+            raise type(error)(str(error).replace("distance must", "name must", 1)) from None
         self.bounds = check_bounds(bounds)
         if function is not None and not callable(function):
             raise TypeError(f"function must be callable (x_adv, x) -> (N,), got {function!r}")
@@ -170,6 +173,11 @@ class WithinSegment(Distance):
     """
 
     def __init__(self, lp: Distance) -> None:
+        if not isinstance(lp, Distance):  # else a late "'str' object is not callable"
+            raise TypeError(
+                "lp must be a Foolbox distance (fb.distances.l1, l2 or linf), got "
+                f"{lp!r} ({type(lp).__name__})"
+            )
         self.lp = lp
 
     def __repr__(self) -> str:

@@ -109,5 +109,6 @@ def test_unknown_keywords_get_a_useful_hint_or_none(call: Any, hint: str) -> Non
 def test_the_lagrangian_attacks_alpha_is_init_lr() -> None:
     from alma_plugin import lagrangian
 
-    with pytest.raises(TypeError, match=r"'alpha'.*did you mean 'init_lr'\?"):
+    hint = r"'alpha'.*did you mean 'init_lr'\? 'alpha' is PGD's name for the step size"
+    with pytest.raises(TypeError, match=hint):
         lagrangian(NET, X, Y, alpha=0.1)  # was 'kappa'

@@ -709,3 +709,24 @@ def test_an_epsilon_beyond_float16_is_no_clip_at_all() -> None:
     x_adv = (x + 0.25).clamp(0, 1)
     for lp in (fb.distances.l2, fb.distances.linf):
         assert torch.equal(WithinSegment(lp).clip_perturbation(x, x_adv, 1e9), x_adv)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        # before: accepted; WithinSegment("l2") failed at use with "'str' object is not callable"
+        (lambda: WithinSegment("l2"), TypeError, r"lp must be a Foolbox distance .*got 'l2'"),
+        (lambda: WithinSegment(None), TypeError, "lp must be a Foolbox distance"),
+        # before: repeat(True) accepted, repeat(1.5) failed at the call, repeat("2") with a
+        # bare comparison TypeError
+        (lambda: L2ALMA(steps=2).repeat(1.5), TypeError, "times must be an integer, got 1.5"),
+        (lambda: L2ALMA(steps=2).repeat(True), TypeError, "times must be an integer"),
+        (lambda: L2ALMA(steps=2).repeat("2"), TypeError, "times must be an integer"),
+        (lambda: L2ALMA(steps=2).repeat(0), ValueError, "times must be >= 1, got 0"),
+        # before: "distance must be one of ...", naming another argument than the one given
+        (lambda: NormalisedDistance(name="foo"), ValueError, r"^name must be one of .*'foo'"),
+    ],
+)
+def test_foolbox_helpers_refuse_bad_arguments_when_made(make, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        make()
