@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="budgets for every selected attack (default: ALMA 100 and 1000, "
                         "peers 100); without --attacks, the attacks of the default run at these "
                         "budgets")  # fmt: skip
-    # --distances: the spelling of the reeval, step0 and throughput subcommands.
+    # --distances: the spelling of the subcommands that take a list (reeval, step0, throughput).
     parser.add_argument("--distance", "--distances", dest="distance", nargs="+", choices=NORMS,
                         default=list(NORMS), help="norms to evaluate (default: all)")  # fmt: skip
     parser.add_argument("--samples", type=integer_option("samples"), default=DEFAULT_SAMPLES,

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--models", nargs="+", default=["mnist_regular", "mnist_adversarial"],
                         choices=MODEL_NAMES)  # fmt: skip
-    parser.add_argument("--distances", nargs="+", default=["l2", "l1", "linf"],
+    parser.add_argument("--distances", "--distance", nargs="+", default=["l2", "l1", "linf"],
                         choices=["l1", "l2", "linf"])  # fmt: skip
     parser.add_argument("--samples", type=integer_option("samples", 1), default=500)
     parser.add_argument("--batch-size", type=integer_option("batch-size", 1), default=500)

@@ -109,7 +109,7 @@ def measure(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = BenchParser(prog="alma-bench step0", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
+    parser.add_argument("--distances", "--distance", nargs="+", default=list(DEFAULT_DISTANCES),
                         choices=list(DISTANCES))  # fmt: skip
     # --batch-size as in the main command, noise, reeval and sweep; --batch kept
     parser.add_argument("--batch-size", "--batch", dest="batch",

@@ -281,7 +281,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = BenchParser(prog="alma-bench throughput", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument("--distances", nargs="+", default=list(DEFAULT_DISTANCES),
+    parser.add_argument("--distances", "--distance", nargs="+", default=list(DEFAULT_DISTANCES),
                         choices=[*DISTANCES, "linf"])  # fmt: skip
     parser.add_argument(
         "--batch-sizes", nargs="+", type=integer_option("batch-sizes", 1), default=[32, 128]

@@ -285,12 +285,27 @@ def test_the_largest_seed_is_accepted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("spelling", ["--distance", "--distances"])
 def test_distance_and_distances_are_one_option(spelling: str, tmp_path: Path) -> None:
-    """The main command and ``sweep`` take both spellings (``reeval``, ``step0`` and
-    ``throughput`` spell it ``--distances``); docs/bench.md documents the alias."""
+    """The main command and ``sweep`` take both spellings; docs/bench.md documents the
+    alias."""
     config, _ = cli.parse_args(["--attacks", "alma-l2", "alma_prox-linf", spelling, "linf",
                                 "--output", str(tmp_path / "out")])  # fmt: skip
     assert config.distances == ("linf",)
     assert sweep._parser().parse_args([spelling, "l1", "linf"]).distance == ["l1", "linf"]
+
+
+@pytest.mark.parametrize("module", ["reeval", "step0", "throughput"])
+def test_every_list_of_distances_takes_both_spellings(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``reeval``, ``step0`` and ``throughput`` refused ``--distance``."""
+    import importlib
+
+    main = importlib.import_module(f"alma_plugin.bench.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--distances" in text and "--distance {" in text
 
 
 # --- 6. two models, one file name -------------------------------------------------------------
