@@ -43,3 +43,20 @@ def test_example_runs(
         exec(code, {"__name__": "__example__"})
     finally:
         torch.backends.cudnn.deterministic = deterministic
+
+
+#: Modules whose docstrings hold ``>>>`` examples that run as written. The torchattacks classes'
+#: "Examples::" follow torchattacks' own docstrings (``model``, ``images`` and ``labels`` from
+#: the reader's code), so they are not doctests.
+DOCTESTED = ("alma_plugin.functional", "alma_plugin.training", "alma_plugin.zoo",
+             "alma_plugin.foolbox")  # fmt: skip
+
+
+@pytest.mark.parametrize("module", DOCTESTED)
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    results = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS,
+                              report=True)  # fmt: skip
+    assert results.attempted > 0 and results.failed == 0, results
