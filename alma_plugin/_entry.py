@@ -45,6 +45,33 @@ def entry(
     return x, lambda tensor: tensor.raw
 
 
+def measured_from_callers_inputs(
+    distances: ep.Tensor,
+    adversarials: ep.Tensor,
+    inputs: Any,
+    x: ep.Tensor,
+    bounds: tuple[float, float],
+    measure: DistanceFunction,
+) -> ep.Tensor:
+    """``distances`` (+inf kept) measured from the caller's ``inputs`` rather than from ``x``,
+    where :func:`check_inputs` clipped them onto the bounds: 16-bit inputs at a bound that
+    their dtype cannot represent (a white pixel of normalised MNIST is 2.828125 in bfloat16,
+    above 2.8215; ``x`` holds 2.8125, the largest bfloat16 inside). Measured from ``x`` the
+    distances came out smaller than the same distance between the returned tensor and the
+    caller's own (by up to 4 % for ℓ∞ in bfloat16). Where nothing was clipped, as given."""
+    caller = as_tensor("inputs", inputs)
+    if x is caller or (x == caller).all().item():
+        return distances
+    lower, upper = bounds
+    dtype = distances.dtype
+
+    def normalised(t: ep.Tensor) -> ep.Tensor:
+        return (t.astype(dtype) - lower) / (upper - lower)
+
+    measured = measure(normalised(adversarials), normalised(caller)).astype(dtype)
+    return ep.where(distances.isinf(), distances, measured)
+
+
 def check_distance_inputs(name: str, x: ep.Tensor) -> None:
     """Inputs the distance cannot measure get an error naming ``inputs`` before any model call."""
     spec = get_distance(name)

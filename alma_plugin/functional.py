@@ -4,6 +4,7 @@ Foolbox or torchattacks, on PyTorch, JAX or TensorFlow tensors (or eagerpy tenso
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import eagerpy as ep
@@ -18,6 +19,7 @@ from ._entry import (
     entry,
     judging,
     label_maps,
+    measured_from_callers_inputs,
 )
 from .core.autodiff import autograd_allowed
 from .core.graphs import check_cuda_graphs
@@ -45,7 +47,7 @@ from .core.validation import (
     container_shape,
     working_dtype,
 )
-from .distances import DISTANCES, DistanceFunction, get_distance
+from .distances import DISTANCES, DistanceFunction, get_distance, l2, linf
 from .distances._ssim import check_padding_for, descent_objective
 
 __all__ = ["alma", "alma_prox", "lagrangian"]
@@ -225,7 +227,11 @@ def alma(
         seed=seed,
         cuda_graphs=graphs,
     )
-    return result.map(restore)
+    measure = spec.function if lpips is None else function  # the exact D the solver reports
+    distances = measured_from_callers_inputs(
+        result.distances, result.adversarials, inputs, x, bounds, measure
+    )
+    return replace(result, distances=distances).map(restore)
 
 
 @takes_params(ProxParams)
@@ -331,7 +337,10 @@ def alma_prox(
         seed=seed,
         cuda_graphs=graphs,
     )
-    return result.map(restore)
+    distances = measured_from_callers_inputs(
+        result.distances, result.adversarials, inputs, x, bounds, linf
+    )
+    return replace(result, distances=distances).map(restore)
 
 
 @takes_params(LagrangianParams)
@@ -403,4 +412,5 @@ def lagrangian(
         targeted=targeted,
         seed=seed,
     )
-    return result.map(restore)
+    norms = measured_from_callers_inputs(result.norms, result.perturbed, inputs, x, bounds, l2)
+    return replace(result, norms=norms).map(restore)

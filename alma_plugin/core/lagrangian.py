@@ -115,7 +115,8 @@ class LagrangianResult(Generic[T]):
     perturbed: x + δ after N steps, for every sample (it is a training perturbation, not a
         minimal adversarial: it may or may not fool the model); the inputs' type, dtype, device
         and shape, within the bounds.
-    norms: (N,) ‖δ‖₂ of ``perturbed`` in the [0, 1]-normalised input space.
+    norms: (N,) ‖δ‖₂ of ``perturbed`` in the [0, 1]-normalised input space (:func:`lagrangian`:
+        from the caller's inputs as given).
     """
 
     perturbed: T

@@ -18,10 +18,12 @@ class AttackResult(Generic[T]):
 
     adversarials: per input, the adversarial with the smallest distance found, or the input
         itself where none was found (clipped onto the bounds, where it left them by at most
-        the rounding they tolerate: 10⁻⁶ of the range); the inputs' type, dtype, device and
-        shape.
-    distances: (N,) D(adversarial, input) in the [0, 1]-normalised input space; +inf where no
-        adversarial was found (ALMA prox: the normalised ‖δ‖∞).
+        the rounding they tolerate: 10⁻⁶ of the range, or the bound as a 16-bit dtype rounds
+        it, e.g. a white pixel of normalised MNIST in bfloat16); the inputs' type, dtype,
+        device and shape.
+    distances: (N,) D(adversarial, input) in the [0, 1]-normalised input space, measured from
+        the caller's input as given (not its clipped copy); +inf where no adversarial was
+        found (ALMA prox: the normalised ‖δ‖∞).
     success: (N,) bool, an adversarial was found (ALMA prox on dense outputs: APSR ≥ ν).
     first_success_step: (N,) the step t* of the first success; −1 where none.
     steps_run: the steps actually run (fewer than asked after an early stop).
@@ -57,7 +59,8 @@ class StepInfo(Generic[T]):
 
     distance: (N,) D of the iterate judged at this step.  constraint: d = DLR⁺ of each
     constraint, (N,), or (N, M) for ALMA prox on dense outputs (M = H·W, row-major; NaN on the
-    pixels outside ``masks``, which are no constraints), as are ``mu`` (μ) and ``rho`` (ρ).
+    pixels outside ``masks``, which are no constraints). ``mu`` (μ) and ``rho`` (ρ) have the
+    constraint's shape; outside ``masks`` they hold values no step uses (no NaN).
     step_size: (N,) η⁽ᵗ⁾ (ALMA) or λ⁽ᵗ⁾ (ALMA prox).  success: (N,) the iterate is
     adversarial.
     """
