@@ -30,37 +30,39 @@ SuccessFn = Callable[[Any, Any], Any]
 
 def entry(
     model: Any, inputs: Any, bounds: tuple[float, float], is_adversarial: Any, callback: Any
-) -> tuple[ep.Tensor, Callable[[ep.Tensor], Any]]:
-    """Checks shared by both entry points; the inputs and the function that gives results
-    back in the caller's kind of tensor."""
+) -> tuple[ep.Tensor, Callable[[ep.Tensor], Any], ep.Tensor]:
+    """Checks shared by the entry points: the checked inputs (clipped onto the bounds where
+    they left them by rounding), the function that gives results back in the caller's kind of
+    tensor, and the caller's inputs as given (the same object where nothing was clipped)."""
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     for name, value in (("is_adversarial", is_adversarial), ("callback", callback)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable or None, got {value!r}")
-    x = check_inputs(as_tensor("inputs", inputs), bounds)
+    given = as_tensor("inputs", inputs)
+    x = check_inputs(given, bounds)
     warn_if_training(model)
     if isinstance(inputs, ep.Tensor):
-        return x, lambda tensor: tensor
-    return x, lambda tensor: tensor.raw
+        return x, lambda tensor: tensor, given
+    return x, lambda tensor: tensor.raw, given
 
 
 def measured_from_callers_inputs(
     distances: ep.Tensor,
     adversarials: ep.Tensor,
-    inputs: Any,
+    given: ep.Tensor,
     x: ep.Tensor,
     bounds: tuple[float, float],
     measure: DistanceFunction,
 ) -> ep.Tensor:
-    """``distances`` (+inf kept) measured from the caller's ``inputs`` rather than from ``x``,
+    """``distances`` (+inf kept) measured from the caller's inputs ``given`` rather than from ``x``,
     where :func:`check_inputs` clipped them onto the bounds: 16-bit inputs at a bound that
     their dtype cannot represent (a white pixel of normalised MNIST is 2.828125 in bfloat16,
     above 2.8215; ``x`` holds 2.8125, the largest bfloat16 inside). Measured from ``x`` the
     distances came out smaller than the same distance between the returned tensor and the
-    caller's own (by up to 4 % for ℓ∞ in bfloat16). Where nothing was clipped, as given."""
-    caller = as_tensor("inputs", inputs)
-    if x is caller or (x == caller).all().item():
+    caller's own (by up to 4 % for ℓ∞ in bfloat16). Where nothing was clipped (``x`` is
+    ``given``), as they are: no host read, no device work."""
+    if x is given:
         return distances
     lower, upper = bounds
     dtype = distances.dtype
@@ -68,7 +70,7 @@ def measured_from_callers_inputs(
     def normalised(t: ep.Tensor) -> ep.Tensor:
         return (t.astype(dtype) - lower) / (upper - lower)
 
-    measured = measure(normalised(adversarials), normalised(caller)).astype(dtype)
+    measured = measure(normalised(adversarials), normalised(given)).astype(dtype)
     return ep.where(distances.isinf(), distances, measured)
 
 

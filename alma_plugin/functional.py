@@ -204,7 +204,7 @@ def alma(
     check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     targeted = check_flag("targeted", targeted)
-    x, restore = entry(model, inputs, bounds, is_adversarial, callback)
+    x, restore, given = entry(model, inputs, bounds, is_adversarial, callback)
     graphs = check_cuda_graphs(cuda_graphs, x)
     check_distance_inputs(spec.name, x)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
@@ -229,7 +229,7 @@ def alma(
     )
     measure = spec.function if lpips is None else function  # the exact D the solver reports
     distances = measured_from_callers_inputs(
-        result.distances, result.adversarials, inputs, x, bounds, measure
+        result.distances, result.adversarials, given, x, bounds, measure
     )
     return replace(result, distances=distances).map(restore)
 
@@ -307,7 +307,7 @@ def alma_prox(
     bounds = check_bounds(bounds)
     nu = check_in_range("adv_threshold", adv_threshold, 0.0, 1.0, open_low=True)
     targeted = check_flag("targeted", targeted)
-    x, restore = entry(model, inputs, bounds, is_adversarial, callback)
+    x, restore, given = entry(model, inputs, bounds, is_adversarial, callback)
     graphs = check_cuda_graphs(cuda_graphs, x)
     y = label_maps(labels, x, "targets" if targeted else "labels")
     dense = y.ndim > 1
@@ -338,7 +338,7 @@ def alma_prox(
         cuda_graphs=graphs,
     )
     distances = measured_from_callers_inputs(
-        result.distances, result.adversarials, inputs, x, bounds, linf
+        result.distances, result.adversarials, given, x, bounds, linf
     )
     return replace(result, distances=distances).map(restore)
 
@@ -397,7 +397,7 @@ def lagrangian(
         check_positive_int("seed", seed, minimum=0)
     bounds = check_bounds(bounds)
     targeted = check_flag("targeted", targeted)
-    x, restore = entry(model, inputs, bounds, None, None)
+    x, restore, given = entry(model, inputs, bounds, None, None)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     if len(x) == 0:
         norms = ep.zeros(x, (0,)).astype(working_dtype(x))  # as for a non-empty batch
@@ -412,5 +412,5 @@ def lagrangian(
         targeted=targeted,
         seed=seed,
     )
-    norms = measured_from_callers_inputs(result.norms, result.perturbed, inputs, x, bounds, l2)
+    norms = measured_from_callers_inputs(result.norms, result.perturbed, given, x, bounds, l2)
     return replace(result, norms=norms).map(restore)

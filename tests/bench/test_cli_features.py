@@ -480,7 +480,7 @@ def test_overhead_processes_is_checked(argv: list[str], message: str, capsys) ->
     [
         (["throughput", "--batch-sizes", "0"], "--batch-sizes: batch-sizes must be >= 1"),
         (["throughput", "--threads", "0"], "--threads: threads must be >= 1"),
-        (["throughput", "--distances", "l7"], "--distances: invalid choice"),
+        (["throughput", "--distances", "l7"], "--distances/--distance: invalid choice"),
         (["step0", "--repeats", "0"], "--repeats: repeats must be >= 1"),
         (["step0", "--batch", "0"], "--batch-size/--batch: batch-size must be >= 1"),
         (["overhead", "--batch-size", "0"], "--batch-size/--batch: batch-size must be >= 1"),

@@ -33,7 +33,7 @@ def test_task_defaults_resolve_and_explicit_values_are_kept() -> None:
 @pytest.mark.parametrize(
     "value, error, match",
     [
-        (0.0, ValueError, r"rho_init must lie in \(0, inf\), got 0.0"),
+        (0.0, ValueError, r"rho_init must lie in \(0, 1e\+15\], got 0.0"),
         (-1.0, ValueError, "rho_init must lie in"),
         (math.inf, ValueError, "rho_init must lie in"),
         (math.nan, ValueError, "rho_init must lie in"),

@@ -122,10 +122,13 @@ def test_inputs_a_rounding_error_outside_the_bounds_give_results_inside(
         raw = attack.run(fmodel, outside, wrong)
         for result in (clipped, raw):
             assert result.min() >= 0 and result.max() <= 1, type(attack).__name__
-    for distance in ("l2", "linf"):
+    for distance, order in (("l2", 2.0), ("linf", float("inf"))):
         result = alma(mnist_cnn, outside, wrong, distance=distance, steps=5)
         assert result.adversarials.min() >= 0 and result.adversarials.max() <= 1
-        assert result.success.all() and (result.distances == 0).all()
+        # returned as clipped: the distance is the clip's, measured from the caller's inputs
+        clip = torch.linalg.vector_norm((result.adversarials - outside).flatten(1), order, dim=1)
+        assert result.success.all() and (clip > 0).all() and (clip <= 1e-6).all()
+        torch.testing.assert_close(result.distances, clip, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="within bounds"):
         alma(mnist_cnn, outside + 1e-3, y, steps=5)
 
