@@ -106,6 +106,32 @@ def test_levels_quantise_the_returned_images() -> None:
     assert result.success.any()
 
 
+def test_levels_leave_inputs_off_the_grid_as_they_are_where_nothing_moved() -> None:
+    """``levels`` snaps what moved onto the grid; a sample the model already misclassifies
+    comes back as given (bit for bit, distance 0), even when the caller's inputs are not on
+    the grid (before a mutation audit, only on-grid inputs were tested: snapping them too
+    returned a distance of ≈ 0.005)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    x = torch.rand(16, 1, 4, 4) * 255  # off the 256-level grid
+
+    def scaled(z: torch.Tensor) -> torch.Tensor:
+        return model(z / 255)
+
+    y = torch.randint(0, 5, (16,))
+    result = alma(scaled, x, y, steps=20, levels=256, bounds=(0.0, 255.0))
+    with torch.no_grad():
+        wrong = scaled(x).argmax(1) != y
+    assert wrong.sum() >= 3 and (~wrong).sum() >= 3  # both kinds of sample
+    assert torch.equal(result.adversarials[wrong], x[wrong])
+    assert (result.distances[wrong] == 0).all()
+    moved = result.success & ~wrong
+    assert moved.any()
+    returned, given = result.adversarials[moved], x[moved]
+    changed = returned != given
+    assert changed.any() and torch.equal(returned[changed], returned[changed].round())  # grid
+
+
 @pytest.mark.parametrize("bounds", [(0.0, 255.0), (-1.0, 1.0)])
 def test_levels_are_exact_in_the_models_bounds(bounds: tuple[float, float]) -> None:
     """With other bounds the grid is lower + k·(upper − lower) / (levels − 1) in the model's
