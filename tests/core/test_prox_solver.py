@@ -266,6 +266,31 @@ def test_a_failed_dense_sample_reports_the_apsr_of_the_returned_input():
     assert torch.equal(result.apsr, torch.full((2,), 2 / 36, dtype=result.apsr.dtype))
 
 
+def test_apsr_with_restarts_is_that_of_the_returned_adversarials():
+    """``apsr`` after R runs is the APSR of the tensor returned, re-evaluated on the model, for
+    when a later run wins for some samples (before a mutation
+    audit, the only restarts test had ν = 1, where every chosen run reports APSR 1, and taking
+    the APSR of the other run went unnoticed)."""
+    model = _dense_model()
+    images = torch.rand(8, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    seen: list[int] = []
+
+    def record(info) -> None:
+        seen.append(info.step)
+
+    result = alma_prox(model, images, labels, steps=60, restarts=3, adv_threshold=0.6,
+                       init_lr=0.05, callback=record)  # fmt: skip
+    one_run = alma_prox(model, images, labels, steps=20, adv_threshold=0.6, init_lr=0.05)
+    with torch.no_grad():
+        wrong = (model(result.adversarials).argmax(1) != labels).double()
+    torch.testing.assert_close(result.apsr, wrong.flatten(1).mean(1), rtol=0, atol=1e-12)
+    assert result.success.any()
+    later = result.success & (~one_run.success | (result.distances < one_run.distances))
+    assert later.any() and len(seen) == 60  # a later run won somewhere
+
+
 def test_early_stop_ends_the_run_and_zero_never_does(bars_cnn, bars_samples):
     images, labels = ep.astensor(bars_samples[0][:4]), ep.astensor(bars_samples[1][:4])
     counting = Counting(bars_cnn)
