@@ -279,3 +279,33 @@ def test_an_unknown_mode_is_a_clear_error(params: type) -> None:
     with pytest.raises(ValueError, match=r"restart_mode must be one of \['random', 'classes'\]"):
         params(restart_mode="targets")
     assert params(restart_mode="Classes").restart_mode == "classes"
+
+
+def test_predictions_are_the_best_iterates_class_not_the_last_adversarial_ones() -> None:
+    """A discriminating case for ``predictions``: samples whose best iterate and last
+    adversarial iterate have different classes (found by a mutation audit: with the linear
+    model above none differ any more, and a solver that updated the prediction on every
+    success, not only on improvement, passed the suite)."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 20)).double().eval()  # fmt: skip
+    x = torch.rand(64, 3, 4, 4).double()
+    with torch.no_grad():
+        y = mlp(x).argmax(1)
+    classes: list[torch.Tensor] = []
+    successes: list[torch.Tensor] = []
+
+    def model(batch: torch.Tensor) -> torch.Tensor:
+        logits = mlp(batch)
+        classes.append(logits.detach().argmax(1))
+        return logits
+
+    result = alma(model, x, y, distance="l2", steps=200, smooth_max=0.0,
+                  callback=lambda info: successes.append(info.success))  # fmt: skip
+    with torch.no_grad():
+        predicted = mlp(result.adversarials).argmax(1)
+    assert torch.equal(result.predictions, torch.where(result.success, predicted, -1))
+    last_step = torch.stack(successes).double().cumsum(0).argmax(0)  # last successful step
+    last_class = torch.stack(classes).gather(0, last_step[None]).squeeze(0)
+    # the case is present (3 of 64 samples when written)
+    assert (last_class != result.predictions)[result.success].any()
