@@ -158,6 +158,27 @@ def test_a_distance_that_cannot_resolve_the_tolerance_is_accepted_within_five_pe
     assert ((reached / epsilon - 1).abs() > 1e-3).any()  # the 0.1 % tolerance alone: not done
 
 
+def test_a_smooth_distance_that_is_no_power_law_lands_within_five_percent() -> None:
+    """D = n·(1 + 0.1·sin(8 log n)) (n the ℓ2 norm; float64): smooth and monotone, but its
+    log-log slope wiggles, so the secant's error does not halve each evaluation and the
+    "cannot resolve" rule accepts it within 5 % of ε (measured: ≤ 0.83 %, above the 0.1 % an
+    exactly resolvable distance could get; the rule cannot tell a wiggly slope from a coarse
+    distance). A mutation accepting within 20 % (9.3 % reached) passed the suite before."""
+    epsilon = 0.1
+
+    def wiggly(a: ep.Tensor, b: ep.Tensor) -> ep.Tensor:
+        n = (a - b).flatten(start=1).square().sum(axis=1).sqrt()
+        return n * (1 + 0.1 * ep.astensor(torch.sin(8 * n.maximum(1e-30).log().raw)))
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.rand(64, 3, 8, 8, generator=generator).double()
+    scale = torch.rand(64, 1, 1, 1, generator=generator).double() * 3
+    g = torch.randn(64, 3, 8, 8, generator=generator).double() * scale
+    eta = schedules.initial_step_size(wiggly, ep.astensor(x), ep.astensor(g), epsilon).raw
+    reached = _reached(wiggly, x, g, eta)
+    assert ((reached / epsilon - 1).abs() <= 0.05).all()
+
+
 def test_decay_constant_while_exploring_then_reaches_one_percent() -> None:
     eta0 = ep.astensor(torch.tensor([0.5, 2.0, 1.0]))
     steps = 100
