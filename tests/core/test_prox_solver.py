@@ -291,6 +291,49 @@ def test_apsr_with_restarts_is_that_of_the_returned_adversarials():
     assert later.any() and len(seen) == 60  # a later run won somewhere
 
 
+@pytest.mark.parametrize(
+    ("dtype", "bounds"),
+    [(torch.float16, (0.0, 1.0)), (torch.bfloat16, (0.0, 1.0)), (torch.float32, (0.0, 255.0)),
+     (torch.float32, (-1.0, 1.0))],
+)  # fmt: skip
+def test_what_alma_prox_tracks_and_reports_is_what_the_model_saw(dtype, bounds):
+    """Each step's distance (the callback's) is ‖x̃ − x‖∞ of the very tensor the model was
+    given (exactly where it was rounded to a 16-bit dtype), and the reported distances are
+    those of the returned adversarials, bit for bit (same process, same operations). Mutations
+    tracking the float32 δ instead of the rounded one, or reporting the tracked norm, passed
+    the suite before."""
+    lower, upper = bounds
+    span = upper - lower
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).to(dtype)
+    x = (lower + torch.rand(32, 3, 4, 4) * span).to(dtype)
+    seen: list[torch.Tensor] = []
+
+    def model(z: torch.Tensor) -> torch.Tensor:
+        seen.append(z.detach().clone())
+        return linear((z - lower) / span)
+
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    seen.clear()
+    distances: list[torch.Tensor] = []
+    result = alma_prox(model, x, labels, steps=50, bounds=bounds,
+                       callback=lambda info: distances.append(info.distance))  # fmt: skip
+    assert result.success.sum() >= 24
+
+    def measured(z: torch.Tensor) -> torch.Tensor:
+        return ((z.float() - x.float()) / span).flatten(1).abs().amax(1)
+
+    assert len(seen) == len(distances) == 50
+    for step, (given, distance) in enumerate(zip(seen, distances, strict=True)):
+        if dtype == torch.float32:  # δ itself (no rounding to re-measure): to its last bits
+            torch.testing.assert_close(distance, measured(given), rtol=1e-6, atol=3e-7)
+        else:
+            assert torch.equal(distance, measured(given)), step
+    solved = result.success
+    assert torch.equal(result.distances[solved], measured(result.adversarials)[solved])
+
+
 def test_early_stop_ends_the_run_and_zero_never_does(bars_cnn, bars_samples):
     images, labels = ep.astensor(bars_samples[0][:4]), ep.astensor(bars_samples[1][:4])
     counting = Counting(bars_cnn)
