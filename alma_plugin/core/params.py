@@ -53,7 +53,7 @@ def budget_alpha(steps: int) -> float:
     Appendix E gives 0.5–0.9 for 100–1000 iterations), held outside that range, and between
     them linear in log₁₀(steps): this interpolation is the package's, not the paper's."""
     steps = check_positive_int("steps", steps)
-    position = (math.log10(max(steps, 1)) - 2.0) / (3.0 - 2.0)
+    position = (math.log10(steps) - 2.0) / (3.0 - 2.0)
     return 0.5 + 0.4 * min(max(position, 0.0), 1.0)
 
 

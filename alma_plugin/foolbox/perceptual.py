@@ -157,13 +157,15 @@ class LPIPSALMA(ALMAAttack):
         super().__init__(steps=steps, seed=seed, cuda_graphs=cuda_graphs, params=params)
         self.lpips = lpips
         if lpips is not None:
-            # The solver's objective: one distance per sample, checked as alma()'s and
-            # torchattacks' ALMA check it (not an IndexError from deep in the solver).
-            self._descent = checked_lpips(lpips, "lpips")
+            checked_lpips(lpips, "lpips")  # a callable, refused now as alma() refuses it
             self.distance_function = lpips
 
     def descent_function(self) -> DistanceFunction:
-        return super().descent_function() if self.lpips is None else self._descent
+        """A custom ``lpips`` answers one distance per sample, checked as alma()'s and
+        torchattacks' ALMA check it (not an IndexError from deep in the solver)."""
+        return (
+            super().descent_function() if self.lpips is None else checked_lpips(self.lpips, "lpips")
+        )
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, lpips={_stable_repr(self.lpips)})"
