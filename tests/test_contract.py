@@ -246,6 +246,15 @@ def table() -> list[tuple[Case, bool, bool]]:
           raises("restarts"))  # fmt: skip
     t.add("alma-torch-restart_mode-unknown", P(b_torch, restarts=2, restart_mode="target"),
           raises("restart_mode"))  # fmt: skip
+    # a longer first run (first_run_share): ALMA and ALMA prox, PyTorch and JAX, early stop
+    share = {"restarts": 2, "restart_mode": "classes", "first_run_share": 0.7}
+    t.add("alma-l1-torch-first_run_share", P(b_torch, distance="l1", **share))
+    t.add("alma-l1-jax-first_run_share", P(b_jax, distance="l1", **share), jax=True)
+    t.add("alma-torch-first_run_share-early_stop", P(b_torch, early_stop=100.0, **share))
+    t.add("alma-linf-torch-first_run_share", P(b_torch, distance="linf",
+          params=ProxParams(**share)))  # fmt: skip
+    t.add("alma-torch-first_run_share-1", P(b_torch, restarts=2, first_run_share=1.0),
+          raises("first_run_share"))  # fmt: skip
     classes = ProxParams(restarts=2, restart_mode="classes")
     t.add("alma-linf-torch-restarts-classes", P(b_torch, distance="linf", params=classes))
     t.add("alma-linf-jax-restarts-classes", P(b_jax, distance="linf", params=classes), jax=True)
@@ -412,6 +421,8 @@ def table() -> list[tuple[Case, bool, bool]]:
               restart_mode="classes", epsilons=(0.0, 0.5, None)))  # fmt: skip
         targeted = P(foolbox_case, attack, restarts=2, restart_mode="classes", targeted=True)
         t.add(f"fb-{attack}-torch-restarts-classes-targeted", targeted, raises("restart_mode"))
+        t.add(f"fb-{attack}-torch-first_run_share", P(foolbox_case, attack, restarts=2,
+              first_run_share=0.7, epsilons=(0.0, 0.5, None)))  # fmt: skip
     for attack, shape, last in (("CIEDE2000ALMA", (3, 8, 8), (8, 8, 3)),
                                 ("SSIMALMA", (1, 12, 12), (12, 12, 1))):  # fmt: skip
         for jax in (False, True):
@@ -459,6 +470,8 @@ def table() -> list[tuple[Case, bool, bool]]:
     t.add("ta-ALMA-linf-restarts", P(torchattacks_case, distance="linf",
           params=ProxParams(restarts=2)))  # fmt: skip
     t.add("ta-ALMA-l2-restarts-classes", P(torchattacks_case, restarts=2, restart_mode="classes"))
+    t.add("ta-ALMA-l1-first_run_share", P(torchattacks_case, distance="l1", restarts=2,
+          restart_mode="classes", first_run_share=0.7))  # fmt: skip
     t.add("ta-ALMA-l2-smooth_max", P(torchattacks_case, smooth_max=0.1))
     t.add("ta-ALMA-linf-restarts-classes", P(torchattacks_case, distance="linf",
           params=ProxParams(restarts=2, restart_mode="classes")))  # fmt: skip

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .penalties import PENALTIES
+from .restarts import split_budget
 from .validation import check_choice, check_in_range, check_positive_int
 
 __all__ = [
@@ -129,6 +130,12 @@ class ALMAParams:
             class at x that neither y nor the adversarial of an earlier run took, as
             AutoAttack's APGD-T aims at the top classes; success is still any
             misclassification. Needs K ≥ R classes.
+        first_run_share: p, the share of the steps that run 0 takes when ``restarts`` > 1
+            (not in the paper): round(p·N) steps, at least 1 and leaving each other run one;
+            runs 1 … R − 1 split the rest evenly. None (default): an even split, N // R each.
+            With ``restarts=2, restart_mode="classes"``, p = 0.7 lowered ALMA-ℓ1's distances at
+            100 steps against the single run on all three embedded models, where the even
+            split lost on the regular one (docs/performance.md, "A longer first run").
         smooth_max: κ of a smoothed max in DLR⁺'s gradient (not in the paper), as
             :attr:`ProxParams.smooth_max`: κ > 0: the gradient of (z_y − LSE(z_{i≠y}))/s, the
             max over the other classes smoothed at temperature κ·s, s = z_π1 − z_π3 held
@@ -161,6 +168,7 @@ class ALMAParams:
     restarts: int = 1
     restart_distance: float | None = None
     restart_mode: str = "random"
+    first_run_share: float | None = None
     smooth_max: float | None = None
 
     def __post_init__(self) -> None:
@@ -183,6 +191,7 @@ class ALMAParams:
                 "rmsprop_decay": (0.0, 1.0, False, True),
                 "momentum": (0.0, 1.0, False, True),
                 "restart_distance": POSITIVE,
+                "first_run_share": (0.0, 1.0, True, True),
                 "smooth_max": NON_NEGATIVE,  # 0: DLR⁺'s own gradient
             },
         )
@@ -199,7 +208,7 @@ class ALMAParams:
         :func:`budget_alpha` for the steps of one run (the longest of :attr:`restarts`),
         RMSProp decay and momentum = α, the restarts' distance = ε."""
         steps = check_positive_int("steps", steps)
-        run = -(-steps // self.restarts)
+        run = max(split_budget(steps, self.restarts, self.first_run_share))
         alpha = budget_alpha(run) if self.alpha is None else self.alpha
         epsilon = init_lr_distance if self.init_lr_distance is None else self.init_lr_distance
         return replace(

@@ -101,6 +101,9 @@ class ProxParams:
             starts at δ = 0 under tDLR⁺ towards the most likely class at x that neither y nor
             the adversarial of an earlier run took, as ALMA's (:class:`ALMAParams`); success
             is still any misclassification. Needs K ≥ R classes.
+        first_run_share: p, the share of the steps that run 0 takes when ``restarts`` > 1, as
+            :attr:`ALMAParams.first_run_share` (not in the thesis). None (default): an even
+            split.
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵
@@ -140,6 +143,7 @@ class ProxParams:
     restarts: int = 1
     restart_distance: float | None = None
     restart_mode: str = "random"
+    first_run_share: float | None = None
     smooth_max: float | None = None
 
     def __post_init__(self) -> None:
@@ -162,6 +166,7 @@ class ProxParams:
                 "scale_rate": (0.0, 1.0, True, True),
                 "prox_precision": POSITIVE,
                 "restart_distance": POSITIVE,
+                "first_run_share": (0.0, 1.0, True, True),
                 "smooth_max": NON_NEGATIVE,  # 0: DLR⁺'s own gradient
             },
         )

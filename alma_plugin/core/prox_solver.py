@@ -134,7 +134,7 @@ def alma_prox_solve(
                                    early_stop=early_stop, callback=callback, seed=seed,
                                    place=place, cuda_graphs=cuda_graphs)  # fmt: skip
 
-        return run_restarts(run, steps, params.restarts, early_stop)
+        return run_restarts(run, steps, params.restarts, early_stop, params.first_run_share)
     restart, step_offset, solved = place.index, place.offset, place.solved
     p = params
     assert p.init_lr is not None and p.rho_init is not None and p.smooth_max is not None

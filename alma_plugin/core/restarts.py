@@ -1,8 +1,9 @@
 """Restarts inside the budget, shared by ALMA and ALMA prox.
 
 ``restarts = R`` splits the N steps into R consecutive runs of the same algorithm (N // R steps
-each, the first N mod R runs one more), so the attack still costs exactly N forward and N
-backward model propagations per sample. Run 0 starts from x, as Algorithm 2 and Algorithm IV-2
+each, the first N mod R runs one more; or, with ``first_run_share`` = p, about p·N steps for run
+0 and the rest split that way among the others), so the attack still costs exactly N forward and
+N backward model propagations per sample. Run 0 starts from x, as Algorithm 2 and Algorithm IV-2
 do. Run k ≥ 1, by ``restart_mode``: "random" starts from a random point at a small distance from
 x (drawn by the solver from :func:`restart_rng`); "classes" starts from x and aims at the most
 likely class at x that no earlier run aimed at or returned (:func:`.constraints.restart_goal`:
@@ -70,11 +71,16 @@ def check_restarts(steps: int, restarts: int) -> None:
         )
 
 
-def split_budget(steps: int, restarts: int) -> list[int]:
-    """The steps of each of ``restarts`` runs: N // R, the first N mod R runs one more."""
+def split_budget(steps: int, restarts: int, first_run_share: float | None = None) -> list[int]:
+    """The steps of each of ``restarts`` runs: N // R, the first N mod R runs one more. With
+    ``first_run_share`` = p (R > 1), run 0 takes round(p·N) steps, at least 1 and at most
+    N − (R − 1) so that every run has one, and runs 1 … R − 1 share the rest that way."""
     check_restarts(steps, restarts)
-    base, extra = divmod(steps, restarts)
-    return [base + 1 if k < extra else base for k in range(restarts)]
+    if first_run_share is None or restarts == 1:
+        base, extra = divmod(steps, restarts)
+        return [base + 1 if k < extra else base for k in range(restarts)]
+    first = min(max(round(first_run_share * steps), 1), steps - (restarts - 1))
+    return [first, *split_budget(steps - first, restarts - 1)]
 
 
 def check_restart_mode(mode: str, restarts: int, targeted: bool, dense: bool = False) -> None:
@@ -133,7 +139,11 @@ def best_of_runs(
 
 
 def run_restarts(
-    run: Run, steps: int, restarts: int, early_stop: float | None
+    run: Run,
+    steps: int,
+    restarts: int,
+    early_stop: float | None,
+    first_run_share: float | None = None,
 ) -> AttackResult[ep.Tensor]:
     """Run ``run`` for each share of :func:`split_budget` and keep each sample's best.
 
@@ -144,7 +154,7 @@ def run_restarts(
     result: AttackResult[ep.Tensor] | None = None
     offset = 0
     reached: tuple[ep.Tensor, ...] = ()
-    for k, budget in enumerate(split_budget(steps, restarts)):
+    for k, budget in enumerate(split_budget(steps, restarts, first_run_share)):
         solved = None
         if result is not None and early_stop is not None:
             solved = result.distances < early_stop

@@ -119,7 +119,7 @@ def alma_solve(
                               early_stop=early_stop, seed=seed, place=place,
                               cuda_graphs=cuda_graphs)  # fmt: skip
 
-        return run_restarts(run, steps, params.restarts, early_stop)
+        return run_restarts(run, steps, params.restarts, early_stop, params.first_run_share)
     restart, step_offset, solved, reached = place.index, place.offset, place.solved, place.reached
     c = params
     penalty = get_penalty(c.penalty)

@@ -257,10 +257,11 @@ class L2ALMA(ALMAAttack):
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ``rho_init``, ``mu_min``, ``mu_max``, ``rho_max``, ``gamma``, ``tau``, ``check_steps``,
             ``rmsprop_decay``, ``momentum``, ``levels``, ``schedule``, ``restarts``,
-            ``restart_distance``, ``restart_mode``, ``smooth_max``), with the paper's defaults
-            as ``inspect.signature(L2ALMA)`` shows; None fields follow the paper's rules for
-            the budget (α, Appendix E) and the distance (ε, Table 3), and ``smooth_max``, not
-            in the paper, the distance's κ (``DISTANCES[name].smooth_max``; 0: Algorithm 2).
+            ``restart_distance``, ``restart_mode``, ``first_run_share``, ``smooth_max``), with
+            the paper's defaults as ``inspect.signature(L2ALMA)`` shows; None fields follow the
+            paper's rules for the budget (α, Appendix E) and the distance (ε, Table 3),
+            ``smooth_max``, not in the paper, the distance's κ (``DISTANCES[name].smooth_max``;
+            0: Algorithm 2), and ``first_run_share`` (not in the paper) splits evenly.
 """
         + _CONVENTIONS
         + _REFERENCE

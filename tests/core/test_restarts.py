@@ -33,8 +33,8 @@ def _attack(distance: str, **options: Any) -> Any:
     y = options.pop("labels", y)
     model = options.pop("model", _model())
     if distance == "linf":
-        params = ProxParams(**{k: options.pop(k) for k in ("restarts", "restart_distance")
-                               if k in options})  # fmt: skip
+        shared = ("restarts", "restart_distance", "first_run_share")
+        params = ProxParams(**{k: options.pop(k) for k in shared if k in options})
         return alma(model, x, y, distance="linf", params=params, **options)
     return alma(model, x, y, distance=distance, **options)
 
@@ -45,6 +45,26 @@ def _attack(distance: str, **options: Any) -> Any:
 )
 def test_split_budget(steps: int, restarts: int, expected: list[int]) -> None:
     assert split_budget(steps, restarts) == expected
+
+
+@pytest.mark.parametrize(
+    ("steps", "restarts", "share", "expected"),
+    [
+        (100, 2, 0.7, [70, 30]),
+        (100, 3, 0.7, [70, 15, 15]),
+        (11, 3, 0.3, [3, 4, 4]),
+        (1000, 2, 0.65, [650, 350]),
+        (5, 3, 0.9, [3, 1, 1]),  # every other run keeps a step
+        (5, 3, 0.01, [1, 2, 2]),  # run 0 keeps a step
+        (10, 1, 0.7, [10]),  # one run: the whole budget
+        (10, 2, None, [5, 5]),
+    ],
+)
+def test_split_budget_with_a_first_run_share(
+    steps: int, restarts: int, share: float | None, expected: list[int]
+) -> None:
+    assert split_budget(steps, restarts, share) == expected
+    assert sum(expected) == steps
 
 
 def test_more_runs_than_steps_is_a_clear_error() -> None:
@@ -68,12 +88,14 @@ def test_every_class_checks_restarts_against_its_default_budget_at_construction(
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
-@pytest.mark.parametrize(("steps", "restarts"), [(10, 2), (11, 3), (5, 5)])
+@pytest.mark.parametrize(
+    ("steps", "restarts", "share"), [(10, 2, None), (11, 3, None), (5, 5, None), (10, 2, 0.7)]
+)
 def test_exactly_one_forward_and_backward_per_step(
-    distance: str, steps: int, restarts: int
+    distance: str, steps: int, restarts: int, share: float | None
 ) -> None:
     model = CountingModel(_model())
-    result = _attack(distance, model=model, steps=steps, restarts=restarts)
+    result = _attack(distance, model=model, steps=steps, restarts=restarts, first_run_share=share)
     assert (model.forwards, model.backwards) == (steps, steps)
     assert result.steps_run == steps
 
@@ -312,17 +334,55 @@ def test_host_reads_only_at_the_start_of_each_run_and_every_m_steps(
 
 
 @pytest.mark.parametrize("distance", ["l2", "l1", "linf"])
-def test_run_zero_is_the_published_algorithm_with_its_share_of_the_steps(distance: str) -> None:
-    """Run 0 of R = 2 over 2N steps is, bit for bit, the one-run attack of N steps (α and the
-    schedule follow N: α = 0.57 for 150 steps, not 0.69 for 300), so restarts never return a
-    larger distance than that attack."""
+@pytest.mark.parametrize(("steps", "share"), [(300, None), (200, 0.75)])
+def test_run_zero_is_the_published_algorithm_with_its_share_of_the_steps(
+    distance: str, steps: int, share: float | None
+) -> None:
+    """Run 0 of R = 2 over 2N steps, or of ``first_run_share=0.75`` over 4N/3, is, bit for bit,
+    the one-run attack of N steps (α and the schedule follow N: α = 0.57 for 150 steps, not
+    0.69 for 300), so restarts never return a larger distance than that attack."""
     first: list[StepInfo] = []
     alone = _attack(distance, steps=150, callback=first.append)
     both: list[StepInfo] = []
-    restarted = _attack(distance, steps=300, restarts=2, callback=both.append)
+    restarted = _attack(distance, steps=steps, restarts=2, first_run_share=share,
+                        callback=both.append)  # fmt: skip
     for a, b in zip(first, both[:150], strict=True):
         assert torch.equal(a.distance, b.distance) and torch.equal(a.constraint, b.constraint)
     assert (restarted.distances <= alone.distances).all()
+
+
+@pytest.mark.parametrize("distance", ["l2", "linf"])
+def test_the_next_run_starts_after_the_first_run_share(distance: str) -> None:
+    """With ``first_run_share=0.7`` over 20 steps, run 1 starts at step 14 (its random start at
+    ``restart_distance``), not at the even split's step 10; ``first_success_step`` and the
+    callback count on across runs."""
+    seen: list[StepInfo] = []
+    radius = 0.3 if distance == "l2" else 0.05
+    _attack(distance, steps=20, restarts=2, restart_distance=radius, first_run_share=0.7,
+            callback=seen.append)  # fmt: skip
+    assert [info.step for info in seen] == list(range(20))
+    if distance == "l2":
+        torch.testing.assert_close(seen[14].distance, torch.full((8,), radius), rtol=1e-3, atol=0)
+    else:
+        assert (seen[14].distance <= radius + 1e-7).all() and (seen[14].distance > 0.025).all()
+    plain: list[StepInfo] = []
+    _attack(distance, steps=14, callback=plain.append)
+    for a, b in zip(plain, seen[:14], strict=True):  # run 0: the one-run attack of 14 steps
+        assert torch.equal(a.distance, b.distance)
+
+
+def test_alpha_follows_the_longest_run() -> None:
+    """α (None: :func:`budget_alpha`) follows the steps of the longest run: 700 of 1000 with
+    ``first_run_share=0.7``, 500 with the even split."""
+    from alma_plugin import ALMAParams
+    from alma_plugin.core.params import budget_alpha
+
+    def resolved(**options: Any) -> float | None:
+        return ALMAParams(restarts=2, **options).for_budget(1000, 0.1, 0.1).alpha
+
+    assert resolved(first_run_share=0.7) == budget_alpha(700)
+    assert resolved(first_run_share=0.2) == budget_alpha(800)  # run 1 is the longest
+    assert resolved() == budget_alpha(500)
 
 
 def test_each_run_draws_from_its_documented_stream() -> None:

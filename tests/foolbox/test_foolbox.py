@@ -484,7 +484,7 @@ def test_repr_is_stable_across_processes_and_runs(fmodel: fb.PyTorchModel, few: 
         "mu_min=1e-06, mu_max=1000000000000.0, rho_max=1000000000000000.0, gamma=1.5, "
         "tau=0.95, check_steps=10, "
         "rmsprop_decay=None, momentum=None, levels=256, schedule='paper', restarts=1, "
-        "restart_distance=None, restart_mode='random', smooth_max=None))"
+        "restart_distance=None, restart_mode='random', first_run_share=None, smooth_max=None))"
     )
     code = (
         "from tests.foolbox.test_foolbox import _attacks_for_repr as a; "
