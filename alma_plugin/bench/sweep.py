@@ -85,16 +85,22 @@ _COLUMNS = ("model", "norm", "attack", "label", "budget", "samples", "success", 
 
 
 def _suffix(
-    restarts: int, mode: str = "random", smooth_max: float | None = None
+    restarts: int,
+    mode: str = "random",
+    smooth_max: float | None = None,
+    share: float | None = None,
 ) -> tuple[str, str]:
     """The key and label suffixes of a spec (none for one run with the default κ):
     ``_r<R>`` / ", R = <R>" for random restarts, ``_r<R>c`` / ", R = <R> classes" for
-    ``restart_mode="classes"``, then ``_k<κ>`` / ", κ = <κ>" for a smoothed max."""
+    ``restart_mode="classes"``, ``_p<p>`` / ", run 0: p" for a first run's share (R > 1), then
+    ``_k<κ>`` / ", κ = <κ>" for a smoothed max."""
     key, label = "", ""
     if restarts > 1:
         classes = mode == "classes"
         key, label = f"_r{restarts}{'c' if classes else ''}", f", R = {restarts}"
         label += " classes" if classes else ""
+        if share is not None:
+            key, label = f"{key}_p{share:g}", f"{label}, run 0: {share:g}"
     if smooth_max is not None:
         key, label = f"{key}_k{smooth_max:g}", f"{label}, κ = {smooth_max:g}"
     return key, label
@@ -106,18 +112,20 @@ def alma_variant(
     restarts: int = 1,
     mode: str = "random",
     smooth_max: float | None = None,
+    share: float | None = None,
 ) -> AttackSpec:
     """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2)
-    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``) and
-    the smoothed max κ (``ALMAParams.smooth_max``; None: the distance's default,
-    ``DISTANCES[norm].smooth_max``, 0.1; 0: Algorithm 2's gradient): key
-    ``alma_<variant>[_r<R>[c]][_k<κ>]-<norm>``, run through the product's Foolbox class like
-    the registry's ``alma-<norm>``."""
+    with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``, run
+    0's ``first_run_share`` = ``share``) and the smoothed max κ (``ALMAParams.smooth_max``;
+    None: the distance's default, ``DISTANCES[norm].smooth_max``, 0.1; 0: Algorithm 2's
+    gradient): key ``alma_<variant>[_r<R>[c][_p<p>]][_k<κ>]-<norm>``, run through the
+    product's Foolbox class like the registry's ``alma-<norm>``."""
     if variant not in ALMA_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-    options = {**ALMA_VARIANTS[variant], "restarts": restarts, "restart_mode": mode}
+    options = {**ALMA_VARIANTS[variant], "restarts": restarts, "restart_mode": mode,
+               "first_run_share": share}  # fmt: skip
     if smooth_max is not None:
         options["smooth_max"] = smooth_max
     name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
@@ -132,20 +140,23 @@ def alma_variant(
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
     base = get_attack(f"alma-{norm}")
-    key, label = _suffix(restarts, mode, smooth_max)
+    key, label = _suffix(restarts, mode, smooth_max, share)
     return replace(base, key=f"alma_{variant}{key}-{norm}",
                    label=f"ALMA ({variant} schedule{label})",
                    run=run)  # fmt: skip
 
 
 def prox_variant(
-    restarts: int, mode: str = "random", smooth_max: float | None = None
+    restarts: int,
+    mode: str = "random",
+    smooth_max: float | None = None,
+    share: float | None = None,
 ) -> AttackSpec:
     """The registry's ``alma_prox-linf`` with ``restarts`` runs sharing each budget
-    (``ProxParams.restarts``, ``restart_mode``, seeded by the sweep's seed) and the smoothed
-    max κ (``ProxParams.smooth_max``; None: the default, :data:`~alma_plugin.PROX_SMOOTH_MAX`):
-    key ``alma_prox[_r<R>[c]][_k<κ>]-linf``; the registry's own spec for one run with the
-    defaults."""
+    (``ProxParams.restarts``, ``restart_mode``, run 0's ``first_run_share`` = ``share``,
+    seeded by the sweep's seed) and the smoothed max κ (``ProxParams.smooth_max``; None: the
+    default, :data:`~alma_plugin.PROX_SMOOTH_MAX`): key ``alma_prox[_r<R>[c][_p<p>]][_k<κ>]-linf``;
+    the registry's own spec for one run with the defaults."""
     base = get_attack("alma_prox-linf")
     if restarts == 1 and smooth_max is None:
         return base
@@ -157,10 +168,11 @@ def prox_variant(
         alma_fb = importlib.import_module("alma_plugin.foolbox")
         attack = alma_fb.LinfALMAProx(steps=budget, seed=seed, restarts=restarts,
                                       restart_mode=mode, smooth_max=smooth_max,
+                                      first_run_share=share,
                                       cuda_graphs=cuda_graphs)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
-    key, label = _suffix(restarts, mode, smooth_max)
+    key, label = _suffix(restarts, mode, smooth_max, share)
     return replace(base, key=f"alma_prox{key}-linf", label=f"ALMA prox ({label[2:]})", run=run)
 
 
@@ -180,6 +192,17 @@ def _smooth_max_option(text: str) -> float | None:
     return value
 
 
+def _share_option(text: str) -> float:
+    """``--first-run-share``: a number in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
 def _specs(
     variants: Sequence[str],
     peers: Sequence[str],
@@ -187,12 +210,13 @@ def _specs(
     restarts: Sequence[int],
     mode: str = "random",
     smooth_maxes: Sequence[float | None] = (None,),
+    share: float | None = None,
 ) -> list[Any]:
-    specs = [alma_variant(v, n, r, mode, k) for n in ("l2", "l1") if n in norms
+    specs = [alma_variant(v, n, r, mode, k, share) for n in ("l2", "l1") if n in norms
              for v in variants for r in restarts for k in smooth_maxes]  # fmt: skip
     for key in peers:
         if key == "alma_prox-linf":
-            specs += [prox_variant(r, mode, k) for r in restarts for k in smooth_maxes]
+            specs += [prox_variant(r, mode, k, share) for r in restarts for k in smooth_maxes]
         else:
             specs.append(get_attack(key))
     return [s for s in specs if s.norm in norms]
@@ -325,6 +349,14 @@ def _parser() -> argparse.ArgumentParser:
         "ProxParams.restart_mode; default: random)",
     )
     parser.add_argument(
+        "--first-run-share",
+        type=_share_option,
+        default=None,
+        metavar="P",
+        help="run 0's share of each budget where R > 1, the others splitting the rest "
+        "(ALMAParams / ProxParams.first_run_share: a number in (0, 1); default: an even split)",
+    )
+    parser.add_argument(
         "--smooth-max",
         nargs="+",
         type=_smooth_max_option,
@@ -401,7 +433,7 @@ def _check(
         distinct_argument(parser, f"--{option}", getattr(args, option))
     distinct_argument(parser, "--smooth-max", args.smooth_max)
     specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode,
-                   args.smooth_max)  # fmt: skip
+                   args.smooth_max, args.first_run_share)  # fmt: skip
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]
     for spec, budget in pairs:

@@ -6,6 +6,7 @@ import csv
 import math
 
 import pytest
+import torch
 
 from alma_plugin.bench import sweep
 from alma_plugin.bench.report import Record
@@ -95,6 +96,10 @@ def test_variant_specs() -> None:
         (["--smooth-max", "inf"], "--smooth-max"),
         (["--smooth-max", "abc"], "--smooth-max"),
         (["--smooth-max", "0.1", "0.1"], "--smooth-max"),
+        (["--first-run-share", "1"], "--first-run-share"),
+        (["--first-run-share", "0"], "--first-run-share"),
+        (["--first-run-share", "nan"], "--first-run-share"),
+        (["--first-run-share", "0.7", "0.8"], "unrecognized arguments"),
     ],
 )
 def test_argument_errors_exit_2(argv, message, capsys) -> None:
@@ -146,6 +151,35 @@ def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
     assert {r["attack"] for r in rows} == {"alma_paper-l2", "alma_paper_r3c-l2", "alma_prox-linf",
                                            "alma_prox_r3c-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
+
+
+def test_first_run_share_gives_run_zero_its_share(tmp_path) -> None:
+    """``--first-run-share 0.7``: the R > 1 runs of ALMA and ALMA prox with run 0 at 70 % of
+    each budget (keys ``_r<R>c_p0.7``; R = 1 keeps its key: one run has no share), still one
+    forward and one backward per step, and the same attack as the class with
+    ``first_run_share=0.7`` (its median)."""
+    rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
+                     "--distance", "l1", "linf", "--budgets", "10", "--restarts", "1", "2",
+                     "--restart-mode", "classes", "--first-run-share", "0.7",
+                     "--no-plots")  # fmt: skip
+    median = {r["attack"]: r["median"] for r in rows}
+    assert set(median) == {"alma_paper-l1", "alma_paper_r2c_p0.7-l1", "alma_prox-linf",
+                           "alma_prox_r2c_p0.7-linf"}  # fmt: skip
+    assert all(float(r["forwards"]) == float(r["backwards"]) == 10 for r in rows)
+    import foolbox as fb
+
+    from alma_plugin.foolbox import L1ALMA
+    from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+
+    model = load_smallcnn("mnist_regular")
+    images, labels = load_mnist_heldout()
+    attack = L1ALMA(steps=10, seed=0, restarts=2, restart_mode="classes", first_run_share=0.7)
+    with torch.no_grad():
+        clean = model(images[:2]).argmax(1) == labels[:2]
+    adversarials = attack.run(fb.PyTorchModel(model, bounds=(0, 1)), images[:2], labels[:2])
+    norms = (adversarials - images[:2]).flatten(1).norm(p=1, dim=1).where(clean, 0)
+    expected = norms.double().quantile(0.5).item()  # the report's median: the mean of two
+    assert float(median["alma_paper_r2c_p0.7-l1"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_smooth_max_runs_alma_and_alma_prox_once_per_kappa(tmp_path) -> None:
