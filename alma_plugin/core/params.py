@@ -133,9 +133,9 @@ class ALMAParams:
         first_run_share: p, the share of the steps that run 0 takes when ``restarts`` > 1
             (not in the paper): round(p·N) steps, at least 1 and leaving each other run one;
             runs 1 … R − 1 split the rest evenly. None (default): an even split, N // R each.
-            With ``restarts=2, restart_mode="classes"``, p = 0.7 lowered ALMA-ℓ1's distances at
-            100 steps against the single run on all three embedded models, where the even
-            split lost on the regular one (docs/performance.md, "A longer first run").
+            With ``restarts=2, restart_mode="classes"``, p = 0.7 lowered ALMA-ℓ1's and ℓ2's
+            distances at 100 steps against the single run on all three embedded models, where
+            the even split lost on the regular one (docs/performance.md, "A longer first run").
         smooth_max: κ of a smoothed max in DLR⁺'s gradient (not in the paper), as
             :attr:`ProxParams.smooth_max`: κ > 0: the gradient of (z_y − LSE(z_{i≠y}))/s, the
             max over the other classes smoothed at temperature κ·s, s = z_π1 − z_π3 held

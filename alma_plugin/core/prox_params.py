@@ -103,7 +103,8 @@ class ProxParams:
             is still any misclassification. Needs K ≥ R classes.
         first_run_share: p, the share of the steps that run 0 takes when ``restarts`` > 1, as
             :attr:`ALMAParams.first_run_share` (not in the thesis). None (default): an even
-            split.
+            split. (At 100 steps, two class runs with p = 0.7 were 0.5 % worse per sample than
+            one run on two MNIST models: docs/performance.md, "A longer first run".)
         prox_precision: None (default): the prox's β* exactly, from the sorted breakpoints of
             Φ′ (eq. 5.14 solved piece by piece, :func:`~alma_plugin.core.prox.exact_beta`); a
             float Δβ: Algorithm 5.1's ternary search to that precision (the thesis' 10⁻⁵
