@@ -64,6 +64,8 @@ def problems(draw: Any) -> dict[str, Any]:
     # restarts aimed at the next classes: untargeted, with a class for every run (K ≥ R)
     classes_allowed = not targeted and 1 < restarts <= k
     mode = draw(st.sampled_from(("random", "classes"))) if classes_allowed else "random"
+    # run 0's share of the steps (None: the even split); any p leaves every run a step
+    share = draw(st.one_of(st.none(), st.floats(0.01, 0.99))) if restarts > 1 else None
     return {
         "seed": draw(st.integers(0, 2**16)),
         "k": k,
@@ -76,6 +78,7 @@ def problems(draw: Any) -> dict[str, Any]:
         "steps": steps,
         "restarts": restarts,
         "restart_mode": mode,
+        "first_run_share": share,
     }
 
 
