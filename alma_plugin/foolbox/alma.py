@@ -261,7 +261,7 @@ class L2ALMA(ALMAAttack):
             the paper's defaults as ``inspect.signature(L2ALMA)`` shows; None fields follow the
             paper's rules for the budget (α, Appendix E) and the distance (ε, Table 3),
             ``smooth_max``, not in the paper, the distance's κ (``DISTANCES[name].smooth_max``;
-            0: Algorithm 2), and ``first_run_share`` (not in the paper) splits evenly.
+            0: Algorithm 2), and ``first_run_share`` (not in the paper), an even split.
 """
         + _CONVENTIONS
         + _REFERENCE
