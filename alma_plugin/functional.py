@@ -217,7 +217,9 @@ def alma(
         x,
         y,
         distance=function,
-        params=params.for_budget(steps, spec.init_lr_distance, spec.smooth_max),
+        params=params.for_budget(
+            steps, spec.init_lr_distance, spec.smooth_max, spec.class_restarts, targeted
+        ),
         steps=steps,
         bounds=bounds,
         targeted=targeted,

@@ -85,17 +85,19 @@ _COLUMNS = ("model", "norm", "attack", "label", "budget", "samples", "success", 
 
 
 def _suffix(
-    restarts: int,
+    restarts: int | None,
     mode: str = "random",
     smooth_max: float | None = None,
     share: float | None = None,
 ) -> tuple[str, str]:
-    """The key and label suffixes of a spec (none for one run with the default κ):
-    ``_r<R>`` / ", R = <R>" for random restarts, ``_r<R>c`` / ", R = <R> classes" for
-    ``restart_mode="classes"``, ``_p<p>`` / ", run 0: p" for a first run's share (R > 1), then
-    ``_k<κ>`` / ", κ = <κ>" for a smoothed max."""
+    """The key and label suffixes of a spec (none for the default runs and κ): ``_r1`` /
+    ", R = 1" for one run, ``_r<R>`` / ", R = <R>" for random restarts, ``_r<R>c`` /
+    ", R = <R> classes" for ``restart_mode="classes"``, ``_p<p>`` / ", run 0: p" for a first
+    run's share (R > 1), then ``_k<κ>`` / ", κ = <κ>" for a smoothed max."""
     key, label = "", ""
-    if restarts > 1:
+    if restarts == 1:
+        key, label = "_r1", ", R = 1"
+    elif restarts is not None:
         classes = mode == "classes"
         key, label = f"_r{restarts}{'c' if classes else ''}", f", R = {restarts}"
         label += " classes" if classes else ""
@@ -109,23 +111,26 @@ def _suffix(
 def alma_variant(
     variant: str,
     norm: str,
-    restarts: int = 1,
+    restarts: int | None = None,
     mode: str = "random",
     smooth_max: float | None = None,
     share: float | None = None,
 ) -> AttackSpec:
     """The spec of ALMA ``variant`` (a key of :data:`ALMA_VARIANTS`) for ``norm`` (l1 or l2)
     with ``restarts`` runs sharing each budget (``ALMAParams.restarts``, ``restart_mode``, run
-    0's ``first_run_share`` = ``share``) and the smoothed max κ (``ALMAParams.smooth_max``;
+    0's ``first_run_share`` = ``share``; None: the default, the distance's class restarts,
+    with ``mode`` and ``share`` unused) and the smoothed max κ (``ALMAParams.smooth_max``;
     None: the distance's default, ``DISTANCES[norm].smooth_max``, 0.1; 0: Algorithm 2's
     gradient): key ``alma_<variant>[_r<R>[c][_p<p>]][_k<κ>]-<norm>``, run through the
-    product's Foolbox class like the registry's ``alma-<norm>``."""
+    product's Foolbox class like the registry's ``alma-<norm>``. Algorithm 2 as published is
+    ``restarts=1, smooth_max=0`` with the "paper" schedule."""
     if variant not in ALMA_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
-    options = {**ALMA_VARIANTS[variant], "restarts": restarts, "restart_mode": mode,
-               "first_run_share": share}  # fmt: skip
+    options: dict[str, Any] = dict(ALMA_VARIANTS[variant])
+    if restarts is not None:
+        options.update(restarts=restarts, restart_mode=mode, first_run_share=share)
     if smooth_max is not None:
         options["smooth_max"] = smooth_max
     name = {"l1": "L1ALMA", "l2": "L2ALMA"}[norm]
@@ -147,7 +152,7 @@ def alma_variant(
 
 
 def prox_variant(
-    restarts: int,
+    restarts: int | None,
     mode: str = "random",
     smooth_max: float | None = None,
     share: float | None = None,
@@ -156,8 +161,10 @@ def prox_variant(
     (``ProxParams.restarts``, ``restart_mode``, run 0's ``first_run_share`` = ``share``,
     seeded by the sweep's seed) and the smoothed max κ (``ProxParams.smooth_max``; None: the
     default, :data:`~alma_plugin.PROX_SMOOTH_MAX`): key ``alma_prox[_r<R>[c][_p<p>]][_k<κ>]-linf``;
-    the registry's own spec for one run with the defaults."""
+    the registry's own spec for one run with the defaults (``restarts`` None or 1: ALMA
+    prox's default is one run)."""
     base = get_attack("alma_prox-linf")
+    restarts = 1 if restarts is None else restarts
     if restarts == 1 and smooth_max is None:
         return base
 
@@ -172,7 +179,7 @@ def prox_variant(
                                       cuda_graphs=cuda_graphs)  # fmt: skip
         return attack.run(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y)
 
-    key, label = _suffix(restarts, mode, smooth_max, share)
+    key, label = _suffix(restarts if restarts > 1 else None, mode, smooth_max, share)
     return replace(base, key=f"alma_prox{key}-linf", label=f"ALMA prox ({label[2:]})", run=run)
 
 
@@ -192,6 +199,11 @@ def _smooth_max_option(text: str) -> float | None:
     return value
 
 
+def _restarts_option(text: str) -> int | None:
+    """``--restarts``: 'default' (None: each attack's default runs) or a number of runs."""
+    return None if text.lower() == "default" else budget_option("restarts")(text)
+
+
 def _share_option(text: str) -> float:
     """``--first-run-share``: a number in (0, 1)."""
     try:
@@ -207,7 +219,7 @@ def _specs(
     variants: Sequence[str],
     peers: Sequence[str],
     norms: Sequence[str],
-    restarts: Sequence[int],
+    restarts: Sequence[int | None],
     mode: str = "random",
     smooth_maxes: Sequence[float | None] = (None,),
     share: float | None = None,
@@ -335,18 +347,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--restarts",
         nargs="+",
-        type=budget_option("restarts"),
-        default=[1],
+        type=_restarts_option,
+        default=[None],
         metavar="R",
         help="run ALMA's variants and ALMA prox once per R, with R runs sharing each budget "
-        "(ALMAParams / ProxParams.restarts; default: 1, the published algorithms)",
+        "(ALMAParams / ProxParams.restarts: a number >= 1, 1 for the published algorithms) or "
+        "'default' (each one's default: ALMA's class restarts for l1 and l2 from 100 steps, "
+        "one run for ALMA prox; the default)",
     )
     parser.add_argument(
         "--restart-mode",
         choices=list(RESTART_MODES),
         default="random",
         help="how runs k >= 1 of R > 1 differ from run 0 (ALMAParams / "
-        "ProxParams.restart_mode; default: random)",
+        "ProxParams.restart_mode; default: random); with --restarts R only, not with 'default'",
     )
     parser.add_argument(
         "--first-run-share",
@@ -354,7 +368,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="P",
         help="run 0's share of each budget where R > 1, the others splitting the rest "
-        "(ALMAParams / ProxParams.first_run_share: a number in (0, 1); default: an even split)",
+        "(ALMAParams / ProxParams.first_run_share: a number in (0, 1); default: an even split); "
+        "with --restarts R only, not with 'default'",
     )
     parser.add_argument(
         "--smooth-max",
@@ -417,9 +432,10 @@ def _check(
     cuda_graphs_argument(parser, args.cuda_graphs, device_argument(parser, args.device))
     if min(args.budgets) < 1:
         parser.error(f"argument --budgets: every budget must be >= 1, got {args.budgets}")
-    if min(args.restarts) < 1 or max(args.restarts) > min(args.budgets):
+    given = [r for r in args.restarts if r is not None]
+    if given and max(given) > min(args.budgets):
         parser.error(
-            f"argument --restarts: every R must be >= 1 and at most the smallest budget "
+            f"argument --restarts: every R must be at most the smallest budget "
             f"({min(args.budgets)}), got {args.restarts}"
         )
     for key in args.peers:

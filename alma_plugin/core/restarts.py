@@ -61,10 +61,11 @@ class Place:
 Run = Callable[[Place], AttackResult[ep.Tensor]]
 
 
-def check_restarts(steps: int, restarts: int) -> None:
-    """Every run needs a step: a ValueError naming both where ``restarts`` > ``steps``. The
-    classes check it at construction, the functions at the call."""
-    if restarts > steps:
+def check_restarts(steps: int, restarts: int | None) -> None:
+    """Every run needs a step: a ValueError naming both where ``restarts`` > ``steps`` (None,
+    ALMA's default, resolves to runs that fit). The classes check it at construction, the
+    functions at the call."""
+    if restarts is not None and restarts > steps:
         raise ValueError(
             f"restarts must be at most steps (every run needs a step): got restarts={restarts} "
             f"with steps={steps}"

@@ -109,6 +109,8 @@ def alma_solve(
     ``cuda_graphs`` (PyTorch on CUDA): after 3 warm-up steps, each step is replayed as a CUDA
     graph (:mod:`.graphs`): the same kernels, launched at once. The model's Python code then
     runs for the warm-up and the capture only."""
+    # The runs, resolved for the budget, the distance and the goal (ALMAParams.for_budget).
+    assert params.restarts is not None and params.restart_mode is not None
     if place is None:
         check_restart_mode(params.restart_mode, params.restarts, targeted)
 

@@ -114,12 +114,22 @@ class ALMAAttack(MinimalAttack):
         #: The hyperparameters as given (None: the paper's rule for the budget and distance).
         self.params = params
         check_restarts(self.steps, params.restarts)
-        self._resolved = params.for_budget(self.steps, spec.init_lr_distance, spec.smooth_max)
+        # Resolved per call: the default restarts depend on the criterion (targeted or not).
+        self._spec = spec
         self.distance_function: DistanceFunction = spec.function
         # What the perceptual distance measures: (0, 1) channels first, unless this is the
         # per-call copy made by for_model.
         self._measured_as: tuple[Bounds, str] = ((0.0, 1.0), CHANNELS_FIRST)
         self._bound = False  # the per-call copy of for_model: clips within segments (ℓp)
+
+    def resolved_params(self, targeted: bool = False) -> ALMAParams:
+        """:attr:`params` with every None resolved for this attack's steps and distance and an
+        untargeted (``Misclassification``) or ``targeted`` (``TargetedMisclassification``)
+        criterion (:meth:`ALMAParams.for_budget`): α, ε, κ and the runs the attack uses."""
+        spec = self._spec
+        return self.params.for_budget(
+            self.steps, spec.init_lr_distance, spec.smooth_max, spec.class_restarts, targeted
+        )
 
     def __repr__(self) -> str:
         graphs = ", cuda_graphs=True" if self.cuda_graphs else ""
@@ -214,7 +224,7 @@ class ALMAAttack(MinimalAttack):
             x,
             batch.classes,
             distance=self.descent_function(),
-            params=self._resolved,
+            params=self.resolved_params(batch.targeted),
             steps=self.steps,
             bounds=bounds,
             targeted=batch.targeted,
@@ -259,9 +269,12 @@ class L2ALMA(ALMAAttack):
             ``rmsprop_decay``, ``momentum``, ``levels``, ``schedule``, ``restarts``,
             ``restart_distance``, ``restart_mode``, ``first_run_share``, ``smooth_max``), with
             the paper's defaults as ``inspect.signature(L2ALMA)`` shows; None fields follow the
-            paper's rules for the budget (α, Appendix E) and the distance (ε, Table 3),
-            ``smooth_max``, not in the paper, the distance's κ (``DISTANCES[name].smooth_max``;
-            0: Algorithm 2), and ``first_run_share`` (not in the paper), an even split.
+            paper's rules for the budget (α, Appendix E) and the distance (ε, Table 3), and,
+            not in the paper, ``smooth_max`` the distance's κ (``DISTANCES[name].smooth_max``;
+            0: Algorithm 2) and ``restarts``, ``restart_mode``, ``first_run_share`` the
+            distance's class restarts (ℓ1, ℓ2: from 100 steps, with a ``Misclassification``
+            criterion, two runs, run 1 aimed at another class, run 0 taking 0.7 of the steps;
+            ``restarts=1``: one run, Algorithm 2); :meth:`resolved_params` shows them resolved.
 """
         + _CONVENTIONS
         + _REFERENCE

@@ -133,12 +133,13 @@ def test_tiny_run_writes_csv_table_and_plot(tmp_path) -> None:
 
 def test_restarts_run_once_per_r_with_the_budget_counted(tmp_path) -> None:
     """``--restarts 1 2``: ALMA and ALMA prox once per R, each still one forward and one
-    backward per step; R = 2 is a different attack (its distances differ)."""
+    backward per step; R = 2 is a different attack (its distances differ). ALMA's R = 1 is
+    keyed ``_r1`` (its default is the class restarts); ALMA prox's default is one run."""
     rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
                      "--distance", "l1", "linf", "--budgets", "6", "--restarts", "1", "2",
                      "--no-plots")  # fmt: skip
-    assert {r["attack"] for r in rows} == {"alma_paper-l1", "alma_paper_r2-l1", "alma_prox-linf",
-                                           "alma_prox_r2-linf"}  # fmt: skip
+    assert {r["attack"] for r in rows} == {"alma_paper_r1-l1", "alma_paper_r2-l1",
+                                           "alma_prox-linf", "alma_prox_r2-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
 
 
@@ -148,14 +149,14 @@ def test_class_restarts_run_through_the_sweep(tmp_path) -> None:
     rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
                      "--distance", "l2", "linf", "--budgets", "6", "--restarts", "1", "3",
                      "--restart-mode", "classes", "--no-plots")  # fmt: skip
-    assert {r["attack"] for r in rows} == {"alma_paper-l2", "alma_paper_r3c-l2", "alma_prox-linf",
-                                           "alma_prox_r3c-linf"}  # fmt: skip
+    assert {r["attack"] for r in rows} == {"alma_paper_r1-l2", "alma_paper_r3c-l2",
+                                           "alma_prox-linf", "alma_prox_r3c-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 6 for r in rows)
 
 
 def test_first_run_share_gives_run_zero_its_share(tmp_path) -> None:
     """``--first-run-share 0.7``: the R > 1 runs of ALMA and ALMA prox with run 0 at 70 % of
-    each budget (keys ``_r<R>c_p0.7``; R = 1 keeps its key: one run has no share), still one
+    each budget (keys ``_r<R>c_p0.7``; R = 1 has no share: ``_r1``), still one
     forward and one backward per step, and the same attack as the class with
     ``first_run_share=0.7`` (its median)."""
     rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "alma_prox-linf",
@@ -163,7 +164,7 @@ def test_first_run_share_gives_run_zero_its_share(tmp_path) -> None:
                      "--restart-mode", "classes", "--first-run-share", "0.7",
                      "--no-plots")  # fmt: skip
     median = {r["attack"]: r["median"] for r in rows}
-    assert set(median) == {"alma_paper-l1", "alma_paper_r2c_p0.7-l1", "alma_prox-linf",
+    assert set(median) == {"alma_paper_r1-l1", "alma_paper_r2c_p0.7-l1", "alma_prox-linf",
                            "alma_prox_r2c_p0.7-linf"}  # fmt: skip
     assert all(float(r["forwards"]) == float(r["backwards"]) == 10 for r in rows)
     import foolbox as fb
@@ -180,6 +181,34 @@ def test_first_run_share_gives_run_zero_its_share(tmp_path) -> None:
     norms = (adversarials - images[:2]).flatten(1).norm(p=1, dim=1).where(clean, 0)
     expected = norms.double().quantile(0.5).item()  # the report's median: the mean of two
     assert float(median["alma_paper_r2c_p0.7-l1"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_default_restarts_are_the_class_restarts_from_100_steps(tmp_path) -> None:
+    """``--restarts default 1`` (no ``--restarts``: default only): ALMA's default is two runs
+    aimed at classes, run 0 at 70 % (``alma_paper-l1``: ``L1ALMA()``'s median, not that of one
+    run, ``alma_paper_r1-l1``) from 100 steps, one run below (the two keys agree at 50)."""
+    rows = _run_rows(tmp_path / "out", "--variants", "paper", "--peers", "--distance", "l1",
+                     "--budgets", "50", "100", "--restarts", "default", "1",
+                     "--no-plots")  # fmt: skip
+    median = {(r["attack"], r["budget"]): float(r["median"]) for r in rows}
+    assert set(median) == {(a, b) for a in ("alma_paper-l1", "alma_paper_r1-l1")
+                           for b in ("50", "100")}  # fmt: skip
+    assert median["alma_paper-l1", "50"] == median["alma_paper_r1-l1", "50"]
+    assert median["alma_paper-l1", "100"] != median["alma_paper_r1-l1", "100"]
+    import foolbox as fb
+
+    from alma_plugin.foolbox import L1ALMA
+    from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+
+    model = load_smallcnn("mnist_regular")
+    images, labels = load_mnist_heldout()
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    adversarials = L1ALMA(steps=100).run(fmodel, images[:2], labels[:2])
+    with torch.no_grad():
+        clean = model(images[:2]).argmax(1) == labels[:2]
+    norms = (adversarials - images[:2]).flatten(1).norm(p=1, dim=1).where(clean, 0)
+    expected = norms.double().quantile(0.5).item()
+    assert median["alma_paper-l1", "100"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_smooth_max_runs_alma_and_alma_prox_once_per_kappa(tmp_path) -> None:

@@ -259,18 +259,21 @@ def test_early_stop_checked_every_m_steps_returns_the_every_step_result() -> Non
     assert torch.equal(result.distances, bests[t_stop])
 
 
-def test_live_tensors_do_not_grow_with_steps() -> None:
+@pytest.mark.parametrize(("restarts", "early"), [(1, 20), (None, 150)])
+def test_live_tensors_do_not_grow_with_steps(restarts: int | None, early: int) -> None:
+    """Within a run: one run of 201 steps, and run 1 (steps 141–200) of the default class
+    restarts (run 0's result is held from step 141 on, a fixed set)."""
     model = _linear_model()
     x, y = _batch(8)
     counts: dict[int, int] = {}
 
     def count_tensors(info: StepInfo) -> None:
-        if info.step in (20, 200):
+        if info.step in (early, 200):
             gc.collect()
             counts[info.step] = sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
 
-    alma(model, x, y, steps=201, callback=count_tensors)
-    assert counts[200] <= counts[20]
+    alma(model, x, y, steps=201, restarts=restarts, callback=count_tensors)
+    assert counts[200] <= counts[early]
 
 
 class NaNBeyond(nn.Module):

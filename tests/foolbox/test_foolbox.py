@@ -17,6 +17,7 @@ import torch
 from foolbox.attacks.base import MinimizationAttack
 
 from alma_plugin import ALMAParams, alma
+from alma_plugin.core.params import budget_alpha
 from alma_plugin.foolbox import (
     CIEDE2000ALMA,
     L1ALMA,
@@ -47,10 +48,20 @@ def test_public_api() -> None:
 
 def test_paper_defaults() -> None:
     assert L2ALMA().steps == 1000
-    assert L2ALMA()._resolved.alpha == pytest.approx(0.9)  # Appendix E
-    assert L2ALMA(steps=100)._resolved.alpha == pytest.approx(0.5)
-    assert L2ALMA()._resolved.init_lr_distance == pytest.approx(0.1)  # Table 3
-    assert L1ALMA()._resolved.init_lr_distance == pytest.approx(0.5)
+    assert L2ALMA(restarts=1).resolved_params().alpha == pytest.approx(0.9)  # Appendix E
+    assert L2ALMA(steps=100).resolved_params().alpha == pytest.approx(0.5)
+    assert L2ALMA().resolved_params().init_lr_distance == pytest.approx(0.1)  # Table 3
+    assert L1ALMA().resolved_params().init_lr_distance == pytest.approx(0.5)
+    # The default class restarts (not in the paper): 700 + 300 steps, α for the 700-step run;
+    # a TargetedMisclassification criterion runs once, with the paper's α for 1000 steps.
+    untargeted, targeted = L1ALMA().resolved_params(), L1ALMA().resolved_params(targeted=True)
+    assert (untargeted.restarts, untargeted.restart_mode, untargeted.first_run_share) == (
+        2,
+        "classes",
+        0.7,
+    )
+    assert untargeted.alpha == pytest.approx(budget_alpha(700))
+    assert (targeted.restarts, targeted.alpha) == (1, pytest.approx(0.9))
     assert L2ALMA().params == ALMAParams()  # as given: None fields follow the paper's rules
     config = L2ALMA(alpha=0.7, gamma=1.5, tau=0.9, check_steps=5, levels=256).params
     assert (config.alpha, config.gamma, config.tau, config.check_steps, config.levels) == (
@@ -483,8 +494,8 @@ def test_repr_is_stable_across_processes_and_runs(fmodel: fb.PyTorchModel, few: 
         "init_lr=None, lr_reduction=0.01, penalty='P2', mu_init=1.0, rho_init=1.0, "
         "mu_min=1e-06, mu_max=1000000000000.0, rho_max=1000000000000000.0, gamma=1.5, "
         "tau=0.95, check_steps=10, "
-        "rmsprop_decay=None, momentum=None, levels=256, schedule='paper', restarts=1, "
-        "restart_distance=None, restart_mode='random', first_run_share=None, smooth_max=None))"
+        "rmsprop_decay=None, momentum=None, levels=256, schedule='paper', restarts=None, "
+        "restart_distance=None, restart_mode=None, first_run_share=None, smooth_max=None))"
     )
     code = (
         "from tests.foolbox.test_foolbox import _attacks_for_repr as a; "

@@ -90,7 +90,7 @@ def test_defaults_from_table_3(lpips: LPIPS) -> None:
     for attack, epsilon in [(CIEDE2000ALMA(), 0.4), (SSIMALMA(), 3e-5), (MSSSIMALMA(), 3e-5),
                             (LPIPSALMA(lpips=lpips), 1e-3)]:  # fmt: skip
         # CIEDE2000: the paper's 0.05 re-derived for the standard CIELAB scale
-        assert attack._resolved.init_lr_distance == epsilon
+        assert attack.resolved_params().init_lr_distance == epsilon
     assert LPIPSALMA(lpips=lpips).distance.function is lpips
     with pytest.raises(TypeError, match="lpips must be"):
         LPIPSALMA(lpips="alex")  # type: ignore[arg-type]
