@@ -157,7 +157,10 @@ def alma(
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``, …),
             with the paper's defaults, as ``inspect.signature(alma)`` shows, but for
             ``smooth_max`` (None: the distance's κ, ``DISTANCES[name].smooth_max``; 0:
-            Algorithm 2's gradient).
+            Algorithm 2's gradient) and ``restarts`` (None: the distance's class restarts,
+            for untargeted ℓ1 / ℓ2 attacks of at least 100 steps two runs, run 1 aimed at
+            another class, see :class:`~alma_plugin.ALMAParams`; 1: one run). Algorithm 2
+            as published: ``params=ALMAParams.published()`` (``restarts=1, smooth_max=0``).
 
     Returns:
         An :class:`~alma_plugin.AttackResult` of tensors of the inputs' kind (raw, or eagerpy

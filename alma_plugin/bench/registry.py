@@ -13,10 +13,12 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..core.params import ALMAParams
 from . import peers
 from .peers import RunFn
 
@@ -72,7 +74,7 @@ class AttackSpec:
 # --- ALMA (this package) --------------------------------------------------------------------
 
 
-def _alma(name: str, **options: float) -> RunFn:
+def _alma(name: str, **options: Any) -> RunFn:
     def run(
         model: nn.Module,
         x: torch.Tensor,
@@ -132,16 +134,15 @@ def _entries() -> list[AttackSpec]:
             default_budgets=both,
             cuda_graphs=True,
         ),
-        # Algorithm 2 exactly as published: one run and DLR⁺'s own gradient, not the distance's
-        # default class restarts and smoothed max (ALMAParams.restarts and .smooth_max, not in
-        # the paper).
+        # Algorithm 2 exactly as published (ALMAParams.published(): one run and DLR⁺'s own
+        # gradient, not the distance's default class restarts and smoothed max).
         *(
             AttackSpec(
                 f"alma_alg2-{norm}",
                 "ALMA (Algorithm 2)",
                 norm,
                 "alma_plugin",
-                _alma(name, restarts=1, smooth_max=0.0),
+                _alma(name, params=ALMAParams.published()),
                 cuda_graphs=True,
             )
             for norm, name in (("l1", "L1ALMA"), ("l2", "L2ALMA"))

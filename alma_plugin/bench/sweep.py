@@ -122,8 +122,9 @@ def alma_variant(
     with ``mode`` and ``share`` unused) and the smoothed max κ (``ALMAParams.smooth_max``;
     None: the distance's default, ``DISTANCES[norm].smooth_max``, 0.1; 0: Algorithm 2's
     gradient): key ``alma_<variant>[_r<R>[c][_p<p>]][_k<κ>]-<norm>``, run through the
-    product's Foolbox class like the registry's ``alma-<norm>``. Algorithm 2 as published is
-    ``restarts=1, smooth_max=0`` with the "paper" schedule."""
+    product's Foolbox class like the registry's ``alma-<norm>``. Algorithm 2 as published
+    (``ALMAParams.published()``) is ``restarts=1``, ``smooth_max=0`` and the "paper"
+    schedule."""
     if variant not in ALMA_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(ALMA_VARIANTS)}, got {variant!r}")
     if norm not in ("l1", "l2"):

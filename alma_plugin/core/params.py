@@ -100,10 +100,11 @@ def check_fields(params: Any, rules: dict[str, tuple[float, float, bool, bool]])
 class ALMAParams:
     """Hyperparameters of ALMA (Algorithm 2 of Rony et al., ICCV 2021, with §3.2).
 
-    Defaults are the paper's (§4 "Hyperparameters", Appendix E) but one: :attr:`smooth_max`, a
-    smoothed max in DLR⁺'s gradient that is not in the paper (``smooth_max=0`` is Algorithm 2
-    exactly). Fields left at None are resolved for a budget and a distance by
-    :meth:`for_budget`.
+    Defaults are the paper's (§4 "Hyperparameters", Appendix E) but two, not in the paper:
+    :attr:`smooth_max`, a smoothed max in DLR⁺'s gradient, and :attr:`restarts`, two runs for
+    untargeted ℓ1 / ℓ2 attacks from 100 steps, the second aimed at another class.
+    :meth:`published` (``restarts=1, smooth_max=0``) is Algorithm 2 exactly. Fields left at
+    None are resolved for a budget, a distance and the goal by :meth:`for_budget`.
 
     Attributes:
         alpha: α, EMA coefficient of the multiplier (eq. 9). None: :func:`budget_alpha`.
@@ -226,6 +227,14 @@ class ALMAParams:
         object.__setattr__(self, "schedule", check_choice("schedule", self.schedule, SCHEDULES))
         if self.restart_mode is not None:
             object.__setattr__(self, "restart_mode", check_restart_mode_name(self.restart_mode))
+
+    @classmethod
+    def published(cls) -> ALMAParams:
+        """Algorithm 2 exactly as published (§3, §4 and Appendix E of the paper): the defaults
+        but for the package's two departures, one run (``restarts=1``) and DLR⁺'s own gradient
+        (``smooth_max=0``). ``alma(..., params=ALMAParams.published())``; keywords still
+        replace its fields."""
+        return cls(restarts=1, smooth_max=0.0)
 
     def for_budget(
         self,

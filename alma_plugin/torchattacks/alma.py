@@ -72,7 +72,10 @@ class ALMA(StateRestoringAttack):
             ``init_lr_distance``, ``init_lr``, ``lr_reduction``, ``penalty``, ``mu_init``,
             ...) with the paper's defaults, as ``inspect.signature(ALMA)`` shows, but for
             ``smooth_max`` (None: the distance's κ, ``DISTANCES[name].smooth_max``; 0:
-            Algorithm 2's gradient).
+            Algorithm 2's gradient) and ``restarts`` (None: for "l1" / "l2" in the default
+            mode from 100 steps, two runs, run 1 aimed at another class; one run in a
+            targeted mode, below 100 steps and for the other distances; 1: one run).
+            Algorithm 2 as published: ``params=ALMAParams.published()``.
 
     ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips``, ``padding``, ``cuda_graphs``
     and ``params`` are kept as attributes of the same name and read at each call:

@@ -142,3 +142,17 @@ def test_torchattacks_default_follows_the_mode() -> None:
         attack.set_mode_targeted_by_label(quiet=True)
     targets = (y + 1) % 5
     assert torch.equal(attacks[0](x, targets), attacks[1](x, targets))
+
+
+def test_published_is_one_run_with_dlr_plus_own_gradient() -> None:
+    """``ALMAParams.published()``: the defaults but ``restarts=1, smooth_max=0`` (Algorithm 2,
+    α = 0.9 at 1000 steps as Appendix E), bit for bit through ``params=`` from 100 steps, and
+    not the default there."""
+    published = ALMAParams.published()
+    assert published == ALMAParams(restarts=1, smooth_max=0)
+    resolved = published.for_budget(1000, 0.1, 0.1, 2, False)
+    assert (resolved.restarts, resolved.smooth_max, resolved.alpha) == (1, 0.0, pytest.approx(0.9))
+    model, (x, y) = _model(), _batch()
+    paper = alma(model, x, y, distance="l1", steps=100, params=published)
+    assert _same(paper, alma(model, x, y, distance="l1", steps=100, restarts=1, smooth_max=0))
+    assert not _same(paper, alma(model, x, y, distance="l1", steps=100))

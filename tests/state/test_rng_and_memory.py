@@ -281,7 +281,10 @@ def test_memory_does_not_grow_with_the_steps(entry: str) -> None:
     ):
         warnings.simplefilter("ignore")
         GROWTH[entry](model, late)
-    (tensors, saved, objects), (tensors_late, saved_late, objects_late) = counts[early], counts[late]
+    (tensors, saved, objects), (tensors_late, saved_late, objects_late) = (
+        counts[early],
+        counts[late],
+    )
     assert tensors_late <= tensors + 3, (tensors, tensors_late)
     assert saved_late <= saved + 3, (saved, saved_late)
     assert objects_late <= objects + 40, (objects, objects_late)
