@@ -198,7 +198,7 @@ def alma_solve(
                 check_logits(logits, labels, "targets" if targeted else "labels")
                 check_differentiable(logits)
                 if restart == 0 and c.restart_mode == "classes":
-                    check_class_restarts(logits.shape[-1], c.restarts)
+                    check_class_restarts(logits.shape[-1], params.restarts)
             logits = judged_logits(logits, dtype)  # float16 ones in float32; float64 kept
             goals = s.goals
             if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
