@@ -111,6 +111,7 @@ def alma_solve(
     runs for the warm-up and the capture only."""
     # The runs, resolved for the budget, the distance and the goal (ALMAParams.for_budget).
     assert params.restarts is not None and params.restart_mode is not None
+    runs = params.restarts
     if place is None:
         check_restart_mode(params.restart_mode, params.restarts, targeted)
 
@@ -198,7 +199,7 @@ def alma_solve(
                 check_logits(logits, labels, "targets" if targeted else "labels")
                 check_differentiable(logits)
                 if restart == 0 and c.restart_mode == "classes":
-                    check_class_restarts(logits.shape[-1], params.restarts)
+                    check_class_restarts(logits.shape[-1], runs)
             logits = judged_logits(logits, dtype)  # float16 ones in float32; float64 kept
             goals = s.goals
             if aims_at_class and t == 0:  # the logits at x̃⁽⁰⁾ = x rank the other classes
