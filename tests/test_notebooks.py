@@ -27,9 +27,15 @@ MAX_COMMITTED_BYTES = 400 * 1024
 
 def current_defaults() -> dict[str, Any]:
     """Every default a notebook's numbers depend on: the params classes (ALMA, ALMA prox, the
-    Lagrangian attack), the default budgets, ALMA prox's λ⁽⁰⁾, ρ⁽⁰⁾ and κ per task and each
-    distance's Table 3 ε and ALMA's κ."""
-    from alma_plugin.core.params import ALMA_STEPS, PROX_STEPS
+    Lagrangian attack), the default budgets, ALMA prox's λ⁽⁰⁾, ρ⁽⁰⁾ and κ per task, each
+    distance's Table 3 ε, ALMA's κ and its default class restarts (runs, from which budget,
+    run 0's share)."""
+    from alma_plugin.core.params import (
+        ALMA_STEPS,
+        CLASS_RESTARTS_FIRST_RUN_SHARE,
+        CLASS_RESTARTS_MIN_STEPS,
+        PROX_STEPS,
+    )
 
     return {
         "ALMAParams": asdict(alma_plugin.ALMAParams()),
@@ -41,6 +47,11 @@ def current_defaults() -> dict[str, Any]:
         "steps": {"alma": ALMA_STEPS, "alma_prox": PROX_STEPS},
         "init_lr_distance": {n: s.init_lr_distance for n, s in alma_plugin.DISTANCES.items()},
         "smooth_max": {n: s.smooth_max for n, s in alma_plugin.DISTANCES.items()},
+        "class_restarts": {n: s.class_restarts for n, s in alma_plugin.DISTANCES.items()},
+        "CLASS_RESTARTS": {
+            "min_steps": CLASS_RESTARTS_MIN_STEPS,
+            "first_run_share": CLASS_RESTARTS_FIRST_RUN_SHARE,
+        },
     }
 
 
