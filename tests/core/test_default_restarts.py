@@ -21,21 +21,12 @@ from alma_plugin.core.params import (
 )
 from alma_plugin.foolbox import L1ALMA, L2ALMA
 from alma_plugin.torchattacks import ALMA
+from tests.core.test_restarts import _batch, _model  # a 5-class linear model, 8 samples
 from tests.utils import CountingModel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 PLAN = {"restarts": 2, "restart_mode": "classes", "first_run_share": 0.7}
-
-
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5)).eval()
-
-
-def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.rand(n, 1, 4, 4, generator=gen), torch.randint(0, 5, (n,), generator=gen)
 
 
 def test_the_constants_and_the_distances_that_use_them() -> None:
