@@ -17,7 +17,12 @@ distances in :mod:`alma_plugin.distances`, the embedded models and data in
 
 from .core.lagrangian import LagrangianParams, LagrangianResult
 from .core.model_checks import ProbabilityOutputWarning, TrainingModeWarning
-from .core.params import ALMAParams, budget_alpha
+from .core.params import (
+    CLASS_RESTARTS_FIRST_RUN_SHARE,
+    CLASS_RESTARTS_MIN_STEPS,
+    ALMAParams,
+    budget_alpha,
+)
 from .core.precision import ReducedPrecisionWarning
 from .core.prox_params import PROX_INIT_LR, PROX_RHO_INIT, PROX_SMOOTH_MAX, ProxParams
 from .core.result import AttackResult, StepInfo
@@ -27,6 +32,8 @@ from .functional import alma, alma_prox, lagrangian
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLASS_RESTARTS_FIRST_RUN_SHARE",
+    "CLASS_RESTARTS_MIN_STEPS",
     "DISTANCES",
     "PROX_INIT_LR",
     "PROX_RHO_INIT",

@@ -13,10 +13,12 @@ import foolbox as fb
 import pytest
 import torch
 
-from alma_plugin import DISTANCES, ALMAParams, alma
-from alma_plugin.core.params import (
+from alma_plugin import (
     CLASS_RESTARTS_FIRST_RUN_SHARE,
     CLASS_RESTARTS_MIN_STEPS,
+    DISTANCES,
+    ALMAParams,
+    alma,
     budget_alpha,
 )
 from alma_plugin.foolbox import L1ALMA, L2ALMA
