@@ -220,9 +220,7 @@ def alma(
         x,
         y,
         distance=function,
-        params=params.for_budget(
-            steps, spec.init_lr_distance, spec.smooth_max, spec.class_restarts, targeted
-        ),
+        params=spec.alma_params(params, steps, targeted),
         steps=steps,
         bounds=bounds,
         targeted=targeted,

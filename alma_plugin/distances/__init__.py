@@ -72,6 +72,7 @@ from ._ssim import (
 )
 
 if TYPE_CHECKING:
+    from ..core.params import ALMAParams
     from ._alexnet import LPIPS_CHANNELS, AlexNetFeatures
     from ._lpips import LPIPS, LPIPSWeightsNotFoundError
 
@@ -95,6 +96,14 @@ class DistanceSpec:
     descent: DistanceFunction | None = None
     smooth_max: float = 0.0
     class_restarts: int = 1
+
+    def alma_params(self, params: ALMAParams, steps: int, targeted: bool = False) -> ALMAParams:
+        """``params`` with every None resolved for ``steps`` steps of an untargeted or
+        ``targeted`` attack on this distance (:meth:`ALMAParams.for_budget` with this spec's ε,
+        κ and class restarts): what ``alma()`` and the Foolbox classes run."""
+        return params.for_budget(
+            steps, self.init_lr_distance, self.smooth_max, self.class_restarts, targeted
+        )
 
     @property
     def objective(self) -> DistanceFunction:

@@ -126,10 +126,7 @@ class ALMAAttack(MinimalAttack):
         """:attr:`params` with every None resolved for this attack's steps and distance and an
         untargeted (``Misclassification``) or ``targeted`` (``TargetedMisclassification``)
         criterion (:meth:`ALMAParams.for_budget`): α, ε, κ and the runs the attack uses."""
-        spec = self._spec
-        return self.params.for_budget(
-            self.steps, spec.init_lr_distance, spec.smooth_max, spec.class_restarts, targeted
-        )
+        return self._spec.alma_params(self.params, self.steps, targeted)
 
     def __repr__(self) -> str:
         graphs = ", cuda_graphs=True" if self.cuda_graphs else ""

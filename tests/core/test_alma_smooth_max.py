@@ -36,7 +36,7 @@ def test_default_is_the_distances_kappa() -> None:
     assert kappas == {"l1": 0.1, "l2": 0.1, "ciede2000": 0.1, "lpips": 0.1, "ssim": 0.0,
                       "msssim": 0.1}  # fmt: skip
     for name, spec in DISTANCES.items():
-        resolved = ALMAParams().for_budget(100, spec.init_lr_distance, spec.smooth_max)
+        resolved = spec.alma_params(ALMAParams(), 100)
         assert resolved.smooth_max == kappas[name]
         assert ALMAParams(smooth_max=0).for_budget(100, 1.0, spec.smooth_max).smooth_max == 0
 

@@ -58,7 +58,7 @@ def test_default_mode(cnn: nn.Module, few: tuple[torch.Tensor, torch.Tensor]) ->
     assert attack.get_mode() == "default"
     assert attack.params is None  # nothing given: the distance's defaults at each call
     spec = DISTANCES["l2"]
-    resolved = ALMAParams().for_budget(attack.steps, spec.init_lr_distance, spec.smooth_max)
+    resolved = spec.alma_params(ALMAParams(), attack.steps)
     assert resolved.alpha == 0.5 and resolved.init_lr_distance == 0.1  # paper defaults
     assert resolved.smooth_max == 0.1  # not in the paper: ℓ2's κ
 
