@@ -154,7 +154,7 @@ def timed_run(
             x,
             y,
             distance=distance_fn or spec.function,
-            params=ALMAParams().for_budget(steps, spec.init_lr_distance, spec.smooth_max),
+            params=spec.alma_params(ALMAParams(), steps),
             steps=steps,
             early_stop=early_stop,
             cuda_graphs=cuda_graphs,
