@@ -19,6 +19,7 @@ from .core.lagrangian import LagrangianParams, LagrangianResult
 from .core.model_checks import ProbabilityOutputWarning, TrainingModeWarning
 from .core.params import (
     CLASS_RESTARTS_FIRST_RUN_SHARE,
+    CLASS_RESTARTS_MIN_CLASSES,
     CLASS_RESTARTS_MIN_STEPS,
     ALMAParams,
     budget_alpha,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLASS_RESTARTS_FIRST_RUN_SHARE",
+    "CLASS_RESTARTS_MIN_CLASSES",
     "CLASS_RESTARTS_MIN_STEPS",
     "DISTANCES",
     "PROX_INIT_LR",

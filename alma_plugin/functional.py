@@ -221,6 +221,7 @@ def alma(
         y,
         distance=function,
         params=spec.alma_params(params, steps, targeted),
+        params_for_classes=lambda classes: spec.alma_params(params, steps, targeted, classes),
         steps=steps,
         bounds=bounds,
         targeted=targeted,

@@ -28,11 +28,12 @@ MAX_COMMITTED_BYTES = 400 * 1024
 def current_defaults() -> dict[str, Any]:
     """Every default a notebook's numbers depend on: the params classes (ALMA, ALMA prox, the
     Lagrangian attack), the default budgets, ALMA prox's λ⁽⁰⁾, ρ⁽⁰⁾ and κ per task, each
-    distance's Table 3 ε, ALMA's κ and its default class restarts (runs, from which budget,
-    run 0's share)."""
+    distance's Table 3 ε, ALMA's κ and its default class restarts (runs, from which budget and
+    class count, run 0's share)."""
     from alma_plugin.core.params import (
         ALMA_STEPS,
         CLASS_RESTARTS_FIRST_RUN_SHARE,
+        CLASS_RESTARTS_MIN_CLASSES,
         CLASS_RESTARTS_MIN_STEPS,
         PROX_STEPS,
     )
@@ -51,6 +52,7 @@ def current_defaults() -> dict[str, Any]:
         "CLASS_RESTARTS": {
             "min_steps": CLASS_RESTARTS_MIN_STEPS,
             "first_run_share": CLASS_RESTARTS_FIRST_RUN_SHARE,
+            "min_classes": CLASS_RESTARTS_MIN_CLASSES,
         },
     }
 

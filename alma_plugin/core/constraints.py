@@ -127,8 +127,17 @@ def _most_likely_other(
 def check_class_restarts(num_classes: int, restarts: int) -> None:
     """``restart_mode="classes"`` aims run k at a class that neither the label nor runs
     1 … k − 1 aimed at: runs 1 … R − 1 take R − 1 classes besides the label, so R runs need
-    K ≥ R classes. The solvers check it at run 0's first forward (where K becomes known),
-    before the other runs spend their model calls."""
+    K ≥ R classes, and a run aimed at a class needs one besides the label and the class run 0
+    heads for: K ≥ 3 (with K = 2, tDLR⁺ towards the other class is DLR⁺, run 0's problem). The
+    solvers check it at run 0's first forward (where K becomes known), before the other runs
+    spend their model calls."""
+    if restarts > 1 and num_classes < 3:
+        raise ValueError(
+            f"restart_mode='classes' aims runs 1 … R − 1 at classes other than the label and "
+            f"the one run 0 heads for, which a model with K={num_classes} classes does not "
+            f"have (a run aimed at the other class would solve run 0's problem again): pass "
+            f"restarts=1, or restart_mode='random' (got restarts={restarts})"
+        )
     if restarts > 1 and num_classes < restarts:
         raise ValueError(
             f"restart_mode='classes' aims run k at a class that neither the label nor runs "

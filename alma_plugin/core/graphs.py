@@ -116,23 +116,27 @@ class Steps(Generic[S]):
 
     def run_all(
         self,
-        steps: int,
+        steps: int | Callable[[], int],
         *,
         offset: int = 0,
         callback: Callable[[StepInfo], None] | None = None,
         stop_after: Callable[[int], bool] | None = None,
     ) -> int:
-        """Steps 0 … ``steps`` − 1; returns how many ran. The callback gets
-        ``StepInfo(offset + t, *outputs)``. With ``stop_after``, the state's 0-d ``stopped``
-        flag (kept on the device by the step) is read after each step t where
+        """Steps 0 … ``steps`` − 1; returns how many ran. ``steps`` may be a function, read
+        after every step (a solver's run 0 learns its length at its first forward). The
+        callback gets ``StepInfo(offset + t, *outputs)``. With ``stop_after``, the state's 0-d
+        ``stopped`` flag (kept on the device by the step) is read after each step t where
         ``stop_after(t)`` (one read every M steps) and ends the run where it holds."""
-        for t in range(steps):
+        length = steps if callable(steps) else lambda: steps
+        t = 0
+        while t < length():
             outputs = self.run(t)
             if callback is not None:
                 callback(StepInfo(offset + t, *outputs))
-            if stop_after is not None and stop_after(t) and _stopped(self.state):
-                return t + 1
-        return steps
+            t += 1
+            if stop_after is not None and stop_after(t - 1) and _stopped(self.state):
+                break
+        return t
 
     def _warm(self, t: int) -> Outputs:
         """Step ``t`` run one by one, on the device's warm-up stream."""
@@ -206,7 +210,7 @@ def _torch() -> Any:
 def run_steps(
     step: Step[S],
     state: S,
-    steps: int,
+    steps: int | Callable[[], int],
     *,
     check_steps: int,
     graphs: bool = False,
@@ -214,7 +218,8 @@ def run_steps(
     callback: Callable[[StepInfo], None] | None = None,
     early_stop: bool = False,
 ) -> tuple[S, int]:
-    """A solver's loop: ``step`` for t = 0 … ``steps`` − 1 (:class:`Steps`), whose kinds are
+    """A solver's loop: ``step`` for t = 0 … ``steps`` − 1 (:class:`Steps`; ``steps`` may be a
+    function, read after every step), whose kinds are
     the ρ-check steps ((t + 1) % M = 0, M = ``check_steps``) and the others; with
     ``early_stop``, the state's ``stopped`` flag is read after each check step. Returns the
     final state and the number of steps run."""

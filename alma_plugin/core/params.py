@@ -23,6 +23,7 @@ from .validation import check_choice, check_in_range, check_positive_int
 __all__ = [
     "ALMA_STEPS",
     "CLASS_RESTARTS_FIRST_RUN_SHARE",
+    "CLASS_RESTARTS_MIN_CLASSES",
     "CLASS_RESTARTS_MIN_STEPS",
     "PROX_STEPS",
     "RESTART_MODES",
@@ -57,6 +58,15 @@ PROX_STEPS = 500
 #: +9 % (worse: run 1's 15 steps are too few), hence one run below 100 steps.
 CLASS_RESTARTS_MIN_STEPS = 100
 CLASS_RESTARTS_FIRST_RUN_SHARE = 0.7
+#: The default class restarts need a model with at least this many classes K; below, one run
+#: (decided at run 0's first forward, where K becomes known). With K = 2, tDLR⁺ towards the
+#: other class is DLR⁺ itself (both the plain margin): run 1 would solve run 0's problem again,
+#: and on a 2-class SmallCNN the default had given ℓ1 norms 66 % larger than one run at 100
+#: steps (an explicit ``restart_mode="classes"`` with ``restarts`` > 1 is refused there). With
+#: K = 3 (run 1 has one class left) two runs were 1.5–3.9 % worse per sample for ℓ1 at 100
+#: steps (3.6–4.0 % better at 1000); with K = 4, 5 and 10 better at 100 steps
+#: (docs/performance.md, "Class restarts and the number of classes").
+CLASS_RESTARTS_MIN_CLASSES = 4
 
 POSITIVE = (0.0, math.inf, True, True)  # (low, high, open_low, open_high)
 NON_NEGATIVE = (0.0, math.inf, False, True)
@@ -141,7 +151,8 @@ class ALMAParams:
             :data:`CLASS_RESTARTS_MIN_STEPS` (100) steps runs twice, run 1 aimed at another
             class (``restart_mode`` None → "classes"), run 0 taking
             :data:`CLASS_RESTARTS_FIRST_RUN_SHARE` (0.7) of the steps (``first_run_share``
-            None → 0.7); every other attack (other distances, targeted, fewer steps) one run.
+            None → 0.7); every other attack (other distances, targeted, fewer steps, models with
+            fewer than :data:`CLASS_RESTARTS_MIN_CLASSES` (4) classes) one run.
             ``restarts=1`` (with ``smooth_max=0``) is Algorithm 2 exactly.
         restart_distance: D(x̃⁽⁰⁾, x) of a random restart's start x̃⁽⁰⁾ = P_[0,1](x − η n),
             n ~ U(−1, 1)ⁿ, η found by the §3.2.3 search. None: ε (``init_lr_distance``).
@@ -150,7 +161,8 @@ class ALMAParams:
             k ≥ 1 starts at x and minimises D under tDLR⁺ (eq. 18) towards the most likely
             class at x that neither y nor the adversarial of an earlier run took, as
             AutoAttack's APGD-T aims at the top classes; success is still any
-            misclassification. Needs K ≥ R classes. None (default): "classes" when
+            misclassification. Needs K ≥ R classes, and K ≥ 3 (with K = 2 a run aimed at the other
+            class would solve run 0's problem again). None (default): "classes" when
             ``restarts`` is None (the distance's class restarts), "random" when it is given.
         first_run_share: p, the share of the steps that run 0 takes when ``restarts`` > 1
             (not in the paper): round(p·N) steps, at least 1 and leaving each other run one;
@@ -243,17 +255,21 @@ class ALMAParams:
         smooth_max: float,
         class_restarts: int = 1,
         targeted: bool = False,
+        classes: int | None = None,
     ) -> ALMAParams:
         """These params with every None resolved for ``steps``, an untargeted or ``targeted``
-        attack and a distance (``DISTANCES[name]``) whose Table 3 ε is ``init_lr_distance``,
-        whose κ is ``smooth_max`` and whose default number of class-aimed runs is
-        ``class_restarts``: the runs (:attr:`restarts` None: the distance's class restarts,
-        see there), α by :func:`budget_alpha` for the steps of one run (the longest),
-        RMSProp decay and momentum = α, the restarts' distance = ε."""
+        attack, a model with ``classes`` = K classes (None: not known yet, taken as enough for
+        the class restarts) and a distance (``DISTANCES[name]``) whose Table 3 ε is
+        ``init_lr_distance``, whose κ is ``smooth_max`` and whose default number of
+        class-aimed runs is ``class_restarts``: the runs (:attr:`restarts` None: the
+        distance's class restarts, see there), α by :func:`budget_alpha` for the steps of one
+        run (the longest), RMSProp decay and momentum = α, the restarts' distance = ε."""
         steps = check_positive_int("steps", steps)
         restarts, mode, share = self.restarts, self.restart_mode, self.first_run_share
         if restarts is None:  # the distance's class restarts (not in the paper)
+            enough = classes is None or classes >= CLASS_RESTARTS_MIN_CLASSES
             planned = class_restarts > 1 and not targeted and steps >= CLASS_RESTARTS_MIN_STEPS
+            planned = planned and enough
             restarts = class_restarts if planned else 1
             if planned:
                 mode = "classes" if mode is None else mode

@@ -100,7 +100,8 @@ class ProxParams:
             (``restart_distance``). "classes" (untargeted classification only): run k ≥ 1
             starts at δ = 0 under tDLR⁺ towards the most likely class at x that neither y nor
             the adversarial of an earlier run took, as ALMA's (:class:`ALMAParams`); success
-            is still any misclassification. Needs K ≥ R classes.
+            is still any misclassification. Needs K ≥ R classes, and K ≥ 3 (with K = 2 a run
+            aimed at the other class would solve run 0's problem again).
         first_run_share: p, the share of the steps that run 0 takes when ``restarts`` > 1, as
             :attr:`ALMAParams.first_run_share` (not in the thesis). None (default): an even
             split. (At 100 steps, two class runs with p = 0.7 were 0.5 % worse per sample than

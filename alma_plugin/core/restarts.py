@@ -46,15 +46,18 @@ __all__ = [
 class Place:
     """Where one run sits in a restarted attack: run ``index`` (k; 0 starts from x), its
     ``steps``, the steps run before it (``offset``), the samples earlier runs brought below
-    ``early_stop`` (``solved``; None without early stop and for run 0) and the classes of the
+    ``early_stop`` (``solved``; None without early stop and for run 0), the classes of the
     adversarials earlier runs returned (``reached``: one (N,) tensor per run, −1 where it found
-    none; empty for run 0 and where the solver gives no ``predictions``)."""
+    none; empty for run 0 and where the solver gives no ``predictions``) and the attack's whole
+    budget (``budget``: the steps of all runs; run 0 may take them all, see
+    :func:`run_restarts`)."""
 
     index: int
     steps: int
     offset: int
     solved: ep.Tensor | None
     reached: tuple[ep.Tensor, ...] = ()
+    budget: int = 0
 
 
 #: One run of a solver at its place → its result.
@@ -151,17 +154,21 @@ def run_restarts(
     With ``early_stop``, each run stops once every sample has an adversarial below it, counting
     those found by earlier runs (which it is told as ``solved``); the remaining runs are then
     skipped. Between two runs the host reads one boolean (no more than R − 1 per attack).
+    A run 0 that took the whole budget (the default class restarts on a model with too few
+    classes, decided at its first forward) ends the attack.
     """
     result: AttackResult[ep.Tensor] | None = None
     offset = 0
     reached: tuple[ep.Tensor, ...] = ()
     for k, budget in enumerate(split_budget(steps, restarts, first_run_share)):
+        if offset >= steps:
+            break
         solved = None
         if result is not None and early_stop is not None:
             solved = result.distances < early_stop
             if bool(solved.all().item()):
                 break
-        new = run(Place(k, budget, offset, solved, reached))
+        new = run(Place(k, budget, offset, solved, reached, steps))
         result = new if result is None else best_of_runs(result, new, offset)
         offset += new.steps_run
         if new.predictions is not None:

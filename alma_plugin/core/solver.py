@@ -83,6 +83,7 @@ def alma_solve(
     seed: int = 0,
     place: Place | None = None,
     cuda_graphs: bool = False,
+    params_for_classes: Callable[[int], ALMAParams] | None = None,
 ) -> AttackResult[ep.Tensor]:
     """Run ALMA on a validated batch. ``inputs`` lie in ``bounds``; ``labels`` are the true
     classes, or the targets when ``targeted``. ``params`` are resolved for the budget
@@ -104,7 +105,11 @@ def alma_solve(
     misclassification; :func:`.constraints.restart_goal`); each sample keeps its best
     adversarial. ``first_success_step`` and the callback's step count from the start of run
     0. ``place`` (given by :func:`.restarts.run_restarts` only) makes this call one run of
-    ``place.steps`` steps.
+    ``place.steps`` steps. ``params_for_classes(K)`` (the entry points': ``params`` resolved
+    for a model with K classes) is asked at run 0's first forward, where K becomes known;
+    where it is one run (the default class restarts on a model with fewer than
+    ``CLASS_RESTARTS_MIN_CLASSES`` classes), run 0 takes those params and the whole budget,
+    the same attack as ``restarts=1`` bit for bit.
 
     ``cuda_graphs`` (PyTorch on CUDA): after 3 warm-up steps, each step is replayed as a CUDA
     graph (:mod:`.graphs`): the same kernels, launched at once. The model's Python code then
@@ -120,7 +125,8 @@ def alma_solve(
                               steps=place.steps, bounds=bounds, targeted=targeted,
                               is_adversarial=is_adversarial, callback=callback,
                               early_stop=early_stop, seed=seed, place=place,
-                              cuda_graphs=cuda_graphs)  # fmt: skip
+                              cuda_graphs=cuda_graphs,
+                              params_for_classes=params_for_classes)  # fmt: skip
 
         return run_restarts(run, steps, params.restarts, early_stop, params.first_run_share)
     restart, step_offset, solved, reached = place.index, place.offset, place.solved, place.reached
@@ -180,6 +186,22 @@ def alma_solve(
         stopped=ep.zeros(x, ()) > 0,  # the early-stop condition has held, on the device
     )
 
+    def fit_to_classes(num_classes: int) -> None:
+        """At run 0's first forward: the params for K classes, and where they are one run
+        (the default class restarts need K ≥ CLASS_RESTARTS_MIN_CLASSES), the whole budget
+        for run 0. Nothing the step has computed so far depends on what this changes."""
+        nonlocal c, alpha, rmsprop_decay, momentum, smooth_max, runs, steps
+        assert params_for_classes is not None and place is not None
+        fitted = params_for_classes(num_classes)
+        if fitted == c:
+            return
+        assert fitted.restarts == 1, "only the default class restarts depend on K"
+        assert fitted.alpha is not None and fitted.smooth_max is not None
+        assert fitted.rmsprop_decay is not None and fitted.momentum is not None
+        c, runs, steps = fitted, 1, place.budget
+        alpha, rmsprop_decay, momentum = fitted.alpha, fitted.rmsprop_decay, fitted.momentum
+        smooth_max = fitted.smooth_max
+
     def advance(s: _State, t: int, clock: Any) -> tuple[_State, tuple[ep.Tensor, ...]]:
         """Iteration t of Algorithm 2 from ``s``. ``t`` takes the decisions made in Python
         (step 0, a ρ check); ``clock`` is t for the arithmetic (a device tensor in a graph)."""
@@ -198,6 +220,8 @@ def alma_solve(
             if t == 0:  # the class count K is only known once the model has answered
                 check_logits(logits, labels, "targets" if targeted else "labels")
                 check_differentiable(logits)
+                if restart == 0 and params_for_classes is not None:
+                    fit_to_classes(logits.shape[-1])
                 if restart == 0 and c.restart_mode == "classes":
                     check_class_restarts(logits.shape[-1], runs)
             logits = judged_logits(logits, dtype)  # float16 ones in float32; float64 kept
@@ -305,7 +329,8 @@ def alma_solve(
                            first_success, ever_adversarial, stopped)  # fmt: skip
         return new_state, (dist, d, mu, rho, step_size, success)
 
-    s, steps_run = run_steps(advance, state, steps, check_steps=c.check_steps, graphs=cuda_graphs,
+    s, steps_run = run_steps(advance, state, lambda: steps, check_steps=c.check_steps,
+                             graphs=cuda_graphs,
                              offset=step_offset, callback=callback,
                              early_stop=early_stop is not None)  # fmt: skip
     return AttackResult(

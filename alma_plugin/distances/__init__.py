@@ -97,12 +97,15 @@ class DistanceSpec:
     smooth_max: float = 0.0
     class_restarts: int = 1
 
-    def alma_params(self, params: ALMAParams, steps: int, targeted: bool = False) -> ALMAParams:
+    def alma_params(
+        self, params: ALMAParams, steps: int, targeted: bool = False, classes: int | None = None
+    ) -> ALMAParams:
         """``params`` with every None resolved for ``steps`` steps of an untargeted or
-        ``targeted`` attack on this distance (:meth:`ALMAParams.for_budget` with this spec's ε,
-        κ and class restarts): what ``alma()`` and the Foolbox classes run."""
+        ``targeted`` attack on this distance and a model with ``classes`` = K classes (None:
+        not known yet) (:meth:`ALMAParams.for_budget` with this spec's ε, κ and class
+        restarts): what ``alma()`` and the Foolbox classes run."""
         return params.for_budget(
-            steps, self.init_lr_distance, self.smooth_max, self.class_restarts, targeted
+            steps, self.init_lr_distance, self.smooth_max, self.class_restarts, targeted, classes
         )
 
     @property

@@ -122,11 +122,14 @@ class ALMAAttack(MinimalAttack):
         self._measured_as: tuple[Bounds, str] = ((0.0, 1.0), CHANNELS_FIRST)
         self._bound = False  # the per-call copy of for_model: clips within segments (ℓp)
 
-    def resolved_params(self, targeted: bool = False) -> ALMAParams:
-        """:attr:`params` with every None resolved for this attack's steps and distance and an
+    def resolved_params(self, targeted: bool = False, classes: int | None = None) -> ALMAParams:
+        """:attr:`params` with every None resolved for this attack's steps and distance, an
         untargeted (``Misclassification``) or ``targeted`` (``TargetedMisclassification``)
-        criterion (:meth:`ALMAParams.for_budget`): α, ε, κ and the runs the attack uses."""
-        return self._spec.alma_params(self.params, self.steps, targeted)
+        criterion and a model with ``classes`` = K classes (None: not known yet, taken as
+        enough; the default class restarts are one run below ``CLASS_RESTARTS_MIN_CLASSES``;
+        the attack resolves them at its first forward) (:meth:`ALMAParams.for_budget`): α, ε,
+        κ and the runs the attack uses."""
+        return self._spec.alma_params(self.params, self.steps, targeted, classes)
 
     def __repr__(self) -> str:
         graphs = ", cuda_graphs=True" if self.cuda_graphs else ""
@@ -222,6 +225,7 @@ class ALMAAttack(MinimalAttack):
             batch.classes,
             distance=self.descent_function(),
             params=self.resolved_params(batch.targeted),
+            params_for_classes=lambda classes: self.resolved_params(batch.targeted, classes),
             steps=self.steps,
             bounds=bounds,
             targeted=batch.targeted,

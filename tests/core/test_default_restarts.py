@@ -1,9 +1,10 @@
 """ALMA's default restarts (``ALMAParams.restarts=None``, not in the paper): for the distances
 whose ``DISTANCES[name].class_restarts`` is 2 (ℓ1, ℓ2), an untargeted attack of at least
 ``CLASS_RESTARTS_MIN_STEPS`` steps is two runs, run 1 aimed at another class, run 0 taking
-``CLASS_RESTARTS_FIRST_RUN_SHARE`` of the steps; every other attack one run. Checked: the
-resolution table, and every entry point's default bit for bit against the explicit setting
-it resolves to (and against one run, which it is not)."""
+``CLASS_RESTARTS_FIRST_RUN_SHARE`` of the steps; every other attack one run, and so is the
+default on a model with fewer than ``CLASS_RESTARTS_MIN_CLASSES`` classes (decided at run 0's
+first forward). Checked: the resolution table, and every entry point's default bit for bit
+against the explicit setting it resolves to (and against one run, which it is not)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from alma_plugin import (
     CLASS_RESTARTS_FIRST_RUN_SHARE,
+    CLASS_RESTARTS_MIN_CLASSES,
     CLASS_RESTARTS_MIN_STEPS,
     DISTANCES,
     ALMAParams,
@@ -33,6 +35,7 @@ PLAN = {"restarts": 2, "restart_mode": "classes", "first_run_share": 0.7}
 
 def test_the_constants_and_the_distances_that_use_them() -> None:
     assert (CLASS_RESTARTS_MIN_STEPS, CLASS_RESTARTS_FIRST_RUN_SHARE) == (100, 0.7)
+    assert CLASS_RESTARTS_MIN_CLASSES == 4
     assert {name: spec.class_restarts for name, spec in DISTANCES.items()} == {
         "l1": 2, "l2": 2, "ciede2000": 1, "ssim": 1, "msssim": 1, "lpips": 1,
     }  # fmt: skip
@@ -149,3 +152,101 @@ def test_published_is_one_run_with_dlr_plus_own_gradient() -> None:
     paper = alma(model, x, y, distance="l1", steps=100, params=published)
     assert _same(paper, alma(model, x, y, distance="l1", steps=100, restarts=1, smooth_max=0))
     assert not _same(paper, alma(model, x, y, distance="l1", steps=100))
+
+
+@pytest.mark.parametrize(
+    ("given", "classes", "expected"),
+    [
+        ({}, None, (2, "classes", 0.7)),  # K not known yet: planned
+        ({}, 4, (2, "classes", 0.7)),
+        ({}, 10, (2, "classes", 0.7)),
+        ({}, 3, (1, "random", None)),  # one class left for run 1: it lost at 100 steps
+        ({}, 2, (1, "random", None)),  # no class besides the one run 0 heads for
+        ({"restarts": 2, "restart_mode": "classes"}, 2, (2, "classes", None)),  # refused later
+    ],
+)
+def test_resolution_for_the_class_count(
+    given: dict[str, Any], classes: int | None, expected: tuple[int, str, float | None]
+) -> None:
+    resolved = ALMAParams(**given).for_budget(1000, 0.1, 0.1, 2, False, classes)
+    assert (resolved.restarts, resolved.restart_mode, resolved.first_run_share) == expected
+
+
+def _few_classes(classes: int = 2) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, classes)).eval()
+    x = _batch()[0]
+    with torch.no_grad():
+        return model, x, model(x).argmax(1)
+
+
+@pytest.mark.parametrize(("distance", "classes"), [("l1", 2), ("l2", 2), ("l1", 3)])
+def test_few_classes_get_one_run_of_the_whole_budget(distance: str, classes: int) -> None:
+    """K < CLASS_RESTARTS_MIN_CLASSES: the default is ``restarts=1`` bit for bit, α of the
+    whole budget included (150 steps: α(105) ≠ α(150)), at exactly one forward and one
+    backward per step (decided at run 0's first forward)."""
+    model, x, y = _few_classes(classes)
+    counting = CountingModel(model)
+    default = alma(counting, x, y, distance=distance, steps=150)
+    assert (counting.forwards, counting.backwards, default.steps_run) == (150, 150, 150)
+    one_run = alma(model, x, y, distance=distance, steps=150, restarts=1)
+    assert _same(default, one_run)
+    assert budget_alpha(105) != budget_alpha(150)
+    attack = L2ALMA if distance == "l2" else L1ALMA
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    assert torch.equal(
+        attack(steps=150).run(fmodel, x, y), attack(steps=150, restarts=1).run(fmodel, x, y)
+    )
+    assert attack(steps=150).resolved_params(classes=classes).restarts == 1
+    assert attack(steps=150).resolved_params(classes=4).restarts == 2
+    assert torch.equal(
+        ALMA(model, distance, steps=150)(x, y), ALMA(model, distance, steps=150, restarts=1)(x, y)
+    )
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2", "linf"])
+def test_explicit_class_restarts_on_two_classes_are_refused_at_the_first_forward(
+    distance: str,
+) -> None:
+    from alma_plugin import ProxParams
+
+    model, x, y = _few_classes()
+    counting = CountingModel(model)
+    given = {"restarts": 2, "restart_mode": "classes"}
+    params = ProxParams(**given) if distance == "linf" else ALMAParams(**given)
+    with pytest.raises(ValueError, match=r"a model with K=2 classes does not have.*restarts=1"):
+        alma(counting, x, y, distance=distance, steps=20, params=params)
+    assert counting.forwards == 1
+
+
+@pytest.mark.parametrize("framework", ["jax", "tensorflow"])
+def test_few_classes_get_one_run_on_every_framework(framework: str) -> None:
+    """The decision at run 0's first forward is Python around each framework's autodiff (JAX
+    traces the loss): a 3-class linear model gets ``restarts=1`` bit for bit (110 steps:
+    α(77) ≠ α(110)). The batch and weights are test_frameworks' (JAX compiles per shape)."""
+    import numpy as np
+
+    from tests.core.test_frameworks import IMAGES, WEIGHTS
+
+    assert budget_alpha(77) != budget_alpha(110)
+    if framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        weights, x = jnp.asarray(WEIGHTS), jnp.asarray(IMAGES)
+
+        def model(u: Any) -> Any:
+            return u.reshape(len(u), -1) @ weights
+
+        labels = model(x).argmax(axis=1)
+    else:
+        tf = pytest.importorskip("tensorflow")
+        weights, x = tf.constant(WEIGHTS), tf.constant(IMAGES)
+
+        def model(u: Any) -> Any:
+            return tf.reshape(u, (len(u), -1)) @ weights
+
+        labels = tf.argmax(model(x), axis=1)
+    default = alma(model, x, labels, distance="l1", steps=110)
+    one_run = alma(model, x, labels, distance="l1", steps=110, restarts=1)
+    assert np.array_equal(np.asarray(default.distances), np.asarray(one_run.distances))
+    assert np.array_equal(np.asarray(default.adversarials), np.asarray(one_run.adversarials))
+    assert int(default.steps_run) == 110
