@@ -196,6 +196,7 @@ def alma_solve(
         if fitted == c:
             return
         assert fitted.restarts == 1, "only the default class restarts depend on K"
+        assert place.budget >= place.steps, "run_restarts gives run 0 the whole budget"
         assert fitted.alpha is not None and fitted.smooth_max is not None
         assert fitted.rmsprop_decay is not None and fitted.momentum is not None
         c, runs, steps = fitted, 1, place.budget
