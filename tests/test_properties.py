@@ -61,8 +61,9 @@ def problems(draw: Any) -> dict[str, Any]:
     steps = draw(st.integers(1, 8))
     targeted = draw(st.booleans())
     restarts = draw(st.integers(1, min(steps, 3)))  # R runs share the steps
-    # restarts aimed at the next classes: untargeted, with a class for every run (K ≥ R)
-    classes_allowed = not targeted and 1 < restarts <= k
+    # restarts aimed at the next classes: untargeted, with a class for every run (K ≥ R) and
+    # one besides the class run 0 heads for (K ≥ 3; with K = 2 they are refused)
+    classes_allowed = not targeted and 1 < restarts <= k and k >= 3
     mode = draw(st.sampled_from(("random", "classes"))) if classes_allowed else "random"
     # run 0's share of the steps (None: the even split); any p leaves every run a step
     share = draw(st.one_of(st.none(), st.floats(0.01, 0.99))) if restarts > 1 else None
@@ -155,3 +156,34 @@ def test_segmentation_prox_invariants(
         ),  # fmt: skip
         device,
     )
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    k=st.integers(2, 6),
+    steps=st.sampled_from((99, 100, 130)),
+    targeted=st.booleans(),
+    distance=st.sampled_from(("l1", "l2")),
+)
+def test_default_runs_follow_the_class_count_budget_and_goal(
+    seed: int, k: int, steps: int, targeted: bool, distance: str, device: str
+) -> None:
+    """ALMA's default is, bit for bit, the explicit runs ``for_budget`` gives for the model's K
+    (known only at the first forward), the budget and the goal: two runs aimed at classes for
+    K ≥ CLASS_RESTARTS_MIN_CLASSES, untargeted, from CLASS_RESTARTS_MIN_STEPS; else one."""
+    from alma_plugin import DISTANCES, ALMAParams, alma
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, k)).to(device).eval()
+    x = torch.rand(3, 3, 2, 2, device=device)
+    with torch.no_grad():
+        labels = (model(x).argmax(1) + (1 if targeted else 0)) % k
+    resolved = DISTANCES[distance].alma_params(ALMAParams(), steps, targeted, classes=k)
+    runs = {"restarts": resolved.restarts, "restart_mode": resolved.restart_mode,
+            "first_run_share": resolved.first_run_share}  # fmt: skip
+    default = alma(model, x, labels, distance=distance, steps=steps, targeted=targeted)
+    explicit = alma(model, x, labels, distance=distance, steps=steps, targeted=targeted, **runs)
+    assert torch.equal(default.distances, explicit.distances)
+    assert torch.equal(default.adversarials, explicit.adversarials)
+    planned = k >= 4 and not targeted and steps >= 100
+    assert resolved.restarts == (2 if planned else 1)
