@@ -274,8 +274,9 @@ class L2ALMA(ALMAAttack):
             not in the paper, ``smooth_max`` the distance's κ (``DISTANCES[name].smooth_max``;
             0: Algorithm 2) and ``restarts``, ``restart_mode``, ``first_run_share`` the
             distance's class restarts (ℓ1, ℓ2: from 100 steps, with a ``Misclassification``
-            criterion, two runs, run 1 aimed at another class, run 0 taking 0.7 of the steps;
-            ``restarts=1``: one run, Algorithm 2); :meth:`resolved_params` shows them resolved.
+            criterion and a model of at least 4 classes, two runs, run 1 aimed at another
+            class, run 0 taking 0.7 of the steps; ``restarts=1``: one run, Algorithm 2);
+            :meth:`resolved_params` shows them resolved.
 """
         + _CONVENTIONS
         + _REFERENCE

@@ -74,7 +74,8 @@ class ALMA(StateRestoringAttack):
             ``smooth_max`` (None: the distance's κ, ``DISTANCES[name].smooth_max``; 0:
             Algorithm 2's gradient) and ``restarts`` (None: for "l1" / "l2" in the default
             mode from 100 steps, two runs, run 1 aimed at another class; one run in a
-            targeted mode, below 100 steps and for the other distances; 1: one run).
+            targeted mode, below 100 steps, on models with fewer than 4 classes and for the
+            other distances; 1: one run).
             Algorithm 2 as published: ``params=ALMAParams.published()``.
 
     ``distance``, ``steps``, ``early_stop``, ``seed``, ``lpips``, ``padding``, ``cuda_graphs``
