@@ -28,6 +28,7 @@ _PEER_KEYWORDS = {
     "alpha": "init_lr",  # PGD's step size (the Lagrangian attack's α is init_lr)
     "random_start": "restarts",
     "n_restarts": "restarts",
+    "norm": "distance",  # torchattacks' FAB and Square, adversarial-library's FMN
 }
 #: Where a peer keyword is also ours with another meaning (ALMA's α), the hint says whose.
 _PEER_MEANINGS = {
@@ -93,6 +94,13 @@ def takes_params(
             in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         ]
         is_init = function.__name__ == "__init__"
+        # The first keyword-only argument, for the error on too many positional ones.
+        keyword_only = [
+            p.name
+            for p in signature.parameters.values()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "params"
+        ]
+        example = [*keyword_only, *names][0]
 
         def caller(args: tuple[Any, ...]) -> str:
             """The name the user wrote: the class called (a subclass of the method's owner,
@@ -113,7 +121,7 @@ def takes_params(
                 raise TypeError(
                     f"{caller(args)} takes {len(positional) - skip} positional argument(s) but "
                     f"{len(args) - skip} were given; the others are keyword-only, e.g. "
-                    f"steps=..."
+                    f"{example}=..."
                 )
 
         @functools.wraps(function)

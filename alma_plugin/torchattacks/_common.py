@@ -97,11 +97,12 @@ def _clamp_normalisation_rounding(images: torch.Tensor) -> torch.Tensor:
 def target_labels(attack: Attack, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The targets of torchattacks' targeted mode, with the model left in the modes of the call.
 
-    torchattacks draws random and least-likely targets through ``get_output_with_eval_nograd``,
-    which ends with ``model.train()`` on a model that was training: every module, batch norm
-    and dropout included, would then train for the rest of the call, against
-    ``set_model_training_mode(model_training=True, batchnorm_training=False, ...)``. Each
-    module's flag is put back as it was before the draw."""
+    torchattacks draws random and least-likely targets through ``get_output_with_eval_nograd``
+    (which :class:`StateRestoringAttack` makes restore every module's flag); a user's target
+    function (``set_mode_targeted_by_function``) may call ``model.train()`` or ``eval()`` too:
+    every module, batch norm and dropout included, would then train for the rest of the call,
+    against ``set_model_training_mode(model_training=True, batchnorm_training=False, ...)``.
+    Each module's flag is put back as it was before the draw."""
     with modes_kept(attack.model):
         targets = attack.get_target_label(images, labels)
     return as_labels("target labels", targets, ep.astensor(images), (len(images),)).raw
@@ -222,6 +223,20 @@ class StateRestoringAttack(Attack):
         and the normalisation state when the attack raises."""
         with restored_state(self):
             return super().__call__(inputs, labels, *args, **kwargs)
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        """torchattacks' ``Attack.save`` (same arguments, same files) that leaves every module's
+        train/eval flag as it was: torchattacks' ends with ``model.train()`` on a model that
+        was training, which switched a batch norm frozen by the user back to training."""
+        with modes_kept(self.model):
+            return super().save(*args, **kwargs)
+
+    def get_output_with_eval_nograd(self, inputs: torch.Tensor) -> torch.Tensor:
+        """torchattacks' logits with the whole model in eval mode (for ``save``'s robust
+        accuracy and the targeted modes' draws), each module's flag then put back as it was
+        (torchattacks' calls ``model.train()``, which sets every module training)."""
+        with modes_kept(self.model):
+            return super().get_output_with_eval_nograd(inputs)
 
     def normalize(self, inputs: torch.Tensor) -> torch.Tensor:
         """torchattacks' ``(x − mean) / std`` in the inputs' dtype: its float32 mean and std

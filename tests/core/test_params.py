@@ -99,10 +99,28 @@ def test_alma_refuses_label_maps_with_linf_and_names_alma_prox(labels: Any) -> N
         (lambda: LinfALMAProx(eps=0.3), r"no ε budget"),  # was 'steps'
         (lambda: lagrangian(NET, X, Y, eps=0.3), r"Lagrangian attack has no ε budget.*multiplier"),
         (lambda: Lagrangian(NET, epsilon=0.3), r"Lagrangian attack has no ε budget"),
+        (lambda: ALMA(NET, norm="L2"), r"did you mean 'distance'\? 'norm' is other attacks'"),
     ],
 )
 def test_unknown_keywords_get_a_useful_hint_or_none(call: Any, hint: str) -> None:
     with pytest.raises(TypeError, match=rf"unexpected keyword argument .*{hint}"):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        # before: "e.g. steps=..." for every entry point, where steps was accepted positionally
+        (
+            lambda: ALMA(NET, "l2", 100, 0.5),
+            r"takes 3 positional .* 4 were given.*early_stop=\.\.\.",
+        ),
+        (lambda: alma(NET, X, Y, "l2", 5), r"alma\(\) takes 3 positional .*e\.g\. distance="),
+        (lambda: L2ALMA(100), r"takes 0 positional .* 1 were given.*e\.g\. steps="),
+    ],
+)
+def test_too_many_positional_arguments_name_a_keyword_only_one(call: Any, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
         call()
 
 

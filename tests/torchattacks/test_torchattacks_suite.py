@@ -86,6 +86,15 @@ HOST_FAILURES: dict[tuple[str, str, str | None], str] = {
         for name in ("FAB-L2", "PGDL2", "CW")
         for mode in ("random", "least_likely")
     },
+    **{
+        ("save_modes", name, verbose): (
+            f"{name}'s call and save (torchattacks' Attack.__call__ and Attack.save) end with "
+            "model.train() on a model that was training: a batch norm the user froze trains "
+            "again"
+        )
+        for name in ("DeepFool", "FAB-L2", "PGDL2", "CW")
+        for verbose in ("quiet", "verbose")
+    },
     ("label_dtype", "PGDL2", "int32"): (
         "torchattacks' PGDL2 passes the labels to cross_entropy, which needs int64 targets"
     ),
@@ -423,6 +432,23 @@ def test_save(
     if fooled.any():
         distances = (saved["adv_inputs"] - x).flatten(1).norm(dim=1)[fooled]
         assert mean_l2 == pytest.approx(distances.mean().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(("name", "verbose"), cases("save_modes", ("quiet", "verbose")))
+def test_save_leaves_every_module_mode(
+    setup: tuple[nn.Module, torch.Tensor, torch.Tensor], name: str, verbose: str
+) -> None:
+    """``save()`` on a model in train mode with its batch norm frozen (``bn.eval()``, as in
+    fine-tuning): every module's flag is as it was afterwards, whether ``save`` measured the
+    robust accuracy (``verbose``, through ``get_output_with_eval_nograd``) or not."""
+    model, x, y = setup
+    model.train()
+    model[1].eval()
+    before = model_state(model)
+    attack = ATTACKS[name](model)
+    loader = DataLoader(TensorDataset(x[:6], y[:6]), batch_size=3)
+    attack.save(loader, verbose=False, return_verbose=verbose == "verbose")
+    assert_same_state(model, before, grads=False)  # .grad: test_inputs_and_model_untouched
 
 
 @pytest.mark.parametrize("name", cases("multiattack"))
