@@ -15,7 +15,7 @@ from foolbox.distances import Distance
 
 from ..core.validation import Bounds, check_bounds, check_number, outside_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
-from ._common import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first
+from ._common import CHANNELS_FIRST, CHANNELS_LAST, host_number, to_channels_first
 
 __all__ = ["NormalisedDistance", "WithinSegment"]
 
@@ -116,8 +116,9 @@ class NormalisedDistance(Distance):
 
     def clip_perturbation(self, references: T, perturbed: T, epsilon: float) -> T:
         """``perturbed`` with each perturbation shrunk until D ≤ ``epsilon`` (≥ 0; NaN and
-        negative values are refused: no point satisfies D ≤ ε for them)."""
-        epsilon = check_number("epsilon", epsilon)
+        negative values are refused: no point satisfies D ≤ ε for them). Foolbox hands each
+        epsilon of a tensor of epsilons over as a 0-d tensor, taken as its number."""
+        epsilon = check_number("epsilon", host_number(epsilon))
         if not epsilon >= 0:  # also NaN
             raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
         (x, y), restore_type = ep.astensors_(references, perturbed)

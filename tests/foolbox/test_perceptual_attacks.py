@@ -8,6 +8,7 @@ import math
 
 import eagerpy as ep
 import foolbox as fb
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -115,6 +116,22 @@ def test_clip_perturbation_really_clips(name: str, lpips: LPIPS, cifar: tuple) -
     assert torch.equal(clipped[inside], xp[inside])  # unchanged where already inside
     assert (after[~inside] > 0.9 * epsilon).all()  # shrunk, not collapsed to x
     assert clipped.min() >= 0 and clipped.max() <= 255
+    # Foolbox hands each epsilon of a tensor of epsilons over as a 0-d tensor (before: a
+    # TypeError, raised once the attack had run); a 0-d array is read the same way.
+    for same in (torch.tensor(epsilon), np.array(epsilon)):
+        assert torch.equal(distance.clip_perturbation(x, xp, same), clipped)  # type: ignore[arg-type]
+
+
+def test_epsilons_as_a_tensor(color_cnn: nn.Module, samples: tuple) -> None:
+    """``epsilons`` as a tensor, as with DDN: the same results as the list."""
+    x, y = samples
+    fmodel = fb.PyTorchModel(color_cnn, bounds=(0, 1))
+    attack = CIEDE2000ALMA(steps=20)
+    epsilons = torch.tensor([1.0, 5.0])
+    _, from_tensor, success = attack(fmodel, x, y, epsilons=epsilons)
+    _, from_list, expected = attack(fmodel, x, y, epsilons=epsilons.tolist())
+    assert all(torch.equal(a, b) for a, b in zip(from_tensor, from_list, strict=True))
+    assert torch.equal(success, expected)
 
 
 @pytest.mark.parametrize("epsilon", [-1.0, math.nan])
