@@ -40,7 +40,7 @@ import numpy as np
 from .autodiff import check_differentiable, value_aux_and_grad
 from .model_checks import call_model, check_logits, warn_if_probabilities
 from .params import NON_NEGATIVE, POSITIVE, check_fields
-from .tensors import class_indices, expand, model_space
+from .tensors import bounded_gradient, class_indices, expand, model_space
 from .validation import Bounds, as_tensor, check_params_fit, working_dtype
 
 __all__ = ["LAGRANGIAN_STEPS", "LagrangianParams", "LagrangianResult", "lagrangian_solve"]
@@ -190,11 +190,12 @@ def lagrangian_solve(
         # 2. λ′ ← λ·c^(1−i/N), α′ ← α·c^(i/N).
         multiplier, step_size = p.schedule(step, steps)
         # 3. g ← ∇(ℓ − λ′‖δ‖₂): one forward and one backward for ℓ; ‖δ‖₂'s gradient is δ/‖δ‖₂
-        #    (0 at δ = 0). A NaN region of the model gives no step rather than a NaN iterate.
+        #    (0 at δ = 0). A NaN region of the model gives no step rather than a NaN iterate,
+        #    an infinite gradient (a float16 model's backward) a bounded one.
         _, logits, grad = value_aux_and_grad(loss_fn, x_adv)
         if step == 0:  # κ is in logits: on probabilities the margin saturates
             warn_if_probabilities(logits, "the margin loss ℓ and its confidence κ")
-        grad = ep.where(grad.isnan(), 0, grad)
+        grad = bounded_gradient(grad)
         delta = x_adv - x
         norms = _per_sample_norm(delta)
         unit = delta / expand(ep.where(norms > 0, norms, 1), delta)

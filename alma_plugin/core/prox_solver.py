@@ -40,11 +40,11 @@ from .prox_schedule import constraint_mask, masking_rank, scale_update, step_siz
 from .restarts import Place, check_restart_mode, restart_rng, run_restarts, uniform_noise
 from .result import AttackResult, StepInfo
 from .tensors import (
+    bounded_gradient,
     clip_rounding,
     expand,
     full,
     judged_logits,
-    nan_to_zero,
     representable_bounds,
     valid_logit_rows,
 )
@@ -314,7 +314,7 @@ def alma_prox_solve(
         # 23–25. VMFB with the Adam-like diagonal metric (eq. 5.17–5.18). NaN gradients (a NaN
         # region of the model) take no step; |g| ≤ 10¹⁸ (not in the thesis) keeps g² finite in
         # float32 once μ and ρ have grown large.
-        grad = nan_to_zero(grad).clip(-1e18, 1e18)
+        grad = bounded_gradient(grad)
         v = p.alpha * s_.v + (1 - p.alpha) * grad.square()
         metric = (v / correction).sqrt() + p.metric_eps
         # Λ = [−u, 1 − u] ⊂ [−1, 1]: ‖P_Λ(·)‖∞ ≤ 1 fixes the ternary iteration count on the host.

@@ -26,12 +26,12 @@ from .restarts import Place, check_restart_mode, restart_rng, run_restarts, unif
 from .result import AttackResult, StepInfo
 from .schedules import initial_step_size, random_unit_directions, scheduled_step_size
 from .tensors import (
+    bounded_gradient,
     expand,
     finite_rows,
     full,
     judged_logits,
     model_space,
-    nan_to_zero,
     valid_logit_rows,
 )
 from .validation import Bounds, as_tensor, check_params_fit, working_dtype
@@ -271,8 +271,9 @@ def alma_solve(
         ever_adversarial = ep.logical_or(s.ever_adversarial, success)
 
         # A NaN region of the model (e.g. logits overflowing beyond some radius) gives NaN
-        # gradients: no step from them, so the iterate stays finite.
-        grad = nan_to_zero(grad)
+        # gradients: no step from them; an infinite one (a float16 model's backward once μ has
+        # grown) is bounded (not in the paper): the iterate and RMSProp's average stay finite.
+        grad = bounded_gradient(grad)
 
         if t == 0:
             # §3.2.3 searches along g = ∇DLR⁺. At t = 0 of run 0, D ≡ 0 and ∇L = P′(d)·∇d, so

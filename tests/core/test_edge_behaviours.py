@@ -172,6 +172,43 @@ def test_the_iterate_stays_finite_through_a_nan_region_of_the_model() -> None:
     assert result.adversarials.isfinite().all()
 
 
+@pytest.mark.parametrize("attack", ["alma", "alma_prox", "lagrangian"])
+def test_the_iterate_stays_finite_when_a_float16_backward_overflows(attack: str) -> None:
+    """A float16 model's backward overflows to ±Inf once the gradient at its logits passes
+    65504 (here μ⁽⁰⁾ = 10⁵; in a long run, ρ and μ growing on a hard sample): the step is
+    taken from the bounded gradient. Before, ALMA's RMSProp computed Inf / Inf and the
+    iterate was NaN from step 1 on for every sample, reported as "no adversarial found";
+    the Lagrangian attack's g / max|g| did the same."""
+    from alma_plugin import alma_prox, lagrangian
+    from alma_plugin.core.result import StepInfo
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 10)).eval().half()
+    x = (0.5 + 0.49 * torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(0))).half()
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    records: list[StepInfo] = []
+    if attack == "lagrangian":  # its margin loss has a bounded gradient: a model amplifies it
+
+        class Amplified(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: object, z: torch.Tensor) -> torch.Tensor:
+                return z.clone()
+
+            @staticmethod
+            def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:
+                return g * 1e5  # float16: ±Inf
+
+        trained = lagrangian(lambda z: Amplified.apply(net(z)), x, y, steps=10)
+        assert trained.perturbed.isfinite().all() and trained.norms.isfinite().all()
+        return
+    run = alma if attack == "alma" else alma_prox
+    result = run(net, x, y, steps=20, mu_init=1e5, callback=records.append)
+    distances = torch.stack([torch.as_tensor(r.distance) for r in records])
+    assert not distances.isnan().any()
+    assert result.adversarials.isfinite().all()
+
+
 def test_ternary_prox_is_within_half_its_precision_of_the_exact_beta() -> None:
     """Algorithm 5.1 ends at the middle of an interval of width <= Δβ (step 17): β is within
     Δβ / 2 of the exact β*."""

@@ -150,6 +150,39 @@ def test_levels_are_exact_in_the_models_bounds(bounds: tuple[float, float]) -> N
         assert torch.equal(result.adversarials.to(torch.uint8).float(), result.adversarials)
 
 
+@pytest.mark.parametrize("distance", ["l2", "ciede2000"])
+@pytest.mark.parametrize("bounds", [(0.0, 255.0), (-1.0, 1.0)])
+def test_levels_in_other_bounds_attack_as_in_the_unit_box(
+    distance: str, bounds: tuple[float, float]
+) -> None:
+    """The same grid images and model in other bounds are the same problem: the gradient
+    reaches every pixel from step 0, so η⁽⁰⁾ (§3.2.3) and the results are those of (0, 1) up
+    to rounding. Before, the snap onto the grid passed no gradient where nothing had moved,
+    none at step 0: η⁽⁰⁾ came from random directions (ℓ2's 0.1 for every sample) and
+    ALMA-CIEDE2000 changed no pixel."""
+    lower, upper = bounds
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))
+    model.eval()
+    x = (torch.rand(8, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 255).round() / 255
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    runs = {}
+    for box in ((0.0, 1.0), bounds):
+        low, high = box
+        infos: list[StepInfo] = []
+        result = alma(lambda z, low=low, high=high: model((z - low) / (high - low)),
+                      low + x * (high - low), y, distance=distance, steps=100, levels=256,
+                      bounds=box, callback=infos.append)  # fmt: skip
+        runs[box] = (infos[0].step_size, result)
+    (eta_unit, unit), (eta_other, other) = runs[(0.0, 1.0)], runs[bounds]
+    torch.testing.assert_close(eta_other, eta_unit, rtol=1e-4, atol=0)
+    assert unit.success.sum() >= 6 and other.success.sum() >= unit.success.sum() - 1
+    both = unit.success & other.success
+    ratio = (other.distances[both] / unit.distances[both]).log().mean().exp()
+    assert 0.9 < ratio < 1.1, ratio
+
+
 def test_early_stop_ends_the_run() -> None:
     model = _linear_model()
     x, y = _batch(8)

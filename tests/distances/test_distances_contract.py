@@ -455,18 +455,21 @@ def test_finite_rows_on_every_backend_and_dtype(backend: str, dtype: str) -> Non
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_nan_to_zero_keeps_everything_but_nan(backend: str, dtype: str) -> None:
-    """The solvers' scrub of NaN gradients (no step from a NaN region of the model): NaN → 0,
-    ±Inf and −0 kept, dtype and shape kept, on every backend."""
-    from alma_plugin.core.tensors import nan_to_zero
+def test_bounded_gradient_zeroes_nan_and_bounds_the_rest(backend: str, dtype: str) -> None:
+    """What the solvers step from: NaN → 0 (no step from a NaN region of the model), ±Inf and
+    values beyond ±10¹⁸ → ±10¹⁸ (a float16 model's overflowing backward), everything else and
+    −0 kept bit for bit, dtype and shape kept, on every backend."""
+    from alma_plugin.core.tensors import GRADIENT_LIMIT, bounded_gradient
 
     b = BACKENDS[backend]
-    values = np.array([[1.5, np.nan, -np.inf], [np.inf, -0.0, np.nan]])
-    out = nan_to_zero(ep.astensor(b.tensor(values, dtype)))
+    values = np.array([[1.5, np.nan, -np.inf, 3e-30], [np.inf, -0.0, np.nan, -2e20]])
+    out = bounded_gradient(ep.astensor(b.tensor(values, dtype)))
     assert out.shape == values.shape and b.dtype_name(out.raw) == dtype
-    np.testing.assert_array_equal(
-        b.numpy(out.raw), np.nan_to_num(values, nan=0.0, posinf=np.inf, neginf=-np.inf)
-    )
+    limit = GRADIENT_LIMIT
+    bounded = np.array([[1.5, 0.0, -limit, 3e-30], [limit, -0.0, 0.0, -limit]])
+    expected = b.numpy(b.tensor(bounded, dtype))
+    np.testing.assert_array_equal(b.numpy(out.raw), expected)
+    assert np.signbit(b.numpy(out.raw)[1, 1])  # −0 kept
 
 
 # ALMA's loop calls the function behind a distance without the contract (its iterates are
