@@ -23,7 +23,7 @@ from .core.validation import (
     working_dtype,
 )
 from .distances import MS_SSIM_WEIGHTS, DistanceFunction, get_distance, ms_ssim_min_size
-from .distances._common import unchecked
+from .distances._common import callers_metric, unchecked
 
 SuccessFn = Callable[[Any, Any], Any]
 
@@ -134,15 +134,23 @@ def checked_masks(masks: Any, labels: ep.Tensor) -> ep.Tensor:
 
 
 def checked_lpips(lpips: Any, distance: str) -> DistanceFunction:
+    """``lpips`` as the distance the solver descends, answering one value per sample.
+
+    An :class:`~alma_plugin.distances.LPIPS` (or any function of the package's distance
+    contract) runs on eagerpy tensors, as the registry's distances. Any other callable is the
+    caller's own metric: it gets and may return tensors of the model's framework
+    (``torch.Tensor`` for PyTorch), as ``is_adversarial`` does, whatever the solver holds.
+    (Before, alma() and the Foolbox class handed it eagerpy tensors, which a metric written
+    with ``torch.nn.functional`` cannot take, while ``MinimalEnsemble`` handed it torch ones.)"""
     if distance != "lpips":
         raise ValueError(f"lpips= is only used with distance='lpips', got {distance!r}")
     if not callable(lpips):
         raise TypeError(
             "lpips must be an alma_plugin.distances.LPIPS instance (or a callable "
-            f"(x_adv, x) -> (N,)), got {type(lpips).__name__}"
+            f"(x_adv, x) -> (N,) on tensors of the model's framework), got {type(lpips).__name__}"
         )
-
-    measure = unchecked(lpips)  # an LPIPS instance: its eagerpy function, as for DISTANCES
+    # an LPIPS instance: its eagerpy function, as for DISTANCES; a caller's: raw tensors
+    measure = unchecked(callers_metric(lpips))
 
     def checked(x_adv: ep.Tensor, x: ep.Tensor) -> ep.Tensor:
         value = measure(x_adv, x)

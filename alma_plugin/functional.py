@@ -133,8 +133,10 @@ def alma(
         seed: seeds the random directions used where a gradient vanishes and the random
             starts of ``restarts`` > 1.
         lpips: for ``distance="lpips"``, the network to use, e.g.
-            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``; None:
-            the default weights, looked for locally on first use (never downloaded).
+            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``, or
+            any callable (x_adv, x) -> (N,) on tensors of the model's framework in [0, 1]
+            (``torch.Tensor`` for PyTorch, as ``is_adversarial``); None: the default
+            weights, looked for locally on first use (never downloaded).
         padding: for "ssim" / "msssim", ``"symmetric"`` (default, also meant by None) or
             ``"valid"``: the windows whose SSIM gradient the attack descends, as the Foolbox
             ``SSIMALMA(padding=...)``. "symmetric": the full-coverage SSIM's gradient (one

@@ -218,6 +218,22 @@ def distance_function(
     return decorate if function is None else decorate(function)
 
 
+def callers_metric(function: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``function`` callable with eagerpy or raw tensors, answering in the same kind: a
+    function of the package's contract (:func:`distance_function`, an ``LPIPS``) as it is; any
+    other callable is a caller's metric (``lpips=``), fed and answering tensors of the model's
+    framework (``torch.Tensor`` for PyTorch), as ``is_adversarial`` is."""
+    if hasattr(function, "unchecked"):
+        return function
+
+    def on_raw(x_adv: Any, x: Any) -> Any:
+        value = function(*(t.raw if isinstance(t, ep.Tensor) else t for t in (x_adv, x)))
+        wrap = isinstance(x_adv, ep.Tensor) and not isinstance(value, ep.Tensor)
+        return ep.astensor(value) if wrap and hasattr(value, "shape") else value
+
+    return on_raw
+
+
 def unchecked(distance: Callable[[Any, Any], Any]) -> DistanceFunction:
     """The eagerpy-level function behind a :func:`distance_function` (any other callable is
     returned as it is): the same values and gradients, without the contract's validation,

@@ -15,6 +15,7 @@ from foolbox.distances import Distance
 
 from ..core.validation import Bounds, check_bounds, check_number, outside_bounds, working_dtype
 from ..distances import DistanceFunction, get_distance
+from ..distances._common import callers_metric
 from ._common import CHANNELS_FIRST, CHANNELS_LAST, host_number, to_channels_first
 
 __all__ = ["NormalisedDistance", "WithinSegment"]
@@ -41,7 +42,8 @@ class NormalisedDistance(Distance):
         bounds: the (lower, upper) range of the inputs it measures.
         function: replaces the registry's function for ``name`` (e.g. an
             :class:`alma_plugin.distances.LPIPS` with user-supplied weights); a callable
-            (x_adv, x) → (N,) on eagerpy tensors in [0, 1], channels first.
+            (x_adv, x) → (N,) on tensors of the model's framework (``torch.Tensor`` for
+            PyTorch) in [0, 1], channels first.
         data_format: the layout of the inputs it measures, ``"channels_first"`` (N, C, H, W)
             or ``"channels_last"`` (N, H, W, C), as Foolbox models state it
             (``model.data_format``); channels-last inputs are transposed before measuring.
@@ -65,7 +67,9 @@ class NormalisedDistance(Distance):
             raise ValueError(
                 f"data_format must be '{CHANNELS_FIRST}' or '{CHANNELS_LAST}', got {data_format!r}"
             )
-        self.function: DistanceFunction = self.spec.function if function is None else function
+        self.function: DistanceFunction = (
+            self.spec.function if function is None else callers_metric(function)
+        )
         self.data_format = data_format
 
     def __repr__(self) -> str:

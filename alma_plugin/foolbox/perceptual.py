@@ -133,7 +133,8 @@ class LPIPSALMA(ALMAAttack):
     Args:
         lpips : the LPIPS network to use, e.g.
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``
-            (any callable (x_adv, x) → (N,) on eagerpy tensors in [0, 1]). None: the default
+            (or any callable (x_adv, x) → (N,) on tensors of the model's framework in [0, 1],
+            ``torch.Tensor`` for PyTorch). None: the default
             weights, looked for locally on first use (nothing is downloaded).
         steps, seed, cuda_graphs, params, **hyperparameters : as :class:`L2ALMA`.
 """

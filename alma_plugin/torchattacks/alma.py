@@ -51,8 +51,9 @@ class ALMA(StateRestoringAttack):
             whose targets come from torch's global generator as in torchattacks (the same
             after the same ``torch.manual_seed``); set ``attack.seed`` to vary it.
         lpips (LPIPS): for "lpips", the network to use, e.g.
-            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``;
-            None: the default weights, looked for locally on first use (never downloaded).
+            ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``, or
+            any callable (x_adv, x) -> (N,) on torch tensors in [0, 1]; None: the default
+            weights, looked for locally on first use (never downloaded).
         padding (str): for "ssim" / "msssim", "symmetric" (default, also meant by None) or
             "valid": the windows whose SSIM gradient the attack descends, as
             ``alma(padding=...)`` and the Foolbox ``SSIMALMA``. "symmetric": the

@@ -106,7 +106,8 @@ class MinimalEnsemble(StateRestoringAttack):
         distance (str): D used to compare outputs: a registry name or "linf". (Default: "l2")
         lpips (callable, optional): for ``distance="lpips"``, the LPIPS network that compares
             the outputs, as ALMA's ``lpips=`` (an :class:`alma_plugin.distances.LPIPS`, or a
-            callable (x_adv, x) -> (N,)). None: the default weights, looked for before any
+            callable (x_adv, x) -> (N,) on torch tensors). None: the default weights, looked
+            for before any
             member runs. (Default: None)
 
     Examples::
