@@ -93,6 +93,21 @@ def test_apsr_reaches_threshold(seg_net, scenes, targeted):
     assert (result.distances > 0).all() and (result.distances < 0.05).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_model_is_fooled_as_the_float32_one(seg_net, scenes, dtype):
+    """The segmentation step size λ⁽⁰⁾ = 10⁻³ is below half a bfloat16 ulp near 0.5 (2⁻⁹):
+    the step goes on from δ itself, the rounded input is only what is judged. Before, δ was
+    replaced by the rounded perturbation every step, and the bfloat16 model stalled (no
+    scene fooled; ‖δ‖∞ stuck at 0.027 with 0.5 % of the pixels fooled)."""
+    images, labels = scenes
+    half = copy.deepcopy(seg_net).to(dtype)
+    result = alma_prox(half, images.to(dtype), labels, steps=200)
+    measured = apsr(half, result.adversarials, labels, torch.ones_like(labels, dtype=torch.bool),
+                    targeted=False)  # fmt: skip
+    assert result.success.sum() >= len(labels) - 1 and (measured[result.success] >= 0.99).all()
+    assert (result.distances[result.success] < 0.06).all()
+
+
 def test_masks_are_honoured(seg_net, scenes):
     images, labels = scenes
     width = images.shape[-1]
