@@ -167,11 +167,7 @@ def _non_finite_samples(x: ep.Tensor) -> list[int]:
 def check_labels(labels: ep.Tensor, batch_size: int, name: str = "labels") -> None:
     """Labels must be integer class indices of shape (N,) (any integer dtype, not bool)."""
     if tuple(labels.shape) != (batch_size,):
-        single = " (one input? add its batch axis: inputs[None])" if labels.shape == (1,) else ""
-        raise ValueError(
-            f"{name} must have shape ({batch_size},), one class per input along the inputs' "
-            f"first axis, got shape {tuple(labels.shape)}{single}"
-        )
+        raise _label_shape_error(name, (batch_size,), tuple(labels.shape))
     if not is_integer_dtype(labels):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
 
@@ -263,7 +259,7 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
                 f"{type(value).__name__}{_variable_hint(value)}"
             ) from None
     if tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(labels.shape)}")
+        raise _label_shape_error(name, tuple(shape), tuple(labels.shape))
     if not is_integer_dtype(labels):
         raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
     labels = on_framework_of(_index_tensor(name, labels.numpy().astype(np.int64), like)
@@ -272,6 +268,16 @@ def as_labels(name: str, value: Any, like: ep.Tensor, shape: tuple[int, ...]) ->
     # predictions with the labels needs no promotion (eagerpy's TensorFlow promotion calls
     # np.find_common_type, which NumPy 2 removed)
     return labels.astype(ep.zeros(like, (1,)).argmax().dtype)
+
+
+def _label_shape_error(name: str, expected: tuple[int, ...], got: tuple[int, ...]) -> ValueError:
+    """Labels of the wrong shape; where they are one label (shape () or (1,)) for a batch
+    of more, the inputs are likely one unbatched input."""
+    along = ", one class per input along the inputs' first axis" if len(expected) == 1 else ""
+    single = ""
+    if got == () or (got == (1,) and expected != (1,)):
+        single = " (one input? add its batch axis: inputs[None], and labels of shape (1,))"
+    return ValueError(f"{name} must have shape {expected}{along}, got shape {got}{single}")
 
 
 def _index_tensor(name: str, array: np.ndarray, like: ep.Tensor) -> ep.Tensor:

@@ -36,8 +36,16 @@ Y = torch.tensor([0, 1, 2])
         ),
         (X.long(), Y, {}, TypeError, "inputs must be a floating-point tensor"),
         (X[0, 0, 0], Y, {}, ValueError, r"inputs must have shape|must lie|shape \(N, \.\.\.\)"),
-        (X, Y[:2], {}, ValueError, r"labels must have shape \(3,\), got shape \(2,\)"),
+        (
+            X,
+            Y[:2],
+            {},
+            ValueError,
+            r"labels must have shape \(3,\), one class per input .*got shape \(2,\)$",
+        ),
         (X, Y[:, None], {}, ValueError, r"labels must have shape \(3,\)"),
+        # one unbatched (1, 4, 4) image read as 1 image of 4 rows: the hint names the batch axis
+        (X[0], Y[0], {}, ValueError, r"\(1,\).*got shape \(\).*add its batch axis: inputs\[None\]"),
         (X, Y.float(), {}, TypeError, "labels must be an integer tensor, got dtype"),
         (X, torch.tensor([0, 1, 5]), {}, ValueError, r"labels must lie in \[0, 5\).*\[0, 5\]"),
         (X, torch.tensor([0, -1, 2]), {}, ValueError, r"labels must lie in \[0, 5\)"),
