@@ -46,7 +46,7 @@ from typing import Any
 
 import eagerpy as ep
 
-from ._common import distance_function, flatten, safe_sqrt, zero_where
+from ._common import distance_function, flatten, safe_sqrt, stop_gradient, zero_where
 
 # sRGB primaries, D65 (ALMA paper eq. 13; IEC 61966-2-1).
 RGB_TO_XYZ: tuple[tuple[float, float, float], ...] = (
@@ -176,8 +176,17 @@ def xyz_to_lab(xyz: ep.Tensor, white: tuple[float, float, float] | None = None) 
 
 
 def rgb_to_lab(x: ep.Tensor) -> ep.Tensor:
-    """sRGB (N, 3, H, W) in [0, 1] → CIELAB (N, 3, H, W), L* ∈ [0, 100]."""
-    return xyz_to_lab(rgb_to_xyz(x))
+    """sRGB (N, 3, H, W) in [0, 1] → CIELAB (N, 3, H, W), L* ∈ [0, 100].
+
+    A grey (R = G = B) has a* = b* = 0 exactly, as in exact arithmetic: the rounding of the
+    conversion left up to 3·10⁻⁵ (float32) on 68 of the 256 8-bit greys, which put the pixel on
+    CIEDE2000's chromatic branch with the hue of that residue: a gradient of up to 4.5·10⁴
+    (10⁹ in float64) of a sign that changed with the dtype and the backend, where the exact
+    greys' is O(10). Only the value is set: the gradient of a*, b* is the conversion's."""
+    lab = xyz_to_lab(rgb_to_xyz(x))
+    grey = ep.logical_and(x[:, 0] == x[:, 1], x[:, 1] == x[:, 2])
+    residue = [stop_gradient(zero_where(grey.logical_not(), lab[:, k])) for k in (1, 2)]
+    return ep.stack([lab[:, 0], lab[:, 1] - residue[0], lab[:, 2] - residue[1]], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,8 +86,41 @@ def _edge_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "one-coordinate-equal": (one_equal, x),
         "grey-to-grey": (np.full_like(grey, 0.6), grey),  # a* = b* = 0: hue undefined
         "grey-to-chromatic": (grey + red, grey),
+        # 0.3 is one of the greys whose a*, b* the conversion left as rounding residue
+        "chromatic-to-grey": (np.full_like(grey, 0.3), x),
         "black-one-pixel": (black_adv, black),
     }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_grey_is_achromatic_and_its_ciede2000_gradient_agrees(
+    backend: str, dtype: str
+) -> None:
+    """Each of the 256 8-bit greys has a* = b* = 0 exactly, and CIEDE2000's gradient at a grey
+    x̃ against a coloured x is its achromatic sub-gradient, the same for every dtype and
+    backend (float64 PyTorch the reference). Before, 68 greys kept a rounding residue
+    (≤ 3·10⁻⁵) and took the chromatic branch with its hue: gradients up to 4.5·10⁴ of
+    dtype- and backend-dependent sign (jit-compiled JAX 13× off PyTorch)."""
+    fw = _framework(backend)
+    levels = np.repeat((np.arange(256) / 255).reshape(256, 1, 1, 1), 3, axis=1)
+    if backend == "torch":
+        greys = torch.tensor(levels, dtype=getattr(torch, dtype))
+    elif backend == "jax":
+        if dtype == "float64" and not fw.config.jax_enable_x64:
+            pytest.skip("JAX without x64 has no float64")
+        greys = fw.numpy.asarray(levels, dtype=dtype)
+    else:
+        greys = fw.constant(levels, dtype=dtype)
+    lab = np.asarray(_color.rgb_to_lab(ep.astensor(greys)).raw, dtype=np.float64)
+    assert (lab[:, 1:] == 0).all()
+    coloured = np.array([0.6, 0.4, 0.5]).reshape(1, 3, 1, 1)
+    for level in (0.3, 0.5, 0.7, 74 / 255):
+        grey = np.full((1, 3, 1, 1), level)
+        _, reference = _value_and_grad("torch", distances.ciede2000, grey, coloured)
+        _, grad = _value_and_grad(backend, distances.ciede2000, grey.astype(dtype),
+                                  coloured.astype(dtype))  # fmt: skip
+        np.testing.assert_allclose(grad, reference, rtol=1e-4, atol=1e-4, err_msg=str(level))
 
 
 @pytest.mark.parametrize("backend", ["jax", "tf"])
