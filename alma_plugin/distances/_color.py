@@ -178,12 +178,16 @@ def xyz_to_lab(xyz: ep.Tensor, white: tuple[float, float, float] | None = None) 
 def rgb_to_lab(x: ep.Tensor) -> ep.Tensor:
     """sRGB (N, 3, H, W) in [0, 1] → CIELAB (N, 3, H, W), L* ∈ [0, 100].
 
-    A grey (R = G = B) has a* = b* = 0 exactly, as in exact arithmetic: the rounding of the
-    conversion left up to 3·10⁻⁵ (float32) on 68 of the 256 8-bit greys, which put the pixel on
-    CIEDE2000's chromatic branch with the hue of that residue: a gradient of up to 4.5·10⁴
-    (10⁹ in float64) of a sign that changed with the dtype and the backend, where the exact
-    greys' is O(10). Only the value is set: the gradient of a*, b* is the conversion's."""
+    A grey (R = G = B) has a* = b* = 0 exactly, as in exact arithmetic with the white point
+    :data:`WHITE_D65`, the image of RGB white: the rounding of the conversion left up to
+    3·10⁻⁵ (float32) on 68 of the 256 8-bit greys, which put the pixel on CIEDE2000's
+    chromatic branch with the hue of that residue: a gradient of up to 4.5·10⁴ (10⁹ in float64)
+    of a sign that changed with the dtype and the backend, where the exact greys' is O(10).
+    Only the value is set: the gradient of a*, b* is the conversion's. (With another white,
+    such as scikit-image's rounded one, a grey is slightly chromatic and is left as computed.)"""
     lab = xyz_to_lab(rgb_to_xyz(x))
+    if any(sum(row) != white for row, white in zip(RGB_TO_XYZ, WHITE_D65, strict=True)):
+        return lab
     grey = ep.logical_and(x[:, 0] == x[:, 1], x[:, 1] == x[:, 2])
     residue = [stop_gradient(zero_where(grey.logical_not(), lab[:, k])) for k in (1, 2)]
     return ep.stack([lab[:, 0], lab[:, 1] - residue[0], lab[:, 2] - residue[1]], axis=1)
