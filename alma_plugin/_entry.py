@@ -90,6 +90,21 @@ def check_distance_inputs(name: str, x: ep.Tensor) -> None:
             )
 
 
+def check_lpips_framework(lpips: Any, x: ep.Tensor) -> None:
+    """The package's LPIPS (``lpips=None``: the default weights, or an ``LPIPS``) is a torch
+    network: inputs of another framework get an error naming ``lpips`` before any model call
+    (it came from inside the first gradient step, naming a JAX tracer). A caller's own metric
+    on that framework's tensors works."""
+    ours = lpips is None or hasattr(lpips, "unchecked")
+    if ours and not isinstance(x, ep.PyTorchTensor):
+        raise TypeError(
+            "distance='lpips' with lpips=None or an alma_plugin.distances.LPIPS needs PyTorch "
+            f"inputs (the LPIPS network is a torch module), got {type(x.raw).__module__}."
+            f"{type(x.raw).__qualname__}; for a JAX or TensorFlow model, pass lpips= a metric "
+            "(x_adv, x) -> (N,) on its tensors"
+        )
+
+
 def label_maps(labels: Any, x: ep.Tensor, name: str = "labels") -> ep.Tensor:
     """(N,) class labels, or (N, H, W) label maps for (N, C, H, W) inputs; ``name`` is what
     errors call them ("targets" for a targeted attack, as ALMA's)."""

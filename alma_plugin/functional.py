@@ -12,6 +12,7 @@ import eagerpy as ep
 from ._entry import (
     SuccessFn,
     check_distance_inputs,
+    check_lpips_framework,
     checked_lpips,
     checked_masks,
     converted,
@@ -212,6 +213,8 @@ def alma(
     x, restore, given = entry(model, inputs, bounds, is_adversarial, callback)
     graphs = check_cuda_graphs(cuda_graphs, x)
     check_distance_inputs(spec.name, x)
+    if spec.name == "lpips":
+        check_lpips_framework(lpips, x)
     y = as_labels("targets" if targeted else "labels", labels, x, (len(x),))
     stop = check_early_stop(early_stop)
     if len(x) == 0:

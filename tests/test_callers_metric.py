@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import foolbox as fb
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -90,3 +91,62 @@ def test_a_torch_metric_is_fed_torch_tensors_and_descended(entry_point: str) -> 
     assert (found >= optimum * (1 - 1e-4)).all() and (found <= 1.05 * optimum).all(), (
         found / optimum
     )
+
+
+# --- JAX and TensorFlow: the package's LPIPS is a torch network; a caller's metric works ---
+
+
+def _jax_linear() -> tuple[Any, Any, Any]:
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    weight = jnp.asarray(np.random.default_rng(0).normal(size=(3 * 32 * 32, 5)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).random((4, 3, 32, 32)), jnp.float32)
+    calls: list[int] = []
+
+    def model(z: Any) -> Any:
+        calls.append(1)
+        return z.reshape(len(z), -1) @ weight * 0.01
+
+    return model, x, calls
+
+
+@pytest.mark.parametrize("lpips", [None, "package"], ids=["default", "LPIPS-instance"])
+@pytest.mark.parametrize("entry_point", ["alma", "foolbox"])
+def test_the_package_lpips_on_jax_is_refused_before_any_model_call(
+    entry_point: str, lpips: str | None
+) -> None:
+    """It failed inside the first gradient step, after a model call, naming a JAX tracer."""
+    from alma_plugin.distances import LPIPS, LPIPS_CHANNELS, AlexNetFeatures
+
+    model, x, calls = _jax_linear()
+    network = None
+    if lpips == "package":
+        linear = {
+            f"lin{k}.model.1.weight": torch.ones(1, c, 1, 1) for k, c in enumerate(LPIPS_CHANNELS)
+        }
+        network = LPIPS(AlexNetFeatures().state_dict(), linear)
+    labels = np.asarray(model(x)).argmax(1)
+    calls.clear()
+    message = r"lpips=None or an alma_plugin.distances.LPIPS needs PyTorch inputs.*jax"
+    with pytest.raises(TypeError, match=message):
+        if entry_point == "alma":
+            alma(model, x, labels, distance="lpips", lpips=network, steps=2)
+        else:
+            fmodel = fb.JAXModel(model, bounds=(0, 1), data_format="channels_first")
+            LPIPSALMA(steps=2, lpips=network)(fmodel, x, labels, epsilons=None)
+    assert not calls
+
+
+def test_a_jax_metric_is_fed_jax_arrays() -> None:
+    jax = pytest.importorskip("jax")
+    model, x, _ = _jax_linear()
+    labels = np.asarray(model(x)).argmax(1)
+
+    def jax_metric(x_adv: Any, reference: Any) -> Any:
+        assert isinstance(x_adv, jax.Array)
+        return jax.numpy.sqrt(((x_adv - reference) ** 2).reshape(len(x_adv), -1).mean(1))
+
+    result = alma(model, x, labels, distance="lpips", lpips=jax_metric, steps=60)
+    assert result.success.all()
+    np.testing.assert_array_equal(np.asarray(result.distances),
+                                  np.asarray(jax_metric(result.adversarials, x)))  # fmt: skip

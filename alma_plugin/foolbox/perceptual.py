@@ -9,7 +9,7 @@ from __future__ import annotations
 import eagerpy as ep
 from foolbox.models import Model
 
-from .._entry import checked_lpips
+from .._entry import check_lpips_framework, checked_lpips
 from ..core.keywords import takes_params
 from ..core.params import ALMA_STEPS, ALMAParams
 from ..distances import MS_SSIM_WEIGHTS, DistanceFunction, ms_ssim_min_size
@@ -160,6 +160,12 @@ class LPIPSALMA(ALMAAttack):
         if lpips is not None:
             checked_lpips(lpips, "lpips")  # a callable, refused now as alma() refuses it
             self.distance_function = lpips
+
+    def check_input_shape(self, inputs: ep.Tensor, model: Model) -> None:
+        """RGB images of at least 31×31 pixels, and PyTorch ones unless ``lpips`` is the
+        caller's own metric (the package's LPIPS is a torch network)."""
+        super().check_input_shape(inputs, model)
+        check_lpips_framework(self.lpips, inputs)
 
     def descent_function(self) -> DistanceFunction:
         """A custom ``lpips`` answers one distance per sample, checked as alma()'s and
