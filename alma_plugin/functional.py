@@ -137,7 +137,8 @@ def alma(
             ``alma_plugin.distances.LPIPS(backbone_weights=..., linear_weights=...)``, or
             any callable (x_adv, x) -> (N,) on tensors of the model's framework in [0, 1]
             (``torch.Tensor`` for PyTorch, as ``is_adversarial``); None: the default
-            weights, looked for locally on first use (never downloaded).
+            weights, looked for locally on first use (never downloaded). The package's LPIPS
+            is a torch network: JAX and TensorFlow models need a metric of their own.
         padding: for "ssim" / "msssim", ``"symmetric"`` (default, also meant by None) or
             ``"valid"``: the windows whose SSIM gradient the attack descends, as the Foolbox
             ``SSIMALMA(padding=...)``. "symmetric": the full-coverage SSIM's gradient (one
