@@ -197,9 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--msssim-samples",
-        type=int,
-        default=8,
-        help="of those, attacked with MS-SSIM at 192×192 (36× the pixels; default 8)",
+        type=integer_option("msssim-samples", 1),
+        default=None,
+        help="of those, attacked with MS-SSIM at 192×192 (36× the pixels; at most --samples; "
+        "default 8, or --samples if fewer)",
     )
     parser.add_argument(
         "--attacks", nargs="+", choices=("SSIM", "MS-SSIM"), default=["SSIM", "MS-SSIM"]
@@ -214,8 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.samples <= 20:
         parser.error(f"--samples must be between 1 and 20, got {args.samples}")
-    if args.msssim_samples < 1:
-        parser.error(f"--msssim-samples must be a positive integer, got {args.msssim_samples}")
+    if args.msssim_samples is None:
+        args.msssim_samples = min(8, args.samples)
+    if args.msssim_samples > args.samples:  # was cut to --samples without a word
+        parser.error(
+            f"argument --msssim-samples: must be at most --samples ({args.samples}), "
+            f"got {args.msssim_samples}"
+        )
     if args.steps < 1 or args.train_steps < 1 or args.threads < 1:
         parser.error("--steps, --train-steps and --threads must be positive integers")
     torch.set_num_threads(args.threads)

@@ -127,7 +127,11 @@ def plot_patterns(records: Sequence[Record], folder: Path) -> list[Path]:
             top.set_ylabel("fraction of entries per bin" if not column else "")
             top.set_title(f"{model}, {norm_label(norm)} attacks: |δ| histogram")
             top.grid(alpha=0.3)
-            top.legend(fontsize=7)
+            if top.get_legend_handles_labels()[1]:
+                top.legend(fontsize=7)
+            else:  # no attack of this norm fooled a sample: say so, not an empty legend
+                top.text(0.5, 0.5, "no successful perturbation", ha="center", va="center",
+                         transform=top.transAxes)  # fmt: skip
             values, labels = [], []
             for r in chosen:
                 s = np.asarray(r.sparsity, dtype=np.float64)

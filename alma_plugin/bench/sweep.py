@@ -359,9 +359,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--restart-mode",
         choices=list(RESTART_MODES),
-        default="random",
+        default=None,
         help="how runs k >= 1 of R > 1 differ from run 0 (ALMAParams / "
-        "ProxParams.restart_mode; default: random); with --restarts R only, not with 'default'",
+        "ProxParams.restart_mode; default: random); with --restarts R > 1 only",
     )
     parser.add_argument(
         "--first-run-share",
@@ -370,7 +370,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="P",
         help="run 0's share of each budget where R > 1, the others splitting the rest "
         "(ALMAParams / ProxParams.first_run_share: a number in (0, 1); default: an even split); "
-        "with --restarts R only, not with 'default'",
+        "with --restarts R > 1 only",
     )
     parser.add_argument(
         "--smooth-max",
@@ -449,7 +449,16 @@ def _check(
     for option in ("budgets", "restarts", "variants", "peers"):
         distinct_argument(parser, f"--{option}", getattr(args, option))
     distinct_argument(parser, "--smooth-max", args.smooth_max)
-    specs = _specs(args.variants, args.peers, args.distance, args.restarts, args.restart_mode,
+    # Options of R > 1 runs with no R > 1 to take them: refused, not silently dropped.
+    for option, value in (("--restart-mode", args.restart_mode),
+                          ("--first-run-share", args.first_run_share)):  # fmt: skip
+        if value is not None and not any(r is not None and r > 1 for r in args.restarts):
+            parser.error(
+                f"argument {option}: applies to --restarts R with R > 1 only, got --restarts "
+                f"{' '.join('default' if r is None else str(r) for r in args.restarts)}"
+            )
+    mode = "random" if args.restart_mode is None else args.restart_mode
+    specs = _specs(args.variants, args.peers, args.distance, args.restarts, mode,
                    args.smooth_max, args.first_run_share)  # fmt: skip
     skipped = [reason for s in specs if (reason := s.unavailable()) is not None]
     pairs = [(s, b) for s in specs if s.unavailable() is None for b in sorted(args.budgets)]

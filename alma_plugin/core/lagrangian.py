@@ -100,7 +100,13 @@ class LagrangianParams:
         )
 
     def schedule(self, step: int, steps: int) -> tuple[float, float]:
-        """(λ′, α′) at step i of N: λ·c^(1−i/N) and α·c^(i/N) (Algorithm 1)."""
+        """(λ′, α′) at step i of N: λ·c^(1−i/N) and α·c^(i/N) (Algorithm 1), for integers
+        0 ≤ i < N (a ValueError naming them otherwise: N = 0 was a ZeroDivisionError, i ≥ N
+        values beyond the algorithm's range)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < steps:
+            raise ValueError(f"step must be an integer in [0, steps) = [0, {steps}), got {step!r}")
         fraction = step / steps
         return (
             self.multiplier * self.decay ** (1 - fraction),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,21 @@ def test_abs_histogram_uses_the_fixed_bins() -> None:
 def test_quartiles_ignore_nan() -> None:
     assert quartiles([math.nan, 1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
     assert all(math.isnan(v) for v in quartiles([math.nan]))
+
+
+def test_a_norm_with_no_success_gets_a_note_not_an_empty_legend(tmp_path: Path) -> None:
+    """Before: matplotlib's "No artists with labels found to put in legend" on stderr and an
+    empty panel when no attack of a norm fooled a sample."""
+    import warnings
+
+    from alma_plugin.bench.metrics import HISTOGRAM_EDGES
+    from alma_plugin.bench.plots import plot_patterns
+    from alma_plugin.bench.report import Record
+
+    failed = Record(model="m", attack="alma-l2", label="ALMA", norm="l2", budget=2, note="",
+                    indices=[0, 1], distances=[math.inf, math.inf], sparsity=[math.nan] * 2,
+                    histogram=[0] * (len(HISTOGRAM_EDGES) - 1))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (path,) = plot_patterns([failed], tmp_path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

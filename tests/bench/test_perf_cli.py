@@ -347,3 +347,26 @@ def test_every_foolbox_model_the_package_builds_names_its_device() -> None:
                     unnamed.append(f"{path.relative_to(root)}:{node.lineno}")
     assert calls >= 5  # the registry's, the sweep's, the peers', border's, train_mnist's
     assert not unnamed, f"fb.PyTorchModel without device= at {unnamed}"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--samples", "4", "--msssim-samples", "5"],
+            "--msssim-samples: must be at most --samples",
+        ),
+        (["--msssim-samples", "30"], "--msssim-samples: must be at most --samples (20)"),
+        (["--msssim-samples", "0"], "msssim-samples must be >= 1"),
+    ],
+)
+def test_border_refuses_more_msssim_samples_than_samples(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: cut to --samples without a word (the help says "of those")."""
+    from alma_plugin.bench import border
+
+    with pytest.raises(SystemExit) as exit_info:
+        border.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

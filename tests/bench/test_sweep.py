@@ -100,6 +100,10 @@ def test_variant_specs() -> None:
         (["--first-run-share", "0"], "--first-run-share"),
         (["--first-run-share", "nan"], "--first-run-share"),
         (["--first-run-share", "0.7", "0.8"], "unrecognized arguments"),
+        # options of R > 1 runs without one were dropped silently (the default's share: 0.7)
+        (["--first-run-share", "0.5"], "--first-run-share: applies to --restarts R with R > 1"),
+        (["--restart-mode", "classes"], "--restart-mode: applies to --restarts R with R > 1"),
+        (["--restarts", "1", "--first-run-share", "0.5"], "--first-run-share: applies"),
     ],
 )
 def test_argument_errors_exit_2(argv, message, capsys) -> None:

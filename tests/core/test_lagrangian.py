@@ -5,6 +5,7 @@ paper's Fig. 2 claim (‖δ‖₂ grows with the classifier's confidence)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,6 +74,18 @@ def test_schedule_is_the_papers() -> None:
     assert p.schedule(4, 5) == pytest.approx((3.0 * 0.1**0.2, 0.2 * 0.1**0.8))
     defaults = LagrangianParams()
     assert (defaults.init_variance, defaults.decay) == (0.01, 0.1)  # the paper's σ², c
+
+
+@pytest.mark.parametrize(
+    "step, steps, message",
+    [(0, 0, "steps must be an integer >= 1"),
+     (5, 5, r"step must be an integer in \[0, steps\) = \[0, 5\), got 5"),
+     (-1, 5, r"step must be"), (0.5, 5, r"step must be"), (0, 2.0, "steps must be")],
+)  # fmt: skip
+def test_schedule_names_a_step_outside_the_run(step: Any, steps: Any, message: str) -> None:
+    """Before: (0, 0) was a ZeroDivisionError, (5, 5) values beyond Algorithm 1's range."""
+    with pytest.raises(ValueError, match=message):
+        LagrangianParams().schedule(step, steps)
 
 
 @pytest.mark.parametrize("steps", [1, 5, 7])
