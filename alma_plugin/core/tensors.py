@@ -64,13 +64,13 @@ def bounded_gradient(values: ep.Tensor) -> ep.Tensor:
     if isinstance(values, ep.PyTorchTensor):
         import torch
 
-        raw = torch.nan_to_num(values.raw, nan=0.0, posinf=limit, neginf=-limit)
-        return ep.astensor(raw.clamp_(-limit, limit))
+        finite = torch.nan_to_num(values.raw, nan=0.0, posinf=limit, neginf=-limit)
+        return ep.astensor(finite.clamp_(-limit, limit))
     if isinstance(values, ep.JAXTensor):
         import jax.numpy as jnp
 
-        raw = jnp.nan_to_num(values.raw, nan=0.0, posinf=limit, neginf=-limit)
-        return ep.astensor(jnp.clip(raw, -limit, limit))
+        finite_jax = jnp.nan_to_num(values.raw, nan=0.0, posinf=limit, neginf=-limit)
+        return ep.astensor(jnp.clip(finite_jax, -limit, limit))
     return ep.where(values.isnan(), ep.zeros(values, ()), values).clip(-limit, limit)
 
 
