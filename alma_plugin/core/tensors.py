@@ -12,13 +12,14 @@ import numpy as np
 from ..distances._common import finite_rows, stop_gradient
 
 __all__ = [
+    "GRADIENT_LIMIT",
+    "bounded_gradient",
     "class_indices",
     "expand",
     "finite_rows",
     "full",
     "judged_logits",
     "model_space",
-    "bounded_gradient",
     "representable_bounds",
     "rounded_bounds",
     "valid_logit_rows",
