@@ -27,6 +27,7 @@ import contextlib
 import functools
 import inspect
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
@@ -73,20 +74,22 @@ def _as_eagerpy(value: Any, name: str) -> ep.Tensor:
         ) from None
 
 
+#: The floating dtypes a distance measures, by name, and their width.
+_FLOAT_BITS = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+
+
 def _float_bits(t: ep.Tensor, name: str) -> int:
-    """Width of a floating dtype: 64, 32, or 16 for anything narrower (float16, bfloat16 …)."""
-    dtype = str(t.dtype)
+    """Width of a floating dtype: 64, 32, or 16 (float16, bfloat16). Others are refused: NumPy's
+    float128 (long double) was measured in float32, as a 16-bit dtype, and float8 promoted."""
     # torch.float32, dtype('float32'), <dtype: 'float32'>, bfloat16, float16, float64 …
-    if "float" not in dtype or "complex" in dtype:
+    found = re.search(r"\b(?:torch\.)?(b?float\w*)", str(t.dtype))
+    bits = _FLOAT_BITS.get(found.group(1)) if found else None
+    if bits is None:
         raise TypeError(
             f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
             f"got {name}.dtype={t.dtype}"
         )
-    if "64" in dtype:
-        return 64
-    if "32" in dtype:
-        return 32
-    return 16
+    return bits
 
 
 def prepare(x_adv: Any, x: Any) -> tuple[ep.Tensor, ep.Tensor]:

@@ -313,6 +313,14 @@ def test_bad_input_names_the_argument(name: str) -> None:
         f((x_adv * 255).to(torch.uint8), x)
     with pytest.raises(TypeError, match=r"x_adv must be a tensor .*got builtins\.list"):
         f(x_adv.tolist(), x)
+    # wider or narrower floats than the four measured: refused, not computed in float32
+    # (NumPy's float128 was read as a 16-bit dtype; float8 promoted)
+    wide = x_adv.numpy().astype(np.longdouble)
+    if wide.dtype.itemsize > 8:  # long double is float64 on some platforms
+        with pytest.raises(TypeError, match=r"x_adv must have a floating-point dtype.*float128"):
+            f(wide, wide)
+    with pytest.raises(TypeError, match=r"x must have a floating-point dtype.*float8_e4m3fn"):
+        f(x_adv, x.to(torch.float8_e4m3fn))
     with pytest.raises(TypeError, match=r"same framework, got JAX .* and PyTorch"):
         f(jnp.asarray(x_adv.numpy()), x)
     with pytest.raises(ValueError, match=r"x_adv must have a batch axis"):
