@@ -129,7 +129,10 @@ def alma(
         early_stop: stop once every sample has an adversarial with D below this value, in
             the [0, 1]-normalised units of ``result.distances`` whatever ``bounds`` are (0:
             never, as Foolbox's ``epsilons`` starting at 0.0 imply). The Foolbox classes take
-            it in the raw units of their ``bounds``, as Foolbox's ``epsilons``.
+            it in the raw units of their ``bounds``, as Foolbox's ``epsilons``. D is the
+            solver's, from the inputs clipped onto the bounds: where an input left them by
+            the rounding they tolerate, ``result.distances`` (from the input as given) can
+            exceed ``early_stop`` by that rounding.
         callback: called with a :class:`~alma_plugin.StepInfo` after every step.
         seed: seeds the random directions used where a gradient vanishes and the random
             starts of ``restarts`` > 1.

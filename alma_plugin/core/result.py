@@ -25,7 +25,10 @@ class AttackResult(Generic[T]):
         the caller's input as given (not its clipped copy); +inf where no adversarial was
         found (ALMA prox: the normalised ‖δ‖∞).
     success: (N,) bool, an adversarial was found (ALMA prox on dense outputs: APSR ≥ ν).
-    first_success_step: (N,) the step t* of the first success; −1 where none.
+    first_success_step: (N,) the step t* of the first success, 0-based and counted from the
+        start of run 0 through every restart (as ``StepInfo.step``: an input the model
+        already misclassifies gives 0); −1 where none. The framework's index dtype (int64 in
+        PyTorch and TensorFlow, int32 in JAX without x64), as ``predictions``.
     steps_run: the steps actually run (fewer than asked after an early stop).
     apsr: (N,) for ALMA prox, the attack pixel success rate of eq. 5.19 of the returned
         adversarials (1 or 0 in classification); None for ALMA.
@@ -57,9 +60,13 @@ class StepInfo(Generic[T]):
     """What the ``callback`` of an attack sees after each step t (per-sample tensors of the
     caller's framework, as in the paper's Fig. 2).
 
-    distance: (N,) D of the iterate judged at this step.  constraint: d = DLR⁺ of each
-    constraint, (N,), or (N, M) for ALMA prox on dense outputs (M = H·W, row-major; NaN on the
-    pixels outside ``masks``, which are no constraints). ``mu`` (μ) and ``rho`` (ρ) have the
+    step: t, 0-based, counted from the start of run 0 through every restart.
+    distance: (N,) D of the iterate judged at this step.  constraint: d of each constraint,
+    (N,), or (N, M) for ALMA prox on dense outputs (M = H·W, row-major; NaN on the pixels
+    outside ``masks``, which are no constraints): DLR⁺ towards misclassification, tDLR⁺
+    towards the target when ``targeted``, and towards the run's class in a run of
+    ``restart_mode="classes"``, where any misclassification is a success: there ``success``
+    can hold with d ≥ 0. ``mu`` (μ) and ``rho`` (ρ) have the
     constraint's shape; outside ``masks`` they hold values no step uses (no NaN).
     step_size: (N,) η⁽ᵗ⁾ (ALMA) or λ⁽ᵗ⁾ (ALMA prox).  success: (N,) the iterate is
     adversarial.
