@@ -45,11 +45,12 @@ def test_example_runs(
         torch.backends.cudnn.deterministic = deterministic
 
 
-#: Modules whose docstrings hold ``>>>`` examples that run as written. The torchattacks classes'
-#: "Examples::" follow torchattacks' own docstrings (``model``, ``images`` and ``labels`` from
-#: the reader's code), so they are not doctests.
+#: Modules whose docstrings hold ``>>>`` examples that run as written (the torchattacks
+#: classes' "Examples::" used ``model``, ``images`` and ``labels`` of the reader's code, as
+#: torchattacks' own docstrings do; they now build them from the zoo).
 DOCTESTED = ("alma_plugin.functional", "alma_plugin.training", "alma_plugin.zoo",
-             "alma_plugin.foolbox")  # fmt: skip
+             "alma_plugin.foolbox", "alma_plugin.torchattacks.alma",
+             "alma_plugin.torchattacks.lagrangian", "alma_plugin.torchattacks.ensemble")  # fmt: skip
 
 
 @pytest.mark.parametrize("module", DOCTESTED)

@@ -102,10 +102,16 @@ class ALMA(StateRestoringAttack):
     ``torch.inference_mode()`` work (autograd is enabled for the call).
 
     Examples::
+        >>> from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+        >>> model = load_smallcnn("mnist_regular")
+        >>> images, labels = (t[:4] for t in load_mnist_heldout())
         >>> from alma_plugin import ProxParams
-        >>> attack = ALMA(model, distance="l2", steps=1000)
+        >>> from alma_plugin.torchattacks import ALMA
+        >>> attack = ALMA(model, distance="l2", steps=100)
         >>> adv_images = attack(images, labels)
-        >>> adv_linf = ALMA(model, "linf", 500, params=ProxParams(init_lr=1e-2))(images, labels)
+        >>> bool((model(adv_images).argmax(1) != labels).all())
+        True
+        >>> adv_linf = ALMA(model, "linf", 100, params=ProxParams(init_lr=1e-2))(images, labels)
     """
 
     @takes_params(ALMAParams, alternative=ProxParams, alternative_if=names_linf)

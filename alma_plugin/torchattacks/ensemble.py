@@ -111,8 +111,15 @@ class MinimalEnsemble(StateRestoringAttack):
             member runs. (Default: None)
 
     Examples::
+        >>> from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+        >>> model = load_smallcnn("mnist_regular")
+        >>> images, labels = (t[:4] for t in load_mnist_heldout())
+        >>> import torchattacks
+        >>> from alma_plugin.torchattacks import ALMA, MinimalEnsemble
         >>> ensemble = MinimalEnsemble([ALMA(model, steps=100), torchattacks.DeepFool(model)])
         >>> adv_images = ensemble(images, labels)
+        >>> bool((model(adv_images).argmax(1) != labels).all())
+        True
     """
 
     def __init__(

@@ -56,8 +56,14 @@ class Lagrangian(StateRestoringAttack):
     and the buffers are as before, even after an error.
 
     Examples::
+        >>> from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
+        >>> model = load_smallcnn("mnist_regular")
+        >>> images, labels = (t[:4] for t in load_mnist_heldout())
+        >>> from alma_plugin.torchattacks import Lagrangian
         >>> attack = Lagrangian(model, steps=5, init_lr=0.1, multiplier=2.0)
         >>> adv_images = attack(images, labels)
+        >>> adv_images.shape == images.shape
+        True
     """
 
     @takes_params(LagrangianParams)
