@@ -48,9 +48,15 @@ def test_example_runs(
 #: Modules whose docstrings hold ``>>>`` examples that run as written (the torchattacks
 #: classes' "Examples::" used ``model``, ``images`` and ``labels`` of the reader's code, as
 #: torchattacks' own docstrings do; they now build them from the zoo).
-DOCTESTED = ("alma_plugin.functional", "alma_plugin.training", "alma_plugin.zoo",
-             "alma_plugin.foolbox", "alma_plugin.torchattacks.alma",
-             "alma_plugin.torchattacks.lagrangian", "alma_plugin.torchattacks.ensemble")  # fmt: skip
+DOCTESTED = (
+    "alma_plugin.functional",
+    "alma_plugin.training",
+    "alma_plugin.zoo",
+    "alma_plugin.foolbox",
+    "alma_plugin.torchattacks.alma",
+    "alma_plugin.torchattacks.lagrangian",
+    "alma_plugin.torchattacks.ensemble",
+)
 
 
 @pytest.mark.parametrize("module", DOCTESTED)
