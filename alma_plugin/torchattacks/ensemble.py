@@ -107,8 +107,7 @@ class MinimalEnsemble(StateRestoringAttack):
         lpips (callable, optional): for ``distance="lpips"``, the LPIPS network that compares
             the outputs, as ALMA's ``lpips=`` (an :class:`alma_plugin.distances.LPIPS`, or a
             callable (x_adv, x) -> (N,) on torch tensors). None: the default weights, looked
-            for before any
-            member runs. (Default: None)
+            for before any member runs. (Default: None)
 
     Examples::
         >>> from alma_plugin.zoo import load_mnist_heldout, load_smallcnn
